@@ -1,0 +1,30 @@
+//! The wire protocol between remote-shim and home-agent.
+//!
+//! # Layout
+//! - `pb`: the generated gRPC service and messages (`homeward.proto`).
+//! - [`errno`]: a lossless Linux errno and the value-or-errno [`pb::Outcome`] helpers.
+//! - [`flags`]: conversions between this host's `O_*`/`AT_*` values and the portable wire bits.
+//! - [`stat`]: conversions between `libc::statx`/`libc::statfs` and the wire's `FileStat`/`FsStat`.
+//!
+//! Wire types and their conversions live only here: the shim and the agent share nothing else.
+#![deny(unsafe_code)]
+
+pub mod errno;
+pub mod flags;
+pub mod stat;
+
+/// The generated protocol types and the `Home` service client and server.
+pub mod pb {
+    tonic::include_proto!("homeward.v1");
+}
+
+pub use errno::Errno;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// gRPC metadata key that names the session on the `Calls` stream.
+pub const SESSION_METADATA: &str = "homeward-session";
+
+/// gRPC metadata key for the token (`Bearer <token>`).
+pub const AUTH_METADATA: &str = "authorization";
