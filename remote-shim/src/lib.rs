@@ -1,1 +1,226 @@
-//! placeholder
+//! remote-shim: runs a program on this machine while its file, directory and descriptor system calls are
+//! executed at home by home-agent, so the program sees home's files as if it ran there.
+//!
+//! # Layout
+//! - [`launch`]: fork, install the filter in the child, pass the listener up, exec the program.
+//! - [`filter`]: the seccomp BPF filter (path calls always, descriptor calls by number range).
+//! - [`supervisor`]: the notification loop; one task per notification; the descriptor collector.
+//! - [`syscalls`]: one module per family (`open`, `stat`, `dir`, `attr`, `io`, `fd`, `exec`).
+//! - [`memory`]: the traced program's memory (arguments in, results out, `EFAULT`).
+//! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection.
+//! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
+//! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
+//! - [`procs`]: the job's processes and their home identities (cwd and umask live at home per process).
+//! - [`client`]: the gRPC session and call stream to home.
+//! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
+#![deny(unsafe_code)]
+
+pub mod client;
+pub mod fdtable;
+pub mod filter;
+pub mod launch;
+pub mod memory;
+pub mod paths;
+pub mod procs;
+pub mod pump;
+pub mod supervisor;
+pub mod sys;
+pub mod syscalls;
+
+use anyhow::Context;
+use filter::FdRange;
+use homeward_proto::pb::HelloRequest;
+use launch::EXIT_SHIM_FAILURE;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `ADDR:PORT` of home-agent, or `local` for an agent inside this process.
+    pub home: String,
+    pub token: Option<String>,
+    /// Extra path prefixes served by the local kernel.
+    pub local: Vec<String>,
+    /// The program and its arguments.
+    pub program: Vec<OsString>,
+}
+
+/// Runs the job and returns remote-shim's exit status: the program's, 128+N if signal N killed it, 125
+/// when remote-shim itself failed.
+pub fn run(config: Config) -> i32 {
+    match run_job(config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("remote-shim: {e:#}");
+            EXIT_SHIM_FAILURE
+        }
+    }
+}
+
+/// Chooses the reserved descriptor range: 4096 numbers from 4096 when the hard limit allows, else the upper
+/// half of what it allows.
+fn choose_range() -> anyhow::Result<FdRange> {
+    let hard = sys::hard_nofile().context("reading RLIMIT_NOFILE")?;
+    if hard >= 8192 {
+        Ok(FdRange { base: 4096, span: 4096 })
+    } else if hard >= 256 {
+        let half = (hard / 2) as u32;
+        Ok(FdRange { base: half, span: hard as u32 - half })
+    } else {
+        anyhow::bail!("the descriptor hard limit ({hard}) is too low to reserve a range for home files")
+    }
+}
+
+fn run_job(config: Config) -> anyhow::Result<i32> {
+    sys::seccomp::check_notif_sizes()
+        .context("this kernel does not offer seccomp user notification (Linux 5.9 or later is needed)")?;
+    let range = choose_range()?;
+    let program = filter::build(range).context("building the seccomp filter")?;
+    let stage = syscalls::exec::ExecStage::new().context("creating the local staging directory")?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let umask = sys::current_umask();
+    sys::set_child_subreaper().context("becoming the job's subreaper")?;
+
+    // Fork while single-threaded; the child waits in its first execve until the supervisor answers.
+    let launched = launch::spawn(&config.program, range, &program, stage.dir())?;
+    let child = launched.child;
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTTOU, libc::SIGTTIN] {
+        // The terminal delivers these to the whole foreground group, program included.
+        sys::ignore_signal(sig);
+    }
+
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let result = rt.block_on(async move {
+        let (addr, token) = match start_home(&config).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = sys::kill(child, libc::SIGKILL);
+                return Err(e);
+            }
+        };
+        let hello = HelloRequest {
+            version: homeward_proto::PROTOCOL_VERSION,
+            cwd: cwd.as_os_str().as_bytes().to_vec().into(),
+            umask,
+            description: describe(&config.program),
+        };
+        let link = match client::HomeLink::connect(&addr, token.as_deref(), hello).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = sys::kill(child, libc::SIGKILL);
+                let _ = sys::wait_any(true);
+                return Err(e.into());
+            }
+        };
+        tracing::debug!(session = link.session(), home = link.home_host(), "session open");
+        let sup = supervisor::Supervisor::new(
+            launched.listener,
+            link,
+            fdtable::FdTable::new(range),
+            paths::PathPolicy::new(&config.local),
+            stage,
+        );
+        let rt_handle = tokio::runtime::Handle::current();
+        let receiver = {
+            let sup = sup.clone();
+            std::thread::Builder::new()
+                .name("notify-recv".into())
+                .spawn(move || sup.receive_loop(rt_handle))
+                .context("starting the notification thread")?
+        };
+        tokio::spawn(sup.clone().collector(child, Duration::from_millis(500)));
+        let code = supervise(&sup, child).await;
+        sup.stop();
+        sup.pumps.drain().await;
+        let _ = receiver.join();
+        Ok(code)
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// The address and token of home: the given ones, or an agent started in this process for `--home local`.
+async fn start_home(config: &Config) -> anyhow::Result<(String, Option<String>)> {
+    if config.home != "local" {
+        return Ok((config.home.clone(), config.token.clone()));
+    }
+    let token = format!("{:016x}{:016x}", fdtable::random_u64(), fdtable::random_u64());
+    let agent = home_agent::BoundAgent::bind(home_agent::AgentConfig {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        token: Some(token.clone()),
+    })
+    .await
+    .context("starting the in-process home agent")?;
+    let addr = agent.local_addr().to_string();
+    tokio::spawn(async move {
+        if let Err(e) = agent.serve().await {
+            tracing::error!(cause = %e, "in-process home agent failed");
+        }
+    });
+    Ok((addr, Some(token)))
+}
+
+fn describe(program: &[OsString]) -> String {
+    program.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ").chars().take(200).collect()
+}
+
+/// Waits for the job: the root program's status once every process of the job has ended. Forwards SIGTERM
+/// and SIGHUP sent to remote-shim to the program. If home is lost, ends the job with a message.
+async fn supervise(sup: &Arc<supervisor::Supervisor>, child: libc::pid_t) -> i32 {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while let Ok(Some(ev)) = sys::wait_any(true) {
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+        // No child left: the channel closes.
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut status: Option<i32> = None;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some((pid, st)) => {
+                    if pid == child {
+                        status = Some(exit_code(st));
+                    }
+                }
+                None => return status.unwrap_or(EXIT_SHIM_FAILURE),
+            },
+            msg = sup.wait_link_failure() => {
+                eprintln!("remote-shim: {msg}; ending the job");
+                for pid in launch::job_pids(child) {
+                    let _ = sys::kill(pid as i32, libc::SIGKILL);
+                }
+                while rx.recv().await.is_some() {}
+                return EXIT_SHIM_FAILURE;
+            }
+            Some(_) = recv_signal(&mut term) => { let _ = sys::kill(child, libc::SIGTERM); }
+            Some(_) = recv_signal(&mut hup) => { let _ = sys::kill(child, libc::SIGHUP); }
+        }
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A wait status as a shell reports it.
+fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        EXIT_SHIM_FAILURE
+    }
+}

@@ -1,0 +1,199 @@
+//! The RPC client: one session at home, one bidirectional call stream, replies matched to callers by `seq`.
+//!
+//! This is the one place that invents an errno: when the link to home is gone, a call that cannot get an
+//! answer fails with `EIO`, the errno the kernel gives for a device that stopped answering. The supervisor
+//! then applies its home-loss policy (end the job with a clear message).
+
+use homeward_proto::pb::{self, home_client::HomeClient, CallReply, CallRequest, HelloRequest};
+use homeward_proto::{AUTH_METADATA, SESSION_METADATA};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long connecting to home may take before remote-shim gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot reach home at {addr}: {cause} (is home-agent running and listening there?)")]
+    Unreachable { addr: String, cause: String },
+    #[error("home at {addr} refused the token: {0}", .message)]
+    Unauthenticated { addr: String, message: String },
+    #[error("home at {addr} refused the session: {message}")]
+    Refused { addr: String, message: String },
+    #[error("the link to home at {addr} is lost: {cause}")]
+    Lost { addr: String, cause: String },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<CallReply>>>>;
+
+/// A connected session at home.
+pub struct HomeLink {
+    addr: String,
+    session: u64,
+    home_host: String,
+    tx: mpsc::Sender<CallRequest>,
+    pending: Pending,
+    seq: AtomicU64,
+    lost: Arc<AtomicBool>,
+    lost_notify: Arc<Notify>,
+    lost_cause: Arc<Mutex<String>>,
+}
+
+impl HomeLink {
+    /// Connects, authenticates, opens a session and its call stream.
+    pub async fn connect(
+        addr: &str,
+        token: Option<&str>,
+        hello: HelloRequest,
+    ) -> Result<HomeLink, LinkError> {
+        let unreachable = |cause: String| LinkError::Unreachable { addr: addr.to_string(), cause };
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| unreachable(format!("bad address: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20);
+        let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(|e| unreachable(source_chain(&e)))?;
+        let mut client = HomeClient::new(channel).max_decoding_message_size(64 << 20);
+        let auth = token.map(|t| format!("Bearer {t}"));
+
+        let mut req = tonic::Request::new(hello);
+        add_auth(&mut req, auth.as_deref(), addr)?;
+        let reply = client.hello(req).await.map_err(|s| status_error(addr, s))?.into_inner();
+
+        let (tx, rx) = mpsc::channel::<CallRequest>(1024);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        add_auth(&mut req, auth.as_deref(), addr)?;
+        req.metadata_mut().insert(SESSION_METADATA, MetadataValue::from(reply.session));
+        let mut replies = client.calls(req).await.map_err(|s| status_error(addr, s))?.into_inner();
+
+        let pending: Pending = Arc::default();
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_notify = Arc::new(Notify::new());
+        let lost_cause = Arc::new(Mutex::new(String::new()));
+        {
+            let (pending, lost, lost_notify, lost_cause) =
+                (pending.clone(), lost.clone(), lost_notify.clone(), lost_cause.clone());
+            tokio::spawn(async move {
+                let cause = loop {
+                    match replies.message().await {
+                        Ok(Some(reply)) => {
+                            let waiter = lock(&pending).remove(&reply.seq);
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(reply);
+                            } else {
+                                tracing::warn!(seq = reply.seq, "reply for no pending call");
+                            }
+                        }
+                        Ok(None) => break "home closed the call stream".to_string(),
+                        Err(status) => break format!("{}: {}", status.code(), status.message()),
+                    }
+                };
+                *lock(&lost_cause) = cause;
+                lost.store(true, Ordering::SeqCst);
+                // Dropping the waiters fails every call in flight.
+                lock(&pending).clear();
+                lost_notify.notify_waiters();
+            });
+        }
+        Ok(HomeLink {
+            addr: addr.to_string(),
+            session: reply.session,
+            home_host: reply.home_host,
+            tx,
+            pending,
+            seq: AtomicU64::new(1),
+            lost,
+            lost_notify,
+            lost_cause,
+        })
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    pub fn home_host(&self) -> &str {
+        &self.home_host
+    }
+
+    /// Sends one call and waits for its reply.
+    pub async fn call(&self, proc: pb::Proc, op: pb::call_request::Op) -> Result<CallReply, LinkError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        lock(&self.pending).insert(seq, reply_tx);
+        if self.lost.load(Ordering::SeqCst) {
+            lock(&self.pending).remove(&seq);
+            return Err(self.lost_error());
+        }
+        let req = CallRequest { seq, proc: Some(proc), op: Some(op) };
+        if self.tx.send(req).await.is_err() {
+            lock(&self.pending).remove(&seq);
+            return Err(self.lost_error());
+        }
+        reply_rx.await.map_err(|_| self.lost_error())
+    }
+
+    /// Resolves when the link is lost.
+    pub async fn lost(&self) -> LinkError {
+        loop {
+            let notified = self.lost_notify.notified();
+            if self.lost.load(Ordering::SeqCst) {
+                return self.lost_error();
+            }
+            notified.await;
+        }
+    }
+
+    fn lost_error(&self) -> LinkError {
+        LinkError::Lost { addr: self.addr.clone(), cause: lock(&self.lost_cause).clone() }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn add_auth<T>(req: &mut tonic::Request<T>, auth: Option<&str>, addr: &str) -> Result<(), LinkError> {
+    if let Some(auth) = auth {
+        let value = auth.parse().map_err(|_| LinkError::Unauthenticated {
+            addr: addr.to_string(),
+            message: "the token contains characters that cannot travel in a header".into(),
+        })?;
+        req.metadata_mut().insert(AUTH_METADATA, value);
+    }
+    Ok(())
+}
+
+fn status_error(addr: &str, status: tonic::Status) -> LinkError {
+    let addr = addr.to_string();
+    match status.code() {
+        tonic::Code::Unauthenticated => LinkError::Unauthenticated { addr, message: status.message().into() },
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            LinkError::Unreachable { addr, cause: status.message().to_string() }
+        }
+        _ => LinkError::Refused { addr, message: status.message().to_string() },
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,194 @@
+//! Forwarded descriptors: home handles, their placeholders in the program's descriptor table, and their
+//! collection.
+//!
+//! Three kinds of descriptor are kept apart: a number in the traced program's table (`u32` fd numbers in the
+//! reserved range), a home handle id (`u64`, on the wire), and the supervisor's own `OwnedFd`s.
+//!
+//! A forwarded file is a placeholder in the program's table: a memfd named `hw-<nonce>:<handle>`, installed
+//! with `SECCOMP_IOCTL_NOTIF_ADDFD` at a free number of the reserved range. The kernel's table is the truth:
+//! `dup2` within the range, `fork` (children inherit the placeholder, so they share the home handle and its
+//! offset, as fork shares an open file description), `O_CLOEXEC` at exec, `close` and `close_range` all act on
+//! placeholders natively, and the supervisor reads `/proc/TID/fd/N` to learn which handle a number names. A
+//! home handle is closed once no process of the job holds its placeholder (a periodic scan, [`FdTable::collect`]).
+//! The memfd also holds the file's content when the program maps it (`mmap` of a home file).
+
+use crate::filter::FdRange;
+use crate::sys::seccomp;
+use homeward_proto::pb::FileStat;
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One open file description at home, as the shim knows it.
+pub struct Handle {
+    pub id: u64,
+    /// The placeholder's open file: the same description is installed in every program slot for this handle.
+    pub memfd: OwnedFd,
+    /// Native open flags it was opened with.
+    pub flags: i32,
+    /// Attributes at open time.
+    pub stat: FileStat,
+    /// Whether `memfd` holds the file's content (for `mmap`); guarded so that one task fills it.
+    pub filled: tokio::sync::Mutex<bool>,
+    /// Users outside the program's table (a pump): not collected while non-zero.
+    pub pins: AtomicUsize,
+    born: u64,
+}
+
+pub struct FdTable {
+    pub range: FdRange,
+    nonce: String,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Next number to try per thread group, so allocation is usually one probe.
+    hints: Mutex<HashMap<u32, u32>>,
+    generation: AtomicU64,
+}
+
+impl FdTable {
+    pub fn new(range: FdRange) -> FdTable {
+        let nonce = format!("hw-{:016x}", random_u64());
+        FdTable {
+            range,
+            nonce,
+            handles: Mutex::default(),
+            hints: Mutex::default(),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// Creates the placeholder for a handle just opened at home.
+    pub fn new_handle(&self, id: u64, flags: i32, stat: FileStat) -> io::Result<Arc<Handle>> {
+        let name = CString::new(format!("{}:{id}", self.nonce)).map_err(io::Error::other)?;
+        let memfd = crate::sys::memfd(&name)?;
+        Ok(Arc::new(Handle {
+            id,
+            memfd,
+            flags,
+            stat,
+            filled: tokio::sync::Mutex::new(false),
+            pins: AtomicUsize::new(0),
+            born: self.generation.load(Ordering::SeqCst),
+        }))
+    }
+
+    /// Installs `handle`'s placeholder in the program of notification `notif_id` (thread `tid`, group
+    /// `tgid`) at the lowest free number ≥ `min` in the reserved range it finds, answering the notification
+    /// with that number when `answer` is set. The handle is registered only once installed.
+    pub fn install(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        tid: u32,
+        tgid: u32,
+        handle: &Arc<Handle>,
+        cloexec: bool,
+        min: u32,
+        answer: bool,
+    ) -> io::Result<i32> {
+        let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        let start = min.max(self.range.base);
+        if start >= self.range.end() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let hint =
+            hints.get(&tgid).copied().filter(|h| *h >= start && *h < self.range.end()).unwrap_or(start);
+        let free = (hint..self.range.end())
+            .chain(start..hint)
+            .find(|n| !slot_in_use(tid, *n))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EMFILE))?;
+        let fd = seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), free, cloexec, answer)?;
+        hints.insert(tgid, free + 1);
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
+        Ok(fd)
+    }
+
+    /// The handle behind descriptor `fd` of thread `tid`, if it is one of our placeholders.
+    pub fn lookup(&self, tid: u32, fd: u64) -> Option<Arc<Handle>> {
+        if !self.range.contains(fd) {
+            return None;
+        }
+        let link = std::fs::read_link(format!("/proc/{tid}/fd/{}", fd as u32)).ok()?;
+        let id = self.parse_placeholder(link.as_os_str().as_encoded_bytes())?;
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// The handle id in a `/proc/PID/fd` link target such as `/memfd:hw-…:12 (deleted)`.
+    fn parse_placeholder(&self, link: &[u8]) -> Option<u64> {
+        let rest = link.strip_prefix(b"/memfd:")?.strip_prefix(self.nonce.as_bytes())?.strip_prefix(b":")?;
+        let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).collect();
+        std::str::from_utf8(&digits).ok()?.parse().ok()
+    }
+
+    /// Forgets the handles that no process in `job` holds any more and that were created before the previous
+    /// scan began (so a handle being installed is never taken for dead). Returns their ids, to close at home.
+    pub fn collect(&self, job: &[u32]) -> Vec<u64> {
+        let started = self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut held: HashSet<u64> = HashSet::new();
+        for pid in job {
+            let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+            for entry in dir.flatten() {
+                let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+                    continue;
+                };
+                if !self.range.contains(n) {
+                    continue;
+                }
+                if let Ok(link) = std::fs::read_link(entry.path()) {
+                    if let Some(id) = self.parse_placeholder(link.as_os_str().as_encoded_bytes()) {
+                        held.insert(id);
+                    }
+                }
+            }
+        }
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let dead: Vec<u64> = handles
+            .values()
+            .filter(|h| h.born < started && !held.contains(&h.id) && h.pins.load(Ordering::SeqCst) == 0)
+            .map(|h| h.id)
+            .collect();
+        for id in &dead {
+            handles.remove(id);
+        }
+        dead
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn slot_in_use(tid: u32, n: u32) -> bool {
+    std::fs::symlink_metadata(format!("/proc/{tid}/fd/{n}")).is_ok()
+}
+
+/// 64 random bits from the kernel.
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return t.as_nanos() as u64 ^ u64::from(std::process::id());
+    }
+    u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_names_parse() {
+        let t = FdTable::new(FdRange { base: 4096, span: 4096 });
+        let link = format!("/memfd:{}:42 (deleted)", t.nonce);
+        assert_eq!(t.parse_placeholder(link.as_bytes()), Some(42));
+        assert_eq!(t.parse_placeholder(b"/memfd:hw-0000000000000000:42 (deleted)"), None);
+        assert_eq!(t.parse_placeholder(b"pipe:[1234]"), None);
+    }
+}

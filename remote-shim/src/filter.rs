@@ -1,0 +1,233 @@
+//! The seccomp filter: which calls reach the supervisor.
+//!
+//! Path calls always notify (the decision needs the path). Calls on descriptors are routed by number: the
+//! forwarded descriptors live in a reserved range `[base, base + span)`, so `read(3, ...)` on the program's own
+//! pipe goes straight to the kernel and costs nothing, while `read(base + 7, ...)` is notified. `close` and
+//! `close_range` are never notified: the descriptor table in the kernel is the truth, and home handles are
+//! collected once no process of the job holds them (see `fdtable`).
+//!
+//! Rules are compiled with seccompiler, whose 0.5 release has no user-notification action: the rules match
+//! with a `Trap` placeholder that [`build`] rewrites to `SECCOMP_RET_USER_NOTIF`.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+/// The reserved descriptor range of forwarded files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdRange {
+    pub base: u32,
+    pub span: u32,
+}
+
+impl FdRange {
+    pub fn contains(&self, fd: u64) -> bool {
+        let fd = fd as u32;
+        fd >= self.base && fd - self.base < self.span
+    }
+
+    pub fn end(&self) -> u32 {
+        self.base + self.span
+    }
+}
+
+/// Calls that are always notified: they name a path (or change per-process state kept at home).
+fn path_calls() -> Vec<i64> {
+    let mut v = vec![
+        libc::SYS_openat,
+        libc::SYS_openat2,
+        libc::SYS_statfs,
+        libc::SYS_faccessat,
+        libc::SYS_faccessat2,
+        libc::SYS_readlinkat,
+        libc::SYS_mkdirat,
+        libc::SYS_mknodat,
+        libc::SYS_unlinkat,
+        libc::SYS_renameat,
+        libc::SYS_renameat2,
+        libc::SYS_linkat,
+        libc::SYS_symlinkat,
+        libc::SYS_fchmodat,
+        libc::SYS_fchownat,
+        libc::SYS_truncate,
+        libc::SYS_utimensat,
+        libc::SYS_chdir,
+        libc::SYS_getcwd,
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_getxattr,
+        libc::SYS_lgetxattr,
+        libc::SYS_listxattr,
+        libc::SYS_llistxattr,
+        libc::SYS_removexattr,
+        libc::SYS_lremovexattr,
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_umask,
+        SYS_FCHMODAT2,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        libc::SYS_open,
+        libc::SYS_creat,
+        libc::SYS_stat,
+        libc::SYS_lstat,
+        libc::SYS_access,
+        libc::SYS_readlink,
+        libc::SYS_mkdir,
+        libc::SYS_mknod,
+        libc::SYS_rmdir,
+        libc::SYS_unlink,
+        libc::SYS_rename,
+        libc::SYS_link,
+        libc::SYS_symlink,
+        libc::SYS_chmod,
+        libc::SYS_chown,
+        libc::SYS_lchown,
+        libc::SYS_utimes,
+        libc::SYS_utime,
+        libc::SYS_futimesat,
+    ]);
+    v
+}
+
+/// `fchmodat2` (Linux 6.6); not in libc for every target yet. Same number on x86_64 and aarch64.
+pub const SYS_FCHMODAT2: i64 = 452;
+
+/// Calls on descriptors, with the argument positions that hold a descriptor.
+fn fd_calls() -> Vec<(i64, &'static [u8])> {
+    let mut v: Vec<(i64, &'static [u8])> = vec![
+        (libc::SYS_read, &[0]),
+        (libc::SYS_write, &[0]),
+        (libc::SYS_pread64, &[0]),
+        (libc::SYS_pwrite64, &[0]),
+        (libc::SYS_readv, &[0]),
+        (libc::SYS_writev, &[0]),
+        (libc::SYS_preadv, &[0]),
+        (libc::SYS_pwritev, &[0]),
+        (libc::SYS_preadv2, &[0]),
+        (libc::SYS_pwritev2, &[0]),
+        (libc::SYS_lseek, &[0]),
+        (libc::SYS_fstat, &[0]),
+        (libc::SYS_fstatfs, &[0]),
+        (libc::SYS_ftruncate, &[0]),
+        (libc::SYS_fallocate, &[0]),
+        (libc::SYS_fsync, &[0]),
+        (libc::SYS_fdatasync, &[0]),
+        (libc::SYS_getdents64, &[0]),
+        (libc::SYS_fchmod, &[0]),
+        (libc::SYS_fchown, &[0]),
+        (libc::SYS_fcntl, &[0]),
+        (libc::SYS_flock, &[0]),
+        (libc::SYS_dup, &[0]),
+        (libc::SYS_dup3, &[0, 1]),
+        (libc::SYS_ioctl, &[0]),
+        (libc::SYS_fchdir, &[0]),
+        (libc::SYS_fgetxattr, &[0]),
+        (libc::SYS_fsetxattr, &[0]),
+        (libc::SYS_flistxattr, &[0]),
+        (libc::SYS_fremovexattr, &[0]),
+        (libc::SYS_readahead, &[0]),
+        (libc::SYS_sync_file_range, &[0]),
+        (libc::SYS_syncfs, &[0]),
+        (libc::SYS_copy_file_range, &[0, 2]),
+        (libc::SYS_sendfile, &[0, 1]),
+        (libc::SYS_splice, &[0, 2]),
+        (libc::SYS_mmap, &[4]),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        (libc::SYS_getdents, &[0][..]),
+        (libc::SYS_dup2, &[0, 1][..]),
+        (libc::SYS_fadvise64, &[0][..]),
+    ]);
+    v
+}
+
+/// Builds the filter for `range`.
+pub fn build(range: FdRange) -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in path_calls() {
+        rules.insert(nr, vec![]);
+    }
+    // fstat through newfstatat/statx (glibc's fstat) on the program's own descriptors stays in the kernel:
+    // notify unless the directory fd is below the range and AT_EMPTY_PATH is set.
+    for (nr, flags_arg) in [(libc::SYS_newfstatat, 3u8), (libc::SYS_statx, 2u8)] {
+        rules.insert(
+            nr,
+            vec![
+                SeccompRule::new(vec![Cond::new(0, Len::Dword, Op::Ge, u64::from(range.base))?])?,
+                SeccompRule::new(vec![Cond::new(
+                    flags_arg,
+                    Len::Dword,
+                    Op::MaskedEq(libc::AT_EMPTY_PATH as u64),
+                    0,
+                )?])?,
+            ],
+        );
+    }
+    for (nr, args) in fd_calls() {
+        let mut chain = Vec::new();
+        for &arg in args {
+            chain.push(SeccompRule::new(vec![
+                Cond::new(arg, Len::Dword, Op::Ge, u64::from(range.base))?,
+                Cond::new(arg, Len::Dword, Op::Lt, u64::from(range.end()))?,
+            ])?);
+        }
+        rules.insert(nr, chain);
+    }
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Trap, target_arch())?;
+    let program: BpfProgram = filter.try_into()?;
+    Ok(program
+        .into_iter()
+        .map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: to_user_notif(i.code, i.k) })
+        .collect())
+}
+
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// Rewrites the `Trap` placeholder return into `SECCOMP_RET_USER_NOTIF`.
+fn to_user_notif(code: u16, k: u32) -> u32 {
+    if code == BPF_RET_K && k & libc::SECCOMP_RET_ACTION_FULL == libc::SECCOMP_RET_TRAP {
+        libc::SECCOMP_RET_USER_NOTIF
+    } else {
+        k
+    }
+}
+
+fn target_arch() -> TargetArch {
+    #[cfg(target_arch = "x86_64")]
+    return TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    return TargetArch::aarch64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RANGE: FdRange = FdRange { base: 4096, span: 4096 };
+
+    #[test]
+    fn placeholders_become_user_notif() {
+        let prog = build(RANGE).expect("filter builds");
+        let rets: Vec<u32> = prog.iter().filter(|i| i.code == BPF_RET_K).map(|i| i.k).collect();
+        assert!(rets.contains(&libc::SECCOMP_RET_USER_NOTIF));
+        assert!(rets.contains(&libc::SECCOMP_RET_ALLOW));
+        assert!(!rets.iter().any(|k| k & libc::SECCOMP_RET_ACTION_FULL == libc::SECCOMP_RET_TRAP));
+    }
+
+    #[test]
+    fn range_membership() {
+        assert!(RANGE.contains(4096));
+        assert!(RANGE.contains(8191));
+        assert!(!RANGE.contains(8192));
+        assert!(!RANGE.contains(3));
+        // AT_FDCWD (-100) as a 64-bit argument: the low 32 bits are far above the range.
+        assert!(!RANGE.contains(libc::AT_FDCWD as i64 as u64));
+        // Upper bits are ignored, as the kernel ignores them for an int argument.
+        assert!(RANGE.contains((1u64 << 32) | 5000));
+    }
+}

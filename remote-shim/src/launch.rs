@@ -1,0 +1,128 @@
+//! Starting the program: fork, confine the child with the filter, hand the listener to the parent, exec.
+
+use crate::filter::FdRange;
+use crate::sys::{self, seccomp};
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The exit statuses of `env` and `timeout` when the program cannot start.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+pub const EXIT_SHIM_FAILURE: i32 = 125;
+
+pub struct Launched {
+    pub child: libc::pid_t,
+    pub listener: OwnedFd,
+}
+
+/// Forks the program's process. Must be called while this process has a single thread.
+///
+/// The child raises its descriptor limit to cover the reserved range, moves its local working directory to
+/// `local_cwd` (the exec staging directory; its home cwd is kept at home), installs `filter`, sends the
+/// listener to the parent and executes `argv` with a `PATH` search. When the program cannot be started it
+/// prints why and exits 127 (not found) or 126 (not executable), as `env` does.
+pub fn spawn(
+    argv: &[OsString],
+    range: FdRange,
+    filter: &[libc::sock_filter],
+    local_cwd: &Path,
+) -> anyhow::Result<Launched> {
+    let cargs: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("an argument contains a NUL byte"))?;
+    let cwd = CString::new(local_cwd.as_os_str().as_bytes())?;
+    let (parent_sock, child_sock) = sys::socketpair()?;
+    let child = sys::fork()?;
+    if child == 0 {
+        drop(parent_sock);
+        let code = child_main(&cargs, range, filter, &cwd, child_sock);
+        sys::exit_now(code);
+    }
+    drop(child_sock);
+    let listener = sys::recv_fd(parent_sock.as_fd())
+        .map_err(|e| anyhow::anyhow!("the program's process did not start under the filter: {e}"))?;
+    Ok(Launched { child, listener })
+}
+
+fn child_main(
+    argv: &[CString],
+    range: FdRange,
+    filter: &[libc::sock_filter],
+    cwd: &CString,
+    sock: OwnedFd,
+) -> i32 {
+    let fail = |what: &str, e: std::io::Error| {
+        eprintln!("remote-shim: {what}: {e}");
+        EXIT_SHIM_FAILURE
+    };
+    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+        return fail("cannot tie the program to the supervisor", e);
+    }
+    match sys::raise_nofile(0, u64::from(range.end())) {
+        Ok(n) if n >= u64::from(range.end()) => {}
+        Ok(n) => {
+            return fail(
+                "descriptor limit too low",
+                std::io::Error::other(format!("need {} have {n}", range.end())),
+            );
+        }
+        Err(e) => return fail("cannot raise the descriptor limit", e),
+    }
+    if let Err(e) = sys::chdir(cwd) {
+        return fail("cannot enter the staging directory", e);
+    }
+    if let Err(e) = seccomp::set_no_new_privs() {
+        return fail("cannot set no_new_privs", e);
+    }
+    let listener = match seccomp::install_filter(filter) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                "cannot install the seccomp filter (does this kernel have seccomp user notification?)",
+                e,
+            )
+        }
+    };
+    if let Err(e) = sys::send_fd(sock.as_fd(), listener.as_fd()) {
+        return fail("cannot hand the listener to the supervisor", e);
+    }
+    drop(listener);
+    drop(sock);
+    let err = sys::execvp(&argv[0], argv);
+    let name = argv[0].to_string_lossy();
+    eprintln!("remote-shim: {name}: {err}");
+    match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => EXIT_NOT_FOUND,
+        _ => EXIT_NOT_EXECUTABLE,
+    }
+}
+
+/// Every live process descended from this one (which is a child subreaper, so orphans stay descendants).
+pub fn job_pids(_root: libc::pid_t) -> Vec<u32> {
+    let me = std::process::id();
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name may contain spaces and parentheses: fields start after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) else { continue };
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![me];
+    while let Some(p) = todo.pop() {
+        if let Some(kids) = children.get(&p) {
+            for &k in kids {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
+}

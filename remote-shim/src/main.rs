@@ -1,0 +1,60 @@
+//! `remote-shim --home ADDR:PORT [--token-file FILE] [--local PREFIX]... -- PROGRAM [ARGS...]`
+
+use clap::Parser;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Runs PROGRAM here while its files, directories and descriptors are home's.
+#[derive(Parser, Debug)]
+#[command(name = "remote-shim", version, about)]
+struct Args {
+    /// home-agent's ADDR:PORT, or `local` for an agent inside this process (on loopback).
+    #[arg(long, value_name = "ADDR:PORT|local")]
+    home: String,
+    /// File holding the token home-agent expects (default: $HOMEWARD_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Path prefix served by this machine's kernel instead of home (repeatable); /proc, /sys, /dev always are.
+    #[arg(long = "local", value_name = "PREFIX")]
+    local: Vec<String>,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    program: Vec<OsString>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let token = match read_token(args.token_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("remote-shim: {e:#}");
+            std::process::exit(remote_shim::launch::EXIT_SHIM_FAILURE);
+        }
+    };
+    let code = remote_shim::run(remote_shim::Config {
+        home: args.home,
+        token,
+        local: args.local,
+        program: args.program,
+    });
+    std::process::exit(code);
+}
+
+fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    if let Some(f) = file {
+        let t =
+            std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;
+        let t = t.trim_end().to_string();
+        anyhow::ensure!(!t.is_empty(), "the token file {} is empty", f.display());
+        return Ok(Some(t));
+    }
+    Ok(std::env::var("HOMEWARD_TOKEN").ok().filter(|t| !t.is_empty()))
+}

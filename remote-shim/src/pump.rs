@@ -1,0 +1,165 @@
+//! Home files moved below the reserved range (`dup2(home_fd, 1)`, as a shell does for `> file`).
+//!
+//! The seccomp filter routes calls by descriptor number, and a number below the range is never notified,
+//! so such an alias cannot be a placeholder. It becomes one end of a pipe whose other end the supervisor
+//! pumps: bytes the program writes are written to the home handle (at its shared offset), and for a file
+//! opened for reading, the home file's bytes are fed into the pipe. Before any other call goes home, the
+//! supervisor waits until every write pump is empty, so a later call never overtakes earlier writes.
+//! Limits: the alias is a pipe to `fstat` and `lseek` (`ESPIPE`), and a write error at home after the program's
+//! write returned is reported in the log only.
+
+use crate::fdtable::Handle;
+use crate::supervisor::Supervisor;
+use crate::syscalls::{Action, Call, Outcome};
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::Errno;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::unix::AsyncFd;
+
+/// Chunk size moved per home call.
+const CHUNK: usize = 256 << 10;
+
+/// A write pump's state, as seen by [`Pumps::flush`].
+struct WritePump {
+    pipe: Arc<AsyncFd<std::fs::File>>,
+    busy: AtomicBool,
+    done: AtomicBool,
+}
+
+#[derive(Default)]
+pub struct Pumps {
+    writers: Mutex<Vec<Arc<WritePump>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pumps {
+    /// Waits until every write pump has forwarded what the program wrote so far.
+    pub async fn flush(&self) {
+        loop {
+            let pending = {
+                let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+                writers.retain(|w| !w.done.load(Ordering::SeqCst));
+                writers.iter().any(|w| {
+                    w.busy.load(Ordering::SeqCst)
+                        || crate::sys::bytes_readable(w.pipe.get_ref().as_fd()).unwrap_or(0) > 0
+                })
+            };
+            if !pending {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(50)).await;
+        }
+    }
+
+    /// Waits for every pump to finish (at the end of the job, once the program's ends are closed).
+    pub async fn drain(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Installs a pipe end at `target` in the program for home handle `h`, and starts its pump.
+pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool) -> Outcome {
+    let sup = call.sup;
+    let (read_end, write_end) = crate::sys::pipe().map_err(|e| Errno::from_io(&e))?;
+    let reading = h.flags & libc::O_ACCMODE == libc::O_RDONLY;
+    let (give, keep) = if reading { (read_end, write_end) } else { (write_end, read_end) };
+    crate::sys::set_nonblocking(keep.as_fd()).map_err(|e| Errno::from_io(&e))?;
+    let keep = Arc::new(crate::sys::async_file(std::fs::File::from(keep)).map_err(|e| Errno::from_io(&e))?);
+    let proc = call.proc();
+    h.pins.fetch_add(1, Ordering::SeqCst);
+    let installed =
+        crate::sys::seccomp::add_fd(sup.listener.as_fd(), call.id, give.as_fd(), target, cloexec, true);
+    drop(give);
+    if let Err(e) = installed {
+        h.pins.fetch_sub(1, Ordering::SeqCst);
+        return Err(Errno::from_io(&e));
+    }
+    let sup_arc = sup.self_arc();
+    let handle = h.clone();
+    let task = if reading {
+        tokio::spawn(async move {
+            feed(&sup_arc, proc, &handle, &keep).await;
+            handle.pins.fetch_sub(1, Ordering::SeqCst);
+        })
+    } else {
+        let state =
+            Arc::new(WritePump { pipe: keep, busy: AtomicBool::new(false), done: AtomicBool::new(false) });
+        sup.pumps.writers.lock().unwrap_or_else(|p| p.into_inner()).push(state.clone());
+        tokio::spawn(async move {
+            drain_into_home(&sup_arc, proc, &handle, &state).await;
+            state.done.store(true, Ordering::SeqCst);
+            handle.pins.fetch_sub(1, Ordering::SeqCst);
+        })
+    };
+    sup.pumps.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+    Ok(Action::Answered)
+}
+
+/// Program → home: forwards what arrives on the pipe until every writer has closed it.
+async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &WritePump) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let Ok(mut guard) = state.pipe.readable().await else { return };
+        state.busy.store(true, Ordering::SeqCst);
+        let n = match guard.try_io(|fd| read_fd(fd.get_ref(), &mut buf)) {
+            Ok(Ok(0)) => {
+                state.busy.store(false, Ordering::SeqCst);
+                return;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "write pump: reading the program's pipe failed");
+                return;
+            }
+            Err(_would_block) => {
+                state.busy.store(false, Ordering::SeqCst);
+                continue;
+            }
+        };
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let op = Op::Write(pb::Write { handle: h.id, data: data.to_vec().into(), offset: None });
+            match sup.link.call(proc, op).await.map(|r| r.outcome.map(|o| o.to_result())) {
+                Ok(Some(Ok(w))) if w > 0 => data = &data[(w as usize).min(data.len())..],
+                other => {
+                    tracing::warn!(handle = h.id, result = ?other, "write pump: home refused a write; bytes dropped");
+                    break;
+                }
+            }
+        }
+        state.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Home → program: feeds the file into the pipe until end of file or until the program closes its end.
+async fn feed(sup: &Supervisor, proc: pb::Proc, h: &Handle, pipe: &AsyncFd<std::fs::File>) {
+    loop {
+        let op = Op::Read(pb::Read { handle: h.id, len: CHUNK as u64, offset: None });
+        let data = match sup.link.call(proc, op).await {
+            Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
+            _ => return,
+        };
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let Ok(mut guard) = pipe.writable().await else { return };
+            match guard.try_io(|fd| write_fd(fd.get_ref(), rest)) {
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(_)) => return, // EPIPE: the program closed its end.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+fn read_fd(mut file: &std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    std::io::Read::read(&mut file, buf)
+}
+
+fn write_fd(mut file: &std::fs::File, buf: &[u8]) -> std::io::Result<usize> {
+    std::io::Write::write(&mut file, buf)
+}

@@ -1,0 +1,175 @@
+//! The supervisor: receives notifications, serves each on its own task, answers each exactly once.
+//!
+//! One thread blocks in `SECCOMP_IOCTL_NOTIF_RECV` and hands every notification to the tokio runtime, so a
+//! call that blocks at home (a fifo read, `F_SETLKW`) never holds up another thread's call. A handler that
+//! panics is answered with `EIO` (a bug, logged), so the program never hangs on a dead handler.
+
+use crate::client::{HomeLink, LinkError};
+use crate::fdtable::FdTable;
+use crate::paths::PathPolicy;
+use crate::procs::Procs;
+use crate::pump::Pumps;
+use crate::sys::seccomp::{self, Reply};
+use crate::syscalls::{self, exec::ExecStage, Action};
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::Errno;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub struct Supervisor {
+    pub listener: OwnedFd,
+    pub link: HomeLink,
+    pub fds: FdTable,
+    pub procs: Procs,
+    pub policy: PathPolicy,
+    pub exec: ExecStage,
+    pub pumps: Pumps,
+    me: Weak<Supervisor>,
+    stopping: AtomicBool,
+    link_error: Mutex<Option<String>>,
+    link_failed: Notify,
+}
+
+impl Supervisor {
+    pub fn new(
+        listener: OwnedFd,
+        link: HomeLink,
+        fds: FdTable,
+        policy: PathPolicy,
+        exec: ExecStage,
+    ) -> Arc<Supervisor> {
+        Arc::new_cyclic(|me| Supervisor {
+            listener,
+            link,
+            fds,
+            procs: Procs::default(),
+            policy,
+            exec,
+            pumps: Pumps::default(),
+            me: me.clone(),
+            stopping: AtomicBool::new(false),
+            link_error: Mutex::new(None),
+            link_failed: Notify::new(),
+        })
+    }
+
+    pub fn self_arc(&self) -> Arc<Supervisor> {
+        self.me.upgrade().expect("the supervisor outlives its handlers")
+    }
+
+    pub async fn flush_pumps(&self) {
+        self.pumps.flush().await;
+    }
+
+    /// Records that the link to home failed; the job is ended by [`Supervisor::wait_link_failure`]'s waiter.
+    pub fn link_failed(&self, e: &LinkError) {
+        let mut slot = self.link_error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e.to_string());
+            self.link_failed.notify_waiters();
+            self.link_failed.notify_one();
+        }
+    }
+
+    /// Resolves with a message once the link to home is lost (seen by a call or by the stream itself).
+    pub async fn wait_link_failure(&self) -> String {
+        tokio::select! {
+            e = self.link.lost() => {
+                self.link_failed(&e);
+            }
+            _ = self.link_failed.notified() => {}
+        }
+        self.link_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// The receive loop; runs on its own thread until [`Supervisor::stop`] or the listener is gone.
+    pub fn receive_loop(self: Arc<Self>, rt: tokio::runtime::Handle) {
+        let fd = self.listener.as_fd();
+        while !self.stopping.load(Ordering::SeqCst) {
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            match crate::sys::poll_one(&mut pfd, 200) {
+                Ok(0) => continue,
+                Ok(_) if pfd.revents & libc::POLLIN == 0 => {
+                    // POLLHUP: every process of the job is gone.
+                    if pfd.revents & libc::POLLHUP != 0 {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(cause = %e, "polling the seccomp listener failed");
+                    break;
+                }
+            }
+            match seccomp::recv(fd) {
+                Ok(notif) => {
+                    let sup = self.clone();
+                    rt.spawn(async move { sup.serve(notif).await });
+                }
+                // The thread died between notification and receipt, or a signal interrupted us.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => continue,
+                Err(e) => {
+                    tracing::error!(cause = %e, "receiving a seccomp notification failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, notif: seccomp::Notif) {
+        let id = notif.id;
+        let nr = notif.data.nr;
+        let sup = self.clone();
+        let outcome = tokio::spawn(async move { syscalls::dispatch(&sup, &notif).await }).await;
+        let reply = match outcome {
+            Ok(Ok(Action::Value(v))) => Reply::Value(v),
+            Ok(Ok(Action::Continue)) => Reply::Continue,
+            Ok(Ok(Action::Answered)) => return,
+            Ok(Err(errno)) => Reply::Errno(errno.raw()),
+            Err(join) => {
+                tracing::error!(nr, cause = %join, "a syscall handler panicked; the call fails with EIO");
+                Reply::Errno(Errno::EIO.raw())
+            }
+        };
+        tracing::trace!(nr, ?reply, "answer");
+        if let Err(e) = seccomp::respond(self.listener.as_fd(), id, reply) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!(nr, cause = %e, "answering a notification failed");
+            }
+        }
+    }
+
+    /// Closes at home the handles no process of the job holds any more, and forgets exited processes.
+    pub async fn collect(&self, job: &[u32]) {
+        let dead = self.fds.collect(job);
+        let gone = self.procs.reap();
+        let root = pb::Proc { id: 0, parent: 0 };
+        for handle in dead {
+            let _ = self.link.call(root, Op::Close(pb::Close { handle })).await;
+        }
+        for id in gone {
+            let _ = self.link.call(root, Op::ForgetProc(pb::ForgetProc { id })).await;
+        }
+    }
+
+    /// Runs [`Supervisor::collect`] every `period` while the job runs.
+    pub async fn collector(self: Arc<Self>, root: libc::pid_t, period: Duration) {
+        loop {
+            tokio::time::sleep(period).await;
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let job = crate::launch::job_pids(root);
+            self.collect(&job).await;
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Directories and names: mkdir, mknod, unlink, rmdir, rename, link, symlink, getdents, chdir, getcwd.
+
+use super::{simple, Action, Call, Outcome, Route};
+use crate::memory;
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::{flags, Errno};
+
+pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    let fdcwd = libc::AT_FDCWD;
+    Some(match nr {
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_mkdir => mkdir(call, fdcwd, 0, call.arg(1) as u32).await,
+        libc::SYS_mkdirat => mkdir(call, call.arg_i32(0), 1, call.arg(2) as u32).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_mknod => mknod(call, fdcwd, 0, call.arg(1) as u32, call.arg(2)).await,
+        libc::SYS_mknodat => mknod(call, call.arg_i32(0), 1, call.arg(2) as u32, call.arg(3)).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_rmdir => unlink(call, fdcwd, 0, libc::AT_REMOVEDIR).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_unlink => unlink(call, fdcwd, 0, 0).await,
+        libc::SYS_unlinkat => unlink(call, call.arg_i32(0), 1, call.arg_i32(2)).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_rename => rename(call, (fdcwd, 0), (fdcwd, 1), 0).await,
+        libc::SYS_renameat => rename(call, (call.arg_i32(0), 1), (call.arg_i32(2), 3), 0).await,
+        libc::SYS_renameat2 => {
+            rename(call, (call.arg_i32(0), 1), (call.arg_i32(2), 3), call.arg(4) as u32).await
+        }
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_link => link(call, (fdcwd, 0), (fdcwd, 1), 0).await,
+        libc::SYS_linkat => link(call, (call.arg_i32(0), 1), (call.arg_i32(2), 3), call.arg_i32(4)).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_symlink => symlink(call, 0, fdcwd, 1).await,
+        libc::SYS_symlinkat => symlink(call, 0, call.arg_i32(1), 2).await,
+        libc::SYS_getdents64 => getdents(call, Format::Dirent64).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_getdents => getdents(call, Format::Dirent).await,
+        libc::SYS_chdir => chdir(call).await,
+        libc::SYS_fchdir => fchdir(call).await,
+        libc::SYS_getcwd => getcwd(call).await,
+        _ => return None,
+    })
+}
+
+async fn mkdir(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32) -> Outcome {
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
+    simple(call, Op::Mkdir(pb::Mkdir { dir: Some(dir), path: path.into(), mode: mode & 0o7777 })).await
+}
+
+async fn mknod(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, dev: u64) -> Outcome {
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
+    simple(call, Op::Mknod(pb::Mknod { dir: Some(dir), path: path.into(), mode, dev })).await
+}
+
+async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcome {
+    if at & !libc::AT_REMOVEDIR != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
+    let at_flags = flags::at_to_wire(at, true);
+    simple(call, Op::Unlink(pb::Unlink { dir: Some(dir), path: path.into(), at_flags })).await
+}
+
+/// Routes the two names of a rename or link: both home, both local, or `EXDEV` across the two.
+fn route_pair(
+    call: &Call<'_>,
+    old: (i32, usize),
+    new: (i32, usize),
+) -> Result<Option<(pb::Dir, Vec<u8>, pb::Dir, Vec<u8>)>, Errno> {
+    let (old_path, new_path) = (call.path(old.1)?, call.path(new.1)?);
+    match (call.route(old.0, &old_path), call.route(new.0, &new_path)) {
+        (Route::Local, Route::Local) => Ok(None),
+        (Route::Home(a), Route::Home(b)) => Ok(Some((a, old_path, b, new_path))),
+        _ => Err(Errno::EXDEV),
+    }
+}
+
+async fn rename(call: &Call<'_>, old: (i32, usize), new: (i32, usize), flags: u32) -> Outcome {
+    let Some((old_dir, old_path, new_dir, new_path)) = route_pair(call, old, new)? else {
+        return Ok(Action::Continue);
+    };
+    let op = Op::Rename(pb::Rename {
+        old_dir: Some(old_dir),
+        old_path: old_path.into(),
+        new_dir: Some(new_dir),
+        new_path: new_path.into(),
+        flags,
+    });
+    simple(call, op).await
+}
+
+async fn link(call: &Call<'_>, old: (i32, usize), new: (i32, usize), at: i32) -> Outcome {
+    if at & !(libc::AT_SYMLINK_FOLLOW | libc::AT_EMPTY_PATH) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let Some((old_dir, old_path, new_dir, new_path)) = route_pair(call, old, new)? else {
+        return Ok(Action::Continue);
+    };
+    let op = Op::Link(pb::Link {
+        old_dir: Some(old_dir),
+        old_path: old_path.into(),
+        new_dir: Some(new_dir),
+        new_path: new_path.into(),
+        at_flags: flags::at_to_wire(at, false),
+    });
+    simple(call, op).await
+}
+
+async fn symlink(call: &Call<'_>, target_arg: usize, dirfd: i32, path_arg: usize) -> Outcome {
+    let target = call.path(target_arg)?;
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
+    simple(call, Op::Symlink(pb::Symlink { target: target.into(), dir: Some(dir), path: path.into() })).await
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    /// `struct linux_dirent64`: ino, off, reclen, type, name.
+    Dirent64,
+    /// The legacy `struct linux_dirent`: ino, off, reclen, name, pad, type in the last byte.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Dirent,
+}
+
+async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    let size = (call.arg(2) as u32 as usize).min(memory::MAX_IO);
+    memory::probe(call.tid, call.arg(1), size)?;
+    let (_, reply) = call.home_value(Op::Getdents(pb::Getdents { handle: h.id, size: size as u64 })).await?;
+    let buf = encode_dirents(&reply.dirents, format, size);
+    if buf.is_empty() && !reply.dirents.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    memory::write_bytes(call.tid, call.arg(1), &buf)?;
+    Ok(Action::Value(buf.len() as i64))
+}
+
+/// Encodes entries in the kernel's record format, stopping before the first that does not fit in `size`.
+fn encode_dirents(entries: &[pb::Dirent], format: Format, size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let name = &e.name[..];
+        let (header, trailer) = match format {
+            Format::Dirent64 => (19, 1),
+            Format::Dirent => (18, 2),
+        };
+        let reclen = (header + name.len() + trailer).div_ceil(8) * 8;
+        if out.len() + reclen > size {
+            break;
+        }
+        let start = out.len();
+        out.extend_from_slice(&e.ino.to_ne_bytes());
+        out.extend_from_slice(&e.off.to_ne_bytes());
+        out.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        if let Format::Dirent64 = format {
+            out.push(e.kind as u8);
+        }
+        out.extend_from_slice(name);
+        out.resize(start + reclen, 0);
+        if let Format::Dirent = format {
+            out[start + reclen - 1] = e.kind as u8;
+        }
+    }
+    out
+}
+
+async fn chdir(call: &Call<'_>) -> Outcome {
+    let path = call.path(0)?;
+    let Route::Home(dir) = call.route(libc::AT_FDCWD, &path) else { return Ok(Action::Continue) };
+    simple(call, Op::Chdir(pb::Chdir { dir: Some(dir), path: path.into() })).await
+}
+
+async fn fchdir(call: &Call<'_>) -> Outcome {
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    simple(call, Op::Chdir(pb::Chdir { dir: Some(pb::Dir { handle: h.id }), path: Default::default() })).await
+}
+
+async fn getcwd(call: &Call<'_>) -> Outcome {
+    let size = call.arg(1);
+    let (len, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size })).await?;
+    let mut bytes = reply.data.to_vec();
+    bytes.push(0);
+    if bytes.len() as u64 > size {
+        return Err(Errno::ERANGE);
+    }
+    memory::write_bytes(call.tid, call.arg(0), &bytes)?;
+    Ok(Action::Value(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirent64_records_are_aligned_and_bounded() {
+        let e = |name: &str| pb::Dirent { ino: 7, off: 1, kind: 8, name: name.as_bytes().to_vec().into() };
+        let entries = vec![e("a"), e("longer-name")];
+        let buf = encode_dirents(&entries, Format::Dirent64, 4096);
+        assert_eq!(buf.len(), 24 + 32);
+        assert_eq!(u16::from_ne_bytes([buf[16], buf[17]]), 24);
+        assert_eq!(buf[18], 8);
+        assert_eq!(&buf[19..21], b"a\0");
+        // Only the first fits in 30 bytes.
+        assert_eq!(encode_dirents(&entries, Format::Dirent64, 30).len(), 24);
+        assert!(encode_dirents(&entries, Format::Dirent64, 10).is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! Descriptor calls: fcntl (flags, dup, record locks), flock, dup, dup2, dup3.
+
+use super::{simple, Action, Call, Outcome};
+use crate::fdtable::Handle;
+use crate::memory;
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::{flags, Errno};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    Some(match nr {
+        libc::SYS_fcntl => fcntl(call).await,
+        libc::SYS_flock => match call.handle(0) {
+            Some(h) => {
+                simple(call, Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 })).await
+            }
+            None => Ok(Action::Continue),
+        },
+        libc::SYS_dup => match call.handle(0) {
+            Some(h) => dup_into_range(call, &h, false, 0),
+            None => Ok(Action::Continue),
+        },
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_dup2 => dup2(call, 0).await,
+        libc::SYS_dup3 => {
+            let flags = call.arg_i32(2);
+            if flags & !libc::O_CLOEXEC != 0 || call.arg_i32(0) == call.arg_i32(1) {
+                return Some(Err(Errno::EINVAL));
+            }
+            dup2(call, flags).await
+        }
+        _ => return None,
+    })
+}
+
+/// A second number for the same home handle, in the reserved range (the program's table does not know
+/// our numbers, so "lowest free" is the lowest free in the range).
+fn dup_into_range(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -> Outcome {
+    let sup = call.sup;
+    sup.fds
+        .install(sup.listener.as_fd(), call.id, call.tid, call.tgid(), h, cloexec, min, true)
+        .map(|_| Action::Answered)
+        .map_err(|e| Errno::from_io(&e))
+}
+
+async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
+    let (old, new) = (call.arg_i32(0), call.arg(1));
+    let Some(h) = call.handle(0) else {
+        // A local descriptor moved into the range stays local: later calls on it are left to the kernel.
+        return Ok(Action::Continue);
+    };
+    if old as u32 as u64 == new || call.sup.fds.range.contains(new) {
+        return Ok(Action::Continue);
+    }
+    if (new as i64) < 0 || new > i32::MAX as u64 {
+        return Err(Errno::EBADF);
+    }
+    // A home file moved below the range: served through a pipe pumped by the supervisor.
+    crate::pump::alias(call, &h, new as u32, flags & libc::O_CLOEXEC != 0).await
+}
+
+async fn fcntl(call: &Call<'_>) -> Outcome {
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    let cmd = call.arg_i32(1);
+    match cmd {
+        libc::F_GETFL => {
+            let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle: h.id })).await?;
+            Ok(Action::Value(i64::from(flags::open_from_wire(wire as u32) & !libc::O_CLOEXEC)))
+        }
+        libc::F_SETFL => {
+            simple(
+                call,
+                Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(call.arg_i32(2)) }),
+            )
+            .await
+        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let min = call.arg_i32(2);
+            if min < 0 {
+                return Err(Errno::EINVAL);
+            }
+            dup_into_range(call, &h, cmd == libc::F_DUPFD_CLOEXEC, min as u32)
+        }
+        libc::F_GETLK | libc::F_SETLK | libc::F_SETLKW => lock(call, &h, cmd, false).await,
+        libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => lock(call, &h, cmd, true).await,
+        // F_GETFD/F_SETFD (close-on-exec lives in the program's table) and the rest act on the placeholder.
+        _ => Ok(Action::Continue),
+    }
+}
+
+async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
+    let fl: libc::flock = memory::read_pod(call.tid, call.arg(2))?;
+    let kind = match fl.l_type as i32 {
+        libc::F_RDLCK => pb::LockType::Read,
+        libc::F_WRLCK => pb::LockType::Write,
+        libc::F_UNLCK => pb::LockType::Unlock,
+        _ => return Err(Errno::EINVAL),
+    };
+    let whence = match fl.l_whence as i32 {
+        libc::SEEK_SET => pb::Whence::Set,
+        libc::SEEK_CUR => pb::Whence::Cur,
+        libc::SEEK_END => pb::Whence::End,
+        _ => return Err(Errno::EINVAL),
+    };
+    if ofd && fl.l_pid != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let lcmd = match cmd {
+        libc::F_GETLK | libc::F_OFD_GETLK => pb::LockCmd::Get,
+        libc::F_SETLK | libc::F_OFD_SETLK => pb::LockCmd::Set,
+        _ => pb::LockCmd::SetWait,
+    };
+    let range =
+        pb::LockRange { kind: kind as i32, whence: whence as i32, start: fl.l_start, len: fl.l_len, pid: 0 };
+    let op = Op::Lock(pb::Lock { handle: h.id, cmd: lcmd as i32, ofd, range: Some(range) });
+    let (v, reply) = call.home_value(op).await?;
+    if lcmd == pb::LockCmd::Get {
+        let got = reply.lock.unwrap_or_default();
+        let mut out = fl;
+        out.l_type = match pb::LockType::try_from(got.kind).unwrap_or(pb::LockType::Unlock) {
+            pb::LockType::Read => libc::F_RDLCK,
+            pb::LockType::Write => libc::F_WRLCK,
+            pb::LockType::Unlock => libc::F_UNLCK,
+        } as i16;
+        if out.l_type != libc::F_UNLCK as i16 {
+            out.l_whence = libc::SEEK_SET as i16;
+            out.l_start = got.start;
+            out.l_len = got.len;
+            out.l_pid = got.pid;
+        }
+        memory::write_pod(call.tid, call.arg(2), &out)?;
+    }
+    Ok(Action::Value(v))
+}
+
+/// FIONBIO: sets or clears O_NONBLOCK on the home file.
+pub async fn set_nonblock(call: &Call<'_>, h: &Handle, on: bool) -> Outcome {
+    let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle: h.id })).await?;
+    let mut native = flags::open_from_wire(wire as u32);
+    if on {
+        native |= libc::O_NONBLOCK;
+    } else {
+        native &= !libc::O_NONBLOCK;
+    }
+    simple(call, Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(native) }))
+        .await
+        .map(|_| Action::Value(0))
+}

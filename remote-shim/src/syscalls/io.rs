@@ -1,0 +1,329 @@
+//! Data calls on forwarded descriptors: read/write and their vector and positional forms, lseek, fsync,
+//! fallocate, copy_file_range, sendfile, splice, ioctl, and mmap of home files.
+
+use super::{simple, Action, Call, Outcome};
+use crate::fdtable::Handle;
+use crate::memory::{self, Iov, MAX_IO};
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::Errno;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    // sendfile and splice may involve the program's own descriptors on either side.
+    match nr {
+        libc::SYS_sendfile => return Some(sendfile(call).await),
+        libc::SYS_splice => return Some(splice(call).await),
+        libc::SYS_copy_file_range => return Some(copy_file_range(call).await),
+        _ => {}
+    }
+    let fd_arg = if nr == libc::SYS_mmap { 4 } else { 0 };
+    let known = matches!(
+        nr,
+        libc::SYS_read
+            | libc::SYS_write
+            | libc::SYS_pread64
+            | libc::SYS_pwrite64
+            | libc::SYS_readv
+            | libc::SYS_writev
+            | libc::SYS_preadv
+            | libc::SYS_pwritev
+            | libc::SYS_preadv2
+            | libc::SYS_pwritev2
+            | libc::SYS_lseek
+            | libc::SYS_fsync
+            | libc::SYS_fdatasync
+            | libc::SYS_syncfs
+            | libc::SYS_sync_file_range
+            | libc::SYS_fallocate
+            | libc::SYS_readahead
+            | libc::SYS_ioctl
+            | libc::SYS_mmap
+    ) || is_fadvise(nr);
+    if !known {
+        return None;
+    }
+    let Some(h) = call.handle(fd_arg) else { return Some(Ok(Action::Continue)) };
+    let a = |i| call.arg(i);
+    Some(match nr {
+        libc::SYS_read => read(call, &h, &[iov(a(1), a(2))], None).await,
+        libc::SYS_pread64 => read(call, &h, &[iov(a(1), a(2))], Some(a(3) as i64)).await,
+        libc::SYS_readv => readv(call, &h, None).await,
+        libc::SYS_preadv | libc::SYS_preadv2 => readv(call, &h, position(a(3))).await,
+        libc::SYS_write => write(call, &h, &[iov(a(1), a(2))], None).await,
+        libc::SYS_pwrite64 => write(call, &h, &[iov(a(1), a(2))], Some(a(3) as i64)).await,
+        libc::SYS_writev => writev(call, &h, None).await,
+        libc::SYS_pwritev | libc::SYS_pwritev2 => writev(call, &h, position(a(3))).await,
+        libc::SYS_lseek => lseek(call, &h).await,
+        libc::SYS_fsync | libc::SYS_syncfs => {
+            simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync: false })).await
+        }
+        libc::SYS_fdatasync | libc::SYS_sync_file_range => {
+            simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync: true }))
+                .await
+                .map(|_| Action::Value(0))
+        }
+        libc::SYS_fallocate => {
+            let op = pb::Fallocate { handle: h.id, mode: a(1) as u32, offset: a(2) as i64, len: a(3) as i64 };
+            simple(call, Op::Fallocate(op)).await
+        }
+        libc::SYS_ioctl => ioctl(call, &h).await,
+        libc::SYS_mmap => mmap(call, &h).await,
+        // readahead and fadvise are hints: accepted, as the kernel accepts them on a regular file.
+        _ => Ok(Action::Value(0)),
+    })
+}
+
+fn is_fadvise(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return nr == libc::SYS_fadvise64;
+    #[cfg(not(target_arch = "x86_64"))]
+    return nr == libc::SYS_fadvise64_64;
+}
+
+fn iov(base: u64, len: u64) -> Iov {
+    Iov { base, len: len as usize }
+}
+
+/// The offset of preadv2/pwritev2: -1 means the current file offset.
+fn position(raw: u64) -> Option<i64> {
+    let off = raw as i64;
+    (off != -1).then_some(off)
+}
+
+async fn read(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -> Outcome {
+    let len = memory::iov_total(iovs)?;
+    if offset.is_some_and(|o| o < 0) {
+        return Err(Errno::EINVAL);
+    }
+    for v in iovs {
+        memory::probe(call.tid, v.base, v.len.min(len))?;
+    }
+    let (n, reply) = call.home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset })).await?;
+    memory::scatter(call.tid, iovs, &reply.data)?;
+    Ok(Action::Value(n))
+}
+
+async fn readv(call: &Call<'_>, h: &Handle, offset: Option<i64>) -> Outcome {
+    let iovs = memory::read_iovecs(call.tid, call.arg(1), call.arg(2))?;
+    read(call, h, &iovs, offset).await
+}
+
+async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -> Outcome {
+    if offset.is_some_and(|o| o < 0) {
+        return Err(Errno::EINVAL);
+    }
+    let len = memory::iov_total(iovs)?;
+    let data = memory::gather(call.tid, iovs, len)?;
+    simple(call, Op::Write(pb::Write { handle: h.id, data: data.into(), offset })).await
+}
+
+async fn writev(call: &Call<'_>, h: &Handle, offset: Option<i64>) -> Outcome {
+    let iovs = memory::read_iovecs(call.tid, call.arg(1), call.arg(2))?;
+    write(call, h, &iovs, offset).await
+}
+
+async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
+    let whence = match call.arg_i32(2) {
+        libc::SEEK_SET => pb::Whence::Set,
+        libc::SEEK_CUR => pb::Whence::Cur,
+        libc::SEEK_END => pb::Whence::End,
+        libc::SEEK_DATA => pb::Whence::Data,
+        libc::SEEK_HOLE => pb::Whence::Hole,
+        _ => return Err(Errno::EINVAL),
+    };
+    simple(call, Op::Seek(pb::Seek { handle: h.id, offset: call.arg(1) as i64, whence: whence as i32 })).await
+}
+
+async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {
+    match call.arg(1) as libc::c_ulong {
+        libc::FIONREAD => {
+            let (n, _) = call
+                .home_value(Op::Ioctl(pb::Ioctl { handle: h.id, op: pb::IoctlOp::Fionread as i32 }))
+                .await?;
+            memory::write_pod(call.tid, call.arg(2), &(n as i32))?;
+            Ok(Action::Value(0))
+        }
+        // Close-on-exec lives in the program's own table, on the placeholder.
+        libc::FIOCLEX | libc::FIONCLEX => Ok(Action::Continue),
+        libc::FIONBIO => {
+            let on: i32 = memory::read_pod(call.tid, call.arg(2))?;
+            super::fd::set_nonblock(call, h, on != 0).await
+        }
+        // Home files are regular files, directories and fifos: terminal and device requests fail as there.
+        _ => Err(Errno::ENOTTY),
+    }
+}
+
+/// Maps a home file: its content is put into the placeholder (once), then the kernel maps the placeholder.
+/// A `MAP_SHARED` writable mapping does not write back to home (documented limitation).
+async fn mmap(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
+    fill_placeholder(call, h).await?;
+    Ok(Action::Continue)
+}
+
+/// Copies the home file's content into the handle's memfd, once.
+pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> {
+    let mut filled = h.filled.lock().await;
+    if *filled {
+        return Ok(());
+    }
+    let mut offset: i64 = 0;
+    let file = std::fs::File::from(h.memfd.try_clone().map_err(|e| Errno::from_io(&e))?);
+    loop {
+        let op = Op::Read(pb::Read { handle: h.id, len: MAX_IO as u64, offset: Some(offset) });
+        let (n, reply) = call.home_value(op).await?;
+        if n <= 0 {
+            break;
+        }
+        std::os::unix::fs::FileExt::write_all_at(&file, &reply.data, offset as u64)
+            .map_err(|e| Errno::from_io(&e))?;
+        offset += n;
+    }
+    file.set_len(offset as u64).map_err(|e| Errno::from_io(&e))?;
+    *filled = true;
+    Ok(())
+}
+
+/// One side of a transfer: a home handle or one of the program's own descriptors.
+enum Side {
+    Home(Arc<Handle>),
+    Local(OwnedFd),
+}
+
+fn side(call: &Call<'_>, arg: usize) -> Result<Side, Errno> {
+    match call.handle(arg) {
+        Some(h) => Ok(Side::Home(h)),
+        None => call.local_fd(call.arg_i32(arg)).map(Side::Local),
+    }
+}
+
+/// Moves up to `len` bytes from `src` (at `src_off` if given) to `dst` (at `dst_off`), through the supervisor.
+async fn transfer(
+    call: &Call<'_>,
+    src: Side,
+    src_off: Option<i64>,
+    dst: Side,
+    dst_off: Option<i64>,
+    len: usize,
+) -> Result<usize, Errno> {
+    let len = len.min(MAX_IO);
+    if let (Side::Home(a), Side::Home(b)) = (&src, &dst) {
+        let op = pb::CopyRange {
+            in_handle: a.id,
+            in_offset: src_off,
+            out_handle: b.id,
+            out_offset: dst_off,
+            len: len as u64,
+        };
+        return call.home_value(Op::CopyRange(op)).await.map(|(n, _)| n as usize);
+    }
+    let data = match src {
+        Side::Home(h) => call
+            .home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset: src_off }))
+            .await?
+            .1
+            .data
+            .to_vec(),
+        Side::Local(fd) => blocking(move || local_read(&fd, len, src_off)).await?,
+    };
+    if data.is_empty() {
+        return Ok(0);
+    }
+    match dst {
+        Side::Home(h) => {
+            let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset: dst_off });
+            call.home_value(op).await.map(|(n, _)| n as usize)
+        }
+        Side::Local(fd) => blocking(move || local_write(&fd, &data, dst_off)).await,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Errno> + Send + 'static,
+) -> Result<T, Errno> {
+    tokio::task::spawn_blocking(f).await.unwrap_or(Err(Errno::EIO))
+}
+
+fn local_read(fd: &OwnedFd, len: usize, off: Option<i64>) -> Result<Vec<u8>, Errno> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut file = std::fs::File::from(fd.try_clone().map_err(|e| Errno::from_io(&e))?);
+    let mut buf = vec![0u8; len];
+    let n = match off {
+        Some(o) => file.read_at(&mut buf, o as u64),
+        None => file.read(&mut buf),
+    }
+    .map_err(|e| Errno::from_io(&e))?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn local_write(fd: &OwnedFd, data: &[u8], off: Option<i64>) -> Result<usize, Errno> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut file = std::fs::File::from(fd.try_clone().map_err(|e| Errno::from_io(&e))?);
+    match off {
+        Some(o) => file.write_at(data, o as u64),
+        None => file.write(data),
+    }
+    .map_err(|e| Errno::from_io(&e))
+}
+
+/// Reads the optional `loff_t *` argument.
+fn read_offset(call: &Call<'_>, arg: usize) -> Result<Option<i64>, Errno> {
+    match call.arg(arg) {
+        0 => Ok(None),
+        addr => memory::read_pod::<i64>(call.tid, addr).map(Some),
+    }
+}
+
+fn advance_offset(call: &Call<'_>, arg: usize, old: Option<i64>, n: usize) -> Result<(), Errno> {
+    match old {
+        Some(o) => memory::write_pod(call.tid, call.arg(arg), &(o + n as i64)),
+        None => Ok(()),
+    }
+}
+
+async fn sendfile(call: &Call<'_>) -> Outcome {
+    let (out, input) = (call.handle(0), call.handle(1));
+    if out.is_none() && input.is_none() {
+        return Ok(Action::Continue);
+    }
+    let off = read_offset(call, 2)?;
+    let n = transfer(call, side(call, 1)?, off, side(call, 0)?, None, call.arg(3) as usize).await?;
+    advance_offset(call, 2, off, n)?;
+    Ok(Action::Value(n as i64))
+}
+
+async fn splice(call: &Call<'_>) -> Outcome {
+    if call.handle(0).is_none() && call.handle(2).is_none() {
+        return Ok(Action::Continue);
+    }
+    let (in_off, out_off) = (read_offset(call, 1)?, read_offset(call, 3)?);
+    let n = transfer(call, side(call, 0)?, in_off, side(call, 2)?, out_off, call.arg(4) as usize).await?;
+    advance_offset(call, 1, in_off, n)?;
+    advance_offset(call, 3, out_off, n)?;
+    Ok(Action::Value(n as i64))
+}
+
+async fn copy_file_range(call: &Call<'_>) -> Outcome {
+    let (input, out) = (call.handle(0), call.handle(2));
+    match (input, out) {
+        (None, None) => Ok(Action::Continue),
+        (Some(a), Some(b)) => {
+            if call.arg(5) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let (in_off, out_off) = (read_offset(call, 1)?, read_offset(call, 3)?);
+            let n =
+                transfer(call, Side::Home(a), in_off, Side::Home(b), out_off, call.arg(4) as usize).await?;
+            advance_offset(call, 1, in_off, n)?;
+            advance_offset(call, 3, out_off, n)?;
+            Ok(Action::Value(n as i64))
+        }
+        // Between a home file and a local one: different file systems, as the kernel would say; callers
+        // (cp, python's shutil) fall back to read and write.
+        _ => Err(Errno::EXDEV),
+    }
+}

@@ -1,0 +1,159 @@
+//! Syscall families, one file each, mirrored by the executors at home: decode the program's arguments,
+//! decide local or home, forward, and deliver the result as the kernel would.
+
+mod attr;
+mod attr_xattr;
+mod dir;
+pub mod exec;
+mod fd;
+mod io;
+mod open;
+mod stat;
+
+use crate::fdtable::Handle;
+use crate::memory;
+use crate::supervisor::Supervisor;
+use crate::sys::seccomp::Notif;
+use homeward_proto::pb::{self, call_request::Op, CallReply};
+use homeward_proto::Errno;
+use std::sync::Arc;
+
+/// What to tell the kernel about an intercepted call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The call returns this value.
+    Value(i64),
+    /// The local kernel executes the call.
+    Continue,
+    /// The notification was already answered (by `ADDFD` with `SEND`).
+    Answered,
+}
+
+pub type Outcome = Result<Action, Errno>;
+
+/// Where a path names a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    Local,
+    Home(pb::Dir),
+}
+
+/// One intercepted call and what it needs to be served.
+pub struct Call<'a> {
+    pub sup: &'a Supervisor,
+    pub id: u64,
+    pub tid: u32,
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+impl Call<'_> {
+    pub fn arg(&self, i: usize) -> u64 {
+        self.args[i]
+    }
+
+    /// An argument as the kernel reads an `int`.
+    pub fn arg_i32(&self, i: usize) -> i32 {
+        self.args[i] as u32 as i32
+    }
+
+    pub fn proc(&self) -> pb::Proc {
+        self.sup.procs.proc_of(self.tid)
+    }
+
+    pub fn tgid(&self) -> u32 {
+        self.sup.procs.tgid_of(self.tid)
+    }
+
+    pub fn path(&self, i: usize) -> Result<Vec<u8>, Errno> {
+        memory::read_path(self.tid, self.arg(i))
+    }
+
+    /// Forwards one operation to home. A lost link is `EIO` (see `client`).
+    pub async fn home(&self, op: Op) -> Result<CallReply, Errno> {
+        self.sup.flush_pumps().await;
+        match self.sup.link.call(self.proc(), op).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                self.sup.link_failed(&e);
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Forwards and returns the call's own outcome (value or errno).
+    pub async fn home_value(&self, op: Op) -> Result<(i64, CallReply), Errno> {
+        let reply = self.home(op).await?;
+        let v = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO))?;
+        Ok((v, reply))
+    }
+
+    /// The forwarded handle behind descriptor argument `i`, if any.
+    pub fn handle(&self, i: usize) -> Option<Arc<Handle>> {
+        self.sup.fds.lookup(self.tid, self.arg(i))
+    }
+
+    /// Routes a path relative to directory descriptor argument `dirfd`.
+    pub fn route(&self, dirfd: i32, path: &[u8]) -> Route {
+        if path.first() == Some(&b'/') {
+            return if self.sup.policy.is_local(path) { Route::Local } else { Route::Home(cwd()) };
+        }
+        if dirfd == libc::AT_FDCWD {
+            if self.sup.exec.is_staged(path) {
+                return Route::Local;
+            }
+            return Route::Home(cwd());
+        }
+        match self.sup.fds.lookup(self.tid, dirfd as u32 as u64) {
+            Some(h) => Route::Home(pb::Dir { handle: h.id }),
+            None => Route::Local,
+        }
+    }
+}
+
+fn cwd() -> pb::Dir {
+    pb::Dir { handle: 0 }
+}
+
+/// Serves one notification.
+pub async fn dispatch(sup: &Supervisor, n: &Notif) -> Outcome {
+    let call = Call { sup, id: n.id, tid: n.pid, nr: i64::from(n.data.nr), args: n.data.args };
+    let nr = call.nr;
+    if let Some(out) = open::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = stat::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = dir::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = attr::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = io::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = fd::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = exec::serve(&call, nr).await {
+        return out;
+    }
+    tracing::debug!(nr, "intercepted call without a handler: left to the kernel");
+    Ok(Action::Continue)
+}
+
+/// The outcome of a forwarded call that returns only a value.
+pub async fn simple(call: &Call<'_>, op: Op) -> Outcome {
+    call.home_value(op).await.map(|(v, _)| Action::Value(v))
+}
+
+impl Call<'_> {
+    /// A duplicate of the program's own descriptor `fd` (same open file), taken with `pidfd_getfd`.
+    pub fn local_fd(&self, fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+        use std::os::fd::AsFd;
+        let pidfd = crate::sys::tracee::pidfd_open(self.tgid()).map_err(|e| Errno::from_io(&e))?;
+        crate::sys::tracee::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| Errno::from_io(&e))
+    }
+}

@@ -1,0 +1,90 @@
+//! open, openat, openat2, creat: a home file becomes a placeholder in the program's reserved range.
+
+use super::{Action, Call, Outcome, Route};
+use crate::memory;
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::{flags, Errno};
+use std::os::fd::AsFd;
+
+pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    Some(match nr {
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open => open(call, libc::AT_FDCWD, 0, call.arg_i32(1), call.arg(2) as u32, 0).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_creat => {
+            let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
+            open(call, libc::AT_FDCWD, 0, flags, call.arg(1) as u32, 0).await
+        }
+        libc::SYS_openat => open(call, call.arg_i32(0), 1, call.arg_i32(2), call.arg(3) as u32, 0).await,
+        libc::SYS_openat2 => openat2(call).await,
+        _ => return None,
+    })
+}
+
+async fn openat2(call: &Call<'_>) -> Outcome {
+    let size = call.arg(3) as usize;
+    if size < std::mem::size_of::<libc::open_how>() {
+        return Err(Errno::EINVAL);
+    }
+    let how: libc::open_how = memory::read_pod(call.tid, call.arg(2))?;
+    if size > std::mem::size_of::<libc::open_how>() {
+        // Trailing bytes of a larger struct must be zero, as the kernel demands.
+        let extra = size - std::mem::size_of::<libc::open_how>();
+        if extra > 4096 {
+            return Err(Errno(libc::E2BIG as u16));
+        }
+        let tail =
+            memory::read_bytes(call.tid, call.arg(2) + std::mem::size_of::<libc::open_how>() as u64, extra)?;
+        if tail.iter().any(|&b| b != 0) {
+            return Err(Errno(libc::E2BIG as u16));
+        }
+    }
+    let flags = i32::try_from(how.flags).map_err(|_| Errno::EINVAL)?;
+    if flags::open_unknown(flags) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    open(call, call.arg_i32(0), 1, flags, how.mode as u32, how.resolve).await
+}
+
+async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u32, resolve: u64) -> Outcome {
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
+    let op = Op::Open(pb::Open {
+        dir: Some(dir),
+        path: path.into(),
+        flags: flags::open_to_wire(oflags),
+        mode: if oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE {
+            mode & 0o7777
+        } else {
+            0
+        },
+        resolve,
+    });
+    let (id, reply) = call.home_value(op).await?;
+    let handle_id = id as u64;
+    let stat = reply.stat.unwrap_or_default();
+    install_new(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0).await
+}
+
+/// Makes a placeholder for a new home handle and answers the call with its number. If the program cannot
+/// receive it (gone, or its table full) the handle is closed at home again, so nothing leaks.
+pub async fn install_new(
+    call: &Call<'_>,
+    handle_id: u64,
+    oflags: i32,
+    stat: pb::FileStat,
+    cloexec: bool,
+    min: u32,
+) -> Outcome {
+    let sup = call.sup;
+    let installed = sup.fds.new_handle(handle_id, oflags, stat).and_then(|h| {
+        sup.fds.install(sup.listener.as_fd(), call.id, call.tid, call.tgid(), &h, cloexec, min, true)
+    });
+    match installed {
+        Ok(_) => Ok(Action::Answered),
+        Err(e) => {
+            let _ = call.home(Op::Close(pb::Close { handle: handle_id })).await;
+            Err(Errno::from_io(&e))
+        }
+    }
+}

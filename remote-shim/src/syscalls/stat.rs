@@ -1,0 +1,139 @@
+//! stat family, statfs, access, readlink.
+
+use super::{simple, Action, Call, Outcome, Route};
+use crate::memory;
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::{flags, Errno};
+
+pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    Some(match nr {
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_stat => stat(call, libc::AT_FDCWD, 0, 1, 0).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_lstat => stat(call, libc::AT_FDCWD, 0, 1, libc::AT_SYMLINK_NOFOLLOW).await,
+        libc::SYS_newfstatat => stat(call, call.arg_i32(0), 1, 2, call.arg_i32(3)).await,
+        libc::SYS_fstat => fstat(call).await,
+        libc::SYS_statx => statx(call).await,
+        libc::SYS_statfs => statfs(call).await,
+        libc::SYS_fstatfs => fstatfs(call).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_access => access(call, libc::AT_FDCWD, 0, call.arg(1) as u32, 0).await,
+        libc::SYS_faccessat => access(call, call.arg_i32(0), 1, call.arg(2) as u32, 0).await,
+        libc::SYS_faccessat2 => access(call, call.arg_i32(0), 1, call.arg(2) as u32, call.arg_i32(3)).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_readlink => readlink(call, libc::AT_FDCWD, 0, 1, 2).await,
+        libc::SYS_readlinkat => readlink(call, call.arg_i32(0), 1, 2, 3).await,
+        _ => return None,
+    })
+}
+
+/// The flags a stat-family call accepts; others are `EINVAL`, as the kernel.
+const STAT_FLAGS: i32 = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH | libc::AT_NO_AUTOMOUNT;
+
+async fn stat(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, at: i32) -> Outcome {
+    if at & !STAT_FLAGS != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, at) else { return Ok(Action::Continue) };
+    let reply = stat_home(call, dir, path, at, 0).await?;
+    let st = reply.to_stat();
+    memory::write_pod(call.tid, call.arg(buf_arg), &st)?;
+    Ok(Action::Value(0))
+}
+
+async fn fstat(call: &Call<'_>) -> Outcome {
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    let reply = stat_home(call, pb::Dir { handle: h.id }, Vec::new(), libc::AT_EMPTY_PATH, 0).await?;
+    memory::write_pod(call.tid, call.arg(1), &reply.to_stat())?;
+    Ok(Action::Value(0))
+}
+
+async fn statx(call: &Call<'_>) -> Outcome {
+    let (dirfd, at, mask) = (call.arg_i32(0), call.arg_i32(2), call.arg(3) as u32);
+    let path = call.path(1)?;
+    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, at) else { return Ok(Action::Continue) };
+    if flags::at_unknown(at) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let reply = stat_home(call, dir, path, at, mask).await?;
+    memory::write_pod(call.tid, call.arg(4), &reply.to_statx())?;
+    Ok(Action::Value(0))
+}
+
+/// An empty path with `AT_EMPTY_PATH` names the directory descriptor itself.
+fn route_maybe_empty(call: &Call<'_>, dirfd: i32, path: &[u8], at: i32) -> Route {
+    if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 && dirfd != libc::AT_FDCWD {
+        return match call.sup.fds.lookup(call.tid, dirfd as u32 as u64) {
+            Some(h) => Route::Home(pb::Dir { handle: h.id }),
+            None => Route::Local,
+        };
+    }
+    call.route(dirfd, path)
+}
+
+async fn stat_home(
+    call: &Call<'_>,
+    dir: pb::Dir,
+    path: Vec<u8>,
+    at: i32,
+    mask: u32,
+) -> Result<pb::FileStat, Errno> {
+    let op = Op::Stat(pb::Stat {
+        dir: Some(dir),
+        path: path.into(),
+        at_flags: flags::at_to_wire(at, false),
+        mask,
+    });
+    let (_, reply) = call.home_value(op).await?;
+    reply.stat.ok_or(Errno::EIO)
+}
+
+async fn statfs(call: &Call<'_>) -> Outcome {
+    let path = call.path(0)?;
+    let Route::Home(dir) = call.route(libc::AT_FDCWD, &path) else { return Ok(Action::Continue) };
+    statfs_home(call, dir, path, 1).await
+}
+
+async fn fstatfs(call: &Call<'_>) -> Outcome {
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    statfs_home(call, pb::Dir { handle: h.id }, Vec::new(), 1).await
+}
+
+async fn statfs_home(call: &Call<'_>, dir: pb::Dir, path: Vec<u8>, buf_arg: usize) -> Outcome {
+    let (_, reply) = call.home_value(Op::Statfs(pb::Statfs { dir: Some(dir), path: path.into() })).await?;
+    let fs = reply.fsstat.ok_or(Errno::EIO)?;
+    memory::write_pod(call.tid, call.arg(buf_arg), &fs.to_statfs())?;
+    Ok(Action::Value(0))
+}
+
+async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32) -> Outcome {
+    if mode & !(libc::F_OK | libc::R_OK | libc::W_OK | libc::X_OK) as u32 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, at) else { return Ok(Action::Continue) };
+    let op = Op::Access(pb::Access {
+        dir: Some(dir),
+        path: path.into(),
+        mode,
+        at_flags: flags::at_to_wire(at, false),
+    });
+    simple(call, op).await
+}
+
+async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, size_arg: usize) -> Outcome {
+    let size = call.arg(size_arg) as i32;
+    if size <= 0 {
+        return Err(Errno::EINVAL);
+    }
+    let path = call.path(path_arg)?;
+    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, libc::AT_EMPTY_PATH) else {
+        return Ok(Action::Continue);
+    };
+    let op = Op::Readlink(pb::Readlink { dir: Some(dir), path: path.into(), size: size as u64 });
+    let (_, reply) = call.home_value(op).await?;
+    let n = reply.data.len().min(size as usize);
+    memory::write_bytes(call.tid, call.arg(buf_arg), &reply.data[..n])?;
+    Ok(Action::Value(n as i64))
+}
