@@ -76,7 +76,7 @@ impl FdTable {
 
     /// Installs `handle`'s placeholder in the program of notification `notif_id` (thread `tid`, group
     /// `tgid`) at the lowest free number ≥ `min` in the reserved range it finds, answering the notification
-    /// with that number when `answer` is set. The handle is registered only once installed.
+    /// with that number when `answer` is set.
     pub fn install(
         &self,
         listener: std::os::fd::BorrowedFd<'_>,
@@ -99,10 +99,21 @@ impl FdTable {
             .chain(start..hint)
             .find(|n| !slot_in_use(tid, *n))
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EMFILE))?;
-        let fd = seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), free, cloexec, answer)?;
-        hints.insert(tgid, free + 1);
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
-        Ok(fd)
+        // Registered before it is installed: with `answer` the program runs on at once and may use the number
+        // before `add_fd` returns here.
+        let fresh = self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone()).is_none();
+        match seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), free, cloexec, answer) {
+            Ok(fd) => {
+                hints.insert(tgid, free + 1);
+                Ok(fd)
+            }
+            Err(e) => {
+                if fresh {
+                    self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.id);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The handle behind descriptor `fd` of thread `tid`, if it is one of our placeholders.

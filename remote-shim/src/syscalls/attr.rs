@@ -77,18 +77,18 @@ async fn chmod(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32)
     if at & !(libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
-    let path = call.path(path_arg)?;
-    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
-    simple(call, chmod_op(dir, path, mode, at)).await
+    let t = call.target(dirfd, call.path(path_arg)?, at);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    simple(call, chmod_op(dir, t.path, mode, t.at)).await
 }
 
 async fn chown(call: &Call<'_>, dirfd: i32, path_arg: usize, ids: (usize, usize), at: i32) -> Outcome {
     if at & !(libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
-    let path = call.path(path_arg)?;
-    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
-    simple(call, chown_op(dir, path, call.arg(ids.0) as u32, call.arg(ids.1) as u32, at)).await
+    let t = call.target(dirfd, call.path(path_arg)?, at);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    simple(call, chown_op(dir, t.path, call.arg(ids.0) as u32, call.arg(ids.1) as u32, t.at)).await
 }
 
 async fn truncate(call: &Call<'_>) -> Outcome {
@@ -115,15 +115,9 @@ async fn utimensat(call: &Call<'_>) -> Outcome {
     // A null path means the descriptor itself (futimens).
     let (path, at) =
         if call.arg(1) == 0 { (Vec::new(), at | libc::AT_EMPTY_PATH) } else { (call.path(1)?, at) };
-    let route = if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 && dirfd != libc::AT_FDCWD {
-        match call.handle(0) {
-            Some(h) => Route::Home(pb::Dir { handle: h.id }),
-            None => Route::Local,
-        }
-    } else {
-        call.route(dirfd, &path)
-    };
-    let Route::Home(dir) = route else { return Ok(Action::Continue) };
+    let t = call.target(dirfd, path, at);
+    let (path, at) = (t.path, t.at);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     let (atime, mtime) = if call.arg(2) == 0 {
         (None, None)
     } else {

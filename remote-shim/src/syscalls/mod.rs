@@ -111,6 +111,50 @@ impl Call<'_> {
     }
 }
 
+/// A path call's target after looking through descriptors: the route, the path to send, the `AT_*` flags.
+pub struct Target {
+    pub route: Route,
+    pub path: Vec<u8>,
+    pub at: i32,
+}
+
+impl Call<'_> {
+    /// Resolves what a path call names, as the kernel would see it: an empty path with `AT_EMPTY_PATH` names
+    /// the directory descriptor itself, and a magic link to one of our placeholders (`/proc/self/fd/N`,
+    /// `/dev/fd/N`, `/proc/PID/fd/N`) names that home handle (sent as the handle with an empty path and
+    /// `AT_EMPTY_PATH`; an open of it reopens the home file).
+    pub fn target(&self, dirfd: i32, path: Vec<u8>, at: i32) -> Target {
+        if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 && dirfd != libc::AT_FDCWD {
+            let route = match self.sup.fds.lookup(self.tid, dirfd as u32 as u64) {
+                Some(h) => Route::Home(pb::Dir { handle: h.id }),
+                None => Route::Local,
+            };
+            return Target { route, path, at };
+        }
+        if let Some((pid, fd)) = magic_fd_link(&path, self.tid) {
+            if let Some(h) = self.sup.fds.lookup(pid, fd) {
+                return Target { route: Route::Home(pb::Dir { handle: h.id }), path: Vec::new(), at: at | libc::AT_EMPTY_PATH };
+            }
+        }
+        Target { route: self.route(dirfd, &path), path, at }
+    }
+}
+
+/// `(pid, fd)` when `path` is a descriptor's magic link: `/proc/self/fd/N`, `/proc/thread-self/fd/N`,
+/// `/proc/PID/fd/N`, `/proc/PID/task/TID/fd/N`, or `/dev/fd/N`.
+fn magic_fd_link(path: &[u8], tid: u32) -> Option<(u32, u64)> {
+    let n = crate::paths::normalize(path);
+    let parts: Vec<&[u8]> = n.split(|&b| b == b'/').skip(1).collect();
+    let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    match parts.as_slice() {
+        [b"dev", b"fd", fd] => Some((tid, num(fd)?)),
+        [b"proc", b"self" | b"thread-self", b"fd", fd] => Some((tid, num(fd)?)),
+        [b"proc", pid, b"fd", fd] => Some((num(pid)? as u32, num(fd)?)),
+        [b"proc", _, b"task", t, b"fd", fd] => Some((num(t)? as u32, num(fd)?)),
+        _ => None,
+    }
+}
+
 fn cwd() -> pb::Dir {
     pb::Dir { handle: 0 }
 }

@@ -47,8 +47,8 @@ async fn openat2(call: &Call<'_>) -> Outcome {
 }
 
 async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u32, resolve: u64) -> Outcome {
-    let path = call.path(path_arg)?;
-    let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
+    let t = call.target(dirfd, call.path(path_arg)?, 0);
+    let (Route::Home(dir), path) = (t.route, t.path) else { return Ok(Action::Continue) };
     let op = Op::Open(pb::Open {
         dir: Some(dir),
         path: path.into(),

@@ -34,9 +34,9 @@ async fn stat(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, at: 
     if at & !STAT_FLAGS != 0 {
         return Err(Errno::EINVAL);
     }
-    let path = call.path(path_arg)?;
-    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, at) else { return Ok(Action::Continue) };
-    let reply = stat_home(call, dir, path, at, 0).await?;
+    let t = call.target(dirfd, call.path(path_arg)?, at);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    let reply = stat_home(call, dir, t.path, t.at, 0).await?;
     let st = reply.to_stat();
     memory::write_pod(call.tid, call.arg(buf_arg), &st)?;
     Ok(Action::Value(0))
@@ -51,25 +51,14 @@ async fn fstat(call: &Call<'_>) -> Outcome {
 
 async fn statx(call: &Call<'_>) -> Outcome {
     let (dirfd, at, mask) = (call.arg_i32(0), call.arg_i32(2), call.arg(3) as u32);
-    let path = call.path(1)?;
-    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, at) else { return Ok(Action::Continue) };
+    let t = call.target(dirfd, call.path(1)?, at);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     if flags::at_unknown(at) != 0 {
         return Err(Errno::EINVAL);
     }
-    let reply = stat_home(call, dir, path, at, mask).await?;
+    let reply = stat_home(call, dir, t.path, t.at, mask).await?;
     memory::write_pod(call.tid, call.arg(4), &reply.to_statx())?;
     Ok(Action::Value(0))
-}
-
-/// An empty path with `AT_EMPTY_PATH` names the directory descriptor itself.
-fn route_maybe_empty(call: &Call<'_>, dirfd: i32, path: &[u8], at: i32) -> Route {
-    if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 && dirfd != libc::AT_FDCWD {
-        return match call.sup.fds.lookup(call.tid, dirfd as u32 as u64) {
-            Some(h) => Route::Home(pb::Dir { handle: h.id }),
-            None => Route::Local,
-        };
-    }
-    call.route(dirfd, path)
 }
 
 async fn stat_home(
@@ -111,13 +100,13 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
     if mode & !(libc::F_OK | libc::R_OK | libc::W_OK | libc::X_OK) as u32 != 0 {
         return Err(Errno::EINVAL);
     }
-    let path = call.path(path_arg)?;
-    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, at) else { return Ok(Action::Continue) };
+    let t = call.target(dirfd, call.path(path_arg)?, at);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     let op = Op::Access(pb::Access {
         dir: Some(dir),
-        path: path.into(),
+        path: t.path.into(),
         mode,
-        at_flags: flags::at_to_wire(at, false),
+        at_flags: flags::at_to_wire(t.at, false),
     });
     simple(call, op).await
 }
@@ -127,11 +116,9 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
     if size <= 0 {
         return Err(Errno::EINVAL);
     }
-    let path = call.path(path_arg)?;
-    let Route::Home(dir) = route_maybe_empty(call, dirfd, &path, libc::AT_EMPTY_PATH) else {
-        return Ok(Action::Continue);
-    };
-    let op = Op::Readlink(pb::Readlink { dir: Some(dir), path: path.into(), size: size as u64 });
+    let t = call.target(dirfd, call.path(path_arg)?, libc::AT_EMPTY_PATH);
+    let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    let op = Op::Readlink(pb::Readlink { dir: Some(dir), path: t.path.into(), size: size as u64 });
     let (_, reply) = call.home_value(op).await?;
     let n = reply.data.len().min(size as usize);
     memory::write_bytes(call.tid, call.arg(buf_arg), &reply.data[..n])?;

@@ -1,0 +1,125 @@
+//! Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
+
+use super::{at, cpath, dir_fd, done, value, Res, MAX_BUF};
+use crate::session::{ProcCtx, Session};
+use crate::sys;
+use homeward_proto::flags::at_from_wire;
+use homeward_proto::pb;
+use homeward_proto::Errno;
+use std::os::fd::{AsFd, AsRawFd};
+
+pub fn mkdir(s: &Session, ctx: &ProcCtx, o: &pb::Mkdir) -> Res {
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let umask = sys::UmaskScope::enter(ctx.umask);
+    sys::mkdirat(at.dir.as_fd(), &at.path, umask.mode(o.mode))?;
+    done(0)
+}
+
+/// mknodat: `mode` carries the file type; the umask applies to the permission bits.
+pub fn mknod(s: &Session, ctx: &ProcCtx, o: &pb::Mknod) -> Res {
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let umask = sys::UmaskScope::enter(ctx.umask);
+    sys::mknodat(at.dir.as_fd(), &at.path, umask.mode(o.mode), o.dev)?;
+    done(0)
+}
+
+/// unlinkat; `AT_FLAG_REMOVEDIR` makes it rmdir.
+pub fn unlink(s: &Session, ctx: &ProcCtx, o: &pb::Unlink) -> Res {
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    sys::unlinkat(at.dir.as_fd(), &at.path, at_from_wire(o.at_flags))?;
+    done(0)
+}
+
+/// renameat2; the RENAME_* flags are the same everywhere and pass as they are.
+pub fn rename(s: &Session, ctx: &ProcCtx, o: &pb::Rename) -> Res {
+    let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path)?;
+    let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path)?;
+    sys::renameat2(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, o.flags)?;
+    done(0)
+}
+
+pub fn link(s: &Session, ctx: &ProcCtx, o: &pb::Link) -> Res {
+    let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path)?;
+    let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path)?;
+    sys::linkat(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, at_from_wire(o.at_flags))?;
+    done(0)
+}
+
+pub fn symlink(s: &Session, ctx: &ProcCtx, o: &pb::Symlink) -> Res {
+    let target = cpath(&o.target)?;
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    sys::symlinkat(&target, at.dir.as_fd(), &at.path)?;
+    done(0)
+}
+
+/// getdents64 on a directory handle with a buffer of `size` bytes (capped), so that what home returns
+/// fits the program's buffer; the value is the kernel's byte count.
+pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
+    let fd = s.handle(o.handle)?;
+    let size = usize::try_from(o.size).unwrap_or(usize::MAX).min(MAX_BUF);
+    let raw = sys::getdents64(fd.as_fd(), size)?;
+    Ok(pb::CallReply { dirents: decode_dirents(&raw), ..value(raw.len() as i64) })
+}
+
+/// Decodes `struct linux_dirent64` records: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8,
+/// d_name: NUL-terminated`, each record 8-byte aligned. Stops at the first malformed record.
+pub fn decode_dirents(buf: &[u8]) -> Vec<pb::Dirent> {
+    const NAME: usize = 19;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(rec) = buf.get(at..) {
+        let (Some(ino), Some(off), Some(reclen), Some(&kind)) =
+            (rec.get(0..8), rec.get(8..16), rec.get(16..18), rec.get(18))
+        else {
+            break;
+        };
+        let reclen = usize::from(u16::from_ne_bytes([reclen[0], reclen[1]]));
+        let Some(name) = rec.get(NAME..reclen) else { break };
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        out.push(pb::Dirent {
+            ino: u64::from_ne_bytes(ino.try_into().unwrap_or_default()),
+            off: i64::from_ne_bytes(off.try_into().unwrap_or_default()),
+            kind: u32::from(kind),
+            name: name.to_vec().into(),
+        });
+        at += reclen;
+    }
+    out
+}
+
+/// chdir (a path) or fchdir (empty path: the handle). The new cwd is a fresh `O_PATH` descriptor, so the
+/// handle's open file (and its locks) is not kept alive by being a cwd.
+pub fn chdir(s: &Session, ctx: &ProcCtx, o: &pb::Chdir) -> Res {
+    const DIR: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let target = if o.path.is_empty() {
+        dir_fd(s, ctx, o.dir.as_ref())?
+    } else {
+        let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+        sys::openat(at.dir.as_fd(), &at.path, DIR, 0)?.into()
+    };
+    // Looking up "." in the target needs search permission on it: the check chdir and fchdir make
+    // (EACCES), and ENOTDIR for a handle that is not a directory.
+    let cwd = sys::openat(target.as_fd(), c".", DIR, 0)?;
+    s.set_cwd(ctx.id, cwd);
+    done(0)
+}
+
+/// getcwd with a buffer of `size` bytes: the value counts the terminating NUL, the data does not.
+pub fn getcwd(ctx: &ProcCtx, o: &pb::Getcwd) -> Res {
+    // A removed cwd: the kernel's getcwd says ENOENT (readlink would say "/path (deleted)").
+    let sx = sys::statx(ctx.cwd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_NLINK)?;
+    if sx.stx_nlink == 0 {
+        return Err(Errno::ENOENT);
+    }
+    let link = cpath(format!("/proc/self/fd/{}", ctx.cwd.as_raw_fd()).as_bytes())?;
+    let path = sys::readlinkat(ctx.cwd.as_fd(), &link, 2 * libc::PATH_MAX as usize)?;
+    if path.first() != Some(&b'/') {
+        // Not reachable from home's root: getcwd answers ENOENT too.
+        return Err(Errno::ENOENT);
+    }
+    let needed = path.len() + 1;
+    if u64::try_from(needed).map_or(true, |n| o.size < n) {
+        return Err(Errno::ERANGE);
+    }
+    Ok(pb::CallReply { data: path.into(), ..value(needed as i64) })
+}

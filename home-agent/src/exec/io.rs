@@ -1,0 +1,96 @@
+//! Read, Write, Seek, Fsync, Fallocate, CopyRange, Ioctl.
+
+use super::{done, value, Res, MAX_BUF};
+use crate::session::Session;
+use crate::sys;
+use homeward_proto::pb::{self, IoctlOp, Whence};
+use homeward_proto::Errno;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// read, or pread at the offset; at most [`MAX_BUF`] bytes (a short read, which is legal).
+pub fn read(s: &Session, o: &pb::Read) -> Res {
+    let fd = s.handle(o.handle)?;
+    let len = usize::try_from(o.len).unwrap_or(usize::MAX).min(MAX_BUF);
+    let data = sys::read(fd.as_fd(), len, o.offset)?;
+    let n = data.len() as i64;
+    Ok(pb::CallReply { data: data.into(), ..value(n) })
+}
+
+/// write, or pwrite at the offset: the value is the number of bytes written.
+pub fn write(s: &Session, o: &pb::Write) -> Res {
+    let fd = s.handle(o.handle)?;
+    done(sys::write(fd.as_fd(), &o.data, o.offset)? as i64)
+}
+
+/// The native `SEEK_*` for a wire whence.
+pub fn whence(w: i32) -> Result<libc::c_int, Errno> {
+    Ok(match Whence::try_from(w).map_err(|_| Errno::EINVAL)? {
+        Whence::Set => libc::SEEK_SET,
+        Whence::Cur => libc::SEEK_CUR,
+        Whence::End => libc::SEEK_END,
+        Whence::Data => libc::SEEK_DATA,
+        Whence::Hole => libc::SEEK_HOLE,
+    })
+}
+
+/// lseek: the value is the new offset.
+pub fn seek(s: &Session, o: &pb::Seek) -> Res {
+    let fd = s.handle(o.handle)?;
+    done(sys::lseek(fd.as_fd(), o.offset, whence(o.whence)?)?)
+}
+
+/// fsync or fdatasync.
+pub fn fsync(s: &Session, o: &pb::Fsync) -> Res {
+    sys::fsync(s.handle(o.handle)?.as_fd(), o.datasync)?;
+    done(0)
+}
+
+/// fallocate; the FALLOC_FL_* bits are the same everywhere.
+pub fn fallocate(s: &Session, o: &pb::Fallocate) -> Res {
+    sys::fallocate(s.handle(o.handle)?.as_fd(), o.mode as libc::c_int, o.offset, o.len)?;
+    done(0)
+}
+
+/// copy_file_range (and sendfile) between two handles. Where the kernel cannot copy between these files
+/// (EXDEV, EINVAL, EOPNOTSUPP, ENOSYS: another filesystem, a pipe or socket), copies through a buffer,
+/// at most [`MAX_BUF`] bytes per call, as sendfile would. The value is the number of bytes copied.
+pub fn copy_range(s: &Session, o: &pb::CopyRange) -> Res {
+    let fd_in = s.handle(o.in_handle)?;
+    let fd_out = s.handle(o.out_handle)?;
+    let len = usize::try_from(o.len).unwrap_or(usize::MAX);
+    let (mut off_in, mut off_out) = (o.in_offset, o.out_offset);
+    match sys::copy_file_range(fd_in.as_fd(), off_in.as_mut(), fd_out.as_fd(), off_out.as_mut(), len) {
+        Ok(n) => done(n as i64),
+        Err(e) if [Errno::EXDEV, Errno::EINVAL, Errno::EOPNOTSUPP, Errno::ENOSYS].contains(&e) => {
+            copy_through_buffer(fd_in.as_fd(), o.in_offset, fd_out.as_fd(), o.out_offset, len.min(MAX_BUF))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn copy_through_buffer(
+    fd_in: BorrowedFd<'_>,
+    off_in: Option<i64>,
+    fd_out: BorrowedFd<'_>,
+    off_out: Option<i64>,
+    len: usize,
+) -> Res {
+    let data = sys::read(fd_in, len, off_in)?;
+    let written = sys::write(fd_out, &data, off_out);
+    let n = *written.as_ref().unwrap_or(&0);
+    if off_in.is_none() && n < data.len() {
+        // Give back what was read but not written, so the input offset moved only by what was copied.
+        // (Nothing to do for a pipe, which cannot seek: then those bytes are lost, as with splice.)
+        let _ = sys::lseek(fd_in, -((data.len() - n) as i64), libc::SEEK_CUR);
+    }
+    done(written? as i64)
+}
+
+/// ioctl; only FIONREAD is forwarded (the value is the byte count), anything else is ENOTTY.
+pub fn ioctl(s: &Session, o: &pb::Ioctl) -> Res {
+    let fd = s.handle(o.handle)?;
+    match IoctlOp::try_from(o.op) {
+        Ok(IoctlOp::Fionread) => done(i64::from(sys::fionread(fd.as_fd())?)),
+        Err(_) => Err(Errno::ENOTTY),
+    }
+}

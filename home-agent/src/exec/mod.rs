@@ -1,0 +1,189 @@
+//! Executors: one plain function per operation, grouped by syscall family (mirroring remote-shim).
+//!
+//! Each returns the syscall's value or errno exactly as home's kernel gives it: errors are data
+//! ([`Outcome`] errno), never a transport fault. Malformed requests (a missing operation or `Dir`, an
+//! unknown enum value) get `EINVAL`; buffers are capped ([`MAX_BUF`]), so no request allocates without
+//! bound, and a read larger than the cap is a short read.
+//!
+//! - [`open`]: Open. [`stat`]: Stat, Statfs, Access, Readlink.
+//! - [`dir`]: Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
+//! - [`attr`]: Chmod, Chown, Truncate, Utimens, Xattr, Umask.
+//! - [`io`]: Read, Write, Seek, Fsync, Fallocate, CopyRange, Ioctl.
+//! - [`fd`]: GetFlags, SetFlags, Lock, Flock, Close, ForgetProc.
+
+mod attr;
+mod dir;
+mod fd;
+mod io;
+mod open;
+mod stat;
+#[cfg(test)]
+mod tests;
+
+use crate::session::{ProcCtx, Session};
+use homeward_proto::pb::{call_request::Op, CallReply, CallRequest, Dir, Outcome};
+use homeward_proto::Errno;
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// Most bytes one call reads, lists, copies or returns (16 MiB).
+pub const MAX_BUF: usize = 16 << 20;
+
+/// An executor's result: the reply (without `seq`), or the errno.
+type Res = Result<CallReply, Errno>;
+
+/// A reply carrying only a value.
+fn value(v: i64) -> CallReply {
+    CallReply { outcome: Some(Outcome::value(v)), ..Default::default() }
+}
+
+fn done(v: i64) -> Res {
+    Ok(value(v))
+}
+
+/// Executes one request for `session` on the calling (blocking) thread.
+pub fn execute(session: &Session, req: &CallRequest) -> CallReply {
+    let result = match &req.op {
+        None => Err(Errno::EINVAL),
+        // Forgetting a process must not first create its state.
+        Some(Op::ForgetProc(f)) => fd::forget_proc(session, f),
+        Some(op) => {
+            session.proc_ctx(req.proc.unwrap_or_default()).and_then(|ctx| dispatch(session, &ctx, op))
+        }
+    };
+    let mut reply =
+        result.unwrap_or_else(|e| CallReply { outcome: Some(Outcome::errno(e)), ..Default::default() });
+    reply.seq = req.seq;
+    reply
+}
+
+fn dispatch(s: &Session, ctx: &ProcCtx, op: &Op) -> Res {
+    match op {
+        Op::Open(o) => open::open(s, ctx, o),
+        Op::Stat(o) => stat::stat(s, ctx, o),
+        Op::Statfs(o) => stat::statfs(s, ctx, o),
+        Op::Access(o) => stat::access(s, ctx, o),
+        Op::Readlink(o) => stat::readlink(s, ctx, o),
+        Op::Mkdir(o) => dir::mkdir(s, ctx, o),
+        Op::Mknod(o) => dir::mknod(s, ctx, o),
+        Op::Unlink(o) => dir::unlink(s, ctx, o),
+        Op::Rename(o) => dir::rename(s, ctx, o),
+        Op::Link(o) => dir::link(s, ctx, o),
+        Op::Symlink(o) => dir::symlink(s, ctx, o),
+        Op::Getdents(o) => dir::getdents(s, o),
+        Op::Chdir(o) => dir::chdir(s, ctx, o),
+        Op::Getcwd(o) => dir::getcwd(ctx, o),
+        Op::Chmod(o) => attr::chmod(s, ctx, o),
+        Op::Chown(o) => attr::chown(s, ctx, o),
+        Op::Truncate(o) => attr::truncate(s, ctx, o),
+        Op::Utimens(o) => attr::utimens(s, ctx, o),
+        Op::Xattr(o) => attr::xattr(s, ctx, o),
+        Op::Umask(o) => attr::umask(s, ctx, o),
+        Op::Read(o) => io::read(s, o),
+        Op::Write(o) => io::write(s, o),
+        Op::Seek(o) => io::seek(s, o),
+        Op::Fsync(o) => io::fsync(s, o),
+        Op::Fallocate(o) => io::fallocate(s, o),
+        Op::CopyRange(o) => io::copy_range(s, o),
+        Op::Ioctl(o) => io::ioctl(s, o),
+        Op::GetFlags(o) => fd::get_flags(s, o),
+        Op::SetFlags(o) => fd::set_flags(s, o),
+        Op::Lock(o) => fd::lock(s, o),
+        Op::Flock(o) => fd::flock(s, o),
+        Op::Close(o) => fd::close(s, o),
+        Op::ForgetProc(o) => fd::forget_proc(s, o),
+    }
+}
+
+/// The operation's name, for logs.
+pub fn op_name(op: Option<&Op>) -> &'static str {
+    let Some(op) = op else { return "none" };
+    match op {
+        Op::Open(_) => "open",
+        Op::Stat(_) => "stat",
+        Op::Statfs(_) => "statfs",
+        Op::Access(_) => "access",
+        Op::Readlink(_) => "readlink",
+        Op::Mkdir(_) => "mkdir",
+        Op::Mknod(_) => "mknod",
+        Op::Unlink(_) => "unlink",
+        Op::Rename(_) => "rename",
+        Op::Link(_) => "link",
+        Op::Symlink(_) => "symlink",
+        Op::Chmod(_) => "chmod",
+        Op::Chown(_) => "chown",
+        Op::Truncate(_) => "truncate",
+        Op::Utimens(_) => "utimens",
+        Op::Chdir(_) => "chdir",
+        Op::Getcwd(_) => "getcwd",
+        Op::Umask(_) => "umask",
+        Op::Xattr(_) => "xattr",
+        Op::Read(_) => "read",
+        Op::Write(_) => "write",
+        Op::Seek(_) => "seek",
+        Op::Fsync(_) => "fsync",
+        Op::Fallocate(_) => "fallocate",
+        Op::Getdents(_) => "getdents",
+        Op::GetFlags(_) => "get_flags",
+        Op::SetFlags(_) => "set_flags",
+        Op::Lock(_) => "lock",
+        Op::Flock(_) => "flock",
+        Op::Close(_) => "close",
+        Op::Ioctl(_) => "ioctl",
+        Op::CopyRange(_) => "copy_range",
+        Op::ForgetProc(_) => "forget_proc",
+    }
+}
+
+/// A path call's target: a directory descriptor and a path relative to it.
+struct At {
+    dir: Arc<OwnedFd>,
+    path: CString,
+}
+
+/// Wire path bytes as a C string; an interior NUL is `EINVAL` (the program's string ends there anyway).
+fn cpath(bytes: &[u8]) -> Result<CString, Errno> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
+}
+
+/// The directory a `Dir` names: the process's cwd for handle 0, else the session's handle (`EBADF`).
+fn dir_fd(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>) -> Result<Arc<OwnedFd>, Errno> {
+    match dir.ok_or(Errno::EINVAL)?.handle {
+        0 => Ok(ctx.cwd.clone()),
+        handle => s.handle(handle),
+    }
+}
+
+/// Resolves (Dir, path) as the `*at` calls do: an absolute path ignores the directory entirely.
+fn at(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8]) -> Result<At, Errno> {
+    let path = cpath(path)?;
+    let dir = if path.as_bytes().first() == Some(&b'/') {
+        dir.ok_or(Errno::EINVAL)?;
+        ctx.cwd.clone()
+    } else {
+        dir_fd(s, ctx, dir)?
+    };
+    Ok(At { dir, path })
+}
+
+/// `/proc/self/fd/<fd>`: the magic link to exactly the file a descriptor refers to.
+fn fd_path(fd: &OwnedFd) -> Result<CString, Errno> {
+    use std::os::fd::AsRawFd;
+    cpath(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())
+}
+
+impl At {
+    /// A path that reaches the same file without a directory descriptor: the path itself when absolute,
+    /// else `/proc/self/fd/<dir>/<path>` (the magic link jumps to the directory, the rest walks from there).
+    fn proc_path(&self) -> Result<CString, Errno> {
+        let path = self.path.as_bytes();
+        if path.first() == Some(&b'/') {
+            return Ok(self.path.clone());
+        }
+        let mut full = fd_path(&self.dir)?.into_bytes();
+        full.push(b'/');
+        full.extend_from_slice(path);
+        cpath(&full)
+    }
+}

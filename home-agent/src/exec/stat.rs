@@ -1,0 +1,52 @@
+//! Stat, Statfs, Access, Readlink.
+
+use super::open::DEFAULT_STATX_MASK;
+use super::{at, dir_fd, done, value, Res};
+use crate::session::{ProcCtx, Session};
+use crate::sys;
+use homeward_proto::flags::at_from_wire;
+use homeward_proto::pb::{self, FileStat, FsStat};
+use std::os::fd::AsFd;
+
+/// Largest readlink buffer home allocates: a symlink target never exceeds a page, so a bigger buffer
+/// cannot change the result.
+const MAX_LINK: usize = 64 << 10;
+
+/// statx (and stat, lstat, fstatat, fstat: empty path with `AT_EMPTY_PATH`).
+pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let mask = if o.mask == 0 { DEFAULT_STATX_MASK } else { o.mask };
+    let sx = sys::statx(at.dir.as_fd(), &at.path, at_from_wire(o.at_flags), mask)?;
+    Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), ..value(0) })
+}
+
+/// statfs, or fstatfs of the handle when the path is empty.
+pub fn statfs(s: &Session, ctx: &ProcCtx, o: &pb::Statfs) -> Res {
+    let st = if o.path.is_empty() {
+        sys::fstatfs(dir_fd(s, ctx, o.dir.as_ref())?.as_fd())?
+    } else {
+        sys::statfs(&at(s, ctx, o.dir.as_ref(), &o.path)?.proc_path()?)?
+    };
+    Ok(pb::CallReply { fsstat: Some(FsStat::from_statfs(&st)), ..value(0) })
+}
+
+/// faccessat2 (access, faccessat).
+pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let mode = libc::c_int::try_from(o.mode).map_err(|_| homeward_proto::Errno::EINVAL)?;
+    sys::faccessat(at.dir.as_fd(), &at.path, mode, at_from_wire(o.at_flags))?;
+    done(0)
+}
+
+/// readlinkat into a buffer of `size` bytes: value and data are the (possibly truncated) target.
+pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
+    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    // The kernel takes the size as an int (the low 32 bits of the register): 0 or negative is EINVAL.
+    let size = match o.size as i32 {
+        n if n > 0 => (n as usize).min(MAX_LINK),
+        _ => 0,
+    };
+    let target = sys::readlinkat(at.dir.as_fd(), &at.path, size)?;
+    let n = target.len() as i64;
+    Ok(pb::CallReply { data: target.into(), ..value(n) })
+}

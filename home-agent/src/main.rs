@@ -1,0 +1,87 @@
+//! `home-agent --listen ADDR:PORT [--token-file FILE]`: serves home's files to remote-shim.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use home_agent::{AgentConfig, BindError, BoundAgent};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// Environment variable that may hold the token (never the command line, which other users can read).
+const TOKEN_ENV: &str = "HOMEWARD_TOKEN";
+
+#[derive(Parser)]
+#[command(version, about = "Serves home's files to programs running under remote-shim")]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:7070 (port 0 picks a free one).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// File holding the token clients must present (else $HOMEWARD_TOKEN; none is allowed on loopback only).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(file) = &args.token_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the token file {}", file.display()))?;
+        let token = text.trim_end();
+        if token.is_empty() {
+            bail!("the token file {} is empty", file.display());
+        }
+        return Ok(Some(token.to_string()));
+    }
+    match std::env::var(TOKEN_ENV) {
+        Ok(token) if token.trim_end().is_empty() => bail!("{TOKEN_ENV} is set but empty"),
+        Ok(token) => Ok(Some(token.trim_end().to_string())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{TOKEN_ENV} is not valid UTF-8"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let token = read_token(&args)?;
+    if token.is_none() && args.listen.ip().to_canonical().is_loopback() {
+        eprintln!(
+            "home-agent: warning: no token: any local user can reach {} with your rights \
+             (pass --token-file to require one)",
+            args.listen
+        );
+    }
+    match home_agent::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!("{err:#}"),
+    }
+    let agent = BoundAgent::bind(AgentConfig { listen: args.listen, token }).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "home-agent: listening on {}", agent.local_addr()).context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")?;
+    drop(stdout);
+    agent.serve().await
+}
+
+fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("home-agent: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<BindError>().is_some() => {
+            eprintln!("home-agent: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("home-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! One session's state: its handle table and the per-process cwd and umask.
+//!
+//! A handle is a number on the wire that names an `OwnedFd` of this session; handles are per session, so
+//! a session can never name another's files. Handle 0 is never allocated: in a `Dir` it means "the cwd".
+
+use crate::sys;
+use homeward_proto::pb::Proc;
+use homeward_proto::Errno;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most handles a session holds at once; one more open gets `EMFILE`.
+pub const MAX_HANDLES: usize = 65536;
+/// Most processes a session tracks at once; a further new process gets `EAGAIN`, as fork would.
+pub const MAX_PROCS: usize = 65536;
+
+/// A process's state at home.
+#[derive(Clone)]
+pub struct ProcState {
+    /// The cwd, as an `O_PATH | O_DIRECTORY` descriptor.
+    pub cwd: Arc<OwnedFd>,
+    pub umask: u32,
+}
+
+/// The calling process of one request, with its state as the request started.
+pub struct ProcCtx {
+    pub id: u64,
+    pub cwd: Arc<OwnedFd>,
+    pub umask: u32,
+}
+
+pub struct Session {
+    pub id: u64,
+    handles: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+    next_handle: AtomicU64,
+    procs: Mutex<HashMap<u64, ProcState>>,
+    initial: ProcState,
+    closed: AtomicBool,
+    inflight: sys::Inflight,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking executor leaves the maps consistent (every update is a single insert or remove).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Session {
+    pub fn new(id: u64, cwd: OwnedFd, umask: u32) -> Session {
+        Session {
+            id,
+            handles: Mutex::default(),
+            next_handle: AtomicU64::new(1),
+            procs: Mutex::default(),
+            initial: ProcState { cwd: Arc::new(cwd), umask: umask & 0o777 },
+            closed: AtomicBool::new(false),
+            inflight: sys::Inflight::default(),
+        }
+    }
+
+    /// The state of `proc`, created on its first call as a copy of its parent's (or the session's start).
+    pub fn proc_ctx(&self, proc: Proc) -> Result<ProcCtx, Errno> {
+        let mut procs = lock(&self.procs);
+        let state = match procs.get(&proc.id) {
+            Some(state) => state.clone(),
+            None => {
+                if procs.len() >= MAX_PROCS {
+                    return Err(Errno(libc::EAGAIN as u16));
+                }
+                let state = procs.get(&proc.parent).unwrap_or(&self.initial).clone();
+                procs.insert(proc.id, state.clone());
+                state
+            }
+        };
+        Ok(ProcCtx { id: proc.id, cwd: state.cwd, umask: state.umask })
+    }
+
+    /// Replaces a process's cwd.
+    pub fn set_cwd(&self, proc: u64, cwd: OwnedFd) {
+        let mut procs = lock(&self.procs);
+        let umask = procs.get(&proc).map_or(self.initial.umask, |s| s.umask);
+        procs.insert(proc, ProcState { cwd: Arc::new(cwd), umask });
+    }
+
+    /// Sets a process's umask; returns the previous one.
+    pub fn set_umask(&self, proc: u64, mask: u32) -> u32 {
+        let mut procs = lock(&self.procs);
+        let state = procs.entry(proc).or_insert_with(|| self.initial.clone());
+        std::mem::replace(&mut state.umask, mask & 0o777)
+    }
+
+    /// Drops a process's state (it has exited).
+    pub fn forget_proc(&self, proc: u64) {
+        lock(&self.procs).remove(&proc);
+    }
+
+    /// The descriptor behind a handle; `EBADF` for a handle this session does not hold.
+    pub fn handle(&self, handle: u64) -> Result<Arc<OwnedFd>, Errno> {
+        lock(&self.handles).get(&handle).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// `EMFILE` when the table is full (checked before opening, so nothing is created in vain).
+    pub fn check_room(&self) -> Result<(), Errno> {
+        if lock(&self.handles).len() >= MAX_HANDLES {
+            return Err(Errno::EMFILE);
+        }
+        Ok(())
+    }
+
+    /// Registers a descriptor as a new handle.
+    pub fn insert(&self, fd: OwnedFd) -> Result<u64, Errno> {
+        let mut handles = lock(&self.handles);
+        if handles.len() >= MAX_HANDLES {
+            return Err(Errno::EMFILE);
+        }
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        handles.insert(handle, Arc::new(fd));
+        Ok(handle)
+    }
+
+    /// Forgets a handle. Its descriptor closes now, or when the last running call using it finishes.
+    pub fn close_handle(&self, handle: u64) -> Result<(), Errno> {
+        lock(&self.handles).remove(&handle).map(drop).ok_or(Errno::EBADF)
+    }
+
+    /// Runs one call on the current (blocking) thread, registered so that [`Session::interrupt`] can reach
+    /// it; returns `None` without running it once the session is closed.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let _registered = self.inflight.enter();
+        if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(f())
+    }
+
+    /// Closes the session: no new call runs, every handle and cwd is dropped (which releases their locks
+    /// unless a running call still uses the descriptor).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let handles = std::mem::take(&mut *lock(&self.handles));
+        let procs = std::mem::take(&mut *lock(&self.procs));
+        drop((handles, procs));
+    }
+
+    /// Interrupts the calls still running (after [`Session::close`]); returns how many there were.
+    pub fn interrupt(&self) -> usize {
+        self.inflight.interrupt_all()
+    }
+}

@@ -1,0 +1,214 @@
+//! The agent over real gRPC on 127.0.0.1: sessions, the call stream, the token.
+
+use home_agent::{AgentConfig, BoundAgent};
+use homeward_proto::pb::call_request::Op;
+use homeward_proto::pb::home_client::HomeClient;
+use homeward_proto::pb::{self, CallReply, CallRequest, Dir, HelloRequest, Proc};
+use homeward_proto::{flags, Errno, AUTH_METADATA, PROTOCOL_VERSION, SESSION_METADATA};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Streaming};
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("home-agent-rpc-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(token: Option<&str>) -> SocketAddr {
+    let config = AgentConfig { listen: "127.0.0.1:0".parse().unwrap(), token: token.map(str::to_string) };
+    let agent = BoundAgent::bind(config).await.unwrap();
+    let addr = agent.local_addr();
+    assert_ne!(addr.port(), 0);
+    tokio::spawn(agent.serve());
+    addr
+}
+
+async fn client(addr: SocketAddr) -> HomeClient<Channel> {
+    HomeClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(AUTH_METADATA, format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn hello(cwd: &std::path::Path) -> HelloRequest {
+    HelloRequest {
+        version: PROTOCOL_VERSION,
+        cwd: cwd.as_os_str().as_bytes().to_vec().into(),
+        umask: 0o022,
+        description: "rpc test".into(),
+    }
+}
+
+/// A session's open call stream.
+struct Calls {
+    tx: mpsc::Sender<CallRequest>,
+    replies: Streaming<CallReply>,
+}
+
+impl Calls {
+    async fn open(client: &mut HomeClient<Channel>, cwd: &std::path::Path) -> Calls {
+        let session = client.hello(authed(hello(cwd), TOKEN)).await.unwrap().into_inner().session;
+        let (tx, rx) = mpsc::channel(16);
+        let mut request = authed(ReceiverStream::new(rx), TOKEN);
+        request.metadata_mut().insert(SESSION_METADATA, session.to_string().parse().unwrap());
+        let replies = client.calls(request).await.unwrap().into_inner();
+        Calls { tx, replies }
+    }
+
+    async fn send(&self, seq: u64, op: Op) {
+        let request = CallRequest { seq, proc: Some(Proc { id: 1, parent: 0 }), op: Some(op) };
+        self.tx.send(request).await.unwrap();
+    }
+
+    async fn reply(&mut self) -> CallReply {
+        tokio::time::timeout(Duration::from_secs(10), self.replies.message()).await.unwrap().unwrap().unwrap()
+    }
+
+    async fn call(&mut self, seq: u64, op: Op) -> Result<i64, Errno> {
+        self.send(seq, op).await;
+        let reply = self.reply().await;
+        assert_eq!(reply.seq, seq);
+        reply.outcome.unwrap().to_result()
+    }
+}
+
+fn open(path: &str, flags: i32) -> Op {
+    let (dir, path) = (Some(Dir { handle: 0 }), path.to_string().into());
+    Op::Open(pb::Open { dir, path, flags: flags::open_to_wire(flags), mode: 0o644, resolve: 0 })
+}
+
+#[tokio::test]
+async fn open_write_close_reaches_home() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut calls = Calls::open(&mut client, &dir.0).await;
+    let handle =
+        calls.call(1, open("out.txt", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)).await.unwrap() as u64;
+    let write = pb::Write { handle, data: b"hello home".to_vec().into(), offset: None };
+    assert_eq!(calls.call(2, Op::Write(write)).await, Ok(10));
+    assert_eq!(calls.call(3, Op::Close(pb::Close { handle })).await, Ok(0));
+    assert_eq!(std::fs::read(dir.0.join("out.txt")).unwrap(), b"hello home");
+    let missing = pb::Stat { dir: Some(Dir { handle: 0 }), path: "nope".into(), at_flags: 0, mask: 0 };
+    assert_eq!(calls.call(4, Op::Stat(missing)).await, Err(Errno::ENOENT));
+    // The client closes its side: the stream ends.
+    drop(calls.tx);
+    assert!(calls.replies.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn wrong_or_missing_token_is_refused_before_anything_happens() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let status = client.hello(authed(hello(&dir.0), "wrong")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = client.hello(Request::new(hello(&dir.0))).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let (tx, rx) = mpsc::channel(4);
+    let create = CallRequest { seq: 1, proc: None, op: Some(open("evil", libc::O_WRONLY | libc::O_CREAT)) };
+    tx.send(create).await.unwrap();
+    let mut request = authed(ReceiverStream::new(rx), "wrong");
+    request.metadata_mut().insert(SESSION_METADATA, "1".parse().unwrap());
+    let status = client.calls(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0, "nothing was created");
+}
+
+#[tokio::test]
+async fn sessions_need_hello_and_an_existing_cwd() {
+    let dir = TempDir::new();
+    let mut client = client(start(None).await).await;
+    let status = client.hello(Request::new(hello(&dir.0.join("missing")))).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("does not exist at home"), "{}", status.message());
+
+    let (_tx, rx) = mpsc::channel::<CallRequest>(1);
+    let mut request = Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(SESSION_METADATA, "12345".parse().unwrap());
+    assert_eq!(client.calls(request).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_blocked_call_does_not_hold_up_others() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut calls = Calls::open(&mut client, &dir.0).await;
+    let fifo =
+        pb::Mknod { dir: Some(Dir { handle: 0 }), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
+    assert_eq!(calls.call(1, Op::Mknod(fifo)).await, Ok(0));
+    let handle = calls.call(2, open("p", libc::O_RDWR)).await.unwrap() as u64;
+    // Nothing in the fifo yet: this read blocks at home.
+    calls.send(3, Op::Read(pb::Read { handle, len: 100, offset: None })).await;
+    let here = pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0 };
+    assert_eq!(calls.call(4, Op::Stat(here)).await, Ok(0));
+    let write = pb::Write { handle, data: b"ping".to_vec().into(), offset: None };
+    calls.send(5, Op::Write(write)).await;
+    let mut got = [calls.reply().await, calls.reply().await];
+    got.sort_by_key(|r| r.seq);
+    assert_eq!(got[0].seq, 3);
+    assert_eq!(&got[0].data[..], b"ping");
+    assert_eq!(got[1].outcome.unwrap().to_result(), Ok(4));
+}
+
+#[tokio::test]
+async fn a_gone_client_releases_its_locks() {
+    let dir = TempDir::new();
+    let addr = start(Some(TOKEN)).await;
+    let lock = |handle| {
+        let range = pb::LockRange { kind: pb::LockType::Write as i32, whence: 0, start: 0, len: 0, pid: 0 };
+        Op::Lock(pb::Lock { handle, cmd: pb::LockCmd::Set as i32, ofd: false, range: Some(range) })
+    };
+    let mut first_client = client(addr).await;
+    let mut first = Calls::open(&mut first_client, &dir.0).await;
+    let a = first.call(1, open("f", libc::O_RDWR | libc::O_CREAT)).await.unwrap() as u64;
+    assert_eq!(first.call(2, lock(a)).await, Ok(0));
+
+    let mut second_client = client(addr).await;
+    let mut second = Calls::open(&mut second_client, &dir.0).await;
+    let b = second.call(1, open("f", libc::O_RDWR)).await.unwrap() as u64;
+    assert_eq!(second.call(2, lock(b)).await, Err(Errno(libc::EAGAIN as u16)));
+
+    drop(first);
+    drop(first_client);
+    let mut seq = 3;
+    loop {
+        match second.call(seq, lock(b)).await {
+            Ok(0) => break,
+            r => assert_eq!(r, Err(Errno(libc::EAGAIN as u16))),
+        }
+        assert!(seq < 500, "the lock was never released");
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn refuses_a_public_address_without_a_token() {
+    let config = AgentConfig { listen: "0.0.0.0:0".parse().unwrap(), token: None };
+    let err = BoundAgent::bind(config).await.err().expect("bind must refuse");
+    assert!(err.to_string().contains("refusing to listen on 0.0.0.0:0 without a token"), "{err}");
+}
