@@ -111,11 +111,12 @@ fn zeroed_statfs() -> libc::statfs {
 }
 
 impl FsStat {
+    /// `__fsword_t` is `i64` on every 64-bit Linux this builds for.
     pub fn from_statfs(s: &libc::statfs) -> FsStat {
         let fsid: [i32; 2] = fsid_pair(&s.f_fsid);
         FsStat {
-            kind: s.f_type as i64,
-            bsize: s.f_bsize as i64,
+            kind: s.f_type,
+            bsize: s.f_bsize,
             blocks: s.f_blocks,
             bfree: s.f_bfree,
             bavail: s.f_bavail,
@@ -123,8 +124,8 @@ impl FsStat {
             ffree: s.f_ffree,
             fsid0: fsid[0],
             fsid1: fsid[1],
-            namelen: s.f_namelen as i64,
-            frsize: s.f_frsize as i64,
+            namelen: s.f_namelen,
+            frsize: s.f_frsize,
             flags: statfs_flags(s),
         }
     }

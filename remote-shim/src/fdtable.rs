@@ -38,6 +38,16 @@ pub struct Handle {
     born: u64,
 }
 
+/// Where a placeholder goes: the program behind a notification, and the lowest number it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub notif_id: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub min: u32,
+    pub cloexec: bool,
+}
+
 pub struct FdTable {
     pub range: FdRange,
     nonce: String,
@@ -74,20 +84,15 @@ impl FdTable {
         }))
     }
 
-    /// Installs `handle`'s placeholder in the program of notification `notif_id` (thread `tid`, group
-    /// `tgid`) at the lowest free number ≥ `min` in the reserved range it finds, answering the notification
-    /// with that number when `answer` is set.
+    /// Installs `handle`'s placeholder in the program that made notification `slot.notif_id`, at the lowest
+    /// free number ≥ `slot.min` of the reserved range it finds, and answers the notification with that number.
     pub fn install(
         &self,
         listener: std::os::fd::BorrowedFd<'_>,
-        notif_id: u64,
-        tid: u32,
-        tgid: u32,
+        slot: Slot,
         handle: &Arc<Handle>,
-        cloexec: bool,
-        min: u32,
-        answer: bool,
     ) -> io::Result<i32> {
+        let Slot { notif_id, tid, tgid, min, cloexec } = slot;
         let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
         let start = min.max(self.range.base);
         if start >= self.range.end() {
@@ -101,8 +106,13 @@ impl FdTable {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EMFILE))?;
         // Registered before it is installed: with `answer` the program runs on at once and may use the number
         // before `add_fd` returns here.
-        let fresh = self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone()).is_none();
-        match seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), free, cloexec, answer) {
+        let fresh = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.id, handle.clone())
+            .is_none();
+        match seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), free, cloexec, true) {
             Ok(fd) => {
                 hints.insert(tgid, free + 1);
                 Ok(fd)

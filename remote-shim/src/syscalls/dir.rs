@@ -63,22 +63,21 @@ async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcom
     simple(call, Op::Unlink(pb::Unlink { dir: Some(dir), path: path.into(), at_flags })).await
 }
 
+/// Two home names: (directory, path) of the old and of the new name.
+type HomePair = ((pb::Dir, Vec<u8>), (pb::Dir, Vec<u8>));
+
 /// Routes the two names of a rename or link: both home, both local, or `EXDEV` across the two.
-fn route_pair(
-    call: &Call<'_>,
-    old: (i32, usize),
-    new: (i32, usize),
-) -> Result<Option<(pb::Dir, Vec<u8>, pb::Dir, Vec<u8>)>, Errno> {
+fn route_pair(call: &Call<'_>, old: (i32, usize), new: (i32, usize)) -> Result<Option<HomePair>, Errno> {
     let (old_path, new_path) = (call.path(old.1)?, call.path(new.1)?);
     match (call.route(old.0, &old_path), call.route(new.0, &new_path)) {
         (Route::Local, Route::Local) => Ok(None),
-        (Route::Home(a), Route::Home(b)) => Ok(Some((a, old_path, b, new_path))),
+        (Route::Home(a), Route::Home(b)) => Ok(Some(((a, old_path), (b, new_path)))),
         _ => Err(Errno::EXDEV),
     }
 }
 
 async fn rename(call: &Call<'_>, old: (i32, usize), new: (i32, usize), flags: u32) -> Outcome {
-    let Some((old_dir, old_path, new_dir, new_path)) = route_pair(call, old, new)? else {
+    let Some(((old_dir, old_path), (new_dir, new_path))) = route_pair(call, old, new)? else {
         return Ok(Action::Continue);
     };
     let op = Op::Rename(pb::Rename {
@@ -95,7 +94,7 @@ async fn link(call: &Call<'_>, old: (i32, usize), new: (i32, usize), at: i32) ->
     if at & !(libc::AT_SYMLINK_FOLLOW | libc::AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
-    let Some((old_dir, old_path, new_dir, new_path)) = route_pair(call, old, new)? else {
+    let Some(((old_dir, old_path), (new_dir, new_path))) = route_pair(call, old, new)? else {
         return Ok(Action::Continue);
     };
     let op = Op::Link(pb::Link {

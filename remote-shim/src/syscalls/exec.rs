@@ -9,6 +9,7 @@
 //!   program's path string (through `/proc/PID/mem`, as a debugger would); the original path is at least as
 //!   long as the short name. An interpreter that opens that name is served locally. Only `$0` of such a
 //!   script shows the short name.
+//!
 //! An absolute path that exists on this machine (`/bin/sh`, `/usr/bin/make`) runs the local program.
 
 use super::io::fill_placeholder;
@@ -145,7 +146,7 @@ async fn stage_and_continue(call: &Call<'_>, dir: pb::Dir, path: &[u8], at: i32,
 /// non-regular file or a file without execute permission at home).
 async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Result<(Vec<u8>, u32), Errno> {
     let access = pb::Access {
-        dir: Some(dir.clone()),
+        dir: Some(dir),
         path: path.to_vec().into(),
         mode: libc::X_OK as u32,
         at_flags: flags::at_to_wire(if nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 }, false),

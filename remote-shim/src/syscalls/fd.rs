@@ -5,7 +5,6 @@ use crate::fdtable::Handle;
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
@@ -37,11 +36,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
 /// A second number for the same home handle, in the reserved range (the program's table does not know
 /// our numbers, so "lowest free" is the lowest free in the range).
 fn dup_into_range(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -> Outcome {
-    let sup = call.sup;
-    sup.fds
-        .install(sup.listener.as_fd(), call.id, call.tid, call.tgid(), h, cloexec, min, true)
-        .map(|_| Action::Answered)
-        .map_err(|e| Errno::from_io(&e))
+    call.install(h, cloexec, min).map(|_| Action::Answered)
 }
 
 async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {

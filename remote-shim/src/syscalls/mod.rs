@@ -16,6 +16,7 @@ use crate::supervisor::Supervisor;
 use crate::sys::seccomp::Notif;
 use homeward_proto::pb::{self, call_request::Op, CallReply};
 use homeward_proto::Errno;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 /// What to tell the kernel about an intercepted call.
@@ -63,6 +64,12 @@ impl Call<'_> {
 
     pub fn tgid(&self) -> u32 {
         self.sup.procs.tgid_of(self.tid)
+    }
+
+    /// Installs a placeholder for `h` in the calling program and answers the call with its number.
+    pub fn install(&self, h: &Arc<Handle>, cloexec: bool, min: u32) -> Result<i32, Errno> {
+        let slot = crate::fdtable::Slot { notif_id: self.id, tid: self.tid, tgid: self.tgid(), min, cloexec };
+        self.sup.fds.install(self.sup.listener.as_fd(), slot, h).map_err(|e| Errno::from_io(&e))
     }
 
     pub fn path(&self, i: usize) -> Result<Vec<u8>, Errno> {
@@ -133,7 +140,11 @@ impl Call<'_> {
         }
         if let Some((pid, fd)) = magic_fd_link(&path, self.tid) {
             if let Some(h) = self.sup.fds.lookup(pid, fd) {
-                return Target { route: Route::Home(pb::Dir { handle: h.id }), path: Vec::new(), at: at | libc::AT_EMPTY_PATH };
+                return Target {
+                    route: Route::Home(pb::Dir { handle: h.id }),
+                    path: Vec::new(),
+                    at: at | libc::AT_EMPTY_PATH,
+                };
             }
         }
         Target { route: self.route(dirfd, &path), path, at }

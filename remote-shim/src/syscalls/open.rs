@@ -4,7 +4,6 @@ use super::{Action, Call, Outcome, Route};
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
-use std::os::fd::AsFd;
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     Some(match nr {
@@ -76,15 +75,17 @@ pub async fn install_new(
     cloexec: bool,
     min: u32,
 ) -> Outcome {
-    let sup = call.sup;
-    let installed = sup.fds.new_handle(handle_id, oflags, stat).and_then(|h| {
-        sup.fds.install(sup.listener.as_fd(), call.id, call.tid, call.tgid(), &h, cloexec, min, true)
-    });
+    let installed = call
+        .sup
+        .fds
+        .new_handle(handle_id, oflags, stat)
+        .map_err(|e| Errno::from_io(&e))
+        .and_then(|h| call.install(&h, cloexec, min));
     match installed {
         Ok(_) => Ok(Action::Answered),
         Err(e) => {
             let _ = call.home(Op::Close(pb::Close { handle: handle_id })).await;
-            Err(Errno::from_io(&e))
+            Err(e)
         }
     }
 }
