@@ -11,11 +11,13 @@
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
 //! - [`procs`]: the job's processes and their home identities (cwd and umask live at home per process).
+//! - [`content`]: home files' content cached for `mmap` (shared libraries) across the job's processes.
 //! - [`client`]: the gRPC session and call stream to home.
 //! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod content;
 pub mod fdtable;
 pub mod filter;
 pub mod launch;

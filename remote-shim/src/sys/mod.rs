@@ -236,3 +236,21 @@ pub fn async_file(file: std::fs::File) -> io::Result<tokio::io::unix::AsyncFd<st
     // is not reused for as long as the registration exists; it is deregistered before the `File` closes it.
     unsafe { tokio::io::unix::AsyncFd::register(file) }.map_err(|e| e.into_parts().1)
 }
+
+/// Copies `len` bytes from offset 0 of `src` to offset 0 of `dst` inside the kernel (`copy_file_range` with
+/// explicit offsets, so neither descriptor's file offset moves).
+pub fn copy_all(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let (mut off_in, mut off_out): (i64, i64) = (0, 0);
+    while (off_in as u64) < len {
+        let want = (len - off_in as u64).min(1 << 30) as usize;
+        // SAFETY: both offsets are valid, exclusively borrowed i64s for the call's duration; the descriptors
+        // are open (borrowed).
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, want, 0)
+        };
+        if check(n as libc::c_long)? == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+    }
+    Ok(())
+}

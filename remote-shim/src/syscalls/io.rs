@@ -168,6 +168,13 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
     if *filled {
         return Ok(());
     }
+    let key = crate::content::Key::of(&h.stat);
+    if let Some(key) = &key {
+        if call.sup.content.copy_into(key, &h.memfd) {
+            *filled = true;
+            return Ok(());
+        }
+    }
     let mut offset: i64 = 0;
     let file = std::fs::File::from(h.memfd.try_clone().map_err(|e| Errno::from_io(&e))?);
     loop {
@@ -181,6 +188,9 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
         offset += n;
     }
     file.set_len(offset as u64).map_err(|e| Errno::from_io(&e))?;
+    if let Some(key) = key.filter(|k| k.size() == offset) {
+        call.sup.content.insert(key, &h.memfd);
+    }
     *filled = true;
     Ok(())
 }

@@ -1,0 +1,81 @@
+//! A cache of home files' content for `mmap` and fetched programs: the dynamic loader maps the same
+//! libraries in every process, so each is fetched from home once per job, not once per process.
+//!
+//! Entries are keyed by the file's identity and version at home as seen when it was opened (device, inode,
+//! size, mtime and ctime to the nanosecond): a file changed at home has a new key on its next open
+//! (close-to-open consistency). Content lives in sealed-off memfds the program never sees; a placeholder
+//! gets a copy made inside the kernel.
+
+use homeward_proto::pb::FileStat;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+/// Files larger than this are not cached.
+const MAX_ENTRY: i64 = 256 << 20;
+/// Total cached bytes before the cache starts over.
+const MAX_TOTAL: i64 = 2 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Key {
+    pub fn size(&self) -> i64 {
+        self.size
+    }
+
+    /// The key of a regular file, `None` for anything else (its content is not a stable function of the key).
+    pub fn of(st: &FileStat) -> Option<Key> {
+        (st.mode & libc::S_IFMT == libc::S_IFREG && st.size <= MAX_ENTRY && st.ino != 0).then_some(Key {
+            dev: st.dev,
+            ino: st.ino,
+            size: st.size,
+            mtime: (st.mtime_sec, st.mtime_nsec),
+            ctime: (st.ctime_sec, st.ctime_nsec),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct ContentCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, Arc<OwnedFd>>,
+    total: i64,
+}
+
+impl ContentCache {
+    /// Copies the cached content for `key` into `dst`; false on a miss.
+    pub fn copy_into(&self, key: &Key, dst: &OwnedFd) -> bool {
+        let entry = self.inner.lock().unwrap_or_else(|p| p.into_inner()).entries.get(key).cloned();
+        match entry {
+            Some(src) => crate::sys::copy_all(src.as_fd(), dst.as_fd(), key.size as u64).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Remembers `src`'s first `key.size` bytes (copied, so later changes to `src` do not leak in).
+    pub fn insert(&self, key: Key, src: &OwnedFd) {
+        let Ok(copy) = crate::sys::memfd(c"homeward-content") else { return };
+        if crate::sys::copy_all(src.as_fd(), copy.as_fd(), key.size as u64).is_err() {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.total + key.size > MAX_TOTAL {
+            inner.entries.clear();
+            inner.total = 0;
+        }
+        if inner.entries.insert(key, Arc::new(copy)).is_none() {
+            inner.total += key.size;
+        }
+    }
+}
