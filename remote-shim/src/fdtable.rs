@@ -126,11 +126,22 @@ impl FdTable {
         }
     }
 
+    /// Installs `handle`'s placeholder at exactly `target` (which may be below the range: a directory moved
+    /// there by dup2 still serves `*at` calls, which are always notified) and answers with that number.
+    pub fn install_at(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        target: u32,
+        handle: &Arc<Handle>,
+        cloexec: bool,
+    ) -> io::Result<i32> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
+        seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, true)
+    }
+
     /// The handle behind descriptor `fd` of thread `tid`, if it is one of our placeholders.
     pub fn lookup(&self, tid: u32, fd: u64) -> Option<Arc<Handle>> {
-        if !self.range.contains(fd) {
-            return None;
-        }
         let link = std::fs::read_link(format!("/proc/{tid}/fd/{}", fd as u32)).ok()?;
         let id = self.parse_placeholder(link.as_os_str().as_encoded_bytes())?;
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()

@@ -13,6 +13,7 @@ use crate::supervisor::Supervisor;
 use crate::syscalls::{Action, Call, Outcome};
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
+use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,9 +33,22 @@ struct WritePump {
 pub struct Pumps {
     writers: Mutex<Vec<Arc<WritePump>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Pipe inode → the home handle it stands for, while its pump runs.
+    aliases: Mutex<HashMap<u64, Arc<Handle>>>,
 }
 
 impl Pumps {
+    /// The home handle behind descriptor `fd` of thread `tid` when it is one of our pumped pipes, so that a
+    /// call naming the descriptor (`futimens(1, ...)`, `fchownat(0, "", ...)`) reaches the home file.
+    pub fn lookup(&self, tid: u32, fd: u64) -> Option<Arc<Handle>> {
+        if self.aliases.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return None;
+        }
+        let link = std::fs::read_link(format!("/proc/{tid}/fd/{}", fd as u32)).ok()?;
+        let ino: u64 = link.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()?;
+        self.aliases.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned()
+    }
+
     /// Waits until every write pump has forwarded what the program wrote so far.
     pub async fn flush(&self) {
         loop {
@@ -53,6 +67,11 @@ impl Pumps {
         }
     }
 
+    fn finished(&self, ino: u64, h: &Handle) {
+        self.aliases.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
+        h.pins.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Waits for every pump to finish (at the end of the job, once the program's ends are closed).
     pub async fn drain(&self) {
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -69,14 +88,18 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     let reading = h.flags & libc::O_ACCMODE == libc::O_RDONLY;
     let (give, keep) = if reading { (read_end, write_end) } else { (write_end, read_end) };
     crate::sys::set_nonblocking(keep.as_fd()).map_err(|e| Errno::from_io(&e))?;
-    let keep = Arc::new(crate::sys::async_file(std::fs::File::from(keep)).map_err(|e| Errno::from_io(&e))?);
+    let file = std::fs::File::from(keep);
+    let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(|e| Errno::from_io(&e))?);
+    let keep = Arc::new(crate::sys::async_file(file).map_err(|e| Errno::from_io(&e))?);
     let proc = call.proc();
+    // Registered before it is installed: the program runs on as soon as it has the number.
     h.pins.fetch_add(1, Ordering::SeqCst);
+    sup.pumps.aliases.lock().unwrap_or_else(|p| p.into_inner()).insert(ino, h.clone());
     let installed =
         crate::sys::seccomp::add_fd(sup.listener.as_fd(), call.id, give.as_fd(), target, cloexec, true);
     drop(give);
     if let Err(e) = installed {
-        h.pins.fetch_sub(1, Ordering::SeqCst);
+        sup.pumps.finished(ino, h);
         return Err(Errno::from_io(&e));
     }
     let sup_arc = sup.self_arc();
@@ -84,7 +107,7 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     let task = if reading {
         tokio::spawn(async move {
             feed(&sup_arc, proc, &handle, &keep).await;
-            handle.pins.fetch_sub(1, Ordering::SeqCst);
+            sup_arc.pumps.finished(ino, &handle);
         })
     } else {
         let state =
@@ -93,7 +116,7 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
         tokio::spawn(async move {
             drain_into_home(&sup_arc, proc, &handle, &state).await;
             state.done.store(true, Ordering::SeqCst);
-            handle.pins.fetch_sub(1, Ordering::SeqCst);
+            sup_arc.pumps.finished(ino, &handle);
         })
     };
     sup.pumps.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);

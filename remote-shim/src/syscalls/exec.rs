@@ -90,7 +90,7 @@ async fn exec(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcome 
     let path = call.path(path_arg)?;
     if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 {
         // fexecve of a home file: the placeholder gets the content and the kernel executes it.
-        if let Some(h) = call.sup.fds.lookup(call.tid, dirfd as u32 as u64) {
+        if let Some(h) = call.fd_handle(call.tid, dirfd as u32 as u64) {
             fill_placeholder(call, &h).await?;
         }
         return Ok(Action::Continue);

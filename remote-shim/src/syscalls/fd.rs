@@ -5,6 +5,7 @@ use crate::fdtable::Handle;
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
@@ -17,7 +18,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             None => Ok(Action::Continue),
         },
         libc::SYS_dup => match call.handle(0) {
-            Some(h) => dup_into_range(call, &h, false, 0),
+            Some(h) => dup_lowest(call, &h, false, 0).await,
             None => Ok(Action::Continue),
         },
         #[cfg(target_arch = "x86_64")]
@@ -33,10 +34,50 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     })
 }
 
-/// A second number for the same home handle, in the reserved range (the program's table does not know
-/// our numbers, so "lowest free" is the lowest free in the range).
-fn dup_into_range(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -> Outcome {
+/// dup and F_DUPFD: a second number for the same home handle. When the kernel would pick a standard stream
+/// (`close(1); dup(fd)` must give 1) that number is used (see [`below_range`]); otherwise the number is in
+/// the reserved range.
+async fn dup_lowest(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -> Outcome {
+    let lowest = lowest_free(call.tid, min);
+    if lowest <= 2 {
+        return below_range(call, h, lowest, cloexec).await;
+    }
     call.install(h, cloexec, min).map(|_| Action::Answered)
+}
+
+/// A home file at a number below the range: a pumped pipe for data, or for a directory the placeholder
+/// itself (its `*at` calls are notified whatever the number).
+async fn below_range(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool) -> Outcome {
+    if h.stat.mode & libc::S_IFMT == libc::S_IFDIR {
+        let sup = call.sup;
+        return sup
+            .fds
+            .install_at(sup.listener.as_fd(), call.id, target, h, cloexec)
+            .map(|_| Action::Answered)
+            .map_err(|e| Errno::from_io(&e));
+    }
+    crate::pump::alias(call, h, target, cloexec).await
+}
+
+/// The lowest descriptor number ≥ `min` that thread `tid`'s table does not use.
+fn lowest_free(tid: u32, min: u32) -> u32 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/fd")) else { return min };
+    let mut used: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .filter(|&n| n >= min)
+        .collect();
+    used.sort_unstable();
+    let mut want = min;
+    for n in used {
+        if n > want {
+            break;
+        }
+        if n == want {
+            want += 1;
+        }
+    }
+    want
 }
 
 async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
@@ -51,8 +92,7 @@ async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
     if (new as i64) < 0 || new > i32::MAX as u64 {
         return Err(Errno::EBADF);
     }
-    // A home file moved below the range: served through a pipe pumped by the supervisor.
-    crate::pump::alias(call, &h, new as u32, flags & libc::O_CLOEXEC != 0).await
+    below_range(call, &h, new as u32, flags & libc::O_CLOEXEC != 0).await
 }
 
 async fn fcntl(call: &Call<'_>) -> Outcome {
@@ -75,7 +115,7 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
             if min < 0 {
                 return Err(Errno::EINVAL);
             }
-            dup_into_range(call, &h, cmd == libc::F_DUPFD_CLOEXEC, min as u32)
+            dup_lowest(call, &h, cmd == libc::F_DUPFD_CLOEXEC, min as u32).await
         }
         libc::F_GETLK | libc::F_SETLK | libc::F_SETLKW => lock(call, &h, cmd, false).await,
         libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => lock(call, &h, cmd, true).await,

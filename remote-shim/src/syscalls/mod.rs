@@ -97,7 +97,19 @@ impl Call<'_> {
 
     /// The forwarded handle behind descriptor argument `i`, if any.
     pub fn handle(&self, i: usize) -> Option<Arc<Handle>> {
-        self.sup.fds.lookup(self.tid, self.arg(i))
+        self.fd_handle(self.tid, self.arg(i))
+    }
+
+    /// The home handle behind descriptor `fd` of thread `tid`: a placeholder in the range, or a pumped alias
+    /// of a home file below it.
+    pub fn fd_handle(&self, tid: u32, fd: u64) -> Option<Arc<Handle>> {
+        if self.sup.fds.range.contains(fd) {
+            self.sup.fds.lookup(tid, fd)
+        } else if fd as u32 as i32 >= 0 {
+            self.sup.fds.lookup(tid, fd).or_else(|| self.sup.pumps.lookup(tid, fd))
+        } else {
+            None
+        }
     }
 
     /// Routes a path relative to directory descriptor argument `dirfd`.
@@ -111,7 +123,7 @@ impl Call<'_> {
             }
             return Route::Home(cwd());
         }
-        match self.sup.fds.lookup(self.tid, dirfd as u32 as u64) {
+        match self.fd_handle(self.tid, dirfd as u32 as u64) {
             Some(h) => Route::Home(pb::Dir { handle: h.id }),
             None => Route::Local,
         }
@@ -132,14 +144,14 @@ impl Call<'_> {
     /// `AT_EMPTY_PATH`; an open of it reopens the home file).
     pub fn target(&self, dirfd: i32, path: Vec<u8>, at: i32) -> Target {
         if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 && dirfd != libc::AT_FDCWD {
-            let route = match self.sup.fds.lookup(self.tid, dirfd as u32 as u64) {
+            let route = match self.fd_handle(self.tid, dirfd as u32 as u64) {
                 Some(h) => Route::Home(pb::Dir { handle: h.id }),
                 None => Route::Local,
             };
             return Target { route, path, at };
         }
         if let Some((pid, fd)) = magic_fd_link(&path, self.tid) {
-            if let Some(h) = self.sup.fds.lookup(pid, fd) {
+            if let Some(h) = self.fd_handle(pid, fd) {
                 return Target {
                     route: Route::Home(pb::Dir { handle: h.id }),
                     path: Vec::new(),
