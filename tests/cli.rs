@@ -229,3 +229,57 @@ fn stdin_environment_and_cwd_pass_through() {
     hosts.cmd(&["cat", "file.txt"]).cwd("sub/dir").check(&native);
     hosts.cmd(&["sh", "-c", "umask; cd .. && pwd && ls"]).cwd("sub/dir").check(&native);
 }
+
+/// An old kernel, emulated: a launcher installs a plain seccomp filter that makes `seccomp(2)` fail with
+/// ENOSYS (as on a kernel without it) and execs remote-shim, which must say so clearly and run nothing.
+#[test]
+fn kernel_without_seccomp_user_notification_is_a_clear_error() {
+    homeward::require_tools!("gcc");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("no_seccomp.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_seccomp, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = 4, .filter = f };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("installing the test filter");
+        return 99;
+    }
+    execv(argv[1], argv + 1);
+    perror("exec");
+    return 98;
+}
+"#,
+    )
+    .unwrap();
+    let launcher = dir.path().join("no_seccomp");
+    let built = Command::new("gcc").arg("-o").arg(&launcher).arg(&src).status().unwrap();
+    assert!(built.success(), "compiling the launcher failed");
+
+    let mut cmd = Command::new(&launcher);
+    cmd.arg(shim_bin()).args(["--home", "local", "--", "touch", "ran"]);
+    cmd.env_clear().envs(deterministic_env(dir.path())).current_dir(dir.path());
+    let run = run_with(cmd, None, Duration::from_secs(60));
+    assert_eq!(run.code(), 125, "remote-shim must fail as itself (125):\n{run}");
+    assert!(
+        run.stderr().contains("seccomp user notification"),
+        "the message must name the missing feature:\n{run}"
+    );
+    assert!(!dir.path().join("ran").exists(), "the program ran without a supervisor:\n{run}");
+}
