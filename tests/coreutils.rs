@@ -96,7 +96,9 @@ fn changing_tools_match_native_and_reach_home() {
     check(&["rm", "missing"]);
     check(&["rmdir", "sub"]);
     check(&["ls", "-l", "--time-style=full-iso", "a.txt", "created.txt", "link-a", "hard-a", "script.sh"]);
-    check(&["stat", "-c", "%n %a %s %h %Y", "a.txt", "hard-a", "sub3/c.txt", "sparse.bin", "sub2/moved.txt"]);
+    // Times set by `touch -d` are compared; files written during the runs carry each run's own "now".
+    check(&["stat", "-c", "%n %a %s %h %Y", "a.txt", "hard-a"]);
+    check(&["stat", "-c", "%n %a %s %h", "sub3/c.txt", "sparse.bin", "sub2/moved.txt"]);
     check(&["sha256sum", "sub2/moved.txt", "sparse.bin", "sub2/bin-copy.dat"]);
     hosts.assert_home_matches(&native, Times::Ignore);
 

@@ -14,7 +14,10 @@
 //! - `service`: the gRPC `Home` service: sessions (`Hello`) and their call streams (`Calls`).
 //! - `auth`: the bearer-token check (constant-time compare), run before anything at home is touched.
 //! - `session`: a session's handle table and per-process cwd and umask.
-//! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`).
+//! - [`deputy`]: the deputy process that stands at home for each process of a job (its home pid, the
+//!   target of signals sent at home); `deputies`: a session's deputies and the events they report.
+//! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`,
+//!   `process`).
 //! - `sys`: thin safe wrappers over libc; the only module with `unsafe` code.
 //!
 //! Clients must allow messages of [`MAX_MESSAGE_BYTES`] (tonic's default is 4 MiB), since a read or a
@@ -22,6 +25,8 @@
 #![deny(unsafe_code)]
 
 mod auth;
+mod deputies;
+pub mod deputy;
 mod exec;
 mod service;
 mod session;

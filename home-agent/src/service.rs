@@ -2,9 +2,12 @@
 //!
 //! A session waits in `pending` from `Hello` until its `Calls` stream takes it (or [`ATTACH_TIMEOUT`]
 //! passes). The stream owns it from then on: each request runs on its own blocking thread and its reply
-//! goes out as soon as it is done (completion order). When the client is gone the session is closed: its
-//! handles are dropped (releasing their locks) and calls still blocked at home are interrupted.
+//! goes out as soon as it is done (completion order); events (signals sent at home to the processes'
+//! deputies) go out on the same stream with `seq` 0. When the client is gone the session is closed: its
+//! handles are dropped (releasing their locks), its deputies are killed, and calls still blocked at home
+//! are interrupted.
 
+use crate::deputies::Replies;
 use crate::exec;
 use crate::session::Session;
 use crate::sys;
@@ -101,7 +104,9 @@ impl Home for HomeService {
                     break id;
                 }
             };
-            pending.insert(id, Arc::new(Session::new(id, cwd, hello.umask)));
+            let session = Session::new(id, cwd, hello.umask)
+                .with_deputies(&hello.description, tokio::runtime::Handle::current());
+            pending.insert(id, Arc::new(session));
             id
         };
         info!(session = %format_args!("{id:016x}"), cwd = %shown, "session opened");
@@ -128,12 +133,11 @@ impl Home for HomeService {
             ))
         })?;
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        session.attach(tx.clone());
         tokio::spawn(run_session(session, request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
-
-type Replies = mpsc::Sender<Result<CallReply, Status>>;
 
 /// Runs a session's stream to its end, then closes the session.
 #[instrument(skip_all, fields(session = %format_args!("{:016x}", session.id)))]

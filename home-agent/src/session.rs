@@ -1,8 +1,9 @@
-//! One session's state: its handle table and the per-process cwd and umask.
+//! One session's state: its handle table, the per-process cwd and umask, and the processes' deputies.
 //!
 //! A handle is a number on the wire that names an `OwnedFd` of this session; handles are per session, so
 //! a session can never name another's files. Handle 0 is never allocated: in a `Dir` it means "the cwd".
 
+use crate::deputies::{Deputies, End, Replies};
 use crate::sys;
 use homeward_proto::pb::Proc;
 use homeward_proto::Errno;
@@ -39,6 +40,8 @@ pub struct Session {
     initial: ProcState,
     closed: AtomicBool,
     inflight: sys::Inflight,
+    /// `None` for sessions made without deputies (the executors' unit tests).
+    deputies: Option<Deputies>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,18 +59,44 @@ impl Session {
             initial: ProcState { cwd: Arc::new(cwd), umask: umask & 0o777 },
             closed: AtomicBool::new(false),
             inflight: sys::Inflight::default(),
+            deputies: None,
         }
     }
 
-    /// The state of `proc`, created on its first call as a copy of its parent's (or the session's start).
+    /// Gives every process of the session a deputy at home, named after `description`.
+    pub fn with_deputies(mut self, description: &str, runtime: tokio::runtime::Handle) -> Session {
+        self.deputies = Some(Deputies::new(description, runtime));
+        self
+    }
+
+    /// The session's deputies, if it has them.
+    pub fn deputies(&self) -> Option<&Deputies> {
+        self.deputies.as_ref()
+    }
+
+    /// Sends the session's events (signals at home) to its call stream from now on.
+    pub fn attach(&self, replies: Replies) {
+        if let Some(deputies) = &self.deputies {
+            deputies.attach(replies);
+        }
+    }
+
+    /// The state of `proc`, created on its first call as a copy of its parent's (or the session's start),
+    /// when its deputy is started too.
     pub fn proc_ctx(&self, proc: Proc) -> Result<ProcCtx, Errno> {
+        if let Some(state) = lock(&self.procs).get(&proc.id) {
+            return Ok(ProcCtx { id: proc.id, cwd: state.cwd.clone(), umask: state.umask });
+        }
+        if lock(&self.procs).len() >= MAX_PROCS {
+            return Err(Errno(libc::EAGAIN as u16));
+        }
+        if let Some(deputies) = &self.deputies {
+            deputies.ensure(proc)?;
+        }
         let mut procs = lock(&self.procs);
         let state = match procs.get(&proc.id) {
             Some(state) => state.clone(),
             None => {
-                if procs.len() >= MAX_PROCS {
-                    return Err(Errno(libc::EAGAIN as u16));
-                }
                 let state = procs.get(&proc.parent).unwrap_or(&self.initial).clone();
                 procs.insert(proc.id, state.clone());
                 state
@@ -90,9 +119,12 @@ impl Session {
         std::mem::replace(&mut state.umask, mask & 0o777)
     }
 
-    /// Drops a process's state (it has exited).
-    pub fn forget_proc(&self, proc: u64) {
+    /// Drops a process's state (it has ended) and ends its deputy the same way.
+    pub fn forget_proc(&self, proc: u64, how: End) {
         lock(&self.procs).remove(&proc);
+        if let Some(deputies) = &self.deputies {
+            deputies.end(proc, how);
+        }
     }
 
     /// The descriptor behind a handle; `EBADF` for a handle this session does not hold.
@@ -135,9 +167,12 @@ impl Session {
     }
 
     /// Closes the session: no new call runs, every handle and cwd is dropped (which releases their locks
-    /// unless a running call still uses the descriptor).
+    /// unless a running call still uses the descriptor), every deputy is killed.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        if let Some(deputies) = &self.deputies {
+            deputies.close();
+        }
         let handles = std::mem::take(&mut *lock(&self.handles));
         let procs = std::mem::take(&mut *lock(&self.procs));
         drop((handles, procs));

@@ -36,6 +36,8 @@ impl Drop for TempDir {
 }
 
 async fn start(token: Option<&str>) -> SocketAddr {
+    // Every process of a session gets a deputy: the agent's binary, not this test harness.
+    home_agent::deputy::set_program(env!("CARGO_BIN_EXE_home-agent"));
     let config = AgentConfig { listen: "127.0.0.1:0".parse().unwrap(), token: token.map(str::to_string) };
     let agent = BoundAgent::bind(config).await.unwrap();
     let addr = agent.local_addr();

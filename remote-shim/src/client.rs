@@ -43,6 +43,7 @@ pub struct HomeLink {
     lost: Arc<AtomicBool>,
     lost_notify: Arc<Notify>,
     lost_cause: Arc<Mutex<String>>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<pb::Event>>>,
 }
 
 impl HomeLink {
@@ -90,6 +91,7 @@ impl HomeLink {
         let mut replies = client.calls(req).await.map_err(|s| status_error(addr, s))?.into_inner();
 
         let pending: Pending = Arc::default();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let lost = Arc::new(AtomicBool::new(false));
         let lost_notify = Arc::new(Notify::new());
         let lost_cause = Arc::new(Mutex::new(String::new()));
@@ -99,6 +101,12 @@ impl HomeLink {
             tokio::spawn(async move {
                 let cause = loop {
                     match replies.message().await {
+                        Ok(Some(reply)) if reply.seq == 0 => match reply.event {
+                            Some(event) => {
+                                let _ = events_tx.send(event);
+                            }
+                            None => tracing::warn!("unsolicited message from home without an event"),
+                        },
                         Ok(Some(reply)) => {
                             let waiter = lock(&pending).remove(&reply.seq);
                             if let Some(waiter) = waiter {
@@ -128,7 +136,13 @@ impl HomeLink {
             lost,
             lost_notify,
             lost_cause,
+            events: Mutex::new(Some(events_rx)),
         })
+    }
+
+    /// The stream of events from home (signals for the job's processes); taken once.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<pb::Event>> {
+        lock(&self.events).take()
     }
 
     pub fn session(&self) -> u64 {

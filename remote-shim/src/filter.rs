@@ -33,7 +33,8 @@ impl FdRange {
     }
 }
 
-/// Calls that are always notified: they name a path (or change per-process state kept at home).
+/// Calls that are always notified: they name a path, change per-process state kept at home, or concern
+/// process identity and signals.
 fn path_calls() -> Vec<i64> {
     let mut v = vec![
         libc::SYS_openat,
@@ -67,6 +68,16 @@ fn path_calls() -> Vec<i64> {
         libc::SYS_execveat,
         libc::SYS_umask,
         SYS_FCHMODAT2,
+        // Process identity and signals (see syscalls::process).
+        libc::SYS_getpid,
+        libc::SYS_getppid,
+        libc::SYS_gettid,
+        libc::SYS_exit_group,
+        libc::SYS_kill,
+        libc::SYS_tkill,
+        libc::SYS_tgkill,
+        libc::SYS_rt_sigqueueinfo,
+        libc::SYS_rt_tgsigqueueinfo,
     ];
     #[cfg(target_arch = "x86_64")]
     v.extend([

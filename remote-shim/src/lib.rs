@@ -135,9 +135,12 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
                 .context("starting the notification thread")?
         };
         tokio::spawn(sup.clone().collector(child, Duration::from_millis(500)));
+        tokio::spawn(sup.clone().deliver_events());
         let code = supervise(&sup, child).await;
         sup.stop();
         sup.pumps.drain().await;
+        // Every process has ended: home closes what they held and ends their deputies as they ended.
+        sup.collect(&[]).await;
         let _ = receiver.join();
         Ok(code)
     });
@@ -189,6 +192,9 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, child: libc::pid_t) -> i32
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some((pid, st)) => {
+                    if let Some(end) = procs::End::from_wait_status(st) {
+                        sup.procs.set_end(pid as u32, end);
+                    }
                     if pid == child {
                         status = Some(exit_code(st));
                     }

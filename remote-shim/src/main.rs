@@ -23,6 +23,8 @@ struct Args {
 }
 
 fn main() {
+    // A deputy of the in-process agent (`--home local`) is this executable: it never gets past this line.
+    home_agent::deputy::run_if_deputy();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

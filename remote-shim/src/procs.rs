@@ -1,9 +1,48 @@
-//! Processes of the job as home knows them: each thread group gets a proc id whose cwd and umask live at
-//! home; a new process starts as a copy of its parent's (fork semantics).
+//! Processes of the job as home knows them. Each thread group gets a proc id; home keeps its cwd and umask
+//! and runs its deputy, whose pid is the process's home identity. A new process starts as a copy of its
+//! parent's state (fork semantics). When a process ends, home learns how (exit status or signal) so its
+//! deputy can end the same way.
 
 use homeward_proto::pb;
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Exited(i32),
+    Killed(i32),
+}
+
+impl End {
+    /// From a `waitpid` status.
+    pub fn from_wait_status(status: i32) -> Option<End> {
+        if libc::WIFEXITED(status) {
+            Some(End::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(End::Killed(libc::WTERMSIG(status)))
+        } else {
+            None
+        }
+    }
+
+    pub fn to_wire(self) -> pb::forget_proc::End {
+        match self {
+            End::Exited(c) => pb::forget_proc::End::ExitCode(c),
+            End::Killed(s) => pb::forget_proc::End::KilledBy(s),
+        }
+    }
+}
+
+/// A process of the job.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u64,
+    parent: u64,
+    /// (home pid, home ppid), once asked for.
+    home: Option<(i32, i32)>,
+    end: Option<End>,
+}
 
 #[derive(Default)]
 pub struct Procs {
@@ -14,15 +53,18 @@ pub struct Procs {
 struct Inner {
     /// Thread id → thread group id.
     tgid_of: HashMap<u32, u32>,
-    /// Thread group id → (proc id, parent proc id).
-    by_tgid: HashMap<u32, (u64, u64)>,
+    by_tgid: HashMap<u32, Entry>,
     next: u64,
 }
 
 impl Procs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The home identity of the process that thread `tid` belongs to.
     pub fn proc_of(&self, tid: u32) -> pb::Proc {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.lock();
         let tgid = match inner.tgid_of.get(&tid) {
             Some(&t) => t,
             None => {
@@ -31,34 +73,86 @@ impl Procs {
                 tgid
             }
         };
-        if let Some(&(id, parent)) = inner.by_tgid.get(&tgid) {
-            return pb::Proc { id, parent };
+        if let Some(e) = inner.by_tgid.get(&tgid) {
+            return pb::Proc { id: e.id, parent: e.parent };
         }
         let ppid = status_ids(tgid).map(|(_, ppid)| ppid).unwrap_or(0);
-        let parent = inner.by_tgid.get(&ppid).map(|&(id, _)| id).unwrap_or(0);
+        let parent = inner.by_tgid.get(&ppid).map(|e| e.id).unwrap_or(0);
         inner.next += 1;
         let id = inner.next;
-        inner.by_tgid.insert(tgid, (id, parent));
+        inner.by_tgid.insert(tgid, Entry { id, parent, home: None, end: None });
         pb::Proc { id, parent }
     }
 
     /// The thread group of `tid`, as last seen.
     pub fn tgid_of(&self, tid: u32) -> u32 {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.tgid_of.get(&tid).copied().unwrap_or(tid)
+        self.lock().tgid_of.get(&tid).copied().unwrap_or(tid)
     }
 
-    /// Forgets processes that no longer exist and returns their proc ids (home drops their state).
-    pub fn reap(&self) -> Vec<u64> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    /// The cached (home pid, home ppid) of thread group `tgid`.
+    pub fn home_ids(&self, tgid: u32) -> Option<(i32, i32)> {
+        self.lock().by_tgid.get(&tgid).and_then(|e| e.home)
+    }
+
+    pub fn set_home_ids(&self, tgid: u32, ids: (i32, i32)) {
+        if let Some(e) = self.lock().by_tgid.get_mut(&tgid) {
+            e.home = Some(ids);
+        }
+    }
+
+    /// The local thread group whose home pid is `home_pid`.
+    pub fn local_of_home_pid(&self, home_pid: i32) -> Option<u32> {
+        self.lock().by_tgid.iter().find(|(_, e)| e.home.is_some_and(|(p, _)| p == home_pid)).map(|(t, _)| *t)
+    }
+
+    /// The local thread group of proc `id`.
+    pub fn local_of_proc(&self, id: u64) -> Option<u32> {
+        self.lock().by_tgid.iter().find(|(_, e)| e.id == id).map(|(t, _)| *t)
+    }
+
+    /// Records how thread group `tgid` ended (its `exit_group`, or its wait status).
+    pub fn set_end(&self, tgid: u32, end: End) {
+        if let Some(e) = self.lock().by_tgid.get_mut(&tgid) {
+            if e.end.is_none() || matches!(end, End::Killed(_)) {
+                e.end = Some(end);
+            }
+        }
+    }
+
+    /// Forgets processes that no longer exist; returns their proc ids and how they ended (a process that
+    /// vanished without a recorded end was killed; SIGKILL is assumed when the signal is unknown).
+    pub fn reap(&self) -> Vec<(u64, End)> {
+        let mut inner = self.lock();
         inner.tgid_of.retain(|tid, _| alive(*tid));
         let dead: Vec<u32> = inner.by_tgid.keys().copied().filter(|t| !alive(*t)).collect();
-        dead.iter().filter_map(|t| inner.by_tgid.remove(t).map(|(id, _)| id)).collect()
+        dead.iter()
+            .filter_map(|t| inner.by_tgid.remove(t))
+            .map(|e| (e.id, e.end.unwrap_or(End::Killed(libc::SIGKILL))))
+            .collect()
+    }
+
+    /// Whether local process `pid` is part of the job (a descendant of this supervisor).
+    pub fn in_job(&self, pid: u32) -> bool {
+        if self.lock().by_tgid.contains_key(&pid) {
+            return true;
+        }
+        let me = std::process::id();
+        let mut p = pid;
+        for _ in 0..64 {
+            match status_ids(p) {
+                Some((_, ppid)) if ppid == me => return true,
+                Some((_, ppid)) if ppid > 1 => p = ppid,
+                _ => return false,
+            }
+        }
+        false
     }
 }
 
+/// Whether a process exists and has not been reaped (a zombie still counts: its end is not yet known to
+/// its parent, and its number is not yet free).
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 /// (Tgid, PPid) of a task, from `/proc/TID/status`.

@@ -158,8 +158,25 @@ impl Supervisor {
         for handle in dead {
             let _ = self.link.call(root, Op::Close(pb::Close { handle })).await;
         }
-        for id in gone {
-            let _ = self.link.call(root, Op::ForgetProc(pb::ForgetProc { id })).await;
+        for (id, end) in gone {
+            let _ =
+                self.link.call(root, Op::ForgetProc(pb::ForgetProc { id, end: Some(end.to_wire()) })).await;
+        }
+    }
+
+    /// Delivers the signals sent at home to the deputies of the job's processes.
+    pub async fn deliver_events(self: Arc<Self>) {
+        let Some(mut events) = self.link.take_events() else { return };
+        while let Some(event) = events.recv().await {
+            match self.procs.local_of_proc(event.proc) {
+                Some(tgid) => {
+                    tracing::debug!(proc = event.proc, tgid, signal = event.signal, "signal from home");
+                    if let Err(e) = crate::sys::kill(tgid as i32, event.signal) {
+                        tracing::debug!(cause = %e, "delivering a signal from home failed");
+                    }
+                }
+                None => tracing::debug!(proc = event.proc, "signal from home for a process already gone"),
+            }
         }
     }
 

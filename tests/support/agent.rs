@@ -61,6 +61,11 @@ impl Agent {
     }
 
     /// The address it printed.
+    /// The agent's pid (for finding its deputies: processes it started).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -170,6 +170,11 @@ impl Hosts {
     }
 
     /// The agent's address (`--home`). Panics without an agent.
+    /// The home agent's pid.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("hosts started with an agent").pid()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.agent().addr()
     }

@@ -1,4 +1,4 @@
-//! GetFlags, SetFlags, Lock, Flock, Close, ForgetProc.
+//! GetFlags, SetFlags, Lock, Flock, Close.
 
 use super::io::whence;
 use super::{done, value, Res};
@@ -84,11 +84,5 @@ pub fn flock(s: &Session, o: &pb::Flock) -> Res {
 /// Forgets the handle; its file closes once no running call uses it.
 pub fn close(s: &Session, o: &pb::Close) -> Res {
     s.close_handle(o.handle)?;
-    done(0)
-}
-
-/// The process has exited: drop its cwd and umask.
-pub fn forget_proc(s: &Session, o: &pb::ForgetProc) -> Res {
-    s.forget_proc(o.id);
     done(0)
 }

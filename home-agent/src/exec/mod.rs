@@ -9,13 +9,15 @@
 //! - [`dir`]: Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
 //! - [`attr`]: Chmod, Chown, Truncate, Utimens, Xattr, Umask.
 //! - [`io`]: Read, Write, Seek, Fsync, Fallocate, CopyRange, Ioctl.
-//! - [`fd`]: GetFlags, SetFlags, Lock, Flock, Close, ForgetProc.
+//! - [`fd`]: GetFlags, SetFlags, Lock, Flock, Close.
+//! - [`process`]: Identity, Kill, ForgetProc (the processes' deputies at home).
 
 mod attr;
 mod dir;
 mod fd;
 mod io;
 mod open;
+mod process;
 mod stat;
 #[cfg(test)]
 mod tests;
@@ -47,7 +49,7 @@ pub fn execute(session: &Session, req: &CallRequest) -> CallReply {
     let result = match &req.op {
         None => Err(Errno::EINVAL),
         // Forgetting a process must not first create its state.
-        Some(Op::ForgetProc(f)) => fd::forget_proc(session, f),
+        Some(Op::ForgetProc(f)) => process::forget_proc(session, f),
         Some(op) => {
             session.proc_ctx(req.proc.unwrap_or_default()).and_then(|ctx| dispatch(session, &ctx, op))
         }
@@ -92,7 +94,9 @@ fn dispatch(s: &Session, ctx: &ProcCtx, op: &Op) -> Res {
         Op::Lock(o) => fd::lock(s, o),
         Op::Flock(o) => fd::flock(s, o),
         Op::Close(o) => fd::close(s, o),
-        Op::ForgetProc(o) => fd::forget_proc(s, o),
+        Op::ForgetProc(o) => process::forget_proc(s, o),
+        Op::Identity(_) => process::identity(s, ctx),
+        Op::Kill(o) => process::kill(s, o),
     }
 }
 
@@ -133,6 +137,8 @@ pub fn op_name(op: Option<&Op>) -> &'static str {
         Op::Ioctl(_) => "ioctl",
         Op::CopyRange(_) => "copy_range",
         Op::ForgetProc(_) => "forget_proc",
+        Op::Identity(_) => "identity",
+        Op::Kill(_) => "kill",
     }
 }
 

@@ -7,14 +7,17 @@
 //! - [`path`]: calls that name a file by (directory fd, path).
 //! - [`fd`]: calls on an open descriptor.
 //! - [`thread`]: per-thread umask, interrupting blocked calls, randomness.
+//! - [`process`]: signals, pidfds and waiting: the deputy's own calls and the agent's calls on processes.
 #![allow(unsafe_code)]
 
 mod fd;
 mod path;
+mod process;
 mod thread;
 
 pub use fd::*;
 pub use path::*;
+pub use process::*;
 pub use thread::*;
 
 use homeward_proto::Errno;

@@ -254,3 +254,9 @@ pub fn copy_all(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Resul
     }
     Ok(())
 }
+
+/// `tgkill(tgid, tid, sig)`.
+pub fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: tgkill takes integers only.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}

@@ -8,6 +8,7 @@ pub mod exec;
 mod fd;
 mod io;
 mod open;
+mod process;
 mod stat;
 
 use crate::fdtable::Handle;
@@ -205,6 +206,9 @@ pub async fn dispatch(sup: &Supervisor, n: &Notif) -> Outcome {
         return out;
     }
     if let Some(out) = exec::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = process::serve(&call, nr).await {
         return out;
     }
     tracing::debug!(nr, "intercepted call without a handler: left to the kernel");

@@ -1,0 +1,145 @@
+//! Deputies: every process of a job has a real process at home that stands for it (Sprite's and MOSIX's
+//! "home identity"). Its pid is the process's home pid, `ps` shows which remote program it stands for, and
+//! signals sent to it at home are forwarded to the remote process. It does no work.
+//!
+//! A deputy is this same executable (`/proc/self/exe`, see [`set_program`]) started with the marker
+//! argument `--homeward-deputy`; the binary's `main` calls [`run_if_deputy`] first thing. Its stdin is one
+//! end of a socket pair, the control channel:
+//! - deputy → agent: each signal it receives, as a 4-byte little-endian `i32`;
+//! - agent → deputy: 5-byte commands, a kind byte and a little-endian `i32`: [`EXIT`] (`_exit` with that
+//!   code) or [`KILL`] (die by that signal).
+//!
+//! On end of file (the agent ended the session, or died) the deputy kills itself with SIGKILL, so deputies
+//! never outlive their agent. SIGKILL and SIGSTOP cannot be caught: the agent learns of them by waiting on
+//! the deputy (see `deputies`). A deputy is in a process group of its own, so a terminal's Ctrl-C aimed at
+//! the agent does not reach it.
+
+use crate::sys;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{PoisonError, RwLock};
+
+/// The first argument that makes a binary a deputy.
+pub const MARKER: &str = "--homeward-deputy";
+/// Command kind: exit with the given code.
+pub const EXIT: u8 = b'x';
+/// Command kind: die by the given signal.
+pub const KILL: u8 = b'k';
+/// Exit code of a deputy that cannot set itself up (its signals could not be caught).
+const EXIT_BROKEN: i32 = 125;
+/// The deputy's thread name (`comm`, what `ps -e` and `top` show): 15 bytes at most.
+const COMM: &std::ffi::CStr = c"homeward-deputy";
+/// Longest description shown in a deputy's name, in characters.
+const MAX_DESCRIPTION: usize = 80;
+
+static PROGRAM: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Makes deputies run `program` (which must call [`run_if_deputy`] first in `main`) instead of
+/// `/proc/self/exe`. For integration tests, whose own executable is the test harness.
+pub fn set_program(program: impl Into<PathBuf>) {
+    *PROGRAM.write().unwrap_or_else(PoisonError::into_inner) = Some(program.into());
+}
+
+fn program() -> PathBuf {
+    let chosen = PROGRAM.read().unwrap_or_else(PoisonError::into_inner).clone();
+    chosen.unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+/// Becomes a deputy, and never returns, when the first argument is [`MARKER`]; else returns at once.
+/// Call it first thing in `main`, before anything starts a thread or installs a signal handler.
+pub fn run_if_deputy() {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == MARKER) {
+        serve()
+    }
+}
+
+/// The deputy's loop: forward every signal, obey commands, die on end of file.
+fn serve() -> ! {
+    sys::set_name(COMM);
+    // Blocked signals are queued even when their disposition is "ignore", so SIGCHLD, SIGWINCH and SIGURG
+    // reach the signalfd too.
+    let Ok(signals) = sys::block_all_signals().and_then(|all| sys::signalfd(&all)) else {
+        sys::exit_now(EXIT_BROKEN)
+    };
+    let stdin = io::stdin();
+    let control = stdin.as_fd();
+    let mut command = Vec::with_capacity(5);
+    loop {
+        let [from_agent, caught] = match sys::poll_readable([control, signals.as_fd()]) {
+            Ok(ready) => ready,
+            Err(e) if e.raw() == libc::EINTR => continue,
+            Err(_) => sys::die_by_signal(libc::SIGKILL),
+        };
+        // Commands first: a SIGCONT that woke a stopped deputy must not be forwarded before the command
+        // that was waiting for it.
+        if from_agent {
+            match sys::read(control, 5 - command.len(), None) {
+                Ok(bytes) if bytes.is_empty() => sys::die_by_signal(libc::SIGKILL),
+                Ok(bytes) => command.extend_from_slice(&bytes),
+                Err(e) if e.raw() == libc::EINTR || e.raw() == libc::EAGAIN => {}
+                Err(_) => sys::die_by_signal(libc::SIGKILL),
+            }
+            if command.len() == 5 {
+                let value = i32::from_le_bytes([command[1], command[2], command[3], command[4]]);
+                match command[0] {
+                    EXIT => sys::exit_now(value),
+                    KILL => sys::die_by_signal(value),
+                    _ => command.clear(),
+                }
+            }
+        }
+        if caught {
+            for signal in sys::read_signals(signals.as_fd()).unwrap_or_default() {
+                // A failed send means the agent is gone or closing: the read above sees end of file next.
+                let _ = sys::send_all(control, &signal.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// A deputy process as its agent holds it.
+pub struct Spawned {
+    pub pid: i32,
+    /// Signals and waits go through the pidfd, so they never reach a process that reused the pid.
+    pub pidfd: OwnedFd,
+    /// The agent's end of the control channel.
+    pub control: UnixStream,
+}
+
+/// The name a deputy shows in `ps`: which remote process it stands for.
+pub fn name(proc: u64, description: &str) -> String {
+    let shown: String =
+        description.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_DESCRIPTION).collect();
+    format!("homeward-deputy[{proc}]: {shown}")
+}
+
+/// Starts a deputy named `name` (see [`name`]), a child of this process.
+pub fn spawn(name: &str) -> io::Result<Spawned> {
+    let (control, theirs) = UnixStream::pair()?;
+    let child = Command::new(program())
+        .arg0(name)
+        .arg(MARKER)
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_clear()
+        .current_dir("/")
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    // Not waited for through `child`: the deputies module reaps it by its pidfd. Dropping `Child` neither
+    // waits nor kills.
+    drop(child);
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Spawned { pid, pidfd, control }),
+        Err(e) => {
+            // Only if it already died and someone else reaped it (a `waitpid(-1)` in the embedding process).
+            drop(control);
+            Err(io::Error::from_raw_os_error(e.raw()))
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Process transparency on two emulated hosts: home pids (deputies), signals sent at home reaching the
+//! program, the program's signals to home processes executed at home, children and threads, and deputies
+//! that end with the job (or with remote-shim killed by SIGKILL).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use homeward::{shim_bin, skip_unless_root, Compare, Hosts};
+
+/// Deputies of the agent `agent`: (pid, cmdline) of its children named `homeward-deputy…`.
+fn deputies(agent: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("homeward-deputy") && parent_of(pid) == Some(agent) {
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until `path` holds a pid (written by the program), at most 30 s.
+fn wait_for_pid(path: &Path) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(pid) = s.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the program never wrote its pid to {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn home_sigterm_to_the_printed_pid_ends_the_program_with_143() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["sh", "-c", "echo $$ > pid; exec sleep 60"]).remote());
+        let pid = wait_for_pid(&hosts.path("pid"));
+        let deps = deputies(hosts.agent_pid());
+        assert!(
+            deps.iter().any(|(p, _)| *p as i32 == pid),
+            "the pid the program printed ({pid}) is not a live deputy at home; deputies: {deps:?}"
+        );
+        let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(killed.success());
+        let run = run.join().unwrap();
+        assert_eq!(run.code(), 143, "killed at home by SIGTERM, the job must end with 143:\n{run}");
+    });
+    wait_until("deputies gone after the job", || deputies(hosts.agent_pid()).is_empty());
+}
+
+#[test]
+fn a_signal_handler_runs_when_home_signals() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let script = r#"
+import os, signal, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+open("pid", "w").write(str(os.getpid()))
+deadline = time.time() + 30
+while not got and time.time() < deadline:
+    time.sleep(0.02)
+open("got", "w").write("usr1" if got else "nothing")
+"#;
+    hosts.write("handler.py", script);
+    std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "handler.py"]).remote());
+        let pid = wait_for_pid(&hosts.path("pid"));
+        assert!(Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap().success());
+        run.join().unwrap().assert_success();
+    });
+    assert_eq!(hosts.read("got"), b"usr1", "the program's SIGUSR1 handler did not run");
+}
+
+/// The program kills a home process. remote-shim runs as `nobody`, the home process belongs to root and the
+/// agent runs as root: a local kill would fail with EPERM, so success proves it ran at home.
+#[test]
+fn the_programs_kill_of_a_home_process_lands_at_home() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let token = hosts.scratch().join("token-for-nobody");
+    std::fs::copy(hosts.token_file(), &token).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let nobody = |argv: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(argv).current_dir("/tmp");
+        homeward::run_with(cmd, None, Duration::from_secs(60))
+    };
+    // Control: natively, nobody cannot signal root's process.
+    let native = nobody(&["kill", "-TERM", &victim.id().to_string()]);
+    assert_ne!(
+        native.code(),
+        0,
+        "nobody could kill root's process natively; the test proves nothing:\n{native}"
+    );
+    let remote = nobody(&[
+        shim_bin().to_str().unwrap(),
+        "--home",
+        &hosts.addr().to_string(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--",
+        "kill",
+        "-TERM",
+        &victim.id().to_string(),
+    ]);
+    assert_eq!(remote.code(), 0, "the kill should have run at home with the agent's rights:\n{remote}");
+    let status = victim.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+    // And home's errno comes back: a pid that does not exist at home.
+    let missing = nobody(&[
+        shim_bin().to_str().unwrap(),
+        "--home",
+        &hosts.addr().to_string(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "kill -0 999999999 2>/dev/null; echo $?",
+    ]);
+    assert_eq!(missing.stdout().trim(), "1", "kill of a missing home pid must fail:\n{missing}");
+}
+
+#[test]
+fn timeout_pipelines_and_parallel_make_behave_as_natively() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    for i in 0..6 {
+        hosts.write(&format!("src/m{i}.c"), format!("int f{i}(void) {{ return {i}; }}\n"));
+    }
+    hosts.write(
+        "src/main.c",
+        "#include <stdio.h>\nint f0(void),f1(void),f2(void),f3(void),f4(void),f5(void);\n\
+         int main(void){printf(\"%d\\n\", f0()+f1()+f2()+f3()+f4()+f5());return 0;}\n",
+    );
+    hosts.write(
+        "src/Makefile",
+        "OBJS=main.o m0.o m1.o m2.o m3.o m4.o m5.o\napp: $(OBJS)\n\tgcc -o $@ $(OBJS)\n%.o: %.c\n\tgcc -c $< -o $@\n",
+    );
+    let native = hosts.native_copy();
+    let how = Compare::new().stderr();
+    hosts.cmd(&["timeout", "1", "sleep", "5"]).check_with(&native, &how);
+    hosts
+        .cmd(&["sh", "-c", "seq 1 5000 | sort -rn | head -3 && ls src | wc -l && echo $(( $$ > 0 ))"])
+        .check_with(&native, &how);
+    hosts.cmd(&["sh", "-c", "make -s -j4 >/dev/null && ./app"]).cwd("src").check_with(&native, &how);
+    hosts.cmd(&["sh", "-c", "ls src/*.c | xargs -P 4 -n 1 wc -c | sort"]).check_with(&native, &how);
+}
+
+#[test]
+fn python_subprocess_multiprocessing_and_64_threads() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    hosts.write(
+        "job.py",
+        r#"
+import os, subprocess, threading
+from multiprocessing import Pool
+
+def work(i):
+    with open(f"mp/{i}.txt", "w") as f:
+        f.write(str(i * i))
+    return open(f"mp/{i}.txt").read()
+
+def thread(i):
+    with open(f"th/{i}.txt", "w") as f:
+        f.write("x" * i)
+    assert os.path.getsize(f"th/{i}.txt") == i
+
+if __name__ == "__main__":
+    os.makedirs("mp", exist_ok=True)
+    os.makedirs("th", exist_ok=True)
+    print(subprocess.run(["sh", "-c", "ls -1 | sort | head -3"], capture_output=True, text=True).stdout, end="")
+    with Pool(4) as p:
+        print(p.map(work, range(16)))
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(64)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    print(sorted(os.path.getsize(f"th/{n}") for n in os.listdir("th"))[-3:])
+"#,
+    );
+    let native = hosts.native_copy();
+    hosts.cmd(&["python3", "job.py"]).check_with(&native, &Compare::new().stderr());
+    assert_eq!(hosts.read("mp/7.txt"), b"49");
+}
+
+#[test]
+fn deputies_go_when_remote_shim_is_killed() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let agent = hosts.agent_pid();
+    std::thread::scope(|s| {
+        // `exec`: the job is remote-shim's own child, which dies with it (grandchildren of a SIGKILLed
+        // remote-shim outlive it, with their forwarded calls failing; see docs/ARCHITECTURE.md).
+        let run = s.spawn(|| hosts.cmd(&["sh", "-c", "echo $$ > pid; exec sleep 60"]).remote());
+        wait_for_pid(&hosts.path("pid"));
+        wait_until("a deputy at home", || !deputies(agent).is_empty());
+        // The remote-shim process of this job: the one connected to our agent's port.
+        let port = hosts.addr().port().to_string();
+        let shim = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with(shim_bin().to_str().unwrap()) && c.contains(&port)
+                })
+            })
+            .expect("the remote-shim process");
+        assert!(Command::new("kill").args(["-KILL", &shim.to_string()]).status().unwrap().success());
+        let run = run.join().unwrap();
+        assert_eq!(run.code(), 137, "{run}");
+    });
+    wait_until("deputies gone after remote-shim was killed", || deputies(agent).is_empty());
+}
