@@ -101,7 +101,8 @@ fn child_main(
     }
 }
 
-/// Every live process descended from this one (which is a child subreaper, so orphans stay descendants).
+/// Every live process descended from this one (which is a child subreaper, so orphans stay descendants),
+/// except deputies of an in-process home agent (`--home local`) and their descendants.
 pub fn job_pids(_root: libc::pid_t) -> Vec<u32> {
     let me = std::process::id();
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
@@ -111,6 +112,9 @@ pub fn job_pids(_root: libc::pid_t) -> Vec<u32> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // The command name may contain spaces and parentheses: fields start after the last ')'.
         let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if stat.contains("(homeward-deputy)") {
+            continue;
+        }
         let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) else { continue };
         children.entry(ppid).or_default().push(pid);
     }

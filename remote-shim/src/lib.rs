@@ -198,6 +198,13 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, child: libc::pid_t) -> i32
                     if pid == child {
                         status = Some(exit_code(st));
                     }
+                    // The job is over once its first process and every descendant have ended (an in-process
+                    // agent's deputies are children too, but not part of the job).
+                    if let Some(code) = status {
+                        if launch::job_pids(child).is_empty() {
+                            return code;
+                        }
+                    }
                 }
                 None => return status.unwrap_or(EXIT_SHIM_FAILURE),
             },

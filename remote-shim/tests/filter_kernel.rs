@@ -53,6 +53,18 @@ fn routing_happens_in_the_kernel() {
     assert_eq!(n.data.args[0] as i32, RANGE.base as i32 + 5);
     seccomp::respond(listener.as_fd(), n.id, seccomp::Reply::Value(77)).expect("respond");
 
+    // Anything else the child does on its way out (exit_group is notified) runs as the kernel would.
+    loop {
+        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        if sys::poll_one(&mut pfd, 100).unwrap_or(0) > 0 && pfd.revents & libc::POLLIN != 0 {
+            if let Ok(n) = seccomp::recv(listener.as_fd()) {
+                let _ = seccomp::respond(listener.as_fd(), n.id, seccomp::Reply::Continue);
+            }
+        }
+        if pfd.revents & libc::POLLHUP != 0 {
+            break;
+        }
+    }
     let (pid, status) = sys::wait_any(true).expect("wait").expect("child");
     assert_eq!(pid, child);
     assert!(libc::WIFEXITED(status), "status {status:#x}");
