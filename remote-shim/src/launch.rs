@@ -17,9 +17,19 @@ pub struct Launched {
     pub listener: OwnedFd,
 }
 
+/// A forked child waiting for the go-ahead (so nothing runs before home is reachable).
+pub struct Pending {
+    pub child: libc::pid_t,
+    sock: OwnedFd,
+}
+
+/// The go-ahead message: a flag byte, then the time namespace offsets (monotonic, boottime) in ns.
+const GO_LEN: usize = 17;
+
 /// Forks the program's process. Must be called while this process has a single thread.
 ///
-/// The child raises its descriptor limit to cover the reserved range, moves its local working directory to
+/// The child waits for [`Pending::start`]; then, if asked, enters a time namespace with the given offsets
+/// (on exec), raises its descriptor limit to cover the reserved range, moves its local working directory to
 /// `local_cwd` (the exec staging directory; its home cwd is kept at home), installs `filter`, sends the
 /// listener to the parent and executes `argv` with a `PATH` search. When the program cannot be started it
 /// prints why and exits 127 (not found) or 126 (not executable), as `env` does.
@@ -28,7 +38,7 @@ pub fn spawn(
     range: FdRange,
     filter: &[libc::sock_filter],
     local_cwd: &Path,
-) -> anyhow::Result<Launched> {
+) -> anyhow::Result<Pending> {
     let cargs: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -43,9 +53,23 @@ pub fn spawn(
         sys::exit_now(code);
     }
     drop(child_sock);
-    let listener = sys::recv_fd(parent_sock.as_fd())
-        .map_err(|e| anyhow::anyhow!("the program's process did not start under the filter: {e}"))?;
-    Ok(Launched { child, listener })
+    Ok(Pending { child, sock: parent_sock })
+}
+
+impl Pending {
+    /// Lets the child go on (in a time namespace with these offsets, if given) and receives its listener.
+    pub fn start(self, timens: Option<(i64, i64)>) -> anyhow::Result<Launched> {
+        let mut go = [0u8; GO_LEN];
+        if let Some((mono, boot)) = timens {
+            go[0] = 1;
+            go[1..9].copy_from_slice(&mono.to_le_bytes());
+            go[9..17].copy_from_slice(&boot.to_le_bytes());
+        }
+        std::io::Write::write_all(&mut std::fs::File::from(self.sock.try_clone()?), &go)?;
+        let listener = sys::recv_fd(self.sock.as_fd())
+            .map_err(|e| anyhow::anyhow!("the program's process did not start under the filter: {e}"))?;
+        Ok(Launched { child: self.child, listener })
+    }
 }
 
 fn child_main(
@@ -61,6 +85,19 @@ fn child_main(
     };
     if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
         return fail("cannot tie the program to the supervisor", e);
+    }
+    let mut go = [0u8; GO_LEN];
+    if !sys::read_exact(sock.as_fd(), &mut go) {
+        // The supervisor gave up (home unreachable): it says why.
+        return EXIT_SHIM_FAILURE;
+    }
+    if go[0] == 1 {
+        let mono = i64::from_le_bytes(go[1..9].try_into().unwrap_or_default());
+        let boot = i64::from_le_bytes(go[9..17].try_into().unwrap_or_default());
+        // Without the privilege to create a time namespace the job keeps this machine's clocks.
+        if sys::unshare_time().is_ok() {
+            let _ = std::fs::write("/proc/self/timens_offsets", crate::clock::offsets_text(mono, boot));
+        }
     }
     match sys::raise_nofile(0, u64::from(range.end())) {
         Ok(n) if n >= u64::from(range.end()) => {}

@@ -12,11 +12,13 @@
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
 //! - [`procs`]: the job's processes and their home identities (cwd and umask live at home per process).
 //! - [`content`]: home files' content cached for `mmap` (shared libraries) across the job's processes.
+//! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
 //! - [`client`]: the gRPC session and call stream to home.
 //! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod clock;
 pub mod content;
 pub mod fdtable;
 pub mod filter;
@@ -87,8 +89,8 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
     sys::set_child_subreaper().context("becoming the job's subreaper")?;
 
     // Fork while single-threaded; the child waits in its first execve until the supervisor answers.
-    let launched = launch::spawn(&config.program, range, &program, stage.dir())?;
-    let child = launched.child;
+    let pending = launch::spawn(&config.program, range, &program, stage.dir())?;
+    let child = pending.child;
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTTOU, libc::SIGTTIN] {
         // The terminal delivers these to the whole foreground group, program included.
         sys::ignore_signal(sig);
@@ -119,6 +121,17 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             }
         };
         tracing::debug!(session = link.session(), home = link.home_host(), "session open");
+        let timens = clock::estimate(&link).await.as_ref().and_then(clock::namespace_offsets);
+        if let Some((mono, boot)) = timens {
+            tracing::debug!(mono, boot, "the job runs in a time namespace that continues home's clocks");
+        }
+        let launched = match pending.start(timens) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = sys::kill(child, libc::SIGKILL);
+                return Err(e);
+            }
+        };
         let sup = supervisor::Supervisor::new(
             launched.listener,
             link,
@@ -136,6 +149,15 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         };
         tokio::spawn(sup.clone().collector(child, Duration::from_millis(500)));
         tokio::spawn(sup.clone().deliver_events());
+        {
+            let sup = sup.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(clock::REFRESH).await;
+                    clock::estimate(&sup.link).await;
+                }
+            });
+        }
         let code = supervise(&sup, child).await;
         sup.stop();
         sup.pumps.drain().await;

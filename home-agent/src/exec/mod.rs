@@ -11,8 +11,10 @@
 //! - [`io`]: Read, Write, Seek, Fsync, Fallocate, CopyRange, Ioctl.
 //! - [`fd`]: GetFlags, SetFlags, Lock, Flock, Close.
 //! - [`process`]: Identity, Kill, ForgetProc (the processes' deputies at home).
+//! - [`clock`]: ClockRead, SetClock, Adjtime.
 
 mod attr;
+mod clock;
 mod dir;
 mod fd;
 mod io;
@@ -97,6 +99,9 @@ fn dispatch(s: &Session, ctx: &ProcCtx, op: &Op) -> Res {
         Op::ForgetProc(o) => process::forget_proc(s, o),
         Op::Identity(_) => process::identity(s, ctx),
         Op::Kill(o) => process::kill(s, o),
+        Op::ClockRead(_) => clock::read(),
+        Op::SetClock(o) => clock::set(o),
+        Op::Adjtime(o) => clock::adjtime(o),
     }
 }
 
@@ -138,6 +143,9 @@ pub fn op_name(op: Option<&Op>) -> &'static str {
         Op::CopyRange(_) => "copy_range",
         Op::ForgetProc(_) => "forget_proc",
         Op::Identity(_) => "identity",
+        Op::ClockRead(_) => "clock_read",
+        Op::SetClock(_) => "set_clock",
+        Op::Adjtime(_) => "adjtime",
         Op::Kill(_) => "kill",
     }
 }

@@ -10,11 +10,13 @@
 //! - [`process`]: signals, pidfds and waiting: the deputy's own calls and the agent's calls on processes.
 #![allow(unsafe_code)]
 
+mod clock;
 mod fd;
 mod path;
 mod process;
 mod thread;
 
+pub use clock::*;
 pub use fd::*;
 pub use path::*;
 pub use process::*;

@@ -260,3 +260,36 @@ pub fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: i32) -> io::Result<()> {
     // SAFETY: tgkill takes integers only.
     check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
 }
+
+/// `clock_gettime(clock)` in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration; the clock ids we pass exist, so
+    // the call cannot fail (and a zero reading would only make the estimate bad, not unsafe).
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec.saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec)
+}
+
+/// `unshare(CLONE_NEWTIME)`: this process's children (and this process after exec) get a new time
+/// namespace, whose offsets may be written until a process enters it.
+pub fn unshare_time() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word only.
+    check(unsafe { libc::unshare(libc::CLONE_NEWTIME) } as libc::c_long).map(drop)
+}
+
+/// Reads exactly `buf.len()` bytes from a blocking descriptor; false on end of file or error.
+pub fn read_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which is writable.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n <= 0 {
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        got += n as usize;
+    }
+    true
+}

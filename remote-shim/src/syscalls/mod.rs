@@ -3,6 +3,7 @@
 
 mod attr;
 mod attr_xattr;
+mod clock;
 mod dir;
 pub mod exec;
 mod fd;
@@ -209,6 +210,9 @@ pub async fn dispatch(sup: &Supervisor, n: &Notif) -> Outcome {
         return out;
     }
     if let Some(out) = process::serve(&call, nr).await {
+        return out;
+    }
+    if let Some(out) = clock::serve(&call, nr).await {
         return out;
     }
     tracing::debug!(nr, "intercepted call without a handler: left to the kernel");

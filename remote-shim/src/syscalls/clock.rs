@@ -1,0 +1,63 @@
+//! Setting the clock: clock_settime, settimeofday, adjtimex and clock_adjtime that change something are
+//! executed at home, which fails them the way home does (EPERM without CAP_SYS_TIME there). Reading the
+//! clocks never costs a notification (see `crate::clock`).
+
+use super::{simple, Action, Call, Outcome};
+use crate::memory;
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::Errno;
+
+pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    Some(match nr {
+        libc::SYS_clock_settime => {
+            let ts: libc::timespec = match memory::read_pod(call.tid, call.arg(1)) {
+                Ok(ts) => ts,
+                Err(e) => return Some(Err(e)),
+            };
+            set(call, call.arg_i32(0), ts.tv_sec, ts.tv_nsec).await
+        }
+        libc::SYS_settimeofday => {
+            if call.arg(0) == 0 {
+                // Only the (obsolete) kernel timezone: this machine's business.
+                return Some(Ok(Action::Continue));
+            }
+            let tv: libc::timeval = match memory::read_pod(call.tid, call.arg(0)) {
+                Ok(tv) => tv,
+                Err(e) => return Some(Err(e)),
+            };
+            if !(0..1_000_000).contains(&tv.tv_usec) {
+                return Some(Err(Errno::EINVAL));
+            }
+            set(call, libc::CLOCK_REALTIME, tv.tv_sec, tv.tv_usec * 1000).await
+        }
+        libc::SYS_adjtimex => adjtime(call, libc::CLOCK_REALTIME, 0).await,
+        libc::SYS_clock_adjtime => adjtime(call, call.arg_i32(0), 1).await,
+        _ => return None,
+    })
+}
+
+async fn set(call: &Call<'_>, clock: i32, sec: i64, nsec: i64) -> Outcome {
+    simple(call, Op::SetClock(pb::SetClock { clock, sec, nsec })).await
+}
+
+async fn adjtime(call: &Call<'_>, clock: i32, tx_arg: usize) -> Outcome {
+    let tx: libc::timex = memory::read_pod(call.tid, call.arg(tx_arg))?;
+    if tx.modes == 0 {
+        // A pure query of the clock's discipline state.
+        return Ok(Action::Continue);
+    }
+    let op = pb::Adjtime {
+        clock,
+        modes: tx.modes,
+        offset: tx.offset,
+        freq: tx.freq,
+        maxerror: tx.maxerror,
+        esterror: tx.esterror,
+        status: tx.status,
+        constant: tx.constant,
+        tick: tx.tick,
+        time_sec: tx.time.tv_sec,
+        time_usec: tx.time.tv_usec,
+    };
+    simple(call, Op::Adjtime(op)).await
+}
