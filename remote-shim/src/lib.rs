@@ -14,6 +14,7 @@
 //! - [`content`]: home files' content cached for `mmap` (shared libraries) across the job's processes.
 //! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
 //! - [`client`]: the gRPC session and call stream to home.
+//! - [`trace`]: `--trace` JSON lines, `--stats` table, and `trace-diff`'s comparison.
 //! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
 #![deny(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod pump;
 pub mod supervisor;
 pub mod sys;
 pub mod syscalls;
+pub mod trace;
 
 use anyhow::Context;
 use filter::FdRange;
@@ -50,6 +52,10 @@ pub struct Config {
     pub local: Vec<String>,
     /// The program and its arguments.
     pub program: Vec<OsString>,
+    /// `--trace FILE`: every intercepted call as a JSON line.
+    pub trace: Option<std::path::PathBuf>,
+    /// `--stats`: a table of intercepted calls at exit.
+    pub stats: bool,
 }
 
 /// Runs the job and returns remote-shim's exit status: the program's, 128+N if signal N killed it, 125
@@ -86,6 +92,11 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
     let stage = syscalls::exec::ExecStage::new().context("creating the local staging directory")?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let umask = sys::current_umask();
+    let tracer = if config.trace.is_some() || config.stats {
+        Some(trace::Tracer::new(config.trace.as_deref(), config.stats).context("creating the trace file")?)
+    } else {
+        None
+    };
     sys::set_child_subreaper().context("becoming the job's subreaper")?;
 
     // Fork while single-threaded; the child waits in its first execve until the supervisor answers.
@@ -138,6 +149,8 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             fdtable::FdTable::new(range),
             paths::PathPolicy::new(&config.local),
             stage,
+            tracer,
+            config.home == "none",
         );
         let rt_handle = tokio::runtime::Handle::current();
         let receiver = {
@@ -163,6 +176,12 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         sup.pumps.drain().await;
         // Every process has ended: home closes what they held and ends their deputies as they ended.
         sup.collect(&[]).await;
+        if let Some(t) = &sup.tracer {
+            t.finish();
+            if let Some(table) = t.report() {
+                eprint!("{table}");
+            }
+        }
         let _ = receiver.join();
         Ok(code)
     });
@@ -172,7 +191,9 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
 
 /// The address and token of home: the given ones, or an agent started in this process for `--home local`.
 async fn start_home(config: &Config) -> anyhow::Result<(String, Option<String>)> {
-    if config.home != "local" {
+    // `none`: every call is executed by this machine's kernel, through the same interception (a baseline
+    // for `trace-diff`); it is the in-process agent, whose home is this machine.
+    if config.home != "local" && config.home != "none" {
         return Ok((config.home.clone(), config.token.clone()));
     }
     let token = format!("{:016x}{:016x}", fdtable::random_u64(), fdtable::random_u64());

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "remote-shim", version, about)]
 struct Args {
-    /// home-agent's ADDR:PORT, or `local` for an agent inside this process (on loopback).
+    /// home-agent's ADDR:PORT; `local` for an agent inside this process (on loopback); `none` to run every
+    /// call on this machine's kernel through the same interception (a baseline trace).
     #[arg(long, value_name = "ADDR:PORT|local")]
     home: String,
     /// File holding the token home-agent expects (default: $HOMEWARD_TOKEN).
@@ -17,6 +18,12 @@ struct Args {
     /// Path prefix served by this machine's kernel instead of home (repeatable); /proc, /sys, /dev always are.
     #[arg(long = "local", value_name = "PREFIX")]
     local: Vec<String>,
+    /// Write every intercepted call to FILE as a JSON line.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// At exit, print a table of intercepted calls (by call: home/local, errors, wait on home, bytes).
+    #[arg(long)]
+    stats: bool,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
     program: Vec<OsString>,
@@ -45,6 +52,8 @@ fn main() {
         token,
         local: args.local,
         program: args.program,
+        trace: args.trace,
+        stats: args.stats,
     });
     std::process::exit(code);
 }

@@ -120,7 +120,7 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
         })
     };
     sup.pumps.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
-    Ok(Action::Answered)
+    Ok(Action::Answered(i64::from(target)))
 }
 
 /// Program → home: forwards what arrives on the pipe until every writer has closed it.

@@ -11,6 +11,7 @@ use crate::procs::Procs;
 use crate::pump::Pumps;
 use crate::sys::seccomp::{self, Reply};
 use crate::syscalls::{self, exec::ExecStage, Action};
+use crate::trace::{Ending, Tracer, Who};
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -28,6 +29,10 @@ pub struct Supervisor {
     pub exec: ExecStage,
     pub pumps: Pumps,
     pub content: crate::content::ContentCache,
+    /// `--trace`/`--stats`, when asked for.
+    pub tracer: Option<Tracer>,
+    /// `--home none`: the "home" is this machine's kernel (through an in-process agent); the trace says local.
+    pub home_is_local: bool,
     me: Weak<Supervisor>,
     stopping: AtomicBool,
     link_error: Mutex<Option<String>>,
@@ -41,6 +46,8 @@ impl Supervisor {
         fds: FdTable,
         policy: PathPolicy,
         exec: ExecStage,
+        tracer: Option<Tracer>,
+        home_is_local: bool,
     ) -> Arc<Supervisor> {
         Arc::new_cyclic(|me| Supervisor {
             listener,
@@ -51,6 +58,8 @@ impl Supervisor {
             exec,
             pumps: Pumps::default(),
             content: Default::default(),
+            tracer,
+            home_is_local,
             me: me.clone(),
             stopping: AtomicBool::new(false),
             link_error: Mutex::new(None),
@@ -94,6 +103,7 @@ impl Supervisor {
     /// The receive loop; runs on its own thread until [`Supervisor::stop`] or the listener is gone.
     pub fn receive_loop(self: Arc<Self>, rt: tokio::runtime::Handle) {
         let fd = self.listener.as_fd();
+        let mut received: u64 = 0;
         while !self.stopping.load(Ordering::SeqCst) {
             let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             match crate::sys::poll_one(&mut pfd, 200) {
@@ -115,7 +125,9 @@ impl Supervisor {
             match seccomp::recv(fd) {
                 Ok(notif) => {
                     let sup = self.clone();
-                    rt.spawn(async move { sup.serve(notif).await });
+                    received += 1;
+                    let order = received;
+                    rt.spawn(async move { sup.serve(notif, order).await });
                 }
                 // The thread died between notification and receipt, or a signal interrupted us.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => continue,
@@ -127,25 +139,41 @@ impl Supervisor {
         }
     }
 
-    async fn serve(self: Arc<Self>, notif: seccomp::Notif) {
+    /// Serves notification number `order` (in order of receipt, which is each thread's call order).
+    async fn serve(self: Arc<Self>, notif: seccomp::Notif, order: u64) {
         let id = notif.id;
         let nr = notif.data.nr;
+        let (tid, raw_args) = (notif.pid, notif.data.args);
+        let started = std::time::Instant::now();
+        let args = match &self.tracer {
+            Some(t) if t.traces() => crate::trace::decode::args(tid, i64::from(nr), &raw_args),
+            _ => serde_json::Value::Null,
+        };
         let sup = self.clone();
         let outcome = tokio::spawn(async move { syscalls::dispatch(&sup, &notif).await }).await;
-        let reply = match outcome {
-            Ok(Ok(Action::Value(v))) => Reply::Value(v),
-            Ok(Ok(Action::Continue)) => Reply::Continue,
-            Ok(Ok(Action::Answered)) => return,
-            Ok(Err(errno)) => Reply::Errno(errno.raw()),
+        let (reply, ending, cost) = match outcome {
+            Ok((Ok(Action::Value(v)), c)) => (Some(Reply::Value(v)), Ending::Value(v), c),
+            Ok((Ok(Action::Continue), c)) => (Some(Reply::Continue), Ending::Local, c),
+            Ok((Ok(Action::Answered(fd)), c)) => (None, Ending::Value(fd), c),
+            Ok((Err(errno), c)) => (Some(Reply::Errno(errno.raw())), Ending::Errno(errno), c),
             Err(join) => {
                 tracing::error!(nr, cause = %join, "a syscall handler panicked; the call fails with EIO");
-                Reply::Errno(Errno::EIO.raw())
+                (Some(Reply::Errno(Errno::EIO.raw())), Ending::Errno(Errno::EIO), Default::default())
             }
         };
         tracing::trace!(nr, ?reply, "answer");
-        if let Err(e) = seccomp::respond(self.listener.as_fd(), id, reply) {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::warn!(nr, cause = %e, "answering a notification failed");
+        // Recorded before the answer, so a process's lines are in the order of its calls.
+        if let Some(t) = &self.tracer {
+            let pid = self.procs.tgid_of(tid);
+            let who = Who { pid, tid, home_pid: self.procs.home_ids(pid).map(|(p, _)| p) };
+            let cost = if self.home_is_local { Default::default() } else { cost };
+            t.record(order, who, i64::from(nr), args, ending, started.elapsed(), cost);
+        }
+        if let Some(reply) = reply {
+            if let Err(e) = seccomp::respond(self.listener.as_fd(), id, reply) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::warn!(nr, cause = %e, "answering a notification failed");
+                }
             }
         }
     }

@@ -42,7 +42,7 @@ async fn dup_lowest(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -
     if lowest <= 2 {
         return below_range(call, h, lowest, cloexec).await;
     }
-    call.install(h, cloexec, min).map(|_| Action::Answered)
+    call.install(h, cloexec, min).map(|fd| Action::Answered(i64::from(fd)))
 }
 
 /// A home file at a number below the range: a pumped pipe for data, or for a directory the placeholder
@@ -53,7 +53,7 @@ async fn below_range(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: boo
         return sup
             .fds
             .install_at(sup.listener.as_fd(), call.id, target, h, cloexec)
-            .map(|_| Action::Answered)
+            .map(|fd| Action::Answered(i64::from(fd)))
             .map_err(|e| Errno::from_io(&e));
     }
     crate::pump::alias(call, h, target, cloexec).await

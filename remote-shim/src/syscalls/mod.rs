@@ -28,8 +28,8 @@ pub enum Action {
     Value(i64),
     /// The local kernel executes the call.
     Continue,
-    /// The notification was already answered (by `ADDFD` with `SEND`).
-    Answered,
+    /// The notification was already answered (by `ADDFD` with `SEND`) with this descriptor number.
+    Answered(i64),
 }
 
 pub type Outcome = Result<Action, Errno>;
@@ -48,6 +48,15 @@ pub struct Call<'a> {
     pub tid: u32,
     pub nr: i64,
     pub args: [u64; 6],
+    cost: std::sync::Mutex<Cost>,
+}
+
+/// What serving one call cost at home: round trips, time waiting on home, bytes moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub round_trips: u32,
+    pub wait_ns: u64,
+    pub bytes: u64,
 }
 
 impl Call<'_> {
@@ -81,7 +90,19 @@ impl Call<'_> {
     /// Forwards one operation to home. A lost link is `EIO` (see `client`).
     pub async fn home(&self, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
-        match self.sup.link.call(self.proc(), op).await {
+        let sent = match &op {
+            Op::Write(w) => w.data.len() as u64,
+            _ => 0,
+        };
+        let start = std::time::Instant::now();
+        let result = self.sup.link.call(self.proc(), op).await;
+        {
+            let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
+            cost.round_trips += 1;
+            cost.wait_ns += start.elapsed().as_nanos() as u64;
+            cost.bytes += sent + result.as_ref().map_or(0, |r| r.data.len() as u64);
+        }
+        match result {
             Ok(reply) => Ok(reply),
             Err(e) => {
                 self.sup.link_failed(&e);
@@ -184,38 +205,52 @@ fn cwd() -> pb::Dir {
     pb::Dir { handle: 0 }
 }
 
-/// Serves one notification.
-pub async fn dispatch(sup: &Supervisor, n: &Notif) -> Outcome {
-    let call = Call { sup, id: n.id, tid: n.pid, nr: i64::from(n.data.nr), args: n.data.args };
+/// Serves one notification; returns what to answer and what it cost.
+pub async fn dispatch(sup: &Supervisor, n: &Notif) -> (Outcome, Cost) {
+    let call = Call {
+        sup,
+        id: n.id,
+        tid: n.pid,
+        nr: i64::from(n.data.nr),
+        args: n.data.args,
+        cost: Default::default(),
+    };
+    let outcome = serve(&call).await;
+    let cost = *call.cost.lock().unwrap_or_else(|p| p.into_inner());
+    (outcome, cost)
+}
+
+async fn serve(call: &Call<'_>) -> Outcome {
     let nr = call.nr;
-    if let Some(out) = open::serve(&call, nr).await {
+    if let Some(out) = open::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = stat::serve(&call, nr).await {
+    if let Some(out) = stat::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = dir::serve(&call, nr).await {
+    if let Some(out) = dir::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = attr::serve(&call, nr).await {
+    if let Some(out) = attr::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = io::serve(&call, nr).await {
+    if let Some(out) = io::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = fd::serve(&call, nr).await {
+    if let Some(out) = fd::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = exec::serve(&call, nr).await {
+    if let Some(out) = exec::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = process::serve(&call, nr).await {
+    if let Some(out) = process::serve(call, nr).await {
         return out;
     }
-    if let Some(out) = clock::serve(&call, nr).await {
+    if let Some(out) = clock::serve(call, nr).await {
         return out;
     }
     tracing::debug!(nr, "intercepted call without a handler: left to the kernel");
+    sup_unhandled(call);
     Ok(Action::Continue)
 }
 
@@ -230,5 +265,12 @@ impl Call<'_> {
         use std::os::fd::AsFd;
         let pidfd = crate::sys::tracee::pidfd_open(self.tgid()).map_err(|e| Errno::from_io(&e))?;
         crate::sys::tracee::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| Errno::from_io(&e))
+    }
+}
+
+/// Counts an intercepted call that no family handles (shown by `--stats`).
+fn sup_unhandled(call: &Call<'_>) {
+    if let Some(t) = &call.sup.tracer {
+        t.unhandled(call.nr);
     }
 }

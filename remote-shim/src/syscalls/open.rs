@@ -82,7 +82,7 @@ pub async fn install_new(
         .map_err(|e| Errno::from_io(&e))
         .and_then(|h| call.install(&h, cloexec, min));
     match installed {
-        Ok(_) => Ok(Action::Answered),
+        Ok(fd) => Ok(Action::Answered(i64::from(fd))),
         Err(e) => {
             let _ = call.home(Op::Close(pb::Close { handle: handle_id })).await;
             Err(e)
