@@ -29,6 +29,7 @@ pub struct Supervisor {
     pub exec: ExecStage,
     pub pumps: Pumps,
     pub content: crate::content::ContentCache,
+    pub unix_names: crate::syscalls::socket::UnixNames,
     /// `--trace`/`--stats`, when asked for.
     pub tracer: Option<Tracer>,
     /// `--home none`: the "home" is this machine's kernel (through an in-process agent); the trace says local.
@@ -58,6 +59,7 @@ impl Supervisor {
             exec,
             pumps: Pumps::default(),
             content: Default::default(),
+            unix_names: Default::default(),
             tracer,
             home_is_local,
             me: me.clone(),

@@ -293,3 +293,29 @@ pub fn read_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
     }
     true
 }
+
+/// `bind` or `connect` of a unix socket we hold to a filesystem `path`.
+pub fn unix_address_call(sock: BorrowedFd<'_>, path: &std::path::Path, connect: bool) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    let ptr = (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>();
+    // SAFETY: `ptr` points to `addr`, a valid sockaddr_un of at least `len` bytes, alive for the call.
+    let ret = unsafe {
+        if connect {
+            libc::connect(sock.as_raw_fd(), ptr, len)
+        } else {
+            libc::bind(sock.as_raw_fd(), ptr, len)
+        }
+    };
+    check(ret as libc::c_long).map(drop)
+}

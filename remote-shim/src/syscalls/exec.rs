@@ -36,15 +36,24 @@ pub struct ExecStage {
 }
 
 impl ExecStage {
+    /// Creates the staging directory in this machine's temporary space: `$TMPDIR` when it exists here (it
+    /// may name a directory of home meant for the program), else `/tmp`, `/dev/shm` or `/var/tmp`.
     pub fn new() -> io::Result<ExecStage> {
-        let dir = std::env::temp_dir().join(format!(
-            "homeward-exec-{}-{:08x}",
-            std::process::id(),
-            crate::fdtable::random_u64() as u32
-        ));
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(ExecStage { dir, short_names: Mutex::default(), counter: AtomicU64::new(0) })
+        let name =
+            format!("homeward-exec-{}-{:08x}", std::process::id(), crate::fdtable::random_u64() as u32);
+        let mut last = io::Error::from(io::ErrorKind::NotFound);
+        let candidates = [std::env::temp_dir(), "/tmp".into(), "/dev/shm".into(), "/var/tmp".into()];
+        for base in candidates {
+            let dir = base.join(&name);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                    return Ok(ExecStage { dir, short_names: Mutex::default(), counter: AtomicU64::new(0) });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// The staging directory: the program's working directory in the local kernel.

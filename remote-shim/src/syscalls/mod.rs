@@ -10,6 +10,7 @@ mod fd;
 mod io;
 mod open;
 mod process;
+pub mod socket;
 mod stat;
 
 use crate::fdtable::Handle;
@@ -247,6 +248,9 @@ async fn serve(call: &Call<'_>) -> Outcome {
         return out;
     }
     if let Some(out) = clock::serve(call, nr).await {
+        return out;
+    }
+    if let Some(out) = socket::serve(call, nr).await {
         return out;
     }
     tracing::debug!(nr, "intercepted call without a handler: left to the kernel");

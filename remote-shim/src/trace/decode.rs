@@ -108,6 +108,8 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
         (libc::SYS_settimeofday, "settimeofday", &[Ptr, Ptr]),
         (libc::SYS_adjtimex, "adjtimex", &[Ptr]),
         (libc::SYS_clock_adjtime, "clock_adjtime", &[Int, Ptr]),
+        (libc::SYS_bind, "bind", &[Fd, Ptr, Size]),
+        (libc::SYS_connect, "connect", &[Fd, Ptr, Size]),
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_open, "open", &[Path, OpenFlags, Mode]),
         #[cfg(target_arch = "x86_64")]
