@@ -76,6 +76,35 @@ fn date_in_the_job_is_homes_within_a_second() {
     assert!((job - home).abs() <= 1 + run.elapsed.as_secs() as i64, "date says {job}, home {home}:\n{run}");
 }
 
+/// Home's wall clock ahead of this machine's by an hour (pretended through remote-shim's test hook: on one
+/// machine the two cannot really differ): the job's wall-clock reads, which glibc makes through the vDSO, see
+/// home's time; its monotonic clock is untouched.
+#[test]
+fn wall_clock_reads_follow_a_skewed_home() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let before = now();
+    let mono_before = monotonic();
+    let script = "import time; print(time.time(), time.monotonic(), time.clock_gettime(time.CLOCK_REALTIME))";
+    let run = hosts
+        .cmd(&["sh", "-c", &format!("date +%s; python3 -c '{script}'")])
+        .env("HOMEWARD_TEST_HOME_CLOCK_SKEW_NS", "3600000000000")
+        .remote();
+    let (after, mono_after) = (now(), monotonic());
+    run.assert_success();
+    let v: Vec<f64> = run.stdout().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    for wall in [v[0], v[1], v[3]] {
+        assert!(
+            wall >= before + 3600.0 - 1.0 && wall <= after + 3600.0 + 1.0,
+            "a wall-clock read ({wall}) is not home's ({}..{}):\n{run}",
+            before + 3600.0,
+            after + 3600.0
+        );
+    }
+    assert!(v[2] >= mono_before - 0.5 && v[2] <= mono_after + 0.5, "the monotonic clock moved:\n{run}");
+}
+
 /// Setting the clock goes home. Agent and program run as `nobody`, so home refuses it (EPERM) exactly as
 /// it refuses it natively. The test checks the agent's uid first: with a root agent it would really set
 /// home's clock.

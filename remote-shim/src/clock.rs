@@ -8,8 +8,10 @@
 //! CLOCK_MONOTONIC and CLOCK_BOOTTIME: when home's differ from this machine's by more than the error bound,
 //! and remote-shim may create a time namespace (root), the job runs in a time namespace whose offsets make
 //! both clocks continue home's, also through the vDSO, and absolute sleeps and timers agree with them.
-//! CLOCK_REALTIME has no namespace: the job reads this machine's wall clock through the vDSO (keep both
-//! machines on NTP); the offset is measured and logged so a skew is visible.
+//! CLOCK_REALTIME has no namespace: when home's wall clock differs from this machine's beyond the error bound
+//! (or 50 ms), the job's wall-clock reads are routed through the supervisor (see `crate::vdso`) and answered
+//! with this machine's clock plus the offset, which only changes by refreshes that never step it backwards
+//! by more than the change of the estimate.
 
 use crate::client::HomeLink;
 use homeward_proto::pb::{self, call_request::Op};
@@ -68,6 +70,20 @@ pub async fn estimate(link: &HomeLink) -> Option<Offsets> {
         );
     }
     best
+}
+
+/// The wall-clock offset to apply to the job's reads, or 0 when the clocks agree within the error bound (or
+/// 50 ms). `HOMEWARD_TEST_HOME_CLOCK_SKEW_NS` adds a pretended skew of home's wall clock (a test hook: on one
+/// machine, home's and the remote's wall clocks cannot really differ).
+pub fn wall_clock_offset(o: &Offsets) -> i64 {
+    let skew: i64 =
+        std::env::var("HOMEWARD_TEST_HOME_CLOCK_SKEW_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let offset = o.realtime_ns + skew;
+    if offset.abs() <= o.error_ns.max(50_000_000) {
+        0
+    } else {
+        offset
+    }
 }
 
 /// The time namespace offsets (absolute, as `/proc/PID/timens_offsets` takes them) that make the job's

@@ -187,6 +187,18 @@ pub fn build(range: FdRange) -> Result<Vec<libc::sock_filter>, seccompiler::Back
             ],
         );
     }
+    // Wall-clock reads: only made as system calls once `vdso` routed them (see there); the monotonic clocks
+    // always go straight to the kernel.
+    let wall = |id: i32| SeccompRule::new(vec![Cond::new(0, Len::Dword, Op::Eq, id as u64)?]);
+    rules.insert(
+        libc::SYS_clock_gettime,
+        vec![wall(libc::CLOCK_REALTIME)?, wall(libc::CLOCK_REALTIME_COARSE)?, wall(libc::CLOCK_TAI)?],
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        rules.insert(libc::SYS_gettimeofday, vec![]);
+        rules.insert(libc::SYS_time, vec![]);
+    }
     for (nr, args) in fd_calls() {
         let mut chain = Vec::new();
         for &arg in args {

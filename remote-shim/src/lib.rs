@@ -15,6 +15,7 @@
 //! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
 //! - [`client`]: the gRPC session and call stream to home.
 //! - [`trace`]: `--trace` JSON lines, `--stats` table, and `trace-diff`'s comparison.
+//! - [`vdso`]: wall-clock reads routed through the supervisor when home's wall clock differs.
 //! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
 #![deny(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod supervisor;
 pub mod sys;
 pub mod syscalls;
 pub mod trace;
+pub mod vdso;
 
 use anyhow::Context;
 use filter::FdRange;
@@ -132,7 +134,8 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             }
         };
         tracing::debug!(session = link.session(), home = link.home_host(), "session open");
-        let timens = clock::estimate(&link).await.as_ref().and_then(clock::namespace_offsets);
+        let offsets = clock::estimate(&link).await;
+        let timens = offsets.as_ref().and_then(clock::namespace_offsets);
         if let Some((mono, boot)) = timens {
             tracing::debug!(mono, boot, "the job runs in a time namespace that continues home's clocks");
         }
@@ -152,6 +155,9 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             tracer,
             config.home == "none",
         );
+        if let Some(o) = &offsets {
+            sup.set_wall_clock_offset(o);
+        }
         let rt_handle = tokio::runtime::Handle::current();
         let receiver = {
             let sup = sup.clone();
@@ -167,7 +173,9 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(clock::REFRESH).await;
-                    clock::estimate(&sup.link).await;
+                    if let Some(o) = clock::estimate(&sup.link).await {
+                        sup.set_wall_clock_offset(&o);
+                    }
                 }
             });
         }

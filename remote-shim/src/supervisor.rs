@@ -34,6 +34,10 @@ pub struct Supervisor {
     pub tracer: Option<Tracer>,
     /// `--home none`: the "home" is this machine's kernel (through an in-process agent); the trace says local.
     pub home_is_local: bool,
+    /// Home's wall clock minus this machine's, in ns; 0 when they agree (then nothing is routed).
+    wall_clock_offset: std::sync::atomic::AtomicI64,
+    /// Thread groups that exec'd and whose new image's vDSO is not yet routed.
+    vdso_pending: Mutex<std::collections::HashSet<u32>>,
     me: Weak<Supervisor>,
     stopping: AtomicBool,
     link_error: Mutex<Option<String>>,
@@ -62,6 +66,8 @@ impl Supervisor {
             unix_names: Default::default(),
             tracer,
             home_is_local,
+            wall_clock_offset: Default::default(),
+            vdso_pending: Mutex::default(),
             me: me.clone(),
             stopping: AtomicBool::new(false),
             link_error: Mutex::new(None),
@@ -71,6 +77,36 @@ impl Supervisor {
 
     pub fn self_arc(&self) -> Arc<Supervisor> {
         self.me.upgrade().expect("the supervisor outlives its handlers")
+    }
+
+    pub fn set_wall_clock_offset(&self, o: &crate::clock::Offsets) {
+        let offset = crate::clock::wall_clock_offset(o);
+        self.wall_clock_offset.store(offset, Ordering::SeqCst);
+        if offset != 0 {
+            tracing::debug!(offset_ns = offset, "the job's wall-clock reads are answered with home's time");
+        }
+    }
+
+    /// Home's wall clock minus this machine's (0: the clocks agree and reads are not routed).
+    pub fn wall_clock_offset(&self) -> i64 {
+        self.wall_clock_offset.load(Ordering::SeqCst)
+    }
+
+    /// Notes that thread group `tgid` is executing a new image: its vDSO is routed at its next call.
+    pub fn exec_started(&self, tgid: u32) {
+        if self.wall_clock_offset() != 0 {
+            self.vdso_pending.lock().unwrap_or_else(|p| p.into_inner()).insert(tgid);
+        }
+    }
+
+    /// Routes the wall-clock reads of a freshly exec'd image (at its first notified call).
+    fn route_vdso_if_pending(&self, tid: u32) {
+        let tgid = self.procs.tgid_of(tid);
+        if self.vdso_pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&tgid) {
+            if let Err(e) = crate::vdso::route_clock_reads(tid) {
+                tracing::warn!(pid = tid, cause = %e, "cannot route the program's wall-clock reads; it sees this machine's");
+            }
+        }
     }
 
     pub async fn flush_pumps(&self) {
@@ -151,6 +187,9 @@ impl Supervisor {
             Some(t) if t.traces() => crate::trace::decode::args(tid, i64::from(nr), &raw_args),
             _ => serde_json::Value::Null,
         };
+        if self.wall_clock_offset() != 0 {
+            self.route_vdso_if_pending(tid);
+        }
         let sup = self.clone();
         let outcome = tokio::spawn(async move { syscalls::dispatch(&sup, &notif).await }).await;
         let (reply, ending, cost) = match outcome {

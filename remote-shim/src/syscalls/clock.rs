@@ -31,6 +31,11 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             set(call, libc::CLOCK_REALTIME, tv.tv_sec, tv.tv_usec * 1000).await
         }
         libc::SYS_adjtimex => adjtime(call, libc::CLOCK_REALTIME, 0).await,
+        libc::SYS_clock_gettime => read_wall_clock(call),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_gettimeofday => gettimeofday(call),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_time => time(call),
         libc::SYS_clock_adjtime => adjtime(call, call.arg_i32(0), 1).await,
         _ => return None,
     })
@@ -60,4 +65,45 @@ async fn adjtime(call: &Call<'_>, clock: i32, tx_arg: usize) -> Outcome {
         time_usec: tx.time.tv_usec,
     };
     simple(call, Op::Adjtime(op)).await
+}
+
+/// This machine's `clock` plus home's offset, in ns; `None` when the clocks agree (the kernel answers).
+fn home_wall_ns(call: &Call<'_>, clock: libc::clockid_t) -> Option<i64> {
+    let offset = call.sup.wall_clock_offset();
+    (offset != 0).then(|| crate::sys::clock_ns(clock) + offset)
+}
+
+/// clock_gettime of a wall clock (the filter notifies only CLOCK_REALTIME, _COARSE and TAI).
+fn read_wall_clock(call: &Call<'_>) -> Outcome {
+    let Some(ns) = home_wall_ns(call, call.arg_i32(0)) else { return Ok(Action::Continue) };
+    let ts = libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    memory::write_pod(call.tid, call.arg(1), &ts)?;
+    Ok(Action::Value(0))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gettimeofday(call: &Call<'_>) -> Outcome {
+    let Some(ns) = home_wall_ns(call, libc::CLOCK_REALTIME) else { return Ok(Action::Continue) };
+    if call.arg(0) != 0 {
+        let tv = libc::timeval {
+            tv_sec: ns.div_euclid(1_000_000_000),
+            tv_usec: ns.rem_euclid(1_000_000_000) / 1000,
+        };
+        memory::write_pod(call.tid, call.arg(0), &tv)?;
+    }
+    if call.arg(1) != 0 {
+        // The kernel's timezone is UTC on any system that keeps its clock in UTC (the norm).
+        memory::write_bytes(call.tid, call.arg(1), &[0u8; 8])?;
+    }
+    Ok(Action::Value(0))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn time(call: &Call<'_>) -> Outcome {
+    let Some(ns) = home_wall_ns(call, libc::CLOCK_REALTIME) else { return Ok(Action::Continue) };
+    let secs = ns.div_euclid(1_000_000_000);
+    if call.arg(0) != 0 {
+        memory::write_pod(call.tid, call.arg(0), &secs)?;
+    }
+    Ok(Action::Value(secs))
 }

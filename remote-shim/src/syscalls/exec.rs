@@ -96,6 +96,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
 }
 
 async fn exec(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcome {
+    call.sup.exec_started(call.tgid());
     let path = call.path(path_arg)?;
     if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 {
         // fexecve of a home file: the placeholder gets the content and the kernel executes it.

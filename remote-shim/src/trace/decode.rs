@@ -109,6 +109,7 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
         (libc::SYS_adjtimex, "adjtimex", &[Ptr]),
         (libc::SYS_clock_adjtime, "clock_adjtime", &[Int, Ptr]),
         (libc::SYS_bind, "bind", &[Fd, Ptr, Size]),
+        (libc::SYS_clock_gettime, "clock_gettime", &[Int, Ptr]),
         (libc::SYS_connect, "connect", &[Fd, Ptr, Size]),
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_open, "open", &[Path, OpenFlags, Mode]),
@@ -154,6 +155,10 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
         (libc::SYS_dup2, "dup2", &[Fd, Fd]),
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_fadvise64, "fadvise64", &[Fd, Offset, Size, Int]),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_gettimeofday, "gettimeofday", &[Ptr, Ptr]),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_time, "time", &[Ptr]),
     ]
 }
 
