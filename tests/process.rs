@@ -119,32 +119,19 @@ fn the_programs_kill_of_a_home_process_lands_at_home() {
         0,
         "nobody could kill root's process natively; the test proves nothing:\n{native}"
     );
-    let remote = nobody(&[
-        shim_bin().to_str().unwrap(),
-        "--home",
-        &hosts.addr().to_string(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--",
-        "kill",
-        "-TERM",
-        &victim.id().to_string(),
-    ]);
+    let shim = shim_bin().display().to_string();
+    let addr = hosts.addr().to_string();
+    let through_shim = |argv: &[&str]| {
+        let mut full = vec![shim.as_str(), "--home", &addr, "--token-file", token.to_str().unwrap(), "--"];
+        full.extend_from_slice(argv);
+        nobody(&full)
+    };
+    let remote = through_shim(&["kill", "-TERM", &victim.id().to_string()]);
     assert_eq!(remote.code(), 0, "the kill should have run at home with the agent's rights:\n{remote}");
     let status = victim.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
     // And home's errno comes back: a pid that does not exist at home.
-    let missing = nobody(&[
-        shim_bin().to_str().unwrap(),
-        "--home",
-        &hosts.addr().to_string(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "kill -0 999999999 2>/dev/null; echo $?",
-    ]);
+    let missing = through_shim(&["sh", "-c", "kill -0 999999999 2>/dev/null; echo $?"]);
     assert_eq!(missing.stdout().trim(), "1", "kill of a missing home pid must fail:\n{missing}");
 }
 

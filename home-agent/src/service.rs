@@ -175,11 +175,21 @@ async fn run_session(session: Arc<Session>, mut inbound: Streaming<CallRequest>,
     info!("session closed");
 }
 
-/// Runs one call on a blocking thread and sends its reply.
+/// Runs one call (on a blocking thread when it may wait) and sends its reply.
 async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
     let seq = request.seq;
     let op = exec::op_name(request.op.as_ref());
-    let ran = tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request))).await;
+    let ran = if exec::may_block(&session, &request) {
+        tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request)))
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        // Caught like spawn_blocking catches it: an executor bug is answered, never left hanging.
+        let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            session.run(|| exec::execute(&session, &request))
+        }));
+        inline.map_err(|_| "the executor panicked".to_string())
+    };
     let reply = match ran {
         Ok(Some(reply)) => reply,
         // The session closed before the call ran: nobody is listening.

@@ -105,6 +105,11 @@ impl Session {
         Ok(ProcCtx { id: proc.id, cwd: state.cwd, umask: state.umask })
     }
 
+    /// Whether `proc` already has state here (a first call also starts its deputy).
+    pub fn knows(&self, proc: u64) -> bool {
+        lock(&self.procs).contains_key(&proc)
+    }
+
     /// Replaces a process's cwd.
     pub fn set_cwd(&self, proc: u64, cwd: OwnedFd) {
         let mut procs = lock(&self.procs);

@@ -264,7 +264,10 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, child: libc::pid_t) -> i32
                 for pid in launch::job_pids(child) {
                     let _ = sys::kill(pid as i32, libc::SIGKILL);
                 }
-                while rx.recv().await.is_some() {}
+                // Reaped by the waiter thread; an in-process agent's deputies may outlive the job.
+                while !launch::job_pids(child).is_empty() {
+                    let _ = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
+                }
                 return EXIT_SHIM_FAILURE;
             }
             Some(_) = recv_signal(&mut term) => { let _ = sys::kill(child, libc::SIGTERM); }

@@ -20,6 +20,22 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Answers a notification with EIO when its handler never returned: it panicked (tokio drops the task's
+/// state after catching the panic) or was cancelled. Forgotten once the handler has returned, so the program
+/// never waits forever on a bug.
+struct AnswerIfAbandoned<'a> {
+    listener: std::os::fd::BorrowedFd<'a>,
+    id: u64,
+    nr: i32,
+}
+
+impl Drop for AnswerIfAbandoned<'_> {
+    fn drop(&mut self) {
+        tracing::error!(nr = self.nr, "a syscall handler did not finish (a bug); the call fails with EIO");
+        let _ = seccomp::respond(self.listener, self.id, Reply::Errno(Errno::EIO.raw()));
+    }
+}
+
 pub struct Supervisor {
     pub listener: OwnedFd,
     pub link: HomeLink,
@@ -190,17 +206,14 @@ impl Supervisor {
         if self.wall_clock_offset() != 0 {
             self.route_vdso_if_pending(tid);
         }
-        let sup = self.clone();
-        let outcome = tokio::spawn(async move { syscalls::dispatch(&sup, &notif).await }).await;
+        let guard = AnswerIfAbandoned { listener: self.listener.as_fd(), id, nr };
+        let outcome = syscalls::dispatch(&self, &notif).await;
+        std::mem::forget(guard);
         let (reply, ending, cost) = match outcome {
-            Ok((Ok(Action::Value(v)), c)) => (Some(Reply::Value(v)), Ending::Value(v), c),
-            Ok((Ok(Action::Continue), c)) => (Some(Reply::Continue), Ending::Local, c),
-            Ok((Ok(Action::Answered(fd)), c)) => (None, Ending::Value(fd), c),
-            Ok((Err(errno), c)) => (Some(Reply::Errno(errno.raw())), Ending::Errno(errno), c),
-            Err(join) => {
-                tracing::error!(nr, cause = %join, "a syscall handler panicked; the call fails with EIO");
-                (Some(Reply::Errno(Errno::EIO.raw())), Ending::Errno(Errno::EIO), Default::default())
-            }
+            (Ok(Action::Value(v)), c) => (Some(Reply::Value(v)), Ending::Value(v), c),
+            (Ok(Action::Continue), c) => (Some(Reply::Continue), Ending::Local, c),
+            (Ok(Action::Answered(fd)), c) => (None, Ending::Value(fd), c),
+            (Err(errno), c) => (Some(Reply::Errno(errno.raw())), Ending::Errno(errno), c),
         };
         tracing::trace!(nr, ?reply, "answer");
         // Recorded before the answer, so a process's lines are in the order of its calls.

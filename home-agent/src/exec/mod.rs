@@ -46,6 +46,58 @@ fn done(v: i64) -> Res {
     Ok(value(v))
 }
 
+/// Whether a request may wait on something outside the agent (another process: a fifo, a lock, a deputy
+/// being started; or the disk: fsync) and so must run on a blocking thread. Everything else runs inline on
+/// the connection's task, which saves a thread hand-off per call.
+pub fn may_block(session: &Session, req: &CallRequest) -> bool {
+    let Some(op) = &req.op else { return false };
+    let proc = req.proc.unwrap_or_default().id;
+    if proc != 0 && !session.knows(proc) && !matches!(op, Op::ForgetProc(_)) {
+        return true;
+    }
+    let regular = |handle: u64| {
+        session
+            .handle(handle)
+            .ok()
+            .and_then(|fd| {
+                use std::os::fd::AsFd;
+                crate::sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_TYPE).ok()
+            })
+            .is_some_and(|sx| matches!(u32::from(sx.stx_mode) & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR))
+    };
+    match op {
+        Op::Read(o) => !regular(o.handle),
+        Op::Write(o) => !regular(o.handle),
+        Op::CopyRange(o) => !(regular(o.in_handle) && regular(o.out_handle)),
+        Op::Ioctl(o) => !regular(o.handle),
+        Op::Stat(_)
+        | Op::Statfs(_)
+        | Op::Access(_)
+        | Op::Readlink(_)
+        | Op::Mkdir(_)
+        | Op::Mknod(_)
+        | Op::Unlink(_)
+        | Op::Rename(_)
+        | Op::Link(_)
+        | Op::Symlink(_)
+        | Op::Chmod(_)
+        | Op::Chown(_)
+        | Op::Utimens(_)
+        | Op::Chdir(_)
+        | Op::Getcwd(_)
+        | Op::Umask(_)
+        | Op::Xattr(_)
+        | Op::Seek(_)
+        | Op::Getdents(_)
+        | Op::GetFlags(_)
+        | Op::SetFlags(_)
+        | Op::ClockRead(_) => false,
+        // Open (a fifo waits for its peer), truncate/fsync/fallocate (the disk), locks, close (a network
+        // file system flushing), deputies (Kill may hand an event to a deputy's session stream).
+        _ => true,
+    }
+}
+
 /// Executes one request for `session` on the calling (blocking) thread.
 pub fn execute(session: &Session, req: &CallRequest) -> CallReply {
     let result = match &req.op {

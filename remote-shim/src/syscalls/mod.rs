@@ -221,38 +221,20 @@ pub async fn dispatch(sup: &Supervisor, n: &Notif) -> (Outcome, Cost) {
     (outcome, cost)
 }
 
+/// Offers the call to each family in turn; the first that knows the call serves it.
+macro_rules! first_family {
+    ($call:expr, $nr:expr, $($family:ident),+) => {
+        $(
+            if let Some(out) = $family::serve($call, $nr).await {
+                return out;
+            }
+        )+
+    };
+}
+
 async fn serve(call: &Call<'_>) -> Outcome {
     let nr = call.nr;
-    if let Some(out) = open::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = stat::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = dir::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = attr::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = io::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = fd::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = exec::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = process::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = clock::serve(call, nr).await {
-        return out;
-    }
-    if let Some(out) = socket::serve(call, nr).await {
-        return out;
-    }
+    first_family!(call, nr, open, stat, dir, attr, io, fd, exec, process, clock, socket);
     tracing::debug!(nr, "intercepted call without a handler: left to the kernel");
     sup_unhandled(call);
     Ok(Action::Continue)
