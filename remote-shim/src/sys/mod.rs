@@ -41,17 +41,24 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A message header over one iovec and a control buffer (room for one int in a control message; the u64
+/// array keeps cmsghdr alignment). The header points into both: they must outlive its use.
+fn one_byte_msg(iov: &mut libc::iovec, cbuf: &mut [u64; 4]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zero is a valid initial state for every field.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(cbuf);
+    msg
+}
+
 /// Sends one descriptor over a unix socket (SCM_RIGHTS) with a one-byte payload.
 pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // Room for one int in a control message; u64 array keeps cmsghdr alignment.
     let mut cbuf = [0u64; 4];
-    // SAFETY: msghdr is plain data; zero is a valid initial state for every field.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
+    let mut msg = one_byte_msg(&mut iov, &mut cbuf);
     // SAFETY: CMSG_SPACE only computes a size.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     // SAFETY: msg_control points to `cbuf`, which is at least CMSG_SPACE(sizeof(int)) bytes and aligned for
@@ -73,12 +80,7 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let mut cbuf = [0u64; 4];
-    // SAFETY: msghdr is plain data; zero is a valid initial state for every field.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let mut msg = one_byte_msg(&mut iov, &mut cbuf);
     // SAFETY: `msg` points to buffers that live until the call returns; MSG_CMSG_CLOEXEC marks the new fd.
     let ret = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if check(ret as libc::c_long)? == 0 {
