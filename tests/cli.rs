@@ -283,3 +283,22 @@ int main(int argc, char **argv) {
     );
     assert!(!dir.path().join("ran").exists(), "the program ran without a supervisor:\n{run}");
 }
+
+/// The program starts with the signal mask it would have natively, and SIGPIPE not ignored (Rust ignores
+/// it in remote-shim itself, and exec keeps ignored signals ignored): `a | head` must kill `a` silently.
+#[test]
+fn sigpipe_is_not_ignored_and_the_mask_is_native() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = ["sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status"];
+    let field = |run: &Run, name: &str| {
+        let line = run.stdout().lines().find(|l| l.starts_with(name)).map(str::to_string).unwrap_or_default();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap()
+    };
+    let native = plain(dir.path(), &probe);
+    native.assert_success();
+    let shim = plain_shim(dir.path(), &["--home", "local"], &probe);
+    shim.assert_success();
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    assert_eq!(field(&shim, "SigIgn") & sigpipe, field(&native, "SigIgn") & sigpipe, "SIGPIPE:\n{shim}");
+    assert_eq!(field(&shim, "SigBlk"), field(&native, "SigBlk"), "blocked signals:\n{native}\n{shim}");
+}

@@ -86,6 +86,8 @@ fn child_main(
     if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
         return fail("cannot tie the program to the supervisor", e);
     }
+    // Rust's runtime ignores SIGPIPE in remote-shim; the program must get the default (die on a closed pipe).
+    sys::default_signal(libc::SIGPIPE);
     let mut go = [0u8; GO_LEN];
     if !sys::read_exact(sock.as_fd(), &mut go) {
         // The supervisor gave up (home unreachable): it says why.

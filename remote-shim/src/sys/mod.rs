@@ -218,6 +218,12 @@ pub fn execvp(file: &CStr, argv: &[std::ffi::CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Restores the default action of `sig` (exec keeps ignored signals ignored).
+pub fn default_signal(sig: i32) {
+    // SAFETY: installing SIG_DFL involves no handler code and no memory of ours.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+}
+
 /// Ignores `sig` in this process (not inherited: set after fork).
 pub fn ignore_signal(sig: i32) {
     // SAFETY: installing SIG_IGN involves no handler code and no memory of ours.
