@@ -162,6 +162,35 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
     ]
 }
 
+/// The syscall family a call belongs to (the module of `syscalls` that serves it).
+pub fn family(name: &str) -> &'static str {
+    match name {
+        "open" | "openat" | "openat2" | "creat" => "open",
+        "stat" | "lstat" | "newfstatat" | "statx" | "fstat" | "statfs" | "fstatfs" | "access"
+        | "faccessat" | "faccessat2" | "readlink" | "readlinkat" => "stat",
+        "mkdir" | "mkdirat" | "mknod" | "mknodat" | "rmdir" | "unlink" | "unlinkat" | "rename"
+        | "renameat" | "renameat2" | "link" | "linkat" | "symlink" | "symlinkat" | "getdents"
+        | "getdents64" | "chdir" | "fchdir" | "getcwd" => "dir",
+        "fcntl" | "flock" | "dup" | "dup2" | "dup3" => "fd",
+        "execve" | "execveat" => "exec",
+        "getpid" | "getppid" | "gettid" | "exit_group" | "kill" | "tkill" | "tgkill" | "rt_sigqueueinfo"
+        | "rt_tgsigqueueinfo" => "process",
+        "clock_gettime" | "gettimeofday" | "time" | "clock_settime" | "settimeofday" | "adjtimex"
+        | "clock_adjtime" => "clock",
+        "bind" | "connect" => "socket",
+        n if n.contains("xattr")
+            || n.contains("chmod")
+            || n.contains("chown")
+            || n.contains("utime")
+            || n.contains("truncate")
+            || n == "umask" =>
+        {
+            "attr"
+        }
+        _ => "io",
+    }
+}
+
 /// The call's name (`"syscall_N"` for one this build does not name).
 pub fn name(nr: i64) -> String {
     table()

@@ -187,6 +187,30 @@ impl Tracer {
             t_bytes
         ));
         out.push_str(&format!("round trips to home: {t_rtt}\n"));
+        let mut families: BTreeMap<&str, (u64, u64, u64, u64, u64)> = BTreeMap::new();
+        for (name, s) in stats.iter() {
+            let f = families.entry(decode::family(name)).or_default();
+            f.0 += s.count;
+            f.1 += s.home;
+            f.2 += s.local;
+            f.3 += s.waits.iter().sum::<u64>();
+            f.4 += s.bytes;
+        }
+        out.push_str(&format!(
+            "{:<18} {:>8} {:>8} {:>8} {:>10} {:>12}\n",
+            "by family", "calls", "home", "local", "wait ms", "bytes"
+        ));
+        for (family, (calls, home, local, wait, bytes)) in families {
+            out.push_str(&format!(
+                "{:<18} {:>8} {:>8} {:>8} {:>10.1} {:>12}\n",
+                family,
+                calls,
+                home,
+                local,
+                wait as f64 / 1000.0,
+                bytes
+            ));
+        }
         let unhandled = self.unhandled.lock().unwrap_or_else(|p| p.into_inner());
         if unhandled.is_empty() {
             out.push_str("intercepted calls not handled: none\n");
