@@ -23,6 +23,7 @@ pub fn load(text: &str) -> Result<Processes, String> {
         lines.push(serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?);
     }
     lines.sort_by_key(|v| v["seq"].as_u64().unwrap_or(0));
+    let names = exclusive_names(&lines);
     for (n, v) in lines.iter().enumerate() {
         let pid = v["pid"].as_u64().ok_or_else(|| format!("line {}: no pid", n + 1))? as u32;
         if !calls.contains_key(&pid) {
@@ -34,7 +35,7 @@ pub fn load(text: &str) -> Result<Processes, String> {
                 program.insert(pid, p.rsplit('/').next().unwrap_or(p).to_string());
             }
         }
-        calls.entry(pid).or_default().push(normalize(v));
+        calls.entry(pid).or_default().push(normalize(v, &names));
     }
     let mut rank: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Processes::new();
@@ -58,10 +59,12 @@ fn result_kind(call: &str) -> Option<&'static str> {
 }
 
 /// `call(args) = result [errno]`, with run-specific values replaced.
-pub fn normalize(v: &Value) -> String {
+pub fn normalize(v: &Value, names: &TempNames) -> String {
     let call = v["call"].as_str().unwrap_or("?");
-    let args: Vec<String> =
-        v["args"].as_array().map(|a| a.iter().map(|x| norm_arg(call, x)).collect()).unwrap_or_default();
+    let args: Vec<String> = v["args"]
+        .as_array()
+        .map(|a| a.iter().map(|x| norm_arg(call, x, names)).collect())
+        .unwrap_or_default();
     let result = match (&v["errno"], &v["result"]) {
         (Value::String(e), _) => e.clone(),
         (_, Value::Null) => "(local)".into(),
@@ -74,9 +77,11 @@ pub fn normalize(v: &Value) -> String {
     format!("{call}({}) = {result}", args.join(", "))
 }
 
-fn norm_arg(call: &str, a: &Value) -> String {
+fn norm_arg(call: &str, a: &Value, names: &TempNames) -> String {
     match a {
-        Value::String(s) if s.starts_with('/') || s.contains('/') || call_has_path(call) => norm_path(s),
+        Value::String(s) if s.starts_with('/') || s.contains('/') || call_has_path(call) => {
+            norm_path(s, names)
+        }
         Value::String(s) => s.clone(),
         Value::Number(n) => {
             let n = n.as_i64().unwrap_or(0);
@@ -104,11 +109,38 @@ fn call_has_path(call: &str) -> bool {
 /// each dot-separated token of six or more letters and digits that mixes digits with letters, or has an
 /// upper-case letter after its first character as well as lower-case ones. Ordinary names (`Makefile`,
 /// `README`, `cdtor`) stay; a false positive only hides detail, as both traces are normalized alike.
-fn norm_path(p: &str) -> String {
+fn norm_path(p: &str, names: &TempNames) -> String {
     p.split('/')
-        .map(|c| c.split('.').map(norm_token).collect::<Vec<_>>().join("."))
+        .map(|c| match names.get(c) {
+            Some(token) => token.clone(),
+            None => c.split('.').map(norm_token).collect::<Vec<_>>().join("."),
+        })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Names of files the traced programs created exclusively (`O_CREAT|O_EXCL`, as mkstemp and tempfile do),
+/// numbered in order of creation: `<tmp1>`, `<tmp2>`, ... Two runs that create their temp files in the same
+/// order get the same tokens, whatever random names they drew.
+pub type TempNames = std::collections::HashMap<String, String>;
+
+fn exclusive_names(lines: &[Value]) -> TempNames {
+    let mut names = TempNames::new();
+    for v in lines {
+        let (call, args) = (v["call"].as_str().unwrap_or(""), &v["args"]);
+        let (path, flags) = match call {
+            "openat" | "openat2" => (args.get(1), args.get(2)),
+            "open" => (args.get(0), args.get(1)),
+            _ => continue,
+        };
+        let (Some(Value::String(path)), Some(Value::String(flags))) = (path, flags) else { continue };
+        if flags.contains("O_CREAT") && flags.contains("O_EXCL") && v["errno"].is_null() {
+            let name = path.rsplit('/').next().unwrap_or(path).to_string();
+            let next = format!("<tmp{}>", names.len() + 1);
+            names.entry(name).or_insert(next);
+        }
+    }
+    names
 }
 
 fn norm_token(t: &str) -> String {
@@ -126,17 +158,21 @@ fn norm_token(t: &str) -> String {
 
 #[cfg(test)]
 mod path_tests {
-    use super::norm_path;
+    use super::{norm_path, TempNames};
+
+    fn norm(p: &str) -> String {
+        norm_path(p, &TempNames::new())
+    }
 
     #[test]
     fn temp_names() {
-        assert_eq!(norm_path("/tmp/cc0VIjz6.o"), "/tmp/<rand>.o");
-        assert_eq!(norm_path("repo/.git/tGigrUj"), "repo/.git/<rand>");
-        assert_eq!(norm_path("/tmp/tmp.a1B2c3"), "/tmp/tmp.<rand>");
-        assert_eq!(norm_path("/tmp/cckdltHs.cdtor.c"), "/tmp/<rand>.cdtor.c");
-        assert_eq!(norm_path("README"), "README");
-        assert_eq!(norm_path("src/Makefile"), "src/Makefile");
-        assert_eq!(norm_path("/usr/lib/libc.so.6"), "/usr/lib/libc.so.6");
+        assert_eq!(norm("/tmp/cc0VIjz6.o"), "/tmp/<rand>.o");
+        assert_eq!(norm("repo/.git/tGigrUj"), "repo/.git/<rand>");
+        assert_eq!(norm("/tmp/tmp.a1B2c3"), "/tmp/tmp.<rand>");
+        assert_eq!(norm("/tmp/cckdltHs.cdtor.c"), "/tmp/<rand>.cdtor.c");
+        assert_eq!(norm("README"), "README");
+        assert_eq!(norm("src/Makefile"), "src/Makefile");
+        assert_eq!(norm("/usr/lib/libc.so.6"), "/usr/lib/libc.so.6");
     }
 }
 
@@ -317,6 +353,26 @@ mod tests {
         ]
         .join("\n");
         let r = compare(&load(&a).unwrap(), &load(&b).unwrap(), 5);
+        assert!(r.equivalent(), "{}", text(&r, "a", "b"));
+    }
+
+    #[test]
+    fn exclusively_created_names_match_in_order() {
+        let run = |name: &str| {
+            [
+                line(
+                    3,
+                    "openat",
+                    json!(["AT_FDCWD", format!("/tmp/{name}.s"), "O_RDWR|O_CREAT|O_EXCL", "0600"]),
+                    json!(4096),
+                    Value::Null,
+                ),
+                line(3, "unlink", json!([format!("/tmp/{name}.s")]), json!(0), Value::Null),
+            ]
+            .join("\n")
+        };
+        // All lower case: no heuristic can tell these are random; their O_EXCL creation does.
+        let r = compare(&load(&run("ccemqiqw")).unwrap(), &load(&run("ccabcdef")).unwrap(), 5);
         assert!(r.equivalent(), "{}", text(&r, "a", "b"));
     }
 
