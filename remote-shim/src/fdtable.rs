@@ -142,8 +142,12 @@ impl FdTable {
 
     /// The handle behind descriptor `fd` of thread `tid`, if it is one of our placeholders.
     pub fn lookup(&self, tid: u32, fd: u64) -> Option<Arc<Handle>> {
-        let link = std::fs::read_link(format!("/proc/{tid}/fd/{}", fd as u32)).ok()?;
-        let id = self.parse_placeholder(link.as_os_str().as_encoded_bytes())?;
+        self.for_link(&fd_link(tid, fd)?)
+    }
+
+    /// The handle whose placeholder a `/proc/PID/fd/N` link target names.
+    pub fn for_link(&self, link: &[u8]) -> Option<Arc<Handle>> {
+        let id = self.parse_placeholder(link)?;
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
@@ -194,6 +198,12 @@ impl FdTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The target of `/proc/TID/fd/FD`, if the descriptor exists.
+pub fn fd_link(tid: u32, fd: u64) -> Option<Vec<u8>> {
+    let link = std::fs::read_link(format!("/proc/{tid}/fd/{}", fd as u32)).ok()?;
+    Some(link.into_os_string().into_encoded_bytes())
 }
 
 fn slot_in_use(tid: u32, n: u32) -> bool {

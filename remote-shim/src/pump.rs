@@ -38,14 +38,11 @@ pub struct Pumps {
 }
 
 impl Pumps {
-    /// The home handle behind descriptor `fd` of thread `tid` when it is one of our pumped pipes, so that a
-    /// call naming the descriptor (`futimens(1, ...)`, `fchownat(0, "", ...)`) reaches the home file.
-    pub fn lookup(&self, tid: u32, fd: u64) -> Option<Arc<Handle>> {
-        if self.aliases.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-            return None;
-        }
-        let link = std::fs::read_link(format!("/proc/{tid}/fd/{}", fd as u32)).ok()?;
-        let ino: u64 = link.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()?;
+    /// The home handle behind a descriptor whose `/proc/PID/fd` link target is `link`, when it is one of our
+    /// pumped pipes, so that a call naming the descriptor (`futimens(1, ...)`) reaches the home file.
+    pub fn for_link(&self, link: &[u8]) -> Option<Arc<Handle>> {
+        let ino: u64 =
+            std::str::from_utf8(link.strip_prefix(b"pipe:[")?.strip_suffix(b"]")?).ok()?.parse().ok()?;
         self.aliases.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned()
     }
 

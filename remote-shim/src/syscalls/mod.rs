@@ -130,7 +130,9 @@ impl Call<'_> {
         if self.sup.fds.range.contains(fd) {
             self.sup.fds.lookup(tid, fd)
         } else if fd as u32 as i32 >= 0 {
-            self.sup.fds.lookup(tid, fd).or_else(|| self.sup.pumps.lookup(tid, fd))
+            // Below the range: a directory placeholder or a pumped pipe; one readlink serves both checks.
+            let link = crate::fdtable::fd_link(tid, fd)?;
+            self.sup.fds.for_link(&link).or_else(|| self.sup.pumps.for_link(&link))
         } else {
             None
         }
