@@ -1,8 +1,8 @@
 //! The RPC client: one session at home, one bidirectional call stream, replies matched to callers by `seq`.
 //!
-//! This is the one place that invents an errno: when the link to home is gone, a call that cannot get an
-//! answer fails with `EIO`, the errno the kernel gives for a device that stopped answering. The supervisor
-//! then applies its home-loss policy (end the job with a clear message).
+//! When the link to home is gone, a call that cannot get an answer fails with [`LinkError::Lost`]. The
+//! supervisor then applies its home-loss policy: the job is ended with a clear message, and the program's
+//! pending call is never answered (so it cannot act on an error that is not its own).
 
 use homeward_proto::pb::{self, home_client::HomeClient, CallReply, CallRequest, HelloRequest};
 use homeward_proto::{AUTH_METADATA, SESSION_METADATA};

@@ -88,7 +88,7 @@ impl Call<'_> {
         memory::read_path(self.tid, self.arg(i))
     }
 
-    /// Forwards one operation to home. A lost link is `EIO` (see `client`).
+    /// Forwards one operation to home. A lost link never answers: the job is ended (see `client`).
     pub async fn home(&self, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
         let sent = match &op {
@@ -106,7 +106,11 @@ impl Call<'_> {
         match result {
             Ok(reply) => Ok(reply),
             Err(e) => {
+                // The job is about to be killed (see `supervise`). Answering EIO now would let the program
+                // act on a failure that is not its own (print, clean up, go on) in the moment before the
+                // SIGKILL; the call stays unanswered instead and the kill ends it.
                 self.sup.link_failed(&e);
+                std::future::pending::<()>().await;
                 Err(Errno::EIO)
             }
         }
