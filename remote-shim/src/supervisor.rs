@@ -34,7 +34,10 @@ impl Drop for AnswerIfAbandoned<'_> {
         // A call left unanswered because its process was killed (home lost) is not a bug: the answer finds
         // no waiter and nothing is said.
         if seccomp::respond(self.listener, self.id, Reply::Errno(Errno::EIO.raw())).is_ok() {
-            tracing::error!(nr = self.nr, "a syscall handler did not finish (a bug); the call failed with EIO");
+            tracing::error!(
+                nr = self.nr,
+                "a syscall handler did not finish (a bug); the call failed with EIO"
+            );
         }
     }
 }
