@@ -204,11 +204,12 @@ fn deputies_go_when_remote_shim_is_killed() {
     let hosts = Hosts::start();
     let agent = hosts.agent_pid();
     std::thread::scope(|s| {
-        // `exec`: the job is remote-shim's own child, which dies with it (grandchildren of a SIGKILLed
-        // remote-shim outlive it, with their forwarded calls failing; see docs/ARCHITECTURE.md).
-        let run = s.spawn(|| hosts.cmd(&["sh", "-c", "echo $$ > pid; exec sleep 60"]).remote());
+        // `sleep` is a grandchild of remote-shim: as root the job's pid namespace dies with remote-shim's
+        // init, grandchildren included.
+        let run = s.spawn(|| hosts.cmd(&["sh", "-c", "echo $$ > pid; sleep 67; echo never"]).remote());
         wait_for_pid(&hosts.path("pid"));
         wait_until("a deputy at home", || !deputies(agent).is_empty());
+        wait_until("the job's sleep", || !sleepers("67").is_empty());
         // The remote-shim process of this job: the one connected to our agent's port.
         let port = hosts.addr().port().to_string();
         let shim = std::fs::read_dir("/proc")
@@ -227,4 +228,71 @@ fn deputies_go_when_remote_shim_is_killed() {
         assert_eq!(run.code(), 137, "{run}");
     });
     wait_until("deputies gone after remote-shim was killed", || deputies(agent).is_empty());
+    wait_until("the job's grandchild gone after remote-shim was killed", || sleepers("67").is_empty());
+}
+
+/// Processes running `sleep SECONDS`.
+fn sleepers(seconds: &str) -> Vec<u32> {
+    let wanted = format!("sleep\0{seconds}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes()))
+        .collect()
+}
+
+/// With root, the job runs in its own pid namespace where each process has its deputy's pid: fork's return
+/// value, waitpid's, the child's getpid, `/proc/self` and the deputy at home all agree.
+#[test]
+fn fork_wait_getpid_and_proc_self_agree_with_home() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let script = r#"
+import os, threading, time
+open("parent", "w").write(str(os.getpid()))
+r, w = os.pipe()
+p = os.fork()
+if p == 0:
+    os.close(r)
+    os.write(w, str(os.getpid()).encode())
+    os.close(w)
+    while not os.path.exists("release"):
+        time.sleep(0.02)
+    os._exit(7)
+os.close(w)
+child_says = int(os.read(r, 100))
+open("forked", "w").write(str(p))
+waited, status = os.waitpid(p, 0)
+ids = [p, child_says, waited, os.WEXITSTATUS(status), os.getpid(), int(os.readlink("/proc/self")), threading.get_native_id()]
+open("ids", "w").write(" ".join(map(str, ids)))
+"#;
+    hosts.write("ids.py", script);
+    let agent = hosts.agent_pid();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "ids.py"]).remote());
+        let parent = wait_for_pid(&hosts.path("parent"));
+        let forked = wait_for_pid(&hosts.path("forked"));
+        let deps = deputies(agent);
+        for pid in [parent, forked] {
+            assert!(
+                deps.iter().any(|(p, _)| *p as i32 == pid),
+                "pid {pid} (the program's, or its fork's return value) is not a live deputy at home: {deps:?}"
+            );
+        }
+        hosts.write("release", "");
+        run.join().unwrap().assert_success();
+        let ids: Vec<i32> =
+            String::from_utf8(hosts.read("ids")).unwrap().split(' ').map(|n| n.parse().unwrap()).collect();
+        let [fork, child_getpid, waited, status, getpid, proc_self, gettid] = ids[..] else {
+            panic!("{ids:?}")
+        };
+        assert_eq!(
+            (fork, child_getpid, waited, status),
+            (forked, forked, forked, 7),
+            "fork, child getpid, wait"
+        );
+        assert_eq!((getpid, proc_self, gettid), (parent, parent, parent), "getpid, /proc/self, gettid");
+    });
+    wait_until("deputies gone after the job", || deputies(agent).is_empty());
 }

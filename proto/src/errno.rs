@@ -14,6 +14,7 @@ impl Errno {
     pub const EPERM: Errno = Errno(libc::EPERM as u16);
     pub const ENOENT: Errno = Errno(libc::ENOENT as u16);
     pub const EIO: Errno = Errno(libc::EIO as u16);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN as u16);
     pub const EBADF: Errno = Errno(libc::EBADF as u16);
     pub const EFAULT: Errno = Errno(libc::EFAULT as u16);
     pub const EINVAL: Errno = Errno(libc::EINVAL as u16);

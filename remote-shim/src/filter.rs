@@ -165,11 +165,25 @@ fn fd_calls() -> Vec<(i64, &'static [u8])> {
     v
 }
 
-/// Builds the filter for `range`.
-pub fn build(range: FdRange) -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
+/// Calls that make processes and threads: notified in the job's pid namespace, where each new process takes
+/// its deputy's pid and every clone must be serialized with that (see `jobinit`).
+fn clone_calls() -> Vec<i64> {
+    let mut v = vec![libc::SYS_clone, libc::SYS_clone3];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([libc::SYS_fork, libc::SYS_vfork]);
+    v
+}
+
+/// Builds the filter for `range`; `with_clones` adds the calls that make processes and threads.
+pub fn build(range: FdRange, with_clones: bool) -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in path_calls() {
         rules.insert(nr, vec![]);
+    }
+    if with_clones {
+        for nr in clone_calls() {
+            rules.insert(nr, vec![]);
+        }
     }
     // fstat through newfstatat/statx (glibc's fstat) on the program's own descriptors stays in the kernel:
     // notify unless the directory fd is below the range and AT_EMPTY_PATH is set.
@@ -243,7 +257,7 @@ mod tests {
 
     #[test]
     fn placeholders_become_user_notif() {
-        let prog = build(RANGE).expect("filter builds");
+        let prog = build(RANGE, true).expect("filter builds");
         let rets: Vec<u32> = prog.iter().filter(|i| i.code == BPF_RET_K).map(|i| i.k).collect();
         assert!(rets.contains(&libc::SECCOMP_RET_USER_NOTIF));
         assert!(rets.contains(&libc::SECCOMP_RET_ALLOW));

@@ -1,7 +1,9 @@
-//! Starting the program: fork, confine the child with the filter, hand the listener to the parent, exec.
+//! Starting the program: fork the job's init, which forks the program's process; that one confines itself
+//! with the filter, hands the listener to the supervisor and execs.
 
 use crate::filter::FdRange;
-use crate::sys::{self, seccomp};
+use crate::jobinit::{self, Go, JobInit};
+use crate::sys::{self, ns, seccomp};
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -13,30 +15,39 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 pub const EXIT_SHIM_FAILURE: i32 = 125;
 
 pub struct Launched {
+    /// The program's pid (this machine's).
     pub child: libc::pid_t,
+    /// The program's pid as the job sees it (in the job's pid namespace).
+    pub child_nspid: i32,
     pub listener: OwnedFd,
+    pub init: JobInit,
+    /// Init's events: how the processes it reaps ended (see `jobinit`).
+    pub events: OwnedFd,
 }
 
-/// A forked child waiting for the go-ahead (so nothing runs before home is reachable).
+/// The job's init, forked and waiting for the go message (so nothing runs before home is reachable).
 pub struct Pending {
-    pub child: libc::pid_t,
-    sock: OwnedFd,
+    pub init: libc::pid_t,
+    /// Init is pid 1 of a new pid namespace (see `jobinit`).
+    pub in_pid_ns: bool,
+    control: OwnedFd,
+    events: OwnedFd,
+    listener: OwnedFd,
 }
 
-/// The go-ahead message: a flag byte, then the time namespace offsets (monotonic, boottime) in ns.
-const GO_LEN: usize = 17;
-
-/// Forks the program's process. Must be called while this process has a single thread.
+/// Forks the job's init (in a new pid and mount namespace when this process may create them). Must be
+/// called while this process has a single thread.
 ///
-/// The child waits for [`Pending::start`]; then, if asked, enters a time namespace with the given offsets
-/// (on exec), raises its descriptor limit to cover the reserved range, moves its local working directory to
-/// `local_cwd` (the exec staging directory; its home cwd is kept at home), installs `filter`, sends the
-/// listener to the parent and executes `argv` with a `PATH` search. When the program cannot be started it
-/// prints why and exits 127 (not found) or 126 (not executable), as `env` does.
+/// After [`Pending::start`], init forks the program's process, which enters a time namespace with the given
+/// offsets if asked (on exec), raises its descriptor limit to cover the reserved range, moves its local
+/// working directory to `local_cwd` (the exec staging directory; its home cwd is kept at home), installs the
+/// filter (`with_clones` in a pid namespace, where clones must be notified), sends the listener to the
+/// supervisor and executes `argv` with a `PATH` search. When the program cannot be started it prints why and
+/// exits 127 (not found) or 126 (not executable), as `env` does.
 pub fn spawn(
     argv: &[OsString],
     range: FdRange,
-    filter: &[libc::sock_filter],
+    filters: (&[libc::sock_filter], &[libc::sock_filter]),
     local_cwd: &Path,
 ) -> anyhow::Result<Pending> {
     let cargs: Vec<CString> = argv
@@ -45,31 +56,57 @@ pub fn spawn(
         .collect::<Result<_, _>>()
         .map_err(|_| anyhow::anyhow!("an argument contains a NUL byte"))?;
     let cwd = CString::new(local_cwd.as_os_str().as_bytes())?;
-    let (parent_sock, child_sock) = sys::socketpair()?;
-    let child = sys::fork()?;
-    if child == 0 {
-        drop(parent_sock);
-        let code = child_main(&cargs, range, filter, &cwd, child_sock);
+    let (control, init_control) = sys::socketpair()?;
+    let (events, init_events) = sys::socketpair()?;
+    let (listener, program_listener) = sys::socketpair()?;
+    let shim = std::process::id() as libc::pid_t;
+    let (init, in_pid_ns) = match ns::fork_with(libc::CLONE_NEWPID | libc::CLONE_NEWNS) {
+        Ok(pid) => (pid, true),
+        // Without the privilege the job shares this machine's pids.
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) =>
+        {
+            (sys::fork()?, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if init == 0 {
+        drop((control, events, listener));
+        let side = jobinit::InitSide { control: init_control, events: init_events, in_pid_ns, shim };
+        let filter = if in_pid_ns { filters.1 } else { filters.0 };
+        let code =
+            jobinit::init_main(side, |go| child_main(&cargs, range, filter, &cwd, program_listener, go));
         sys::exit_now(code);
     }
-    drop(child_sock);
-    Ok(Pending { child, sock: parent_sock })
+    Ok(Pending { init, in_pid_ns, control, events, listener })
 }
 
 impl Pending {
-    /// Lets the child go on (in a time namespace with these offsets, if given) and receives its listener.
-    pub fn start(self, timens: Option<(i64, i64)>) -> anyhow::Result<Launched> {
-        let mut go = [0u8; GO_LEN];
-        if let Some((mono, boot)) = timens {
-            go[0] = 1;
-            go[1..9].copy_from_slice(&mono.to_le_bytes());
-            go[9..17].copy_from_slice(&boot.to_le_bytes());
-        }
-        std::io::Write::write_all(&mut std::fs::File::from(self.sock.try_clone()?), &go)?;
-        let listener = sys::recv_fd(self.sock.as_fd())
+    /// Lets init start the program and receives the program's listener.
+    pub fn start(self, go: Go) -> anyhow::Result<Launched> {
+        let (child_nspid, matched) = jobinit::go(self.control.as_fd(), go)
+            .map_err(|e| anyhow::anyhow!("the job's init did not start the program: {e}"))?;
+        let listener = sys::recv_fd(self.listener.as_fd())
             .map_err(|e| anyhow::anyhow!("the program's process did not start under the filter: {e}"))?;
-        Ok(Launched { child: self.child, listener })
+        let child = if self.in_pid_ns { first_child(self.init).unwrap_or(-1) } else { child_nspid };
+        if self.in_pid_ns && go.pid.is_some() && !matched {
+            tracing::debug!("the program could not take its deputy's pid; fork and wait4 show other pids");
+        }
+        let init = JobInit::new(self.init, self.in_pid_ns, self.in_pid_ns && matched, self.control);
+        Ok(Launched { child, child_nspid, listener, init, events: self.events })
     }
+
+    /// Ends init and the job before it started.
+    pub fn abandon(self) {
+        let _ = sys::kill(self.init, libc::SIGKILL);
+        let _ = ns::reap(self.init, true);
+    }
+}
+
+/// The first child of `pid` (this machine's pid), from `/proc`.
+fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
 }
 
 fn child_main(
@@ -78,6 +115,7 @@ fn child_main(
     filter: &[libc::sock_filter],
     cwd: &CString,
     sock: OwnedFd,
+    go: Go,
 ) -> i32 {
     let fail = |what: &str, e: std::io::Error| {
         eprintln!("remote-shim: {what}: {e}");
@@ -88,14 +126,7 @@ fn child_main(
     }
     // Rust's runtime ignores SIGPIPE in remote-shim; the program must get the default (die on a closed pipe).
     sys::default_signal(libc::SIGPIPE);
-    let mut go = [0u8; GO_LEN];
-    if !sys::read_exact(sock.as_fd(), &mut go) {
-        // The supervisor gave up (home unreachable): it says why.
-        return EXIT_SHIM_FAILURE;
-    }
-    if go[0] == 1 {
-        let mono = i64::from_le_bytes(go[1..9].try_into().unwrap_or_default());
-        let boot = i64::from_le_bytes(go[9..17].try_into().unwrap_or_default());
+    if let Some((mono, boot)) = go.timens {
         // Without the privilege to create a time namespace the job keeps this machine's clocks.
         if sys::unshare_time().is_ok() {
             let _ = std::fs::write("/proc/self/timens_offsets", crate::clock::offsets_text(mono, boot));
@@ -140,10 +171,10 @@ fn child_main(
     }
 }
 
-/// Every live process descended from this one (which is a child subreaper, so orphans stay descendants),
-/// except deputies of an in-process home agent (`--home local`) and their descendants.
-pub fn job_pids(_root: libc::pid_t) -> Vec<u32> {
-    let me = std::process::id();
+/// Every process of the job: the live descendants of its init (`init`, this machine's pid), which is their
+/// subreaper or their namespace's init, so orphans stay descendants. (Deputies of an in-process home agent
+/// are children of remote-shim, not of init.)
+pub fn job_pids(init: libc::pid_t) -> Vec<u32> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     for entry in dir.flatten() {
@@ -151,14 +182,11 @@ pub fn job_pids(_root: libc::pid_t) -> Vec<u32> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // The command name may contain spaces and parentheses: fields start after the last ')'.
         let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        if stat.contains("(homeward-deputy)") {
-            continue;
-        }
         let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) else { continue };
         children.entry(ppid).or_default().push(pid);
     }
     let mut out = Vec::new();
-    let mut todo = vec![me];
+    let mut todo = vec![init as u32];
     while let Some(p) = todo.pop() {
         if let Some(kids) = children.get(&p) {
             for &k in kids {
@@ -168,4 +196,16 @@ pub fn job_pids(_root: libc::pid_t) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The job's processes left to remote-shim (their subreaper) after its init died: remote-shim's descendants
+/// except the deputies of an in-process home agent.
+pub fn orphans() -> Vec<u32> {
+    job_pids(std::process::id() as libc::pid_t)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains("(homeward-deputy)"))
+        })
+        .collect()
 }

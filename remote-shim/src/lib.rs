@@ -24,6 +24,7 @@ pub mod clock;
 pub mod content;
 pub mod fdtable;
 pub mod filter;
+pub mod jobinit;
 pub mod launch;
 pub mod memory;
 pub mod paths;
@@ -37,9 +38,10 @@ pub mod vdso;
 
 use anyhow::Context;
 use filter::FdRange;
-use homeward_proto::pb::HelloRequest;
+use homeward_proto::pb::{self, HelloRequest};
 use launch::EXIT_SHIM_FAILURE;
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +92,10 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
     sys::seccomp::check_notif_sizes()
         .context("this kernel does not offer seccomp user notification (Linux 5.9 or later is needed)")?;
     let range = choose_range()?;
-    let program = filter::build(range).context("building the seccomp filter")?;
+    let filters = (
+        filter::build(range, false).context("building the seccomp filter")?,
+        filter::build(range, true).context("building the seccomp filter")?,
+    );
     let stage = syscalls::exec::ExecStage::new().context("creating the local staging directory")?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let umask = sys::current_umask();
@@ -99,11 +104,11 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
     } else {
         None
     };
+    // Should the job's init die, its orphans stay remote-shim's to end.
     sys::set_child_subreaper().context("becoming the job's subreaper")?;
 
-    // Fork while single-threaded; the child waits in its first execve until the supervisor answers.
-    let pending = launch::spawn(&config.program, range, &program, stage.dir())?;
-    let child = pending.child;
+    // Fork while single-threaded; init waits for the go message before it starts the program.
+    let pending = launch::spawn(&config.program, range, (&filters.0, &filters.1), stage.dir())?;
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTTOU, libc::SIGTTIN] {
         // The terminal delivers these to the whole foreground group, program included.
         sys::ignore_signal(sig);
@@ -115,7 +120,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         let (addr, token) = match start_home(&config).await {
             Ok(x) => x,
             Err(e) => {
-                let _ = sys::kill(child, libc::SIGKILL);
+                pending.abandon();
                 return Err(e);
             }
         };
@@ -128,8 +133,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         let link = match client::HomeLink::connect(&addr, token.as_deref(), hello).await {
             Ok(l) => l,
             Err(e) => {
-                let _ = sys::kill(child, libc::SIGKILL);
-                let _ = sys::wait_any(true);
+                pending.abandon();
                 return Err(e.into());
             }
         };
@@ -139,13 +143,31 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         if let Some((mono, boot)) = timens {
             tracing::debug!(mono, boot, "the job runs in a time namespace that continues home's clocks");
         }
-        let launched = match pending.start(timens) {
+        // In a pid namespace the program takes its deputy's pid: the deputy is started first.
+        let root_proc = pb::Proc { id: 1, parent: 0 };
+        let root_home = if pending.in_pid_ns {
+            match link.call(root_proc, pb::call_request::Op::Identity(pb::Identity {})).await {
+                Ok(reply) => match reply.outcome.map(|o| o.to_result()) {
+                    Some(Ok(pid)) if pid > 0 => Some((pid as i32, reply.ppid)),
+                    _ => None,
+                },
+                Err(e) => {
+                    pending.abandon();
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        let init = pending.init;
+        let launched = match pending.start(jobinit::Go { timens, pid: root_home.map(|h| h.0) }) {
             Ok(l) => l,
             Err(e) => {
-                let _ = sys::kill(child, libc::SIGKILL);
+                let _ = sys::kill(init, libc::SIGKILL);
                 return Err(e);
             }
         };
+        let (child, child_nspid, events) = (launched.child, launched.child_nspid, launched.events);
         let sup = supervisor::Supervisor::new(
             launched.listener,
             link,
@@ -154,7 +176,11 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             stage,
             tracer,
             config.home == "none",
+            launched.init,
         );
+        if let Some(home) = root_home {
+            sup.procs.announce(child_nspid as u32, root_proc.id, root_proc.parent, home);
+        }
         if let Some(o) = &offsets {
             sup.set_wall_clock_offset(o);
         }
@@ -166,7 +192,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
                 .spawn(move || sup.receive_loop(rt_handle))
                 .context("starting the notification thread")?
         };
-        tokio::spawn(sup.clone().collector(child, Duration::from_millis(500)));
+        tokio::spawn(sup.clone().collector(init, Duration::from_millis(500)));
         tokio::spawn(sup.clone().deliver_events());
         {
             let sup = sup.clone();
@@ -179,7 +205,8 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
                 }
             });
         }
-        let code = supervise(&sup, child).await;
+        let code = supervise(&sup, Job { init, child, child_nspid, events }).await;
+        sup.init.finish();
         sup.stop();
         sup.pumps.drain().await;
         // Every process has ended: home closes what they held and ends their deputies as they ended.
@@ -224,17 +251,27 @@ fn describe(program: &[OsString]) -> String {
     program.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ").chars().take(200).collect()
 }
 
+/// The running job as `supervise` watches it.
+struct Job {
+    init: libc::pid_t,
+    /// The program (this machine's pid, and the job's).
+    child: libc::pid_t,
+    child_nspid: i32,
+    events: std::os::fd::OwnedFd,
+}
+
 /// Waits for the job: the root program's status once every process of the job has ended. Forwards SIGTERM
 /// and SIGHUP sent to remote-shim to the program. If home is lost, ends the job with a message.
-async fn supervise(sup: &Arc<supervisor::Supervisor>, child: libc::pid_t) -> i32 {
+async fn supervise(sup: &Arc<supervisor::Supervisor>, job: Job) -> i32 {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = job.events;
     std::thread::spawn(move || {
-        while let Ok(Some(ev)) = sys::wait_any(true) {
+        while let Some(ev) = jobinit::next_event(events.as_fd()) {
             if tx.send(ev).is_err() {
                 break;
             }
         }
-        // No child left: the channel closes.
+        // Init is gone: the channel closes.
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -242,36 +279,40 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, child: libc::pid_t) -> i32
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some((pid, st)) => {
+                Some((nspid, st)) => {
                     if let Some(end) = procs::End::from_wait_status(st) {
-                        sup.procs.set_end(pid as u32, end);
+                        sup.procs.set_end_nspid(nspid as u32, end);
                     }
-                    if pid == child {
+                    if nspid == job.child_nspid {
                         status = Some(exit_code(st));
                     }
-                    // The job is over once its first process and every descendant have ended (an in-process
-                    // agent's deputies are children too, but not part of the job).
+                    // The job is over once its first process and every descendant have ended.
                     if let Some(code) = status {
-                        if launch::job_pids(child).is_empty() {
+                        if launch::job_pids(job.init).is_empty() {
                             return code;
                         }
                     }
                 }
-                None => return status.unwrap_or(EXIT_SHIM_FAILURE),
+                None => {
+                    // Init died before the job ended (killed from outside): so does the job.
+                    for pid in launch::orphans() {
+                        let _ = sys::kill(pid as i32, libc::SIGKILL);
+                    }
+                    return status.unwrap_or(EXIT_SHIM_FAILURE);
+                }
             },
             msg = sup.wait_link_failure() => {
                 eprintln!("remote-shim: {msg}; ending the job");
-                for pid in launch::job_pids(child) {
+                for pid in launch::job_pids(job.init) {
                     let _ = sys::kill(pid as i32, libc::SIGKILL);
                 }
-                // Reaped by the waiter thread; an in-process agent's deputies may outlive the job.
-                while !launch::job_pids(child).is_empty() {
+                while !launch::job_pids(job.init).is_empty() {
                     let _ = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
                 }
                 return EXIT_SHIM_FAILURE;
             }
-            Some(_) = recv_signal(&mut term) => { let _ = sys::kill(child, libc::SIGTERM); }
-            Some(_) = recv_signal(&mut hup) => { let _ = sys::kill(child, libc::SIGHUP); }
+            Some(_) = recv_signal(&mut term) => { let _ = sys::kill(job.child, libc::SIGTERM); }
+            Some(_) = recv_signal(&mut hup) => { let _ = sys::kill(job.child, libc::SIGHUP); }
         }
     }
 }

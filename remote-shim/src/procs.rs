@@ -39,9 +39,21 @@ impl End {
 struct Entry {
     id: u64,
     parent: u64,
+    /// Its pid as the job sees it (in the job's pid namespace; this machine's pid without one).
+    nspid: u32,
     /// (home pid, home ppid), once asked for.
     home: Option<(i32, i32)>,
     end: Option<End>,
+}
+
+/// A process announced at its fork (its deputy started, its pid chosen) that has not made a call yet.
+#[derive(Debug, Clone, Copy)]
+struct Announced {
+    id: u64,
+    parent: u64,
+    home: (i32, i32),
+    end: Option<End>,
+    at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -54,6 +66,8 @@ struct Inner {
     /// Thread id → thread group id.
     tgid_of: HashMap<u32, u32>,
     by_tgid: HashMap<u32, Entry>,
+    /// Announced processes by the pid they were to take in the job's namespace.
+    announced: HashMap<u32, Announced>,
     next: u64,
 }
 
@@ -68,7 +82,7 @@ impl Procs {
         let tgid = match inner.tgid_of.get(&tid) {
             Some(&t) => t,
             None => {
-                let (tgid, _) = status_ids(tid).unwrap_or((tid, 0));
+                let tgid = status_ids(tid).map_or(tid, |ids| ids.tgid);
                 inner.tgid_of.insert(tid, tgid);
                 tgid
             }
@@ -76,12 +90,82 @@ impl Procs {
         if let Some(e) = inner.by_tgid.get(&tgid) {
             return pb::Proc { id: e.id, parent: e.parent };
         }
-        let ppid = status_ids(tgid).map(|(_, ppid)| ppid).unwrap_or(0);
-        let parent = inner.by_tgid.get(&ppid).map(|e| e.id).unwrap_or(0);
+        let ids = status_ids(tgid).unwrap_or(Ids { tgid, ppid: 0, nspid: tgid });
+        if let Some(a) = inner.announced.remove(&ids.nspid) {
+            let entry =
+                Entry { id: a.id, parent: a.parent, nspid: ids.nspid, home: Some(a.home), end: a.end };
+            inner.by_tgid.insert(tgid, entry);
+            return pb::Proc { id: a.id, parent: a.parent };
+        }
+        let parent = inner.by_tgid.get(&ids.ppid).map(|e| e.id).unwrap_or(0);
         inner.next += 1;
         let id = inner.next;
-        inner.by_tgid.insert(tgid, Entry { id, parent, home: None, end: None });
+        inner.by_tgid.insert(tgid, Entry { id, parent, nspid: ids.nspid, home: None, end: None });
         pb::Proc { id, parent }
+    }
+
+    /// A new proc id, for a process about to be forked.
+    pub fn reserve(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.next += 1;
+        inner.next
+    }
+
+    /// Announces the process that will take pid `nspid` in the job's namespace: proc `id`, child of proc
+    /// `parent`, with these home ids. Its first call finds it by that pid.
+    pub fn announce(&self, nspid: u32, id: u64, parent: u64, home: (i32, i32)) {
+        let mut inner = self.lock();
+        inner.next = inner.next.max(id);
+        inner
+            .announced
+            .insert(nspid, Announced { id, parent, home, end: None, at: std::time::Instant::now() });
+    }
+
+    /// The announced process that was to take pid `from` took `to`.
+    pub fn announced_moved(&self, from: u32, to: u32) {
+        let mut inner = self.lock();
+        if let Some(a) = inner.announced.remove(&from) {
+            inner.announced.insert(to, a);
+        }
+    }
+
+    /// The pid, in the job's namespace, of proc `id` if it was announced and has made no call yet.
+    pub fn announced_nspid(&self, id: u64) -> Option<u32> {
+        self.lock().announced.iter().find(|(_, a)| a.id == id).map(|(n, _)| *n)
+    }
+
+    /// Forgets announced processes older than `ttl` that never appeared (their fork failed) or vanished
+    /// without a call; returns their proc ids and how they ended. `exists` tells whether a pid of the job's
+    /// namespace lives.
+    pub fn reap_announced(&self, ttl: std::time::Duration, exists: impl Fn(u32) -> bool) -> Vec<(u64, End)> {
+        let mut inner = self.lock();
+        let gone: Vec<u32> = inner
+            .announced
+            .iter()
+            .filter(|(n, a)| a.at.elapsed() >= ttl && !exists(**n))
+            .map(|(n, _)| *n)
+            .collect();
+        gone.iter()
+            .filter_map(|n| inner.announced.remove(n))
+            .map(|a| (a.id, a.end.unwrap_or(End::Killed(libc::SIGKILL))))
+            .collect()
+    }
+
+    /// Records how the process with pid `nspid` in the job's namespace ended (its wait status, as init
+    /// reaped it).
+    pub fn set_end_nspid(&self, nspid: u32, end: End) {
+        let mut inner = self.lock();
+        if let Some(tgid) = inner.by_tgid.iter().find(|(_, e)| e.nspid == nspid).map(|(t, _)| *t) {
+            drop(inner);
+            self.set_end(tgid, end);
+        } else if let Some(a) = inner.announced.get_mut(&nspid) {
+            a.end = Some(end);
+        }
+    }
+
+    /// This machine's pid of the process with pid `nspid` in the job's namespace, if it made a call.
+    pub fn local_of_nspid(&self, nspid: u32) -> Option<u32> {
+        self.lock().by_tgid.iter().find(|(_, e)| e.nspid == nspid).map(|(t, _)| *t)
     }
 
     /// The thread group of `tid`, as last seen.
@@ -139,9 +223,9 @@ impl Procs {
         let me = std::process::id();
         let mut p = pid;
         for _ in 0..64 {
-            match status_ids(p) {
-                Some((_, ppid)) if ppid == me => return true,
-                Some((_, ppid)) if ppid > 1 => p = ppid,
+            match status_ids(p).map(|ids| ids.ppid) {
+                Some(ppid) if ppid == me => return true,
+                Some(ppid) if ppid > 1 => p = ppid,
                 _ => return false,
             }
         }
@@ -155,11 +239,20 @@ fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-/// (Tgid, PPid) of a task, from `/proc/TID/status`.
-fn status_ids(tid: u32) -> Option<(u32, u32)> {
+/// A task's ids, from `/proc/TID/status`.
+struct Ids {
+    tgid: u32,
+    /// This machine's parent pid.
+    ppid: u32,
+    /// The task's id in its own (innermost) pid namespace.
+    nspid: u32,
+}
+
+fn status_ids(tid: u32) -> Option<Ids> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u32>().ok())
-    };
-    Some((field("Tgid:")?, field("PPid:")?))
+    let line = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    let field = |name: &str| line(name).and_then(|v| v.trim().parse::<u32>().ok());
+    let tgid = field("Tgid:")?;
+    let nspid = line("NSpid:").and_then(|v| v.split_whitespace().last()?.parse().ok()).unwrap_or(tid);
+    Some(Ids { tgid, ppid: field("PPid:")?, nspid })
 }

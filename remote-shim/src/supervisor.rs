@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// How long a process announced at its fork may stay unseen before it is taken for a fork that failed.
+const ANNOUNCED_TTL: Duration = Duration::from_secs(2);
+
 /// Answers a notification with EIO when its handler never returned: it panicked (tokio drops the task's
 /// state after catching the panic) or was cancelled. Forgotten once the handler has returned, so the program
 /// never waits forever on a bug.
@@ -56,6 +59,8 @@ pub struct Supervisor {
     pub tracer: Option<Tracer>,
     /// `--home none`: the "home" is this machine's kernel (through an in-process agent); the trace says local.
     pub home_is_local: bool,
+    /// The job's init: its pid namespace, where each process takes its deputy's pid.
+    pub init: crate::jobinit::JobInit,
     /// Home's wall clock minus this machine's, in ns; 0 when they agree (then nothing is routed).
     wall_clock_offset: std::sync::atomic::AtomicI64,
     /// Thread groups that exec'd and whose new image's vDSO is not yet routed.
@@ -67,6 +72,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    // Each argument is one concern of the supervisor, built by `run_job`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         listener: OwnedFd,
         link: HomeLink,
@@ -75,6 +82,7 @@ impl Supervisor {
         exec: ExecStage,
         tracer: Option<Tracer>,
         home_is_local: bool,
+        init: crate::jobinit::JobInit,
     ) -> Arc<Supervisor> {
         Arc::new_cyclic(|me| Supervisor {
             listener,
@@ -88,6 +96,7 @@ impl Supervisor {
             unix_names: Default::default(),
             tracer,
             home_is_local,
+            init,
             wall_clock_offset: Default::default(),
             vdso_pending: Mutex::default(),
             me: me.clone(),
@@ -219,6 +228,7 @@ impl Supervisor {
             (Ok(Action::Value(v)), c) => (Some(Reply::Value(v)), Ending::Value(v), c),
             (Ok(Action::Continue), c) => (Some(Reply::Continue), Ending::Local, c),
             (Ok(Action::Answered(fd)), c) => (None, Ending::Value(fd), c),
+            (Ok(Action::Continued), c) => (None, Ending::Local, c),
             (Err(errno), c) => (Some(Reply::Errno(errno.raw())), Ending::Errno(errno), c),
         };
         tracing::trace!(nr, ?reply, "answer");
@@ -241,7 +251,13 @@ impl Supervisor {
     /// Closes at home the handles no process of the job holds any more, and forgets exited processes.
     pub async fn collect(&self, job: &[u32]) {
         let dead = self.fds.collect(job);
-        let gone = self.procs.reap();
+        let mut gone = self.procs.reap();
+        if self.stopping.load(Ordering::SeqCst) {
+            // The job is over: whatever was announced and never seen is gone too.
+            gone.extend(self.procs.reap_announced(Duration::ZERO, |_| false));
+        } else if self.init.in_pid_ns {
+            gone.extend(self.procs.reap_announced(ANNOUNCED_TTL, |nspid| self.init.ns_has(nspid as i32)));
+        }
         let root = pb::Proc { id: 0, parent: 0 };
         for handle in dead {
             let _ = self.link.call(root, Op::Close(pb::Close { handle })).await;
@@ -256,13 +272,16 @@ impl Supervisor {
     pub async fn deliver_events(self: Arc<Self>) {
         let Some(mut events) = self.link.take_events() else { return };
         while let Some(event) = events.recv().await {
-            match self.procs.local_of_proc(event.proc) {
-                Some(tgid) => {
-                    tracing::debug!(proc = event.proc, tgid, signal = event.signal, "signal from home");
-                    if let Err(e) = crate::sys::kill(tgid as i32, event.signal) {
-                        tracing::debug!(cause = %e, "delivering a signal from home failed");
-                    }
+            let delivered = match self.procs.local_of_proc(event.proc) {
+                Some(tgid) => Some(crate::sys::kill(tgid as i32, event.signal)),
+                // Forked but without a call yet: known by its pid in the job's namespace.
+                None => {
+                    self.procs.announced_nspid(event.proc).map(|n| self.init.signal(n as i32, event.signal))
                 }
+            };
+            match delivered {
+                Some(Ok(())) => tracing::debug!(proc = event.proc, signal = event.signal, "signal from home"),
+                Some(Err(e)) => tracing::debug!(cause = %e, "delivering a signal from home failed"),
                 None => tracing::debug!(proc = event.proc, "signal from home for a process already gone"),
             }
         }

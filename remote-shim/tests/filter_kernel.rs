@@ -14,7 +14,7 @@ fn routing_happens_in_the_kernel() {
         eprintln!("skipping: this kernel has no seccomp user notification");
         return;
     }
-    let program = filter::build(RANGE).expect("filter builds");
+    let program = filter::build(RANGE, false).expect("filter builds");
     let (parent_sock, child_sock) = sys::socketpair().expect("socketpair");
     let (pipe_r, pipe_w) = sys::pipe().expect("pipe");
     let path = c"/nonexistent-homeward-test";

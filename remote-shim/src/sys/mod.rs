@@ -4,6 +4,7 @@
 //! never touches a raw pointer or a bare `RawFd` it does not own.
 #![allow(unsafe_code)]
 
+pub mod ns;
 pub mod seccomp;
 pub mod tracee;
 

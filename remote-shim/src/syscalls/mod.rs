@@ -31,6 +31,8 @@ pub enum Action {
     Continue,
     /// The notification was already answered (by `ADDFD` with `SEND`) with this descriptor number.
     Answered(i64),
+    /// The notification was already answered: the local kernel executes the call.
+    Continued,
 }
 
 pub type Outcome = Result<Action, Errno>;
@@ -90,13 +92,18 @@ impl Call<'_> {
 
     /// Forwards one operation to home. A lost link never answers: the job is ended (see `client`).
     pub async fn home(&self, op: Op) -> Result<CallReply, Errno> {
+        self.home_as(self.proc(), op).await
+    }
+
+    /// Forwards one operation to home on behalf of `proc`.
+    pub async fn home_as(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
         let sent = match &op {
             Op::Write(w) => w.data.len() as u64,
             _ => 0,
         };
         let start = std::time::Instant::now();
-        let result = self.sup.link.call(self.proc(), op).await;
+        let result = self.sup.link.call(proc, op).await;
         {
             let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
             cost.round_trips += 1;
@@ -181,6 +188,11 @@ impl Call<'_> {
             return Target { route, path, at };
         }
         if let Some((pid, fd)) = magic_fd_link(&path, self.tid) {
+            // `/proc/PID` names a pid as the job sees it (its namespace's).
+            let pid = match pid {
+                p if p == self.tid || !self.sup.init.in_pid_ns => p,
+                p => self.sup.procs.local_of_nspid(p).unwrap_or(p),
+            };
             if let Some(h) = self.fd_handle(pid, fd) {
                 return Target {
                     route: Route::Home(pb::Dir { handle: h.id }),

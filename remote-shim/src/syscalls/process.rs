@@ -1,14 +1,18 @@
 //! Process identity and signals: getpid/getppid/gettid answer home pids (the deputies'); kill and friends
-//! aimed at home processes run at home; exit_group tells home how the process ends.
+//! aimed at home processes run at home; exit_group tells home how the process ends; in the job's pid
+//! namespace, fork and clone give each new process its deputy's pid (see `jobinit`).
 //!
-//! Which calls still show local pids (no pid namespace yet): the values fork/clone/wait4 return, `/proc/self`,
-//! and `gettid` of threads other than the main one. kill/tgkill on those local pids still work (they are
-//! left to the local kernel), and kill on a home pid of the job is delivered to the local process.
+//! Which calls still show this machine's pids: without a pid namespace (remote-shim not root), the values
+//! fork/clone/wait4 return and `/proc/self`; in either case `gettid` of threads other than the main one.
+//! kill/tgkill on those pids still work (they are left to the local kernel), and kill on a home pid of the
+//! job is delivered to the local process.
 
 use super::{Action, Call, Outcome};
 use crate::procs::End;
+use crate::sys::seccomp::{self, Reply};
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
+use std::os::fd::AsFd;
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     Some(match nr {
@@ -30,6 +34,9 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_tgkill | libc::SYS_rt_tgsigqueueinfo => {
             kill(call, call.arg_i32(0), call.arg_i32(1), call.arg_i32(2)).await
         }
+        libc::SYS_clone | libc::SYS_clone3 => clone(call, nr).await,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_fork | libc::SYS_vfork => clone(call, nr).await,
         _ => return None,
     })
 }
@@ -46,11 +53,91 @@ async fn home_ids(call: &Call<'_>) -> Result<(i32, i32), Errno> {
     Ok(ids)
 }
 
+/// fork, vfork, clone, clone3 in the job's pid namespace. A new process gets its deputy first (a child of
+/// its parent's deputy at home); then, with no other clone in between, init makes the deputy's pid the next
+/// one taken and the call goes on. Threads only pass through the same gate, so they cannot take a pid that
+/// was promised to a process.
+async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
+    let sup = call.sup;
+    if !sup.init.matching() {
+        return Ok(Action::Continue);
+    }
+    let flags = match nr {
+        libc::SYS_clone => call.arg(0),
+        libc::SYS_clone3 => {
+            let mut word = [0u8; 8];
+            match crate::sys::tracee::read_mem(call.tid, call.arg(0), &mut word) {
+                Ok(8) => u64::from_le_bytes(word),
+                // The kernel reports the bad pointer itself.
+                _ => return Ok(Action::Continue),
+            }
+        }
+        _ => 0,
+    };
+    let new_process = flags & (libc::CLONE_THREAD | libc::CLONE_NEWPID) as u64 == 0;
+    let child = if new_process {
+        let parent = call.proc();
+        // The parent's deputy exists before the child's, so home knows whose child it is.
+        home_ids(call).await?;
+        let id = sup.procs.reserve();
+        let (pid, reply) =
+            match call.home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity {})).await {
+                Ok(reply) => (reply.outcome.as_ref().map(|o| o.to_result()), reply),
+                Err(e) => return Err(e),
+            };
+        match pid {
+            Some(Ok(pid)) if pid > 0 => Some((id, parent.id, (pid as i32, reply.ppid))),
+            // Home could not start a deputy (EAGAIN, as fork would say): the fork fails the same way.
+            Some(Err(errno)) => return Err(errno),
+            _ => return Err(Errno::EAGAIN),
+        }
+    } else {
+        None
+    };
+    let target = child.map(|(_, _, home)| home.0 as u32);
+    let (answered, moved) = tokio::task::block_in_place(|| {
+        sup.init.before_clone(target, || {
+            if let Some((id, parent, home)) = child {
+                sup.procs.announce(home.0 as u32, id, parent, home);
+            }
+            seccomp::respond(sup.listener.as_fd(), call.id, Reply::Continue)
+        })
+    });
+    if let Some((from, to)) = moved {
+        tracing::debug!(wanted = from, got = to, "a process could not take its deputy's pid");
+        sup.procs.announced_moved(from, to);
+    }
+    if let Err(e) = answered {
+        tracing::debug!(cause = %e, "the cloning thread is gone");
+    }
+    Ok(Action::Continued)
+}
+
 /// kill(pid, sig) and the thread forms (`tid` != 0). A home pid of one of the job's processes is that
 /// local process; the job's own local pids, its process groups and the broadcast forms stay local;
 /// anything else is a home process, signalled at home with home's permissions and errno.
 async fn kill(call: &Call<'_>, pid: i32, tid: i32, sig: i32) -> Outcome {
     let procs = &call.sup.procs;
+    let init = &call.sup.init;
+    if init.in_pid_ns {
+        // Pids are the job namespace's, where each process has its deputy's pid: the job's own processes,
+        // threads and groups stay local; a home pid of one that could not take it is delivered to it.
+        let local = match pid {
+            0 | -1 => true,
+            p if p > 0 => init.ns_has(p) && (tid == 0 || init.ns_has(tid)),
+            p => init.ns_has_group(-p),
+        };
+        if local {
+            return Ok(Action::Continue);
+        }
+        if let Some(local) = procs.local_of_home_pid(pid).filter(|_| tid == 0 || tid == pid) {
+            return crate::sys::kill(local as i32, sig)
+                .map(|_| Action::Value(0))
+                .map_err(|e| Errno::from_io(&e));
+        }
+        let (v, _) = call.home_value(Op::Kill(pb::Kill { pid, signal: sig, tid })).await?;
+        return Ok(Action::Value(v));
+    }
     if pid > 0 {
         if let Some(local) = procs.local_of_home_pid(pid) {
             let target_tid = if tid == 0 || tid == pid { local as i32 } else { tid };

@@ -99,6 +99,12 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
         (libc::SYS_getppid, "getppid", &[]),
         (libc::SYS_gettid, "gettid", &[]),
         (libc::SYS_exit_group, "exit_group", &[Int]),
+        (libc::SYS_clone, "clone", &[Int, Ptr, Ptr, Ptr, Ptr]),
+        (libc::SYS_clone3, "clone3", &[Ptr, Size]),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_fork, "fork", &[]),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_vfork, "vfork", &[]),
         (libc::SYS_kill, "kill", &[Int, Signal]),
         (libc::SYS_tkill, "tkill", &[Int, Signal]),
         (libc::SYS_tgkill, "tgkill", &[Int, Int, Signal]),
@@ -174,7 +180,7 @@ pub fn family(name: &str) -> &'static str {
         "fcntl" | "flock" | "dup" | "dup2" | "dup3" => "fd",
         "execve" | "execveat" => "exec",
         "getpid" | "getppid" | "gettid" | "exit_group" | "kill" | "tkill" | "tgkill" | "rt_sigqueueinfo"
-        | "rt_tgsigqueueinfo" => "process",
+        | "rt_tgsigqueueinfo" | "clone" | "clone3" | "fork" | "vfork" => "process",
         "clock_gettime" | "gettimeofday" | "time" | "clock_settime" | "settimeofday" | "adjtimex"
         | "clock_adjtime" => "clock",
         "bind" | "connect" => "socket",
