@@ -296,3 +296,93 @@ open("ids", "w").write(" ".join(map(str, ids)))
     });
     wait_until("deputies gone after the job", || deputies(agent).is_empty());
 }
+
+/// SIGSTOP, SIGCONT and SIGKILL sent at home to a deputy, which cannot catch them, take effect on the
+/// program through the deputy's fate.
+#[test]
+fn home_stop_cont_and_kill_reach_the_program() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let state = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string))
+    };
+    let home_kill = |sig: &str, pid: i32| {
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    };
+    std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["sh", "-c", "echo $$ > pid; exec sleep 61"]).remote());
+        let pid = wait_for_pid(&hosts.path("pid"));
+        wait_until("the job's sleep", || !sleepers("61").is_empty());
+        let local = sleepers("61")[0];
+        home_kill("-STOP", pid);
+        wait_until("the program stopped", || state(local).as_deref() == Some("T"));
+        home_kill("-CONT", pid);
+        wait_until("the program continued", || state(local).as_deref() == Some("S"));
+        home_kill("-KILL", pid);
+        let run = run.join().unwrap();
+        assert_eq!(run.code(), 137, "killed at home by SIGKILL, the job must end with 137:\n{run}");
+    });
+}
+
+/// Runs `argv` on a terminal (a pty), types Ctrl-C once it printed `ready`; returns its exit status and
+/// what it printed.
+fn ctrl_c_on_a_terminal(argv: &[&str]) -> (i32, String) {
+    let driver = r#"
+import os, pty, signal, sys
+signal.alarm(30)
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+out = b""
+while b"ready" not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b"\x03")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+print(out.decode(errors="replace"))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(driver).args(argv).current_dir("/tmp");
+    let run = homeward::run_with(cmd, None, Duration::from_secs(60));
+    let out = run.stdout();
+    let (code, printed) = out.split_once('\n').unwrap_or((&out, ""));
+    (
+        code.trim().parse().unwrap_or_else(|_| panic!("the terminal driver failed:\n{run}")),
+        printed.to_string(),
+    )
+}
+
+/// Ctrl-C on remote-shim's terminal reaches the program as the kernel delivers it: its handler runs, or it
+/// dies by SIGINT (130); remote-shim and the job's init survive it.
+#[test]
+fn ctrl_c_on_the_terminal_reaches_the_program() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    let shim = shim_bin().display().to_string();
+    let addr = hosts.addr().to_string();
+    let token = hosts.token_file().display().to_string();
+    let under_shim = |program: &[&str]| {
+        let mut argv = vec![shim.as_str(), "--home", &addr, "--token-file", &token, "--"];
+        argv.extend_from_slice(program);
+        ctrl_c_on_a_terminal(&argv)
+    };
+    let handler = "import signal, sys, time\n\
+        signal.signal(signal.SIGINT, lambda *a: (print('caught', flush=True), sys.exit(3)))\n\
+        print('ready', flush=True)\n\
+        time.sleep(30)\n";
+    let (code, printed) = under_shim(&["python3", "-c", handler]);
+    assert_eq!(code, 3, "the program's SIGINT handler should have run and exited 3:\n{printed}");
+    assert!(printed.contains("caught"), "{printed}");
+    let (code, printed) = under_shim(&["sh", "-c", "echo ready; sleep 30; echo never"]);
+    assert_eq!(code, 130, "Ctrl-C should end the program by SIGINT:\n{printed}");
+    assert!(!printed.contains("never"), "{printed}");
+}
