@@ -135,21 +135,6 @@ pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
 }
 
-/// The child that ended and how, from `waitpid(-1, WNOHANG?)`. `None` when no child is left or none ended.
-pub fn wait_any(block: bool) -> io::Result<Option<(libc::pid_t, i32)>> {
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer for the call's duration.
-    let pid = unsafe { libc::waitpid(-1, &mut status, if block { 0 } else { libc::WNOHANG }) };
-    if pid < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ECHILD) {
-            return Ok(None);
-        }
-        return Err(err);
-    }
-    Ok(if pid == 0 { None } else { Some((pid, status)) })
-}
-
 /// A pipe, both ends close-on-exec: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
