@@ -209,8 +209,12 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go) -> i32) -> i32 {
         return crate::launch::EXIT_SHIM_FAILURE;
     }
     if side.in_pid_ns {
-        if let Err(e) = ns::mount_own_proc() {
-            eprintln!("remote-shim: cannot mount the job's /proc: {e}");
+        // Without its own /proc the namespace would show the job wrong pids: remote-shim starts another
+        // init without namespaces instead (see `launch::spawn`).
+        let mounted = ns::mount_own_proc();
+        let _ = ns::write_all(side.control.as_fd(), &[u8::from(mounted.is_ok())]);
+        if let Err(e) = mounted {
+            tracing::debug!(cause = %e, "cannot mount the job's /proc");
             return crate::launch::EXIT_SHIM_FAILURE;
         }
     } else if let Err(e) = sys::set_child_subreaper() {

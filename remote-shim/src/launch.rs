@@ -60,25 +60,44 @@ pub fn spawn(
     let (events, init_events) = sys::socketpair()?;
     let (listener, program_listener) = sys::socketpair()?;
     let shim = std::process::id() as libc::pid_t;
-    let (init, in_pid_ns) = match ns::fork_with(libc::CLONE_NEWPID | libc::CLONE_NEWNS) {
-        Ok(pid) => (pid, true),
-        // Without the privilege the job shares this machine's pids.
-        Err(e)
-            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) =>
-        {
-            (sys::fork()?, false)
+    let mut in_pid_ns = true;
+    loop {
+        let init = if in_pid_ns {
+            match ns::fork_with(libc::CLONE_NEWPID | libc::CLONE_NEWNS) {
+                Ok(pid) => pid,
+                // Without the privilege the job shares this machine's pids.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)
+                    ) =>
+                {
+                    in_pid_ns = false;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            sys::fork()?
+        };
+        if init == 0 {
+            drop((control, events, listener));
+            let side = jobinit::InitSide { control: init_control, events: init_events, in_pid_ns, shim };
+            let filter = if in_pid_ns { filters.1 } else { filters.0 };
+            let code =
+                jobinit::init_main(side, |go| child_main(&cargs, range, filter, &cwd, program_listener, go));
+            sys::exit_now(code);
         }
-        Err(e) => return Err(e.into()),
-    };
-    if init == 0 {
-        drop((control, events, listener));
-        let side = jobinit::InitSide { control: init_control, events: init_events, in_pid_ns, shim };
-        let filter = if in_pid_ns { filters.1 } else { filters.0 };
-        let code =
-            jobinit::init_main(side, |go| child_main(&cargs, range, filter, &cwd, program_listener, go));
-        sys::exit_now(code);
+        // In a namespace, init first says whether it could mount the namespace's /proc.
+        let mut ready = [0u8; 1];
+        if in_pid_ns && !(sys::read_exact(control.as_fd(), &mut ready) && ready[0] == 1) {
+            tracing::debug!("the job's pid namespace has no /proc of its own; running without one");
+            let _ = ns::reap(init, true);
+            in_pid_ns = false;
+            continue;
+        }
+        return Ok(Pending { init, in_pid_ns, control, events, listener });
     }
-    Ok(Pending { init, in_pid_ns, control, events, listener })
 }
 
 impl Pending {

@@ -168,6 +168,10 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             }
         };
         let (child, child_nspid, events) = (launched.child, launched.child_nspid, launched.events);
+        // Answers wake the program on the answering CPU (Linux 6.6): a shorter round trip per notification.
+        if let Err(e) = sys::seccomp::set_sync_wakeup(launched.listener.as_fd()) {
+            tracing::debug!(cause = %e, "no synchronous wake-up for notifications");
+        }
         let sup = supervisor::Supervisor::new(
             launched.listener,
             link,
