@@ -65,7 +65,7 @@ fn routing_happens_in_the_kernel() {
             break;
         }
     }
-    let (pid, status) = sys::wait_any(true).expect("wait").expect("child");
+    let (pid, status) = sys::ns::reap(-1, true).expect("wait").expect("child");
     assert_eq!(pid, child);
     assert!(libc::WIFEXITED(status), "status {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 0, "child saw wrong results (see exit code)");
