@@ -177,7 +177,7 @@ const WORKLOADS: &[(&str, &str)] = &[
     ("W2 sha256sum 256 MiB", "sha256sum big.bin"),
     ("W3 sqlite3 300 transactions", "rm -f w3.db; sqlite3 w3.db < inserts.sql"),
     ("W4 make -j2, 20 C files", "make -s -C cproj clean >/dev/null; make -s -j2 -C cproj"),
-    ("W5 tar cf - tree | wc -c", "tar cf - tree | wc -c"),
+    ("W5 tar cf - tree, piped to wc -c", "tar cf - tree | wc -c"),
     ("W6 git status, 2,000 files", "git -C repo status --porcelain | wc -l"),
     ("W7 compute only", "python3 -c 'print(sum(i * i for i in range(4_000_000)))'"),
 ];
