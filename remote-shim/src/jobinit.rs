@@ -13,9 +13,10 @@
 //! socket. When the supervisor closes the control socket, init exits and the kernel kills whatever is left
 //! in its namespace; when remote-shim dies, init dies (parent-death signal), and with it the job.
 //!
-//! Control protocol (supervisor → init): after the go message (see [`Go`]), 9-byte requests, [`PREPARE`]
-//! and a little-endian i64 target (0 for a thread); 16-byte replies, two little-endian i64: the pid the
-//! previous prepared clone took (0 when none was seen within [`CLONE_WAIT`]) and 1 if the target was set.
+//! Control protocol (supervisor → init): after the go message (see [`Go`]), 9-byte requests, a kind and a
+//! little-endian i64: [`PREPARE`] a target (0 for a thread), or [`CANCEL`] the last prepare; 16-byte
+//! replies, two little-endian i64: the pid the previous prepared clone took (0 when none was prepared, -1
+//! when none was taken within [`CLONE_WAIT`]) and 1 if the target was set.
 //! Events (init → supervisor): 8 bytes, the ended child's pid (in init's namespace) and its wait status.
 
 use crate::sys::{self, ns};
@@ -27,8 +28,11 @@ use std::time::{Duration, Instant};
 
 /// Request kind: prepare the next clone.
 const PREPARE: u8 = b'p';
-/// How long a prepare waits for the previous clone to take its pid (a clone that failed takes none).
-const CLONE_WAIT: Duration = Duration::from_millis(100);
+/// Request kind: the prepared clone will not happen (its caller was interrupted); nothing to wait for.
+const CANCEL: u8 = b'c';
+/// How long a prepare waits for the previous clone to take its pid (a fork of a large process copies its
+/// page tables first). After that, pids are no longer matched: which pid the slow clone takes is unknown.
+const CLONE_WAIT: Duration = Duration::from_secs(1);
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
 /// The go message: time namespace offsets (monotonic, boottime) if the job gets one, and the pid the
@@ -93,13 +97,14 @@ impl JobInit {
     }
 
     /// Makes the next clone take pid `target` (`None`: a thread, any pid) and calls `proceed` (which lets
-    /// the clone go on) while no other clone can be prepared. Returns `proceed`'s result and, if the
-    /// previous prepared clone took another pid than it was to, (that pid, the one it took).
-    pub fn before_clone<R>(
+    /// the clone go on) while no other clone can be prepared; when `proceed` fails the clone is taken for
+    /// cancelled. Returns `proceed`'s result and, if the previous prepared clone took another pid than it
+    /// was to, (that pid, the one it took).
+    pub fn before_clone(
         &self,
         target: Option<u32>,
-        proceed: impl FnOnce() -> R,
-    ) -> (R, Option<(u32, u32)>) {
+        proceed: impl FnOnce() -> io::Result<()>,
+    ) -> (io::Result<()>, Option<(u32, u32)>) {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let reply = control.fd.as_ref().map(|fd| request(fd.as_fd(), PREPARE, target.map_or(0, i64::from)));
         let (took, set) = match reply {
@@ -111,12 +116,23 @@ impl JobInit {
             }
             None => (0, 0),
         };
+        if took < 0 {
+            tracing::debug!("a clone did not take its pid in time; pids are no longer home's");
+            self.matching.store(false, Ordering::Relaxed);
+        }
         let moved = match control.last_target {
             Some(t) if took > 0 && took as u32 != t => Some((t, took as u32)),
             _ => None,
         };
         control.last_target = if set == 1 { target } else { None };
-        (proceed(), moved)
+        let proceeded = proceed();
+        if proceeded.is_err() {
+            control.last_target = None;
+            if let Some(fd) = control.fd.as_ref() {
+                let _ = request(fd.as_fd(), CANCEL, 0);
+            }
+        }
+        (proceeded, moved)
     }
 
     /// `/proc/PID` of the job's namespace (only when it has one).
@@ -194,6 +210,9 @@ pub fn next_event(events: std::os::fd::BorrowedFd<'_>) -> Option<(i32, i32)> {
 pub struct InitSide {
     pub control: OwnedFd,
     pub events: OwnedFd,
+    /// The program's end of the socket its listener is sent on: only the program keeps it open, so a program
+    /// that fails before sending is seen (end of file) instead of awaited forever.
+    pub program_listener: OwnedFd,
     pub in_pid_ns: bool,
     /// remote-shim's pid, to notice that it died before the parent-death signal was armed.
     pub shim: libc::pid_t,
@@ -201,7 +220,7 @@ pub struct InitSide {
 
 /// Init's main: sets up, forks the program with `start_program` (which never returns) once the go message
 /// came, then reaps and serves prepares until the control socket closes. Returns init's exit status.
-pub fn init_main(side: InitSide, start_program: impl FnOnce(Go) -> i32) -> i32 {
+pub fn init_main(side: InitSide, start_program: impl FnOnce(Go, OwnedFd) -> i32) -> i32 {
     // In its own pid namespace init's parent has no pid (0); a remote-shim that died before the signal was
     // armed is noticed anyway: the go message never comes.
     let orphaned = !side.in_pid_ns && ns::parent_pid() != side.shim;
@@ -242,9 +261,12 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go) -> i32) -> i32 {
             drop(side.events);
             drop(sigchld);
             ns::unblock_sigchld();
-            sys::exit_now(start_program(go));
+            sys::exit_now(start_program(go, side.program_listener));
         }
-        Ok(pid) => pid,
+        Ok(pid) => {
+            drop(side.program_listener);
+            pid
+        }
         Err(e) => {
             eprintln!("remote-shim: cannot start the program's process: {e}");
             return crate::launch::EXIT_SHIM_FAILURE;
@@ -285,12 +307,19 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go) -> i32) -> i32 {
                 return 0;
             }
             let target = i64::from_le_bytes(msg[1..].try_into().unwrap_or_default());
+            if msg[0] == CANCEL {
+                last_pid.pending = None;
+                if ns::write_all(side.control.as_fd(), &[0u8; 16]).is_err() {
+                    return 0;
+                }
+                continue;
+            }
             let took = last_pid.wait_previous();
             let set = msg[0] == PREPARE && target > 0 && last_pid.set_next(target as u32);
             if !set {
                 last_pid.expect_change();
             }
-            let reply = [i64::from(took).to_le_bytes(), i64::from(set).to_le_bytes()].concat();
+            let reply = [took.to_le_bytes(), i64::from(set).to_le_bytes()].concat();
             if ns::write_all(side.control.as_fd(), &reply).is_err() {
                 return 0;
             }
@@ -334,15 +363,16 @@ impl LastPid {
         self.pending = self.read();
     }
 
-    /// Waits until the prepared clone moved the value; the pid it took, 0 if none within [`CLONE_WAIT`].
-    fn wait_previous(&mut self) -> u32 {
+    /// Waits until the prepared clone moved the value: the pid it took; 0 when none was prepared, -1 when
+    /// none was taken within [`CLONE_WAIT`].
+    fn wait_previous(&mut self) -> i64 {
         let Some(from) = self.pending.take() else { return 0 };
         let start = Instant::now();
         let mut spins = 0u32;
         while start.elapsed() < CLONE_WAIT {
             match self.read() {
-                Some(now) if now != from => return now,
-                None => return 0,
+                Some(now) if now != from => return i64::from(now),
+                None => return -1,
                 _ => {}
             }
             spins += 1;
@@ -352,6 +382,6 @@ impl LastPid {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        0
+        -1
     }
 }

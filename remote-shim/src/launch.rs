@@ -56,12 +56,12 @@ pub fn spawn(
         .collect::<Result<_, _>>()
         .map_err(|_| anyhow::anyhow!("an argument contains a NUL byte"))?;
     let cwd = CString::new(local_cwd.as_os_str().as_bytes())?;
-    let (control, init_control) = sys::socketpair()?;
-    let (events, init_events) = sys::socketpair()?;
-    let (listener, program_listener) = sys::socketpair()?;
     let shim = std::process::id() as libc::pid_t;
     let mut in_pid_ns = true;
     loop {
+        let (control, init_control) = sys::socketpair()?;
+        let (events, init_events) = sys::socketpair()?;
+        let (listener, program_listener) = sys::socketpair()?;
         let init = if in_pid_ns {
             match ns::fork_with(libc::CLONE_NEWPID | libc::CLONE_NEWNS) {
                 Ok(pid) => pid,
@@ -82,12 +82,19 @@ pub fn spawn(
         };
         if init == 0 {
             drop((control, events, listener));
-            let side = jobinit::InitSide { control: init_control, events: init_events, in_pid_ns, shim };
+            let side = jobinit::InitSide {
+                control: init_control,
+                events: init_events,
+                program_listener,
+                in_pid_ns,
+                shim,
+            };
             let filter = if in_pid_ns { filters.1 } else { filters.0 };
-            let code =
-                jobinit::init_main(side, |go| child_main(&cargs, range, filter, &cwd, program_listener, go));
+            let code = jobinit::init_main(side, |go, sock| child_main(&cargs, range, filter, &cwd, sock, go));
             sys::exit_now(code);
         }
+        // Init's ends are init's alone: should it die, reads here see end of file.
+        drop((init_control, init_events, program_listener));
         // In a namespace, init first says whether it could mount the namespace's /proc.
         let mut ready = [0u8; 1];
         if in_pid_ns && !(sys::read_exact(control.as_fd(), &mut ready) && ready[0] == 1) {
@@ -107,7 +114,8 @@ impl Pending {
             .map_err(|e| anyhow::anyhow!("the job's init did not start the program: {e}"))?;
         let listener = sys::recv_fd(self.listener.as_fd())
             .map_err(|e| anyhow::anyhow!("the program's process did not start under the filter: {e}"))?;
-        let child = if self.in_pid_ns { first_child(self.init).unwrap_or(-1) } else { child_nspid };
+        // Only for logs and traces in a namespace (signals go by the namespace's pid, see `JobInit::signal`).
+        let child = if self.in_pid_ns { first_child(self.init).unwrap_or(0) } else { child_nspid };
         if self.in_pid_ns && go.pid.is_some() && !matched {
             tracing::debug!("the program could not take its deputy's pid; fork and wait4 show other pids");
         }

@@ -287,7 +287,7 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, job: Job) -> i32 {
                     if let Some(end) = procs::End::from_wait_status(st) {
                         sup.procs.set_end_nspid(nspid as u32, end);
                     }
-                    if nspid == job.child_nspid {
+                    if nspid == job.child_nspid && status.is_none() {
                         status = Some(exit_code(st));
                     }
                     // The job is over once its first process and every descendant have ended.
@@ -315,9 +315,17 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, job: Job) -> i32 {
                 }
                 return EXIT_SHIM_FAILURE;
             }
-            Some(_) = recv_signal(&mut term) => { let _ = sys::kill(job.child, libc::SIGTERM); }
-            Some(_) = recv_signal(&mut hup) => { let _ = sys::kill(job.child, libc::SIGHUP); }
+            Some(_) = recv_signal(&mut term) => signal_program(sup, (job.child, job.child_nspid), libc::SIGTERM),
+            Some(_) = recv_signal(&mut hup) => signal_program(sup, (job.child, job.child_nspid), libc::SIGHUP),
         }
+    }
+}
+
+/// Sends `sig` to the job's first process (by its pid in the job's namespace when it has one).
+fn signal_program(sup: &supervisor::Supervisor, (pid, nspid): (libc::pid_t, i32), sig: i32) {
+    let sent = if sup.init.in_pid_ns { sup.init.signal(nspid, sig) } else { sys::kill(pid, sig) };
+    if let Err(e) = sent {
+        tracing::debug!(cause = %e, sig, "forwarding a signal to the program failed");
     }
 }
 

@@ -91,7 +91,12 @@ impl Procs {
             return pb::Proc { id: e.id, parent: e.parent };
         }
         let ids = status_ids(tgid).unwrap_or(Ids { tgid, ppid: 0, nspid: tgid });
-        if let Some(a) = inner.announced.remove(&ids.nspid) {
+        // The announced process is the one with this pid whose parent made the clone: a clone that took
+        // another pid than it was promised must not take another process's identity.
+        let parent_now = inner.by_tgid.get(&ids.ppid).map(|e| e.id);
+        let is_it = |a: &Announced| a.parent == 0 || Some(a.parent) == parent_now;
+        if let Some(a) = inner.announced.get(&ids.nspid).copied().filter(is_it) {
+            inner.announced.remove(&ids.nspid);
             let entry =
                 Entry { id: a.id, parent: a.parent, nspid: ids.nspid, home: Some(a.home), end: a.end };
             inner.by_tgid.insert(tgid, entry);
@@ -119,6 +124,11 @@ impl Procs {
         inner
             .announced
             .insert(nspid, Announced { id, parent, home, end: None, at: std::time::Instant::now() });
+    }
+
+    /// Forgets the process announced under `nspid` (its clone did not happen).
+    pub fn unannounce(&self, nspid: u32) {
+        self.lock().announced.remove(&nspid);
     }
 
     /// The announced process that was to take pid `from` took `to`.

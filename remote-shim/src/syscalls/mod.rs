@@ -187,13 +187,14 @@ impl Call<'_> {
             };
             return Target { route, path, at };
         }
-        if let Some((pid, fd)) = magic_fd_link(&path, self.tid) {
-            // `/proc/PID` names a pid as the job sees it (its namespace's).
-            let pid = match pid {
-                p if p == self.tid || !self.sup.init.in_pid_ns => p,
-                p => self.sup.procs.local_of_nspid(p).unwrap_or(p),
+        if let Some((pid, fd)) = magic_fd_link(&path) {
+            // `/proc/PID` names a pid as the job sees it (its namespace's); one we cannot map is left local.
+            let tid = match pid {
+                None => Some(self.tid),
+                Some(p) if !self.sup.init.in_pid_ns => Some(p),
+                Some(p) => self.sup.procs.local_of_nspid(p),
             };
-            if let Some(h) = self.fd_handle(pid, fd) {
+            if let Some(h) = tid.and_then(|tid| self.fd_handle(tid, fd)) {
                 return Target {
                     route: Route::Home(pb::Dir { handle: h.id }),
                     path: Vec::new(),
@@ -206,16 +207,16 @@ impl Call<'_> {
 }
 
 /// `(pid, fd)` when `path` is a descriptor's magic link: `/proc/self/fd/N`, `/proc/thread-self/fd/N`,
-/// `/proc/PID/fd/N`, `/proc/PID/task/TID/fd/N`, or `/dev/fd/N`.
-fn magic_fd_link(path: &[u8], tid: u32) -> Option<(u32, u64)> {
+/// `/proc/PID/fd/N`, `/proc/PID/task/TID/fd/N`, or `/dev/fd/N`; the pid is `None` for the caller itself.
+fn magic_fd_link(path: &[u8]) -> Option<(Option<u32>, u64)> {
     let n = crate::paths::normalize(path);
     let parts: Vec<&[u8]> = n.split(|&b| b == b'/').skip(1).collect();
     let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
     match parts.as_slice() {
-        [b"dev", b"fd", fd] => Some((tid, num(fd)?)),
-        [b"proc", b"self" | b"thread-self", b"fd", fd] => Some((tid, num(fd)?)),
-        [b"proc", pid, b"fd", fd] => Some((num(pid)? as u32, num(fd)?)),
-        [b"proc", _, b"task", t, b"fd", fd] => Some((num(t)? as u32, num(fd)?)),
+        [b"dev", b"fd", fd] => Some((None, num(fd)?)),
+        [b"proc", b"self" | b"thread-self", b"fd", fd] => Some((None, num(fd)?)),
+        [b"proc", pid, b"fd", fd] => Some((Some(num(pid)? as u32), num(fd)?)),
+        [b"proc", pid, b"task", _, b"fd", fd] => Some((Some(num(pid)? as u32), num(fd)?)),
         _ => None,
     }
 }

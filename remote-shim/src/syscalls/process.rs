@@ -108,7 +108,17 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         sup.procs.announced_moved(from, to);
     }
     if let Err(e) = answered {
-        tracing::debug!(cause = %e, "the cloning thread is gone");
+        // Interrupted (the kernel restarts the call, notified anew) or gone: the deputy started for this
+        // attempt is not needed.
+        tracing::debug!(cause = %e, "the clone was not answered");
+        if let Some((id, _, home)) = child {
+            sup.procs.unannounce(home.0 as u32);
+            let end = Some(End::Killed(libc::SIGKILL).to_wire());
+            let _ = sup
+                .link
+                .call(pb::Proc { id: 0, parent: 0 }, Op::ForgetProc(pb::ForgetProc { id, end }))
+                .await;
+        }
     }
     Ok(Action::Continued)
 }
@@ -125,7 +135,7 @@ async fn kill(call: &Call<'_>, pid: i32, tid: i32, sig: i32) -> Outcome {
         let local = match pid {
             0 | -1 => true,
             p if p > 0 => init.ns_has(p) && (tid == 0 || init.ns_has(tid)),
-            p => init.ns_has_group(-p),
+            p => init.ns_has_group(p.checked_neg().unwrap_or(0)),
         };
         if local {
             return Ok(Action::Continue);
