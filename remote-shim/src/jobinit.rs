@@ -150,8 +150,7 @@ impl JobInit {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{}/root/proc", self.pid)) else { return false };
         dir.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok())).any(|e| {
             std::fs::read_to_string(e.path().join("stat")).ok().is_some_and(|stat| {
-                let fields = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-                fields.split_whitespace().nth(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid)
+                crate::procs::stat_fields(&stat).nth(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid)
             })
         })
     }
@@ -352,8 +351,7 @@ impl LastPid {
     fn set_next(&mut self, pid: u32) -> bool {
         use std::os::unix::fs::FileExt;
         let Some(file) = &self.file else { return false };
-        let value = (pid - 1).to_string();
-        let ok = pid > 1 && file.write_at(value.as_bytes(), 0).is_ok();
+        let ok = pid > 1 && file.write_at((pid - 1).to_string().as_bytes(), 0).is_ok();
         self.pending = ok.then_some(pid - 1);
         ok
     }

@@ -198,22 +198,25 @@ fn child_main(
     }
 }
 
-/// Every process of the job: the live descendants of its init (`init`, this machine's pid), which is their
-/// subreaper or their namespace's init, so orphans stay descendants. (Deputies of an in-process home agent
-/// are children of remote-shim, not of init.)
-pub fn job_pids(init: libc::pid_t) -> Vec<u32> {
+/// Every process of the job: the live descendants of `root` (this machine's pid): its init, which is their
+/// subreaper or their namespace's init, so orphans stay descendants; or remote-shim itself (see
+/// [`orphans`]). Deputies of an in-process home agent, children of remote-shim, are not the job's.
+pub fn job_pids(root: libc::pid_t) -> Vec<u32> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The command name may contain spaces and parentheses: fields start after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if stat.contains("(homeward-deputy)") {
+            continue;
+        }
+        let Some(ppid) = crate::procs::stat_fields(&stat).nth(1).and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         children.entry(ppid).or_default().push(pid);
     }
     let mut out = Vec::new();
-    let mut todo = vec![init as u32];
+    let mut todo = vec![root as u32];
     while let Some(p) = todo.pop() {
         if let Some(kids) = children.get(&p) {
             for &k in kids {
@@ -225,14 +228,7 @@ pub fn job_pids(init: libc::pid_t) -> Vec<u32> {
     out
 }
 
-/// The job's processes left to remote-shim (their subreaper) after its init died: remote-shim's descendants
-/// except the deputies of an in-process home agent.
+/// The job's processes left to remote-shim (their subreaper) after its init died.
 pub fn orphans() -> Vec<u32> {
     job_pids(std::process::id() as libc::pid_t)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains("(homeward-deputy)"))
-        })
-        .collect()
 }

@@ -147,10 +147,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         let root_proc = pb::Proc { id: 1, parent: 0 };
         let root_home = if pending.in_pid_ns {
             match link.call(root_proc, pb::call_request::Op::Identity(pb::Identity {})).await {
-                Ok(reply) => match reply.outcome.map(|o| o.to_result()) {
-                    Some(Ok(pid)) if pid > 0 => Some((pid as i32, reply.ppid)),
-                    _ => None,
-                },
+                Ok(reply) => syscalls::process::started_deputy(&reply).ok(),
                 Err(e) => {
                     pending.abandon();
                     return Err(e.into());

@@ -246,7 +246,13 @@ impl Procs {
 /// Whether a process exists and has not been reaped (a zombie still counts: its end is not yet known to
 /// its parent, and its number is not yet free).
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_fields(&s).next() != Some("Z"))
+}
+
+/// The fields of a `/proc/PID/stat` line after the command name, which may hold spaces and parentheses:
+/// state, ppid, pgrp, session, ...
+pub fn stat_fields(stat: &str) -> std::str::SplitWhitespace<'_> {
+    stat.rfind(')').map_or("", |i| &stat[i + 1..]).split_whitespace()
 }
 
 /// A task's ids, from `/proc/TID/status`.

@@ -263,9 +263,14 @@ impl Supervisor {
             let _ = self.link.call(root, Op::Close(pb::Close { handle })).await;
         }
         for (id, end) in gone {
-            let _ =
-                self.link.call(root, Op::ForgetProc(pb::ForgetProc { id, end: Some(end.to_wire()) })).await;
+            self.forget_proc(id, end).await;
         }
+    }
+
+    /// Tells home that proc `id` ended (`end`): its deputy ends the same way.
+    pub async fn forget_proc(&self, id: u64, end: crate::procs::End) {
+        let root = pb::Proc { id: 0, parent: 0 };
+        let _ = self.link.call(root, Op::ForgetProc(pb::ForgetProc { id, end: Some(end.to_wire()) })).await;
     }
 
     /// Delivers the signals sent at home to the deputies of the job's processes.

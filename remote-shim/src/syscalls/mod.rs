@@ -9,7 +9,7 @@ pub mod exec;
 mod fd;
 mod io;
 mod open;
-mod process;
+pub mod process;
 pub mod socket;
 mod stat;
 

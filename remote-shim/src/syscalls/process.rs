@@ -53,6 +53,16 @@ async fn home_ids(call: &Call<'_>) -> Result<(i32, i32), Errno> {
     Ok(ids)
 }
 
+/// (home pid, home ppid) from the reply to `Identity` for a proc whose deputy was just asked for: home's
+/// errno when it could not start one (EAGAIN, as fork would say, when the reply holds no pid).
+pub fn started_deputy(reply: &pb::CallReply) -> Result<(i32, i32), Errno> {
+    match reply.outcome.as_ref().map(|o| o.to_result()) {
+        Some(Ok(pid)) if pid > 0 => Ok((pid as i32, reply.ppid)),
+        Some(Err(errno)) => Err(errno),
+        _ => Err(Errno::EAGAIN),
+    }
+}
+
 /// fork, vfork, clone, clone3 in the job's pid namespace. A new process gets its deputy first (a child of
 /// its parent's deputy at home); then, with no other clone in between, init makes the deputy's pid the next
 /// one taken and the call goes on. Threads only pass through the same gate, so they cannot take a pid that
@@ -80,17 +90,9 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         // The parent's deputy exists before the child's, so home knows whose child it is.
         home_ids(call).await?;
         let id = sup.procs.reserve();
-        let (pid, reply) =
-            match call.home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity {})).await {
-                Ok(reply) => (reply.outcome.as_ref().map(|o| o.to_result()), reply),
-                Err(e) => return Err(e),
-            };
-        match pid {
-            Some(Ok(pid)) if pid > 0 => Some((id, parent.id, (pid as i32, reply.ppid))),
-            // Home could not start a deputy (EAGAIN, as fork would say): the fork fails the same way.
-            Some(Err(errno)) => return Err(errno),
-            _ => return Err(Errno::EAGAIN),
-        }
+        let reply = call.home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity {})).await?;
+        // Home could not start a deputy: the fork fails the same way.
+        Some((id, parent.id, started_deputy(&reply)?))
     } else {
         None
     };
@@ -113,11 +115,7 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         tracing::debug!(cause = %e, "the clone was not answered");
         if let Some((id, _, home)) = child {
             sup.procs.unannounce(home.0 as u32);
-            let end = Some(End::Killed(libc::SIGKILL).to_wire());
-            let _ = sup
-                .link
-                .call(pb::Proc { id: 0, parent: 0 }, Op::ForgetProc(pb::ForgetProc { id, end }))
-                .await;
+            sup.forget_proc(id, End::Killed(libc::SIGKILL)).await;
         }
     }
     Ok(Action::Continued)
