@@ -57,15 +57,7 @@ fn closed_port_fails_fast_naming_the_address() {
         listener.local_addr().unwrap().port()
     };
     let addr = format!("127.0.0.1:{port}");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "some-token\n").unwrap();
-    let run = plain_shim(
-        dir.path(),
-        &["--home", &addr, "--token-file", token.to_str().unwrap()],
-        &["touch", "ran"],
-    );
-    assert_failed_start(&run, &addr);
-    assert!(!dir.path().join("ran").exists(), "the program ran although home was unreachable:\n{run}");
+    assert_never_starts(dir.path(), &addr, "home was unreachable");
 }
 
 #[test]
@@ -74,16 +66,19 @@ fn silent_home_fails_within_ten_seconds_naming_the_address() {
     // Accepts TCP connections (the kernel does, from the backlog) but never says anything.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "some-token\n").unwrap();
-    let run = plain_shim(
-        dir.path(),
-        &["--home", &addr, "--token-file", token.to_str().unwrap()],
-        &["touch", "ran"],
-    );
-    assert_failed_start(&run, &addr);
-    assert!(!dir.path().join("ran").exists(), "the program ran although home never answered:\n{run}");
+    assert_never_starts(dir.path(), &addr, "home never answered");
     drop(listener);
+}
+
+/// Runs `touch ran` in `dir` with home at `addr` (and a token): remote-shim must fail in time, name the
+/// address, and the program must not have run.
+#[track_caller]
+fn assert_never_starts(dir: &Path, addr: &str, why: &str) {
+    let token = dir.join("token");
+    std::fs::write(&token, "some-token\n").unwrap();
+    let run = plain_shim(dir, &["--home", addr, "--token-file", token.to_str().unwrap()], &["touch", "ran"]);
+    assert_failed_start(&run, addr);
+    assert!(!dir.join("ran").exists(), "the program ran although {why}:\n{run}");
 }
 
 #[track_caller]

@@ -1,6 +1,8 @@
 //! Deputies through the agent over real gRPC on 127.0.0.1: home pids, signals sent at home arriving as
 //! events, the program's kills executed at home, and deputies ending with their processes and sessions.
 
+mod common;
+
 use home_agent::{AgentConfig, BoundAgent};
 use homeward_proto::pb::call_request::Op;
 use homeward_proto::pb::home_client::HomeClient;
@@ -119,9 +121,7 @@ async fn wait_gone(pids: &[i32], within: Duration) {
 async fn wait_ready(pid: i32) {
     let start = Instant::now();
     loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim();
-        if u64::from_str_radix(blocked, 16).unwrap() != 0 {
+        if common::blocks_signals(pid as u32) {
             return;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "deputy {pid} never blocked its signals");

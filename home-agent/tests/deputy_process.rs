@@ -1,6 +1,8 @@
 //! The deputy process on its own: `home-agent --homeward-deputy` with a socket pair as stdin, driven the
 //! way the agent drives it, and waited for here (its parent).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -29,9 +31,7 @@ fn deputy() -> (Child, UnixStream) {
 fn wait_ready(pid: u32) {
     let start = Instant::now();
     loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim();
-        if u64::from_str_radix(blocked, 16).unwrap() != 0 {
+        if common::blocks_signals(pid) {
             return;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "the deputy never blocked its signals");
