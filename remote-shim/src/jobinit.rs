@@ -172,7 +172,7 @@ fn request(fd: std::os::fd::BorrowedFd<'_>, kind: u8, value: i64) -> io::Result<
     let mut msg = [0u8; 9];
     msg[0] = kind;
     msg[1..].copy_from_slice(&value.to_le_bytes());
-    ns::write_all(fd, &msg)?;
+    sys::write_all(fd, &msg)?;
     read_pair(fd)
 }
 
@@ -188,7 +188,7 @@ fn read_pair(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i64, i64)> {
 
 /// Sends the go message; returns (the program's pid in init's namespace, whether it got the asked pid).
 pub fn go(control: std::os::fd::BorrowedFd<'_>, go: Go) -> io::Result<(i32, bool)> {
-    ns::write_all(control, &go.encode())?;
+    sys::write_all(control, &go.encode())?;
     let (pid, matched) = read_pair(control)?;
     Ok((pid as i32, matched == 1))
 }
@@ -230,7 +230,7 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go, OwnedFd) -> i32)
         // Without its own /proc the namespace would show the job wrong pids: remote-shim starts another
         // init without namespaces instead (see `launch::spawn`).
         let mounted = ns::mount_own_proc();
-        let _ = ns::write_all(side.control.as_fd(), &[u8::from(mounted.is_ok())]);
+        let _ = sys::write_all(side.control.as_fd(), &[u8::from(mounted.is_ok())]);
         if let Err(e) = mounted {
             tracing::debug!(cause = %e, "cannot mount the job's /proc");
             return crate::launch::EXIT_SHIM_FAILURE;
@@ -285,7 +285,7 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go, OwnedFd) -> i32)
         sys::ignore_signal(sig);
     }
     let reply = [i64::from(program).to_le_bytes(), i64::from(matched).to_le_bytes()].concat();
-    if ns::write_all(side.control.as_fd(), &reply).is_err() {
+    if sys::write_all(side.control.as_fd(), &reply).is_err() {
         return crate::launch::EXIT_SHIM_FAILURE;
     }
     loop {
@@ -296,7 +296,7 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go, OwnedFd) -> i32)
             ns::drain(sigchld.as_fd());
             while let Ok(Some((pid, status))) = ns::reap(-1, false) {
                 let ev = [pid.to_le_bytes(), status.to_le_bytes()].concat();
-                let _ = ns::write_all(side.events.as_fd(), &ev);
+                let _ = sys::write_all(side.events.as_fd(), &ev);
             }
         }
         if request {
@@ -308,7 +308,7 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go, OwnedFd) -> i32)
             let target = i64::from_le_bytes(msg[1..].try_into().unwrap_or_default());
             if msg[0] == CANCEL {
                 last_pid.pending = None;
-                if ns::write_all(side.control.as_fd(), &[0u8; 16]).is_err() {
+                if sys::write_all(side.control.as_fd(), &[0u8; 16]).is_err() {
                     return 0;
                 }
                 continue;
@@ -319,7 +319,7 @@ pub fn init_main(side: InitSide, start_program: impl FnOnce(Go, OwnedFd) -> i32)
                 last_pid.expect_change();
             }
             let reply = [took.to_le_bytes(), i64::from(set).to_le_bytes()].concat();
-            if ns::write_all(side.control.as_fd(), &reply).is_err() {
+            if sys::write_all(side.control.as_fd(), &reply).is_err() {
                 return 0;
             }
         }

@@ -79,22 +79,28 @@ impl Procs {
     /// The home identity of the process that thread `tid` belongs to.
     pub fn proc_of(&self, tid: u32) -> pb::Proc {
         let mut inner = self.lock();
-        let tgid = match inner.tgid_of.get(&tid) {
-            Some(&t) => t,
+        // A thread group's first call is mostly its main thread's: then one read of its status serves both.
+        let (tgid, read) = match inner.tgid_of.get(&tid) {
+            Some(&t) => (t, None),
             None => {
-                let tgid = status_ids(tid).map_or(tid, |ids| ids.tgid);
+                let ids = status_ids(tid);
+                let tgid = ids.as_ref().map_or(tid, |ids| ids.tgid);
                 inner.tgid_of.insert(tid, tgid);
-                tgid
+                (tgid, ids)
             }
         };
         if let Some(e) = inner.by_tgid.get(&tgid) {
             return pb::Proc { id: e.id, parent: e.parent };
         }
-        let ids = status_ids(tgid).unwrap_or(Ids { tgid, ppid: 0, nspid: tgid });
+        let ids = read.filter(|_| tid == tgid).or_else(|| status_ids(tgid)).unwrap_or(Ids {
+            tgid,
+            ppid: 0,
+            nspid: tgid,
+        });
+        let parent = inner.by_tgid.get(&ids.ppid).map(|e| e.id);
         // The announced process is the one with this pid whose parent made the clone: a clone that took
         // another pid than it was promised must not take another process's identity.
-        let parent_now = inner.by_tgid.get(&ids.ppid).map(|e| e.id);
-        let is_it = |a: &Announced| a.parent == 0 || Some(a.parent) == parent_now;
+        let is_it = |a: &Announced| a.parent == 0 || Some(a.parent) == parent;
         if let Some(a) = inner.announced.get(&ids.nspid).copied().filter(is_it) {
             inner.announced.remove(&ids.nspid);
             let entry =
@@ -102,7 +108,7 @@ impl Procs {
             inner.by_tgid.insert(tgid, entry);
             return pb::Proc { id: a.id, parent: a.parent };
         }
-        let parent = inner.by_tgid.get(&ids.ppid).map(|e| e.id).unwrap_or(0);
+        let parent = parent.unwrap_or(0);
         inner.next += 1;
         let id = inner.next;
         inner.by_tgid.insert(tgid, Entry { id, parent, nspid: ids.nspid, home: None, end: None });

@@ -288,6 +288,24 @@ pub fn read_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
     true
 }
 
+/// Writes all of `data` to a blocking descriptor.
+pub fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: the pointer and length describe the unwritten tail of `data`.
+        let n = unsafe { libc::write(fd.as_raw_fd(), data[done..].as_ptr().cast(), data.len() - done) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// `bind` or `connect` of a unix socket we hold to a filesystem `path`.
 pub fn unix_address_call(sock: BorrowedFd<'_>, path: &std::path::Path, connect: bool) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

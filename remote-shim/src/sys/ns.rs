@@ -124,21 +124,3 @@ pub fn parent_pid() -> libc::pid_t {
     // SAFETY: getppid takes nothing and cannot fail.
     unsafe { libc::getppid() }
 }
-
-/// Writes all of `data` to a blocking descriptor.
-pub fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        // SAFETY: the pointer and length describe the unwritten tail of `data`.
-        let n = unsafe { libc::write(fd.as_raw_fd(), data[done..].as_ptr().cast(), data.len() - done) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(err);
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
