@@ -190,9 +190,17 @@ async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
     } else {
         // Caught like spawn_blocking catches it: an executor bug is answered, never left hanging.
         let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            session.run(|| exec::execute(&session, &request))
+            session.run(|| exec::inline(|| exec::execute(&session, &request)))
         }));
-        inline.map_err(|_| "the executor panicked".to_string())
+        match inline {
+            Ok(Some(reply)) if reply.outcome.is_some_and(|o| o.to_result() == Err(exec::RETRY_BLOCKING)) => {
+                tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request)))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Ok(reply) => Ok(reply),
+            Err(_) => Err("the executor panicked".to_string()),
+        }
     };
     let reply = match ran {
         Ok(Some(reply)) => reply,

@@ -99,8 +99,63 @@ impl Calls {
 }
 
 fn open(path: &str, flags: i32) -> Op {
+    open_with_content(path, flags, 0)
+}
+
+fn open_with_content(path: &str, flags: i32, content_max: u64) -> Op {
     let (dir, path) = (Some(Dir { handle: 0 }), path.to_string().into());
-    Op::Open(pb::Open { dir, path, flags: flags::open_to_wire(flags), mode: 0o644, resolve: 0 })
+    Op::Open(pb::Open { dir, path, flags: flags::open_to_wire(flags), mode: 0o644, resolve: 0, content_max })
+}
+
+#[tokio::test]
+async fn read_only_opens_bring_small_files_whole() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("small.txt"), b"small content").unwrap();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut calls = Calls::open(&mut client, &dir.0).await;
+    let cases = [
+        (libc::O_RDONLY, 1024, Some(&b"small content"[..])),
+        (libc::O_RDONLY, 13, Some(&b"small content"[..])),
+        (libc::O_RDONLY, 12, None),
+        (libc::O_RDONLY, 0, None),
+        (libc::O_RDWR, 1024, None),
+        (libc::O_RDONLY | libc::O_PATH, 1024, None),
+    ];
+    for (seq, (flags, max, want)) in cases.into_iter().enumerate() {
+        calls.send(seq as u64 + 1, open_with_content("small.txt", flags, max)).await;
+        let reply = calls.reply().await;
+        assert!(reply.outcome.unwrap().to_result().is_ok(), "flags {flags:o}");
+        assert_eq!(reply.whole, want.is_some(), "flags {flags:o}, max {max}");
+        assert_eq!(&reply.data[..], want.unwrap_or_default(), "flags {flags:o}, max {max}");
+        assert_eq!(reply.stat.unwrap().size, 13);
+    }
+}
+
+#[tokio::test]
+async fn opening_a_fifo_waits_for_its_peer_without_holding_up_others() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut calls = Calls::open(&mut client, &dir.0).await;
+    let fifo =
+        pb::Mknod { dir: Some(Dir { handle: 0 }), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
+    assert_eq!(calls.call(1, Op::Mknod(fifo)).await, Ok(0));
+    // No writer yet: this open waits at home, as the kernel's would.
+    calls.send(2, open_with_content("p", libc::O_RDONLY, 1024)).await;
+    let here = pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0 };
+    assert_eq!(calls.call(3, Op::Stat(here)).await, Ok(0));
+    calls.send(4, open("p", libc::O_WRONLY)).await;
+    let mut got = [calls.reply().await, calls.reply().await];
+    got.sort_by_key(|r| r.seq);
+    assert_eq!(
+        got.map(|r| (r.seq, r.outcome.unwrap().to_result().is_ok(), r.whole)),
+        [(2, true, false), (4, true, false)]
+    );
+    // A fifo opened non-blocking by the program stays non-blocking: no reader, no writer.
+    let flags = libc::O_WRONLY | libc::O_NONBLOCK;
+    let mknod =
+        pb::Mknod { dir: Some(Dir { handle: 0 }), path: "q".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
+    assert_eq!(calls.call(5, Op::Mknod(mknod)).await, Ok(0));
+    assert_eq!(calls.call(6, open("q", flags)).await, Err(Errno(libc::ENXIO as u16)));
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One open file description at home, as the shim knows it.
@@ -35,7 +35,60 @@ pub struct Handle {
     pub filled: tokio::sync::Mutex<bool>,
     /// Users outside the program's table (a pump): not collected while non-zero.
     pub pins: AtomicUsize,
+    /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
+    copy: AtomicU8,
     born: u64,
+}
+
+/// The content of a read-only regular file kept in its placeholder (close-to-open consistency): while the
+/// copy is fresh the kernel serves reads, seeks and maps from it and the description's offset lives there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyState {
+    /// No copy: every data call goes home, at home's offset.
+    None,
+    /// The placeholder holds the content the file had at open.
+    Fresh,
+    /// The file changed since (the job opened it for writing, or `fstat` at home saw a new version): data
+    /// comes from home again, at the offset kept in the placeholder.
+    Stale,
+}
+
+impl Handle {
+    pub fn copy(&self) -> CopyState {
+        match self.copy.load(Ordering::SeqCst) {
+            1 => CopyState::Fresh,
+            2 => CopyState::Stale,
+            _ => CopyState::None,
+        }
+    }
+
+    /// Puts the file's whole content (as of `self.stat`) into the placeholder: reads are local from now on.
+    pub fn keep_content(&self, content: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::from(self.memfd.try_clone()?);
+        file.write_all_at(content, 0)?;
+        file.set_len(content.len() as u64)?;
+        self.mark_filled();
+        Ok(())
+    }
+
+    /// The placeholder already holds the content (copied from the content cache): reads are local.
+    pub fn mark_filled(&self) {
+        if let Ok(mut filled) = self.filled.try_lock() {
+            *filled = true;
+        }
+        self.copy.store(1, Ordering::SeqCst);
+    }
+
+    /// The file changed: its copy is no longer served.
+    pub fn mark_stale(&self) {
+        let _ = self.copy.compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Home's identity of the file (device, inode).
+    pub fn inode(&self) -> (u64, u64) {
+        (self.stat.dev, self.stat.ino)
+    }
 }
 
 /// Where a placeholder goes: the program behind a notification, and the lowest number it may take.
@@ -55,6 +108,8 @@ pub struct FdTable {
     /// Next number to try per thread group, so allocation is usually one probe.
     hints: Mutex<HashMap<u32, u32>>,
     generation: AtomicU64,
+    /// Files (device, inode at home) the job opened for writing: their copies are stale.
+    written: Mutex<HashSet<(u64, u64)>>,
 }
 
 impl FdTable {
@@ -66,6 +121,7 @@ impl FdTable {
             handles: Mutex::default(),
             hints: Mutex::default(),
             generation: AtomicU64::new(1),
+            written: Mutex::default(),
         }
     }
 
@@ -80,8 +136,29 @@ impl FdTable {
             stat,
             filled: tokio::sync::Mutex::new(false),
             pins: AtomicUsize::new(0),
+            copy: AtomicU8::new(0),
             born: self.generation.load(Ordering::SeqCst),
         }))
+    }
+
+    /// Notes that the job opened file `inode` for writing: copies of it are no longer served.
+    pub fn written(&self, inode: (u64, u64)) {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).insert(inode);
+    }
+
+    /// Whether the job has opened file `inode` for writing.
+    pub fn is_written(&self, inode: (u64, u64)) -> bool {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).contains(&inode)
+    }
+
+    /// The state of `h`'s copy, made stale if the job has opened its file for writing.
+    pub fn copy_of(&self, h: &Handle) -> CopyState {
+        let copy = h.copy();
+        if copy == CopyState::Fresh && self.is_written(h.inode()) {
+            h.mark_stale();
+            return CopyState::Stale;
+        }
+        copy
     }
 
     /// Installs `handle`'s placeholder in the program that made notification `slot.notif_id`, at the lowest
@@ -138,6 +215,11 @@ impl FdTable {
     ) -> io::Result<i32> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
         seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, true)
+    }
+
+    /// The handle with home id `id`, while some process holds it.
+    pub fn get(&self, id: u64) -> Option<Arc<Handle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
     /// The handle behind descriptor `fd` of thread `tid`, if it is one of our placeholders.

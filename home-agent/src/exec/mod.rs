@@ -31,6 +31,32 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+/// Not an errno: an executor running inline found that its call may wait after all (an open that met a
+/// fifo) and must be run again on a blocking thread. Never sent.
+pub const RETRY_BLOCKING: Errno = Errno(u16::MAX);
+
+thread_local! {
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the executor runs inline on an async worker (where it must not wait).
+pub fn running_inline() -> bool {
+    INLINE.with(|i| i.get())
+}
+
+/// Runs `f` marked as inline (see [`running_inline`]).
+pub fn inline<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INLINE.with(|i| i.set(false));
+        }
+    }
+    INLINE.with(|i| i.set(true));
+    let _reset = Reset;
+    f()
+}
+
 /// Most bytes one call reads, lists, copies or returns (16 MiB).
 pub const MAX_BUF: usize = 16 << 20;
 
@@ -92,7 +118,9 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
         | Op::GetFlags(_)
         | Op::SetFlags(_)
         | Op::ClockRead(_) => false,
-        // Open (a fifo waits for its peer), truncate/fsync/fallocate (the disk), locks, close (a network
+        // Run inline non-blocking; a fifo is retried on a blocking thread (`RETRY_BLOCKING`).
+        Op::Open(_) => false,
+        // Truncate/fsync/fallocate truncate/fsync/fallocate (the disk), locks, close (a network
         // file system flushing), deputies (Kill may hand an event to a deputy's session stream).
         _ => true,
     }

@@ -5,6 +5,7 @@ use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::flags::open_from_wire;
 use homeward_proto::pb::{self, FileStat};
+use homeward_proto::Errno;
 use std::os::fd::AsFd;
 
 /// What `statx` reports for an opened file and for the stat family (mask 0).
@@ -24,16 +25,62 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     let creates = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let umask = creates.then(|| sys::UmaskScope::enter(ctx.umask));
     let mode = umask.as_ref().map_or(o.mode, |u| u.mode(o.mode));
+    // Inline on an async worker, the open must not wait for a fifo's peer: it is made non-blocking, and a
+    // file that turns out to be anything but a regular file or directory is opened again on a blocking thread.
+    // (An `O_PATH` open never waits.)
+    let probing = super::running_inline() && flags & (libc::O_NONBLOCK | libc::O_PATH) == 0;
+    let tried = if probing { flags | libc::O_NONBLOCK } else { flags };
     let fd = if o.resolve != 0 {
-        sys::openat2(at.dir.as_fd(), &at.path, flags, mode, o.resolve)
+        sys::openat2(at.dir.as_fd(), &at.path, tried, mode, o.resolve)
     } else {
-        sys::openat(at.dir.as_fd(), &at.path, flags, mode)
+        sys::openat(at.dir.as_fd(), &at.path, tried, mode)
     };
     drop(umask);
-    let fd = fd?;
-    let stat = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK)
-        .ok()
-        .map(|sx| FileStat::from_statx(&sx));
+    let fd = match fd {
+        // A fifo's write side without a reader: blocking, it would wait for one.
+        Err(e) if probing && e == Errno(libc::ENXIO as u16) => return Err(super::RETRY_BLOCKING),
+        other => other?,
+    };
+    let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok();
+    let kind = sx.as_ref().map_or(0, |sx| u32::from(sx.stx_mode) & libc::S_IFMT);
+    if probing {
+        if !matches!(kind, libc::S_IFREG | libc::S_IFDIR) {
+            // Dropping `fd` closes it; a created file stays created, and the retry opens it again.
+            return Err(super::RETRY_BLOCKING);
+        }
+        sys::set_flags(fd.as_fd(), flags & !libc::O_CLOEXEC)?;
+    }
+    let stat = sx.map(|sx| FileStat::from_statx(&sx));
+    let content = match &stat {
+        Some(st) if wants_content(o, flags, kind, st) => whole_content(fd.as_fd(), st),
+        _ => None,
+    };
     let handle = s.insert(fd)?;
-    Ok(pb::CallReply { stat, ..value(handle as i64) })
+    let whole = content.is_some();
+    Ok(pb::CallReply { stat, whole, data: content.unwrap_or_default().into(), ..value(handle as i64) })
+}
+
+fn wants_content(o: &pb::Open, flags: i32, kind: u32, st: &FileStat) -> bool {
+    o.content_max > 0
+        && kind == libc::S_IFREG
+        && flags & libc::O_ACCMODE == libc::O_RDONLY
+        && flags & (libc::O_PATH | libc::O_TRUNC) == 0
+        && u64::try_from(st.size).is_ok_and(|size| size <= o.content_max.min(super::MAX_BUF as u64))
+}
+
+/// The file's whole content, if it is unchanged (size, mtime, ctime) from `st` after reading it.
+fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<Vec<u8>> {
+    let size = usize::try_from(st.size).ok()?;
+    let mut buf = Vec::with_capacity(size);
+    while buf.len() < size {
+        match sys::read(fd, size - buf.len(), Some(buf.len() as i64)) {
+            Ok(chunk) if !chunk.is_empty() => buf.extend_from_slice(&chunk),
+            _ => return None,
+        }
+    }
+    let after = sys::statx(fd, c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok()?;
+    let after = FileStat::from_statx(&after);
+    let same = (after.size, after.mtime_sec, after.mtime_nsec, after.ctime_sec, after.ctime_nsec)
+        == (st.size, st.mtime_sec, st.mtime_nsec, st.ctime_sec, st.ctime_nsec);
+    same.then_some(buf)
 }

@@ -168,6 +168,13 @@ pub fn poll_one(pfd: &mut libc::pollfd, timeout_ms: i32) -> io::Result<i32> {
     check(unsafe { libc::poll(pfd, 1, timeout_ms) } as libc::c_long).map(|n| n as i32)
 }
 
+/// `lseek(2)`: moves (or with `SEEK_CUR` and 0, reads) the offset of `fd`'s open file description.
+pub fn lseek(fd: std::os::fd::BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek takes a descriptor and two integers; no memory is involved.
+    check(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
+}
+
 /// `fork()`. The caller must be single-threaded: the child may allocate.
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: the caller guarantees this process has one thread, so the child starts with consistent locks

@@ -2,11 +2,11 @@
 //! fallocate, copy_file_range, sendfile, splice, ioctl, and mmap of home files.
 
 use super::{simple, Action, Call, Outcome};
-use crate::fdtable::Handle;
+use crate::fdtable::{CopyState, Handle};
 use crate::memory::{self, Iov, MAX_IO};
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
@@ -45,6 +45,18 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     }
     let Some(h) = call.handle(fd_arg) else { return Some(Ok(Action::Continue)) };
     let a = |i| call.arg(i);
+    if call.sup.fds.range.contains(a(fd_arg)) {
+        match call.sup.fds.copy_of(&h) {
+            // The placeholder holds the content and the description's offset: the kernel serves it.
+            CopyState::Fresh if served_by_copy(nr, a(2) as i32) => return Some(Ok(Action::Continue)),
+            CopyState::Fresh | CopyState::Stale => {
+                if let Some(outcome) = from_stale_copy(call, &h, nr).await {
+                    return Some(outcome);
+                }
+            }
+            CopyState::None => {}
+        }
+    }
     Some(match nr {
         libc::SYS_read => read(call, &h, &[iov(a(1), a(2))], None).await,
         libc::SYS_pread64 => read(call, &h, &[iov(a(1), a(2))], Some(a(3) as i64)).await,
@@ -72,6 +84,89 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         // readahead and fadvise are hints: accepted, as the kernel accepts them on a regular file.
         _ => Ok(Action::Value(0)),
     })
+}
+
+/// The calls a fresh copy serves alone (`arg2` is lseek's whence).
+fn served_by_copy(nr: i64, arg2: i32) -> bool {
+    match nr {
+        libc::SYS_read
+        | libc::SYS_pread64
+        | libc::SYS_readv
+        | libc::SYS_preadv
+        | libc::SYS_preadv2
+        | libc::SYS_mmap
+        | libc::SYS_readahead => true,
+        libc::SYS_lseek => matches!(arg2, libc::SEEK_SET | libc::SEEK_CUR | libc::SEEK_END),
+        _ => is_fadvise(nr),
+    }
+}
+
+/// Calls on a handle whose offset lives in its placeholder (a copy, fresh or stale) that cannot use home's
+/// offset: data is read at home at the placeholder's offset, which then moves as the kernel would move it.
+async fn from_stale_copy(call: &Call<'_>, h: &Arc<Handle>, nr: i64) -> Option<Outcome> {
+    let fd = call.arg_i32(0);
+    Some(match nr {
+        libc::SYS_read => {
+            let iovs = [iov(call.arg(1), call.arg(2))];
+            at_copy_offset(call, fd, |pos| read(call, h, &iovs, Some(pos))).await
+        }
+        libc::SYS_readv => match memory::read_iovecs(call.tid, call.arg(1), call.arg(2)) {
+            Ok(iovs) => at_copy_offset(call, fd, |pos| read(call, h, &iovs, Some(pos))).await,
+            Err(e) => Err(e),
+        },
+        libc::SYS_preadv2 if call.arg(3) as i64 == -1 => {
+            match memory::read_iovecs(call.tid, call.arg(1), call.arg(2)) {
+                Ok(iovs) => at_copy_offset(call, fd, |pos| read(call, h, &iovs, Some(pos))).await,
+                Err(e) => Err(e),
+            }
+        }
+        libc::SYS_lseek => match call.arg_i32(2) {
+            libc::SEEK_SET | libc::SEEK_CUR => Ok(Action::Continue),
+            _ => {
+                // SEEK_END, SEEK_DATA, SEEK_HOLE: an absolute answer from home, then set here.
+                let out = lseek(call, h).await;
+                if let Ok(Action::Value(pos)) = out {
+                    if let Err(e) = call.local_fd(fd).and_then(|dup| seek_to(&dup, pos)) {
+                        return Some(Err(e));
+                    }
+                }
+                out
+            }
+        },
+        libc::SYS_ioctl if call.arg(1) as libc::c_ulong == libc::FIONREAD => {
+            let left = call.local_fd(fd).and_then(|dup| {
+                let pos = current_offset(&dup)?;
+                let size = std::fs::File::from(dup).metadata().map_err(|e| Errno::from_io(&e))?.len() as i64;
+                Ok((size - pos).max(0) as i32)
+            });
+            left.and_then(|n| memory::write_pod(call.tid, call.arg(2), &n)).map(|()| Action::Value(0))
+        }
+        _ => return None,
+    })
+}
+
+/// Runs `op` at the offset kept in the placeholder of the program's descriptor `fd`, then advances it by
+/// the value `op` returns.
+async fn at_copy_offset<F, Fut>(call: &Call<'_>, fd: i32, op: F) -> Outcome
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let dup = call.local_fd(fd)?;
+    let pos = current_offset(&dup)?;
+    let out = op(pos).await;
+    if let Ok(Action::Value(n)) = out {
+        seek_to(&dup, pos + n)?;
+    }
+    out
+}
+
+fn current_offset(fd: &OwnedFd) -> Result<i64, Errno> {
+    crate::sys::lseek(fd.as_fd(), 0, libc::SEEK_CUR).map_err(|e| Errno::from_io(&e))
+}
+
+fn seek_to(fd: &OwnedFd, pos: i64) -> Result<(), Errno> {
+    crate::sys::lseek(fd.as_fd(), pos, libc::SEEK_SET).map(drop).map_err(|e| Errno::from_io(&e))
 }
 
 fn is_fadvise(nr: i64) -> bool {
@@ -295,13 +390,43 @@ fn advance_offset(call: &Call<'_>, arg: usize, old: Option<i64>, n: usize) -> Re
     }
 }
 
+/// The source offset of a transfer: the given one, or for a handle whose offset lives in its placeholder (a
+/// copy) that offset, read from the program's descriptor `arg` and returned to be advanced afterwards.
+fn source_offset(call: &Call<'_>, src: &Side, arg: usize, off: Option<i64>) -> Result<SourceOffset, Errno> {
+    match src {
+        Side::Home(h) if off.is_none() && h.copy() != CopyState::None => {
+            let dup = call.local_fd(call.arg_i32(arg))?;
+            let pos = current_offset(&dup)?;
+            Ok(SourceOffset { off: Some(pos), kept: Some((dup, pos)) })
+        }
+        _ => Ok(SourceOffset { off, kept: None }),
+    }
+}
+
+struct SourceOffset {
+    off: Option<i64>,
+    kept: Option<(OwnedFd, i64)>,
+}
+
+impl SourceOffset {
+    fn advance(&self, n: usize) -> Result<(), Errno> {
+        match &self.kept {
+            Some((dup, pos)) => seek_to(dup, pos + n as i64),
+            None => Ok(()),
+        }
+    }
+}
+
 async fn sendfile(call: &Call<'_>) -> Outcome {
     let (out, input) = (call.handle(0), call.handle(1));
     if out.is_none() && input.is_none() {
         return Ok(Action::Continue);
     }
     let off = read_offset(call, 2)?;
-    let n = transfer(call, side(call, 1)?, off, side(call, 0)?, None, call.arg(3) as usize).await?;
+    let src = side(call, 1)?;
+    let at = source_offset(call, &src, 1, off)?;
+    let n = transfer(call, src, at.off, side(call, 0)?, None, call.arg(3) as usize).await?;
+    at.advance(n)?;
     advance_offset(call, 2, off, n)?;
     Ok(Action::Value(n as i64))
 }
@@ -311,7 +436,10 @@ async fn splice(call: &Call<'_>) -> Outcome {
         return Ok(Action::Continue);
     }
     let (in_off, out_off) = (read_offset(call, 1)?, read_offset(call, 3)?);
-    let n = transfer(call, side(call, 0)?, in_off, side(call, 2)?, out_off, call.arg(4) as usize).await?;
+    let src = side(call, 0)?;
+    let at = source_offset(call, &src, 0, in_off)?;
+    let n = transfer(call, src, at.off, side(call, 2)?, out_off, call.arg(4) as usize).await?;
+    at.advance(n)?;
     advance_offset(call, 1, in_off, n)?;
     advance_offset(call, 3, out_off, n)?;
     Ok(Action::Value(n as i64))
@@ -326,8 +454,10 @@ async fn copy_file_range(call: &Call<'_>) -> Outcome {
                 return Err(Errno::EINVAL);
             }
             let (in_off, out_off) = (read_offset(call, 1)?, read_offset(call, 3)?);
-            let n =
-                transfer(call, Side::Home(a), in_off, Side::Home(b), out_off, call.arg(4) as usize).await?;
+            let src = Side::Home(a);
+            let at = source_offset(call, &src, 0, in_off)?;
+            let n = transfer(call, src, at.off, Side::Home(b), out_off, call.arg(4) as usize).await?;
+            at.advance(n)?;
             advance_offset(call, 1, in_off, n)?;
             advance_offset(call, 3, out_off, n)?;
             Ok(Action::Value(n as i64))

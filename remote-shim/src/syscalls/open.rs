@@ -58,29 +58,69 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
             0
         },
         resolve,
+        content_max: if reads_only(oflags) { INLINE_CONTENT_MAX } else { 0 },
     });
     let (id, reply) = call.home_value(op).await?;
     let handle_id = id as u64;
     let stat = reply.stat.unwrap_or_default();
-    install_new(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0).await
+    let inode = (stat.dev, stat.ino);
+    if !reads_only(oflags) && stat.mode & libc::S_IFMT == libc::S_IFREG {
+        call.sup.fds.written(inode);
+    }
+    let content = reply.whole.then_some(reply.data);
+    install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
+        keep_copy(call, h, content.as_deref())
+    })
+    .await
+}
+
+/// Files up to this size come with their open (one round trip instead of open, read, read at end of file).
+const INLINE_CONTENT_MAX: u64 = 64 << 10;
+
+/// Whether an open can only read data (so a copy of the content serves it).
+fn reads_only(oflags: i32) -> bool {
+    oflags & libc::O_ACCMODE == libc::O_RDONLY && oflags & (libc::O_PATH | libc::O_TRUNC) == 0
+}
+
+/// Keeps the content of a read-only regular file in its placeholder: sent with the open, or already in the
+/// content cache under the version just opened. A file the job has open for writing gets no copy.
+fn keep_copy(call: &Call<'_>, h: &crate::fdtable::Handle, content: Option<&[u8]>) {
+    if !reads_only(h.flags)
+        || h.stat.mode & libc::S_IFMT != libc::S_IFREG
+        || call.sup.fds.is_written(h.inode())
+    {
+        return;
+    }
+    let kept = match content {
+        Some(bytes) => h.keep_content(bytes).is_ok(),
+        None => crate::content::Key::of(&h.stat).is_some_and(|key| {
+            let hit = call.sup.content.copy_into(&key, &h.memfd);
+            if hit {
+                h.mark_filled();
+            }
+            hit
+        }),
+    };
+    tracing::trace!(handle = h.id, kept, "content copy");
 }
 
 /// Makes a placeholder for a new home handle and answers the call with its number. If the program cannot
 /// receive it (gone, or its table full) the handle is closed at home again, so nothing leaks.
-pub async fn install_new(
+/// `prepare` runs on the handle before the program can use it.
+async fn install_with(
     call: &Call<'_>,
     handle_id: u64,
     oflags: i32,
     stat: pb::FileStat,
     cloexec: bool,
     min: u32,
+    prepare: impl FnOnce(&crate::fdtable::Handle),
 ) -> Outcome {
-    let installed = call
-        .sup
-        .fds
-        .new_handle(handle_id, oflags, stat)
-        .map_err(|e| Errno::from_io(&e))
-        .and_then(|h| call.install(&h, cloexec, min));
+    let installed =
+        call.sup.fds.new_handle(handle_id, oflags, stat).map_err(|e| Errno::from_io(&e)).and_then(|h| {
+            prepare(&h);
+            call.install(&h, cloexec, min)
+        });
     match installed {
         Ok(fd) => Ok(Action::Answered(i64::from(fd))),
         Err(e) => {

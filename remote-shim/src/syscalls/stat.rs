@@ -68,6 +68,7 @@ async fn stat_home(
     at: i32,
     mask: u32,
 ) -> Result<pb::FileStat, Errno> {
+    let handle = (path.is_empty() && dir.handle != 0).then_some(dir.handle);
     let op = Op::Stat(pb::Stat {
         dir: Some(dir),
         path: path.into(),
@@ -75,7 +76,15 @@ async fn stat_home(
         mask,
     });
     let (_, reply) = call.home_value(op).await?;
-    reply.stat.ok_or(Errno::EIO)
+    let st = reply.stat.ok_or(Errno::EIO)?;
+    if let Some(h) = handle.and_then(|id| call.sup.fds.get(id)) {
+        // A new version at home: the copy taken at open is no longer what the file holds.
+        let version = |s: &pb::FileStat| (s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
+        if version(&h.stat) != version(&st) {
+            h.mark_stale();
+        }
+    }
+    Ok(st)
 }
 
 async fn statfs(call: &Call<'_>) -> Outcome {

@@ -74,7 +74,7 @@ fn malformed_requests_get_einval() {
     let home = Home::new();
     let none = execute(&home.session, &CallRequest { seq: 3, proc: None, op: None });
     assert_eq!((none.seq, none.outcome.unwrap().to_result()), (3, Err(Errno::EINVAL)));
-    let no_dir = pb::Open { dir: None, path: "f".into(), flags: 0, mode: 0, resolve: 0 };
+    let no_dir = pb::Open { dir: None, path: "f".into(), flags: 0, mode: 0, resolve: 0, content_max: 0 };
     assert_eq!(home.call(Op::Open(no_dir)), Err(Errno::EINVAL));
     assert_eq!(home.call(stat("a\0b")), Err(Errno::EINVAL));
     let bad_handle = pb::Stat { dir: Some(Dir { handle: 99 }), path: "x".into(), at_flags: 0, mask: 0 };

@@ -71,6 +71,7 @@ pub(super) fn open(path: &str, flags: i32, mode: u32) -> Op {
         flags: open_to_wire(flags),
         mode,
         resolve: 0,
+        content_max: 0,
     })
 }
 

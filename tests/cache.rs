@@ -1,0 +1,139 @@
+//! The content copies kept on the remote side (close-to-open consistency) are never served stale: a file
+//! changed at home is read anew when the program opens it again, or when `fstat` shows the change on a
+//! descriptor it holds; a file the job itself writes is read from home, at the right offset; transfers from
+//! a copied file start at the offset the program's reads left.
+
+use homeward::{require_tools, skip_unless_root, Hosts};
+use std::time::{Duration, Instant};
+
+/// Waits (≤ 20 s) until `rel` exists at home, written there by the remote program.
+fn wait_for(hosts: &Hosts, rel: &str) {
+    let start = Instant::now();
+    while !hosts.exists(rel) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The remote program waits for `go` at home, created by the test after it changed the data.
+const CHANGED_AT_HOME: &str = r#"
+import os, time
+def wait(name):
+    while not os.path.exists(name):
+        time.sleep(0.02)
+    os.remove(name)
+def mark(name):
+    open(name, "w").close()
+
+print("first", open("data.txt").read())
+kept = open("data.txt")
+print("kept", kept.read())
+mark("ready1"); wait("go1")
+# Reopened after the change: the new content, same size and all.
+print("reopened", open("data.txt").read())
+# The descriptor opened before the change: fstat shows the new version, and reads follow it.
+st = os.fstat(kept.fileno())
+print("fstat size", st.st_size)
+kept.seek(0)
+print("kept after fstat", kept.read())
+mark("ready2"); wait("go2")
+print("grown", open("data.txt").read())
+"#;
+
+#[test]
+fn a_file_changed_at_home_is_read_anew() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "version-1\n");
+    hosts.write("script.py", CHANGED_AT_HOME);
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
+        wait_for(&hosts, "ready1");
+        // Same size, so only the times (and the bytes) tell the versions apart.
+        hosts.write("data.txt", "version-2\n");
+        hosts.write("go1", "");
+        wait_for(&hosts, "ready2");
+        hosts.write("data.txt", "version-3, longer\n");
+        hosts.write("go2", "");
+        run.join().expect("the remote run")
+    });
+    remote.assert_success();
+    assert_eq!(
+        remote.stdout(),
+        "first version-1\n\nkept version-1\n\nreopened version-2\n\nfstat size 10\n\
+         kept after fstat version-2\n\ngrown version-3, longer\n\n",
+        "{}",
+        remote
+    );
+}
+
+/// The job reads a file through one descriptor while writing it through another.
+const OWN_WRITES: &str = r#"
+import os
+r = os.open("data.txt", os.O_RDONLY)
+print("start", os.read(r, 4))
+w = os.open("data.txt", os.O_WRONLY)
+os.pwrite(w, b"WXYZ", 4)
+# Written by the job: the reader sees it, from where it stood.
+print("after write", os.read(r, 6))
+print("pread", os.pread(r, 8, 0))
+os.ftruncate(w, 6)
+print("end", os.lseek(r, 0, os.SEEK_END))
+# A reader opened after the write sees it too.
+print("new reader", open("data.txt").read())
+"#;
+
+#[test]
+fn the_jobs_own_writes_are_seen_by_its_readers() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "0123456789ab");
+    hosts.write("script.py", OWN_WRITES);
+    let remote = hosts.cmd(&["python3", "script.py"]).remote();
+    remote.assert_success();
+    assert_eq!(
+        remote.stdout(),
+        "start b'0123'\nafter write b'WXYZ89'\npread b'0123WXYZ'\nend 6\nnew reader 0123WX\n",
+        "{}",
+        remote
+    );
+    assert_eq!(hosts.read("data.txt"), b"0123WX");
+}
+
+/// Offsets move as the kernel moves them on a copied file: reads, seeks, sendfile from the current
+/// offset, a child sharing the description.
+const OFFSETS: &str = r#"
+import os, sys
+fd = os.open("data.txt", os.O_RDONLY)
+print("read", os.read(fd, 3))
+r, w = os.pipe()
+print("sent", os.sendfile(w, fd, None, 4), os.read(r, 100))
+print("tell", os.lseek(fd, 0, os.SEEK_CUR))
+pid = os.fork()
+if pid == 0:
+    os.read(fd, 2)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("after child", os.lseek(fd, 0, os.SEEK_CUR), os.read(fd, 100))
+print("end", os.lseek(fd, -2, os.SEEK_END), os.read(fd, 5))
+print("fstat", os.fstat(fd).st_size)
+"#;
+
+#[test]
+fn offsets_of_a_copied_file_move_as_the_kernels_do() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "abcdefghijklmnop");
+    hosts.write("script.py", OFFSETS);
+    let remote = hosts.cmd(&["python3", "script.py"]).remote();
+    remote.assert_success();
+    assert_eq!(
+        remote.stdout(),
+        "read b'abc'\nsent 4 b'defg'\ntell 7\nafter child 9 b'jklmnop'\nend 14 b'op'\nfstat 16\n",
+        "{}",
+        remote
+    );
+}
