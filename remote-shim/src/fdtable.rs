@@ -37,6 +37,8 @@ pub struct Handle {
     pub pins: AtomicUsize,
     /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
     copy: AtomicU8,
+    /// While a background fill runs: how many bytes from the start the placeholder holds.
+    progress: tokio::sync::watch::Sender<u64>,
     born: u64,
 }
 
@@ -51,6 +53,8 @@ pub enum CopyState {
     /// The file changed since (the job opened it for writing, or `fstat` at home saw a new version): data
     /// comes from home again, at the offset kept in the placeholder.
     Stale,
+    /// A background fill is copying the content in ([`crate::fill`]): reads wait for their bytes.
+    Filling,
 }
 
 impl Handle {
@@ -58,6 +62,7 @@ impl Handle {
         match self.copy.load(Ordering::SeqCst) {
             1 => CopyState::Fresh,
             2 => CopyState::Stale,
+            3 => CopyState::Filling,
             _ => CopyState::None,
         }
     }
@@ -83,6 +88,45 @@ impl Handle {
     /// The file changed: its copy is no longer served.
     pub fn mark_stale(&self) {
         let _ = self.copy.compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.copy.compare_exchange(3, 2, Ordering::SeqCst, Ordering::SeqCst);
+        self.progress.send_replace(u64::MAX);
+    }
+
+    /// A background fill starts: the placeholder takes the file's size, and reads wait for their bytes.
+    pub fn start_fill(&self) -> io::Result<()> {
+        let file = std::fs::File::from(self.memfd.try_clone()?);
+        file.set_len(u64::try_from(self.stat.size).unwrap_or(0))?;
+        self.progress.send_replace(0);
+        self.copy.store(3, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many bytes from the start a running fill has copied.
+    pub fn filled_so_far(&self) -> u64 {
+        *self.progress.borrow()
+    }
+
+    /// The fill has copied the first `n` bytes.
+    pub fn filled_upto(&self, n: u64) {
+        self.progress.send_replace(n);
+    }
+
+    /// The fill is complete: the copy is fresh (unless it went stale meanwhile).
+    pub fn fill_done(&self) {
+        if self.copy.compare_exchange(3, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if let Ok(mut filled) = self.filled.try_lock() {
+                *filled = true;
+            }
+        }
+        self.progress.send_replace(u64::MAX);
+    }
+
+    /// Waits until the placeholder holds the bytes before `end` (or the fill ended), then says what the copy
+    /// is.
+    pub async fn wait_filled(&self, end: u64) -> CopyState {
+        let mut rx = self.progress.subscribe();
+        let _ = rx.wait_for(|&n| n >= end || self.copy() != CopyState::Filling).await;
+        self.copy()
     }
 
     /// Home's identity of the file (device, inode).
@@ -137,6 +181,7 @@ impl FdTable {
             filled: tokio::sync::Mutex::new(false),
             pins: AtomicUsize::new(0),
             copy: AtomicU8::new(0),
+            progress: tokio::sync::watch::Sender::new(0),
             born: self.generation.load(Ordering::SeqCst),
         }))
     }
@@ -154,7 +199,7 @@ impl FdTable {
     /// The state of `h`'s copy, made stale if the job has opened its file for writing.
     pub fn copy_of(&self, h: &Handle) -> CopyState {
         let copy = h.copy();
-        if copy == CopyState::Fresh && self.is_written(h.inode()) {
+        if matches!(copy, CopyState::Fresh | CopyState::Filling) && self.is_written(h.inode()) {
             h.mark_stale();
             return CopyState::Stale;
         }

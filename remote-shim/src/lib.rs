@@ -23,6 +23,7 @@ pub mod client;
 pub mod clock;
 pub mod content;
 pub mod fdtable;
+pub mod fill;
 pub mod filter;
 pub mod jobinit;
 pub mod launch;

@@ -193,9 +193,12 @@ impl Supervisor {
             }
             match seccomp::recv(fd) {
                 Ok(notif) => {
-                    let sup = self.clone();
                     received += 1;
                     let order = received;
+                    if self.serve_from_copy(&notif, order) {
+                        continue;
+                    }
+                    let sup = self.clone();
                     rt.spawn(async move { sup.serve(notif, order).await });
                 }
                 // The thread died between notification and receipt, or a signal interrupted us.
@@ -206,6 +209,29 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The fast path, on the receiving thread: a read or seek of a home file whose content is in its
+    /// placeholder (and, while a fill runs, whose bytes are there) is left to the kernel at once, without a
+    /// hand-off to the runtime (which may be busy filling). False when the call needs the full path.
+    fn serve_from_copy(&self, notif: &seccomp::Notif, order: u64) -> bool {
+        let started = std::time::Instant::now();
+        let (tid, nr, args) = (notif.pid, i64::from(notif.data.nr), notif.data.args);
+        let Some(h) = syscalls::io::copy_serves(self, tid, nr, &args) else { return false };
+        if let Some(t) = &self.tracer {
+            let args =
+                if t.traces() { crate::trace::decode::args(tid, nr, &args) } else { serde_json::Value::Null };
+            let pid = self.procs.tgid_of(tid);
+            let who = Who { pid, tid, home_pid: self.procs.home_ids(pid).map(|(p, _)| p) };
+            t.record(order, who, nr, args, Ending::Local, started.elapsed(), Default::default());
+        }
+        drop(h);
+        if let Err(e) = seccomp::respond(self.listener.as_fd(), notif.id, Reply::Continue) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!(nr, cause = %e, "answering a notification failed");
+            }
+        }
+        true
     }
 
     /// Serves notification number `order` (in order of receipt, which is each thread's call order).

@@ -4,6 +4,7 @@
 use super::{simple, Action, Call, Outcome};
 use crate::fdtable::{CopyState, Handle};
 use crate::memory::{self, Iov, MAX_IO};
+use crate::supervisor::Supervisor;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
 use std::os::fd::{AsFd, OwnedFd};
@@ -46,10 +47,17 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     let Some(h) = call.handle(fd_arg) else { return Some(Ok(Action::Continue)) };
     let a = |i| call.arg(i);
     if call.sup.fds.range.contains(a(fd_arg)) {
-        match call.sup.fds.copy_of(&h) {
-            // The placeholder holds the content and the description's offset: the kernel serves it.
-            CopyState::Fresh if served_by_copy(nr, a(2) as i32) => return Some(Ok(Action::Continue)),
-            CopyState::Fresh | CopyState::Stale => {
+        let mut copy = call.sup.fds.copy_of(&h);
+        if copy == CopyState::Filling {
+            copy = h.wait_filled(bytes_needed(call, &h, nr)).await;
+        }
+        match copy {
+            // The placeholder holds the content (or, filling, the bytes asked for) and the description's
+            // offset: the kernel serves it.
+            CopyState::Fresh | CopyState::Filling if served_by_copy(nr, a(2) as i32) => {
+                return Some(Ok(Action::Continue))
+            }
+            CopyState::Fresh | CopyState::Stale | CopyState::Filling => {
                 if let Some(outcome) = from_stale_copy(call, &h, nr).await {
                     return Some(outcome);
                 }
@@ -99,6 +107,65 @@ fn served_by_copy(nr: i64, arg2: i32) -> bool {
         libc::SYS_lseek => matches!(arg2, libc::SEEK_SET | libc::SEEK_CUR | libc::SEEK_END),
         _ => is_fadvise(nr),
     }
+}
+
+/// The handle of a read-family call that its placeholder's copy serves right now without waiting (see
+/// `Supervisor::serve_from_copy`); `None` sends the call down the full path.
+pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Option<Arc<Handle>> {
+    let fd_arg = if nr == libc::SYS_mmap { 4 } else { 0 };
+    let fd = args[fd_arg];
+    if !served_by_copy(nr, args[2] as i32) || !sup.fds.range.contains(fd) {
+        return None;
+    }
+    let h = sup.fds.lookup(tid, fd)?;
+    match sup.fds.copy_of(&h) {
+        CopyState::Fresh => Some(h),
+        CopyState::Filling => {
+            let have = h.filled_so_far();
+            let end = match nr {
+                libc::SYS_pread64 => args[3].saturating_add(args[2]),
+                libc::SYS_read => fd_offset(tid, fd)?.saturating_add(args[2]),
+                libc::SYS_lseek => 0,
+                _ => return None,
+            };
+            (end.min(u64::try_from(h.stat.size).unwrap_or(0)) <= have).then_some(h)
+        }
+        _ => None,
+    }
+}
+
+/// The file offset of descriptor `fd` of thread `tid` (from `/proc/TID/fdinfo`).
+fn fd_offset(tid: u32, fd: u64) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{}", fd as u32)).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("pos:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// How many bytes from the start of the file a call on a copy being filled needs (its end, at most the
+/// file's size); everything when that cannot be told.
+fn bytes_needed(call: &Call<'_>, h: &Handle, nr: i64) -> u64 {
+    let size = u64::try_from(h.stat.size).unwrap_or(0);
+    let iov_total = || {
+        memory::read_iovecs(call.tid, call.arg(1), call.arg(2))
+            .and_then(|iovs| memory::iov_total(&iovs))
+            .map_or(size, |n| n as u64)
+    };
+    let at_offset = |len: u64| {
+        call.local_fd(call.arg_i32(0))
+            .and_then(|dup| current_offset(&dup))
+            .map_or(size, |pos| (pos as u64).saturating_add(len))
+    };
+    let end = match nr {
+        libc::SYS_read => at_offset(call.arg(2)),
+        libc::SYS_readv => at_offset(iov_total()),
+        libc::SYS_preadv2 if call.arg(3) as i64 == -1 => at_offset(iov_total()),
+        libc::SYS_pread64 => call.arg(3).saturating_add(call.arg(2)),
+        libc::SYS_preadv | libc::SYS_preadv2 => call.arg(3).saturating_add(iov_total()),
+        libc::SYS_lseek if matches!(call.arg_i32(2), libc::SEEK_SET | libc::SEEK_CUR | libc::SEEK_END) => 0,
+        libc::SYS_ioctl | libc::SYS_readahead => 0,
+        _ if is_fadvise(nr) => 0,
+        _ => size,
+    };
+    end.min(size)
 }
 
 /// Calls on a handle whose offset lives in its placeholder (a copy, fresh or stale) that cannot use home's

@@ -7,7 +7,7 @@ mod clock;
 mod dir;
 pub mod exec;
 mod fd;
-mod io;
+pub mod io;
 mod open;
 pub mod process;
 pub mod socket;

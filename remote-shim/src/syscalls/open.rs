@@ -84,7 +84,7 @@ fn reads_only(oflags: i32) -> bool {
 
 /// Keeps the content of a read-only regular file in its placeholder: sent with the open, or already in the
 /// content cache under the version just opened. A file the job has open for writing gets no copy.
-fn keep_copy(call: &Call<'_>, h: &crate::fdtable::Handle, content: Option<&[u8]>) {
+fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, content: Option<&[u8]>) {
     if !reads_only(h.flags)
         || h.stat.mode & libc::S_IFMT != libc::S_IFREG
         || call.sup.fds.is_written(h.inode())
@@ -93,13 +93,20 @@ fn keep_copy(call: &Call<'_>, h: &crate::fdtable::Handle, content: Option<&[u8]>
     }
     let kept = match content {
         Some(bytes) => h.keep_content(bytes).is_ok(),
-        None => crate::content::Key::of(&h.stat).is_some_and(|key| {
-            let hit = call.sup.content.copy_into(&key, &h.memfd);
-            if hit {
-                h.mark_filled();
-            }
-            hit
-        }),
+        None => {
+            let cached = crate::content::Key::of(&h.stat).is_some_and(|key| {
+                let hit = call.sup.content.copy_into(&key, &h.memfd);
+                if hit {
+                    h.mark_filled();
+                }
+                hit
+            });
+            cached
+                || (h.stat.size <= crate::fill::MAX_FILL && h.start_fill().is_ok() && {
+                    tokio::spawn(crate::fill::run(call.sup.self_arc(), h.clone()));
+                    true
+                })
+        }
     };
     tracing::trace!(handle = h.id, kept, "content copy");
 }
@@ -114,7 +121,7 @@ async fn install_with(
     stat: pb::FileStat,
     cloexec: bool,
     min: u32,
-    prepare: impl FnOnce(&crate::fdtable::Handle),
+    prepare: impl FnOnce(&std::sync::Arc<crate::fdtable::Handle>),
 ) -> Outcome {
     let installed =
         call.sup.fds.new_handle(handle_id, oflags, stat).map_err(|e| Errno::from_io(&e)).and_then(|h| {

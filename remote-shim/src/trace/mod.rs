@@ -43,6 +43,8 @@ pub struct Tracer {
     out: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     stats: Option<Mutex<BTreeMap<String, CallStats>>>,
     unhandled: Mutex<BTreeMap<String, u64>>,
+    /// Round trips and bytes of work no call waited for (background fills).
+    background: Mutex<(u64, u64)>,
 }
 
 /// Identity of the calling thread for a trace line.
@@ -63,12 +65,20 @@ impl Tracer {
             out,
             stats: stats.then(Mutex::default),
             unhandled: Mutex::default(),
+            background: Mutex::default(),
         })
     }
 
     /// Whether a trace file is written (arguments are decoded only then).
     pub fn traces(&self) -> bool {
         self.out.is_some()
+    }
+
+    /// Counts round trips made for no call in particular (a background fill).
+    pub fn background(&self, round_trips: u64, bytes: u64) {
+        let mut b = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        b.0 += round_trips;
+        b.1 += bytes;
     }
 
     pub fn unhandled(&self, nr: i64) {
@@ -186,7 +196,15 @@ impl Tracer {
             "",
             t_bytes
         ));
-        out.push_str(&format!("round trips to home: {t_rtt}\n"));
+        let (bg_rtt, bg_bytes) = *self.background.lock().unwrap_or_else(|p| p.into_inner());
+        if bg_rtt > 0 {
+            out.push_str(&format!(
+                "round trips to home: {} ({bg_rtt} by background fills, {bg_bytes} bytes)\n",
+                t_rtt + bg_rtt
+            ));
+        } else {
+            out.push_str(&format!("round trips to home: {t_rtt}\n"));
+        }
         let mut families: BTreeMap<&str, (u64, u64, u64, u64, u64)> = BTreeMap::new();
         for (name, s) in stats.iter() {
             let f = families.entry(decode::family(name)).or_default();
