@@ -137,3 +137,88 @@ fn offsets_of_a_copied_file_move_as_the_kernels_do() {
         remote
     );
 }
+
+/// A file larger than an open brings along is read ahead chunk by chunk: reads at the end first, then from
+/// the start, then after a change at home, all give home's bytes.
+const LARGE: &str = r#"
+import hashlib, os, time
+def wait(name):
+    while not os.path.exists(name):
+        time.sleep(0.02)
+    os.remove(name)
+fd = os.open("big.bin", os.O_RDONLY)
+print("tail", os.pread(fd, 8, os.fstat(fd).st_size - 8))
+os.lseek(fd, -4, os.SEEK_END)
+print("end", os.read(fd, 100))
+os.lseek(fd, 0, os.SEEK_SET)
+h = hashlib.sha256()
+while True:
+    b = os.read(fd, 65536)
+    if not b:
+        break
+    h.update(b)
+print("sha", h.hexdigest())
+open("ready", "w").close(); wait("go")
+with open("big.bin", "rb") as f:
+    print("sha again", hashlib.sha256(f.read()).hexdigest())
+"#;
+
+fn big(version: u8) -> Vec<u8> {
+    (0..5_000_000u32).map(|i| (i % 251) as u8 ^ version).collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempfile_dir();
+    let path = dir.join("data");
+    std::fs::write(&path, data).unwrap();
+    let out = std::process::Command::new("sha256sum").arg(&path).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("homeward-cache-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn large_files_are_read_ahead_and_read_anew_after_a_change() {
+    skip_unless_root!();
+    require_tools!("python3", "sha256sum");
+    let hosts = Hosts::start();
+    let (v1, v2) = (big(0), big(1));
+    hosts.write("big.bin", &v1);
+    hosts.write("script.py", LARGE);
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
+        wait_for(&hosts, "ready");
+        hosts.write("big.bin", &v2);
+        hosts.write("go", "");
+        run.join().expect("the remote run")
+    });
+    remote.assert_success();
+    let expected = format!(
+        "tail b'{}'\nend b'{}'\nsha {}\nsha again {}\n",
+        escape(&v1[v1.len() - 8..]),
+        escape(&v1[v1.len() - 4..]),
+        sha256_hex(&v1),
+        sha256_hex(&v2)
+    );
+    assert_eq!(remote.stdout(), expected, "{remote}");
+}
+
+/// Python's repr of bytes, for the bytes used here.
+fn escape(b: &[u8]) -> String {
+    b.iter()
+        .map(|&c| match c {
+            b'\\' => "\\\\".to_string(),
+            b'\'' => "\\'".to_string(),
+            b'\t' => "\\t".to_string(),
+            b'\n' => "\\n".to_string(),
+            b'\r' => "\\r".to_string(),
+            0x20..=0x7e => (c as char).to_string(),
+            _ => format!("\\x{c:02x}"),
+        })
+        .collect()
+}

@@ -37,9 +37,17 @@ pub struct Handle {
     pub pins: AtomicUsize,
     /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
     copy: AtomicU8,
-    /// While a background fill runs: how many bytes from the start the placeholder holds.
-    progress: tokio::sync::watch::Sender<u64>,
+    /// The readahead that copies a large file in ([`crate::fill`]).
+    fill: std::sync::OnceLock<Arc<crate::fill::Fill>>,
     born: u64,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(fill) = self.fill.get() {
+            fill.end();
+        }
+    }
 }
 
 /// The content of a read-only regular file kept in its placeholder (close-to-open consistency): while the
@@ -89,26 +97,27 @@ impl Handle {
     pub fn mark_stale(&self) {
         let _ = self.copy.compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst);
         let _ = self.copy.compare_exchange(3, 2, Ordering::SeqCst, Ordering::SeqCst);
-        self.progress.send_replace(u64::MAX);
     }
 
-    /// A background fill starts: the placeholder takes the file's size, and reads wait for their bytes.
+    /// A fill starts ([`crate::fill`]): the placeholder takes the file's size, and reads wait for their bytes.
     pub fn start_fill(&self) -> io::Result<()> {
+        let size = u64::try_from(self.stat.size).unwrap_or(0);
         let file = std::fs::File::from(self.memfd.try_clone()?);
-        file.set_len(u64::try_from(self.stat.size).unwrap_or(0))?;
-        self.progress.send_replace(0);
+        file.set_len(size)?;
+        if self.fill.set(Arc::new(crate::fill::Fill::new(size))).is_err() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
         self.copy.store(3, Ordering::SeqCst);
         Ok(())
     }
 
-    /// How many bytes from the start a running fill has copied.
-    pub fn filled_so_far(&self) -> u64 {
-        *self.progress.borrow()
+    /// The fill of this handle, if one was started.
+    pub fn fill(&self) -> Option<&crate::fill::Fill> {
+        self.fill.get().map(|f| &**f)
     }
 
-    /// The fill has copied the first `n` bytes.
-    pub fn filled_upto(&self, n: u64) {
-        self.progress.send_replace(n);
+    pub fn fill_arc(&self) -> Option<Arc<crate::fill::Fill>> {
+        self.fill.get().cloned()
     }
 
     /// The fill is complete: the copy is fresh (unless it went stale meanwhile).
@@ -118,15 +127,6 @@ impl Handle {
                 *filled = true;
             }
         }
-        self.progress.send_replace(u64::MAX);
-    }
-
-    /// Waits until the placeholder holds the bytes before `end` (or the fill ended), then says what the copy
-    /// is.
-    pub async fn wait_filled(&self, end: u64) -> CopyState {
-        let mut rx = self.progress.subscribe();
-        let _ = rx.wait_for(|&n| n >= end || self.copy() != CopyState::Filling).await;
-        self.copy()
     }
 
     /// Home's identity of the file (device, inode).
@@ -181,7 +181,7 @@ impl FdTable {
             filled: tokio::sync::Mutex::new(false),
             pins: AtomicUsize::new(0),
             copy: AtomicU8::new(0),
-            progress: tokio::sync::watch::Sender::new(0),
+            fill: std::sync::OnceLock::new(),
             born: self.generation.load(Ordering::SeqCst),
         }))
     }

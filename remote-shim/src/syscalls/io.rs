@@ -48,8 +48,10 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     let a = |i| call.arg(i);
     if call.sup.fds.range.contains(a(fd_arg)) {
         let mut copy = call.sup.fds.copy_of(&h);
-        if copy == CopyState::Filling {
-            copy = h.wait_filled(bytes_needed(call, &h, nr)).await;
+        if let (CopyState::Filling, Some(fill)) = (copy, h.fill()) {
+            let (start, end) = bytes_needed(call, &h, nr);
+            fill.wait(start, end).await;
+            copy = call.sup.fds.copy_of(&h);
         }
         match copy {
             // The placeholder holds the content (or, filling, the bytes asked for) and the description's
@@ -121,14 +123,16 @@ pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Opti
     match sup.fds.copy_of(&h) {
         CopyState::Fresh => Some(h),
         CopyState::Filling => {
-            let have = h.filled_so_far();
-            let end = match nr {
-                libc::SYS_pread64 => args[3].saturating_add(args[2]),
-                libc::SYS_read => fd_offset(tid, fd)?.saturating_add(args[2]),
-                libc::SYS_lseek => 0,
+            let (start, end) = match nr {
+                libc::SYS_pread64 => (args[3], args[3].saturating_add(args[2])),
+                libc::SYS_read => {
+                    let pos = fd_offset(tid, fd)?;
+                    (pos, pos.saturating_add(args[2]))
+                }
+                libc::SYS_lseek => (0, 0),
                 _ => return None,
             };
-            (end.min(u64::try_from(h.stat.size).unwrap_or(0)) <= have).then_some(h)
+            h.fill()?.has(start, end).then_some(h)
         }
         _ => None,
     }
@@ -140,32 +144,33 @@ fn fd_offset(tid: u32, fd: u64) -> Option<u64> {
     info.lines().find_map(|l| l.strip_prefix("pos:")).and_then(|v| v.trim().parse().ok())
 }
 
-/// How many bytes from the start of the file a call on a copy being filled needs (its end, at most the
-/// file's size); everything when that cannot be told.
-fn bytes_needed(call: &Call<'_>, h: &Handle, nr: i64) -> u64 {
+/// The bytes `[start, end)` of the file a call on a copy being filled needs; the whole file when that
+/// cannot be told.
+fn bytes_needed(call: &Call<'_>, h: &Handle, nr: i64) -> (u64, u64) {
     let size = u64::try_from(h.stat.size).unwrap_or(0);
     let iov_total = || {
         memory::read_iovecs(call.tid, call.arg(1), call.arg(2))
             .and_then(|iovs| memory::iov_total(&iovs))
             .map_or(size, |n| n as u64)
     };
-    let at_offset = |len: u64| {
-        call.local_fd(call.arg_i32(0))
-            .and_then(|dup| current_offset(&dup))
-            .map_or(size, |pos| (pos as u64).saturating_add(len))
+    let at_offset = |len: u64| match fd_offset(call.tid, call.arg(0)) {
+        Some(pos) => (pos, pos.saturating_add(len)),
+        None => (0, size),
     };
-    let end = match nr {
+    let at = |pos: u64, len: u64| (pos, pos.saturating_add(len));
+    match nr {
         libc::SYS_read => at_offset(call.arg(2)),
         libc::SYS_readv => at_offset(iov_total()),
         libc::SYS_preadv2 if call.arg(3) as i64 == -1 => at_offset(iov_total()),
-        libc::SYS_pread64 => call.arg(3).saturating_add(call.arg(2)),
-        libc::SYS_preadv | libc::SYS_preadv2 => call.arg(3).saturating_add(iov_total()),
-        libc::SYS_lseek if matches!(call.arg_i32(2), libc::SEEK_SET | libc::SEEK_CUR | libc::SEEK_END) => 0,
-        libc::SYS_ioctl | libc::SYS_readahead => 0,
-        _ if is_fadvise(nr) => 0,
-        _ => size,
-    };
-    end.min(size)
+        libc::SYS_pread64 => at(call.arg(3), call.arg(2)),
+        libc::SYS_preadv | libc::SYS_preadv2 => at(call.arg(3), iov_total()),
+        libc::SYS_lseek if matches!(call.arg_i32(2), libc::SEEK_SET | libc::SEEK_CUR | libc::SEEK_END) => {
+            (0, 0)
+        }
+        libc::SYS_ioctl | libc::SYS_readahead => (0, 0),
+        _ if is_fadvise(nr) => (0, 0),
+        _ => (0, size),
+    }
 }
 
 /// Calls on a handle whose offset lives in its placeholder (a copy, fresh or stale) that cannot use home's

@@ -103,7 +103,7 @@ fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, conten
             });
             cached
                 || (h.stat.size <= crate::fill::MAX_FILL && h.start_fill().is_ok() && {
-                    tokio::spawn(crate::fill::run(call.sup.self_arc(), h.clone()));
+                    crate::fill::start(&call.sup.self_arc(), h);
                     true
                 })
         }

@@ -197,13 +197,9 @@ impl Tracer {
             t_bytes
         ));
         let (bg_rtt, bg_bytes) = *self.background.lock().unwrap_or_else(|p| p.into_inner());
+        out.push_str(&format!("round trips to home: {}\n", t_rtt + bg_rtt));
         if bg_rtt > 0 {
-            out.push_str(&format!(
-                "round trips to home: {} ({bg_rtt} by background fills, {bg_bytes} bytes)\n",
-                t_rtt + bg_rtt
-            ));
-        } else {
-            out.push_str(&format!("round trips to home: {t_rtt}\n"));
+            out.push_str(&format!("  of which by readahead: {bg_rtt} ({bg_bytes} bytes)\n"));
         }
         let mut families: BTreeMap<&str, (u64, u64, u64, u64, u64)> = BTreeMap::new();
         for (name, s) in stats.iter() {
