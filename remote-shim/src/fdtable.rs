@@ -152,6 +152,8 @@ pub struct FdTable {
     /// Next number to try per thread group, so allocation is usually one probe.
     hints: Mutex<HashMap<u32, u32>>,
     generation: AtomicU64,
+    /// Handles made since the last collection (a burst of opens asks for an early one).
+    made: AtomicUsize,
     /// Files (device, inode at home) the job opened for writing: their copies are stale.
     written: Mutex<HashSet<(u64, u64)>>,
 }
@@ -166,6 +168,7 @@ impl FdTable {
             hints: Mutex::default(),
             generation: AtomicU64::new(1),
             written: Mutex::default(),
+            made: AtomicUsize::new(0),
         }
     }
 
@@ -173,6 +176,7 @@ impl FdTable {
     pub fn new_handle(&self, id: u64, flags: i32, stat: FileStat) -> io::Result<Arc<Handle>> {
         let name = CString::new(format!("{}:{id}", self.nonce)).map_err(io::Error::other)?;
         let memfd = crate::sys::memfd(&name)?;
+        self.made.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Handle {
             id,
             memfd,
@@ -288,6 +292,7 @@ impl FdTable {
     /// Forgets the handles that no process in `job` holds any more and that were created before the previous
     /// scan began (so a handle being installed is never taken for dead). Returns their ids, to close at home.
     pub fn collect(&self, job: &[u32]) -> Vec<u64> {
+        self.made.store(0, Ordering::Relaxed);
         let started = self.generation.fetch_add(1, Ordering::SeqCst);
         let mut held: HashSet<u64> = HashSet::new();
         for pid in job {
@@ -316,6 +321,11 @@ impl FdTable {
             handles.remove(id);
         }
         dead
+    }
+
+    /// Handles made since the last collection.
+    pub fn made_since_collection(&self) -> usize {
+        self.made.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Handles made since the last collection that make the collector run at once.
+const COLLECT_AFTER: usize = 256;
+
 /// How long a process announced at its fork may stay unseen before it is taken for a fork that failed.
 const ANNOUNCED_TTL: Duration = Duration::from_secs(2);
 
@@ -69,6 +72,8 @@ pub struct Supervisor {
     stopping: AtomicBool,
     link_error: Mutex<Option<String>>,
     link_failed: Notify,
+    /// Asks the collector for a collection now (a burst of opens).
+    collect_soon: Notify,
 }
 
 impl Supervisor {
@@ -103,6 +108,7 @@ impl Supervisor {
             stopping: AtomicBool::new(false),
             link_error: Mutex::new(None),
             link_failed: Notify::new(),
+            collect_soon: Notify::new(),
         })
     }
 
@@ -318,10 +324,21 @@ impl Supervisor {
         }
     }
 
-    /// Runs [`Supervisor::collect`] every `period` while the job runs.
+    /// A handle was made: after a burst of them (a program opening and closing many files faster than the
+    /// collector's period) the collector runs at once, so home does not hold thousands of closed files.
+    pub fn handle_made(&self) {
+        if self.fds.made_since_collection() >= COLLECT_AFTER {
+            self.collect_soon.notify_one();
+        }
+    }
+
+    /// Runs [`Supervisor::collect`] every `period` while the job runs, or sooner when asked.
     pub async fn collector(self: Arc<Self>, root: libc::pid_t, period: Duration) {
         loop {
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.collect_soon.notified() => {}
+            }
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }

@@ -125,6 +125,7 @@ async fn install_with(
 ) -> Outcome {
     let installed =
         call.sup.fds.new_handle(handle_id, oflags, stat).map_err(|e| Errno::from_io(&e)).and_then(|h| {
+            call.sup.handle_made();
             prepare(&h);
             call.install(&h, cloexec, min)
         });
