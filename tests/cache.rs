@@ -222,3 +222,61 @@ fn escape(b: &[u8]) -> String {
         })
         .collect()
 }
+
+/// Lookups answered from the attribute cache follow changes made at home: attributes, a file appearing, a
+/// directory renamed above the file, entries listed before a change.
+const LOOKUPS: &str = r#"
+import os, time
+def show(tag):
+    for p in ["data.txt", "new.txt", "sub/deep/x.txt", "moved/deep/x.txt"]:
+        try:
+            st = os.stat(p)
+            print(tag, p, oct(st.st_mode & 0o777), st.st_size)
+        except OSError as e:
+            print(tag, p, e.strerror)
+    print(tag, "listing", sorted(os.listdir("sub/deep")) if os.path.isdir("sub/deep") else None)
+    for e in sorted(os.scandir("."), key=lambda e: e.name):
+        if e.name.endswith(".txt"):
+            print(tag, "entry", e.name, e.stat().st_size)
+show("before")
+open("ready", "w").close()
+# Cached again after the job's own change emptied the cache; from here on the job changes nothing, so
+# only home's flushes can tell it what changed.
+show("again")
+while not os.path.exists("go"):
+    time.sleep(0.02)
+show("after")
+"#;
+
+#[test]
+fn cached_lookups_follow_changes_at_home() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "1234");
+    hosts.write("sub/deep/x.txt", "x");
+    hosts.write("script.py", LOOKUPS);
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
+        wait_for(&hosts, "ready");
+        // Time for the program to look everything up again (into the cache) before home changes.
+        std::thread::sleep(Duration::from_millis(1500));
+        hosts.write("data.txt", "123456");
+        hosts.chmod("data.txt", 0o600);
+        hosts.write("new.txt", "new!");
+        std::fs::rename(hosts.path("sub"), hosts.path("moved")).expect("rename at home");
+        hosts.write("moved/deep/y.txt", "y");
+        hosts.write("go", "");
+        run.join().expect("the remote run")
+    });
+    remote.assert_success();
+    let out = remote.stdout();
+    let before = "before data.txt 0o644 4\nbefore new.txt No such file or directory\n\
+                  before sub/deep/x.txt 0o644 1\nbefore moved/deep/x.txt No such file or directory\n\
+                  before listing ['x.txt']\nbefore entry data.txt 4\n";
+    let after = "after data.txt 0o600 6\nafter new.txt 0o644 4\n\
+                 after sub/deep/x.txt No such file or directory\nafter moved/deep/x.txt 0o644 1\n\
+                 after listing None\nafter entry data.txt 6\nafter entry new.txt 4\n";
+    assert!(out.starts_with(before), "{remote}");
+    assert!(out.ends_with(after), "{remote}");
+}

@@ -28,6 +28,7 @@ mod auth;
 mod deputies;
 pub mod deputy;
 mod exec;
+mod leases;
 mod service;
 mod session;
 mod sys;

@@ -42,6 +42,8 @@ pub struct Session {
     inflight: sys::Inflight,
     /// `None` for sessions made without deputies (the executors' unit tests).
     deputies: Option<Deputies>,
+    /// Leases on lookups ([`crate::leases`]).
+    pub leases: Arc<crate::leases::Leases>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,6 +62,7 @@ impl Session {
             closed: AtomicBool::new(false),
             inflight: sys::Inflight::default(),
             deputies: None,
+            leases: Arc::default(),
         }
     }
 
@@ -76,6 +79,7 @@ impl Session {
 
     /// Sends the session's events (signals at home) to its call stream from now on.
     pub fn attach(&self, replies: Replies) {
+        self.leases.attach(replies.clone());
         if let Some(deputies) = &self.deputies {
             deputies.attach(replies);
         }
@@ -175,6 +179,7 @@ impl Session {
     /// unless a running call still uses the descriptor), every deputy is killed.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.leases.close();
         if let Some(deputies) = &self.deputies {
             deputies.close();
         }

@@ -104,7 +104,15 @@ fn open(path: &str, flags: i32) -> Op {
 
 fn open_with_content(path: &str, flags: i32, content_max: u64) -> Op {
     let (dir, path) = (Some(Dir { handle: 0 }), path.to_string().into());
-    Op::Open(pb::Open { dir, path, flags: flags::open_to_wire(flags), mode: 0o644, resolve: 0, content_max })
+    Op::Open(pb::Open {
+        dir,
+        path,
+        flags: flags::open_to_wire(flags),
+        mode: 0o644,
+        resolve: 0,
+        content_max,
+        lease: false,
+    })
 }
 
 #[tokio::test]
@@ -141,7 +149,8 @@ async fn opening_a_fifo_waits_for_its_peer_without_holding_up_others() {
     assert_eq!(calls.call(1, Op::Mknod(fifo)).await, Ok(0));
     // No writer yet: this open waits at home, as the kernel's would.
     calls.send(2, open_with_content("p", libc::O_RDONLY, 1024)).await;
-    let here = pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0 };
+    let here =
+        pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0, lease: false };
     assert_eq!(calls.call(3, Op::Stat(here)).await, Ok(0));
     calls.send(4, open("p", libc::O_WRONLY)).await;
     let mut got = [calls.reply().await, calls.reply().await];
@@ -169,7 +178,8 @@ async fn open_write_close_reaches_home() {
     assert_eq!(calls.call(2, Op::Write(write)).await, Ok(10));
     assert_eq!(calls.call(3, Op::Close(pb::Close { handle })).await, Ok(0));
     assert_eq!(std::fs::read(dir.0.join("out.txt")).unwrap(), b"hello home");
-    let missing = pb::Stat { dir: Some(Dir { handle: 0 }), path: "nope".into(), at_flags: 0, mask: 0 };
+    let missing =
+        pb::Stat { dir: Some(Dir { handle: 0 }), path: "nope".into(), at_flags: 0, mask: 0, lease: false };
     assert_eq!(calls.call(4, Op::Stat(missing)).await, Err(Errno::ENOENT));
     // The client closes its side: the stream ends.
     drop(calls.tx);
@@ -220,7 +230,8 @@ async fn a_blocked_call_does_not_hold_up_others() {
     let handle = calls.call(2, open("p", libc::O_RDWR)).await.unwrap() as u64;
     // Nothing in the fifo yet: this read blocks at home.
     calls.send(3, Op::Read(pb::Read { handle, len: 100, offset: None })).await;
-    let here = pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0 };
+    let here =
+        pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0, lease: false };
     assert_eq!(calls.call(4, Op::Stat(here)).await, Ok(0));
     let write = pb::Write { handle, data: b"ping".to_vec().into(), offset: None };
     calls.send(5, Op::Write(write)).await;

@@ -44,6 +44,8 @@ pub struct HomeLink {
     lost_notify: Arc<Notify>,
     lost_cause: Arc<Mutex<String>>,
     events: Mutex<Option<mpsc::UnboundedReceiver<pb::Event>>>,
+    /// Leased lookup answers; flushed by home's events and the job's own changes.
+    pub attrs: Arc<crate::attrcache::AttrCache>,
 }
 
 impl HomeLink {
@@ -91,17 +93,21 @@ impl HomeLink {
         let mut replies = client.calls(req).await.map_err(|s| status_error(addr, s))?.into_inner();
 
         let pending: Pending = Arc::default();
+        let attrs: Arc<crate::attrcache::AttrCache> = Arc::default();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let lost = Arc::new(AtomicBool::new(false));
         let lost_notify = Arc::new(Notify::new());
         let lost_cause = Arc::new(Mutex::new(String::new()));
         {
-            let (pending, lost, lost_notify, lost_cause) =
-                (pending.clone(), lost.clone(), lost_notify.clone(), lost_cause.clone());
+            let (pending, lost, lost_notify, lost_cause, attrs) =
+                (pending.clone(), lost.clone(), lost_notify.clone(), lost_cause.clone(), attrs.clone());
             tokio::spawn(async move {
                 let cause = loop {
                     match replies.message().await {
                         Ok(Some(reply)) if reply.seq == 0 => match reply.event {
+                            // Applied here, before any later reply is handed out: a reply sent after the
+                            // flush never meets an entry the flush removed.
+                            Some(event) if event.flush_epoch != 0 => attrs.flush(event.flush_epoch),
                             Some(event) => {
                                 let _ = events_tx.send(event);
                             }
@@ -137,6 +143,7 @@ impl HomeLink {
             lost_notify,
             lost_cause,
             events: Mutex::new(Some(events_rx)),
+            attrs,
         })
     }
 
@@ -162,6 +169,7 @@ impl HomeLink {
             lock(&self.pending).remove(&seq);
             return Err(self.lost_error());
         }
+        self.attrs.before_call(proc.id, &op);
         let req = CallRequest { seq, proc: Some(proc), op: Some(op) };
         if self.tx.send(req).await.is_err() {
             lock(&self.pending).remove(&seq);

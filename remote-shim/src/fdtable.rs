@@ -37,9 +37,23 @@ pub struct Handle {
     pub pins: AtomicUsize,
     /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
     copy: AtomicU8,
+    /// The leased lookup that opened it, if home leased it: its attributes and a directory's entries are
+    /// cached while the lease holds.
+    origin: std::sync::OnceLock<Origin>,
     /// The readahead that copies a large file in ([`crate::fill`]).
     fill: std::sync::OnceLock<Arc<crate::fill::Fill>>,
     born: u64,
+}
+
+/// How a handle was opened: by a lookup that home leased.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The lookup (path, scope) that opened it.
+    pub key: crate::attrcache::Key,
+    /// Taken before the open was sent.
+    pub ticket: crate::attrcache::Ticket,
+    /// Home's lease epoch.
+    pub lease: u64,
 }
 
 impl Drop for Handle {
@@ -109,6 +123,21 @@ impl Handle {
         }
         self.copy.store(3, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Remembers the leased lookup that opened this handle.
+    pub fn set_origin(&self, origin: Origin) {
+        let _ = self.origin.set(origin);
+    }
+
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.get()
+    }
+
+    /// Whether nothing has changed (at home, or by the job) since the leased open: the attributes from the
+    /// open are still the file's.
+    pub fn attributes_leased(&self, attrs: &crate::attrcache::AttrCache) -> bool {
+        self.origin.get().is_some_and(|o| attrs.still_valid(o.ticket, o.lease))
     }
 
     /// The fill of this handle, if one was started.
@@ -186,6 +215,7 @@ impl FdTable {
             pins: AtomicUsize::new(0),
             copy: AtomicU8::new(0),
             fill: std::sync::OnceLock::new(),
+            origin: std::sync::OnceLock::new(),
             born: self.generation.load(Ordering::SeqCst),
         }))
     }

@@ -228,6 +228,7 @@ async fn unchanged(sup: &Supervisor, h: &Handle) -> bool {
         path: Vec::new().into(),
         at_flags: homeward_proto::flags::at_to_wire(libc::AT_EMPTY_PATH, false),
         mask: 0,
+        lease: false,
     });
     let Ok(reply) = sup.link.call(pb::Proc { id: 0, parent: 0 }, op).await else { return false };
     if let Some(t) = &sup.tracer {

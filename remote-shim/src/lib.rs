@@ -19,6 +19,7 @@
 //! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
 #![deny(unsafe_code)]
 
+pub mod attrcache;
 pub mod client;
 pub mod clock;
 pub mod content;

@@ -57,8 +57,25 @@ pub fn symlink(s: &Session, ctx: &ProcCtx, o: &pb::Symlink) -> Res {
 pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
     let fd = s.handle(o.handle)?;
     let size = usize::try_from(o.size).unwrap_or(usize::MAX).min(MAX_BUF);
+    // Watched before the entries are read, so a change after the read is reported (see `leases`).
+    let mut grant = o.lease.then(|| s.leases.begin()).flatten();
+    let lease = match grant.as_mut() {
+        Some(g) if g.watch(fd.as_fd()) => g.epoch(),
+        _ => 0,
+    };
+    drop(grant);
     let raw = sys::getdents64(fd.as_fd(), size)?;
-    Ok(pb::CallReply { dirents: decode_dirents(&raw), ..value(raw.len() as i64) })
+    let mut dirents = decode_dirents(&raw);
+    if lease != 0 {
+        for d in &mut dirents {
+            let Ok(name) = std::ffi::CString::new(d.name.to_vec()) else { continue };
+            let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
+            d.stat = sys::statx(fd.as_fd(), &name, flags, super::open::DEFAULT_STATX_MASK)
+                .ok()
+                .map(|sx| pb::FileStat::from_statx(&sx));
+        }
+    }
+    Ok(pb::CallReply { dirents, lease, ..value(raw.len() as i64) })
 }
 
 /// Decodes `struct linux_dirent64` records: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8,
@@ -81,6 +98,7 @@ pub fn decode_dirents(buf: &[u8]) -> Vec<pb::Dirent> {
             off: i64::from_ne_bytes(off.try_into().unwrap_or_default()),
             kind: u32::from(kind),
             name: name.to_vec().into(),
+            stat: None,
         });
         at += reclen;
     }

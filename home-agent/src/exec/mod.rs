@@ -68,6 +68,11 @@ fn value(v: i64) -> CallReply {
     CallReply { outcome: Some(Outcome::value(v)), ..Default::default() }
 }
 
+/// A reply carrying only an errno (for executors that return more than the outcome on failure).
+fn failed(e: Errno) -> CallReply {
+    CallReply { outcome: Some(Outcome::errno(e)), ..Default::default() }
+}
+
 fn done(v: i64) -> Res {
     Ok(value(v))
 }

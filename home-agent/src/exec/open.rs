@@ -29,6 +29,10 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     // file that turns out to be anything but a regular file or directory is opened again on a blocking thread.
     // (An `O_PATH` open never waits.)
     let probing = super::running_inline() && flags & (libc::O_NONBLOCK | libc::O_PATH) == 0;
+    let mut grant = o.lease.then(|| s.leases.begin()).flatten();
+    let follow = flags & libc::O_NOFOLLOW == 0;
+    let lease = grant.as_mut().and_then(|g| g.walk(at.dir.as_fd(), &o.path, follow)).unwrap_or(0);
+    drop(grant);
     let tried = if probing { flags | libc::O_NONBLOCK } else { flags };
     let fd = if o.resolve != 0 {
         sys::openat2(at.dir.as_fd(), &at.path, tried, mode, o.resolve)
@@ -39,7 +43,8 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     let fd = match fd {
         // A fifo's write side without a reader: blocking, it would wait for one.
         Err(e) if probing && e == Errno(libc::ENXIO as u16) => return Err(super::RETRY_BLOCKING),
-        other => other?,
+        Err(e) => return Ok(pb::CallReply { lease, ..super::failed(e) }),
+        Ok(fd) => fd,
     };
     let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok();
     let kind = sx.as_ref().map_or(0, |sx| u32::from(sx.stx_mode) & libc::S_IFMT);
@@ -57,7 +62,7 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     };
     let handle = s.insert(fd)?;
     let whole = content.is_some();
-    Ok(pb::CallReply { stat, whole, data: content.unwrap_or_default().into(), ..value(handle as i64) })
+    Ok(pb::CallReply { stat, whole, lease, data: content.unwrap_or_default().into(), ..value(handle as i64) })
 }
 
 fn wants_content(o: &pb::Open, flags: i32, kind: u32, st: &FileStat) -> bool {

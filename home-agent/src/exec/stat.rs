@@ -16,8 +16,16 @@ const MAX_LINK: usize = 64 << 10;
 pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
     let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     let mask = if o.mask == 0 { DEFAULT_STATX_MASK } else { o.mask };
-    let sx = sys::statx(at.dir.as_fd(), &at.path, at_from_wire(o.at_flags), mask)?;
-    Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), ..value(0) })
+    let flags = at_from_wire(o.at_flags);
+    // Watched before the file system is read (see `leases`); the errno of a failed lookup is leased too.
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    let mut grant = (o.lease && !o.path.is_empty()).then(|| s.leases.begin()).flatten();
+    let lease = grant.as_mut().and_then(|g| g.walk(at.dir.as_fd(), &o.path, follow)).unwrap_or(0);
+    drop(grant);
+    match sys::statx(at.dir.as_fd(), &at.path, flags, mask) {
+        Ok(sx) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), lease, ..value(0) }),
+        Err(e) => Ok(pb::CallReply { lease, ..super::failed(e) }),
+    }
 }
 
 /// statfs, or fstatfs of the handle when the path is empty.

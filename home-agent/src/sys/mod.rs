@@ -12,12 +12,14 @@
 
 mod clock;
 mod fd;
+mod inotify;
 mod path;
 mod process;
 mod thread;
 
 pub use clock::*;
 pub use fd::*;
+pub use inotify::*;
 pub use path::*;
 pub use process::*;
 pub use thread::*;

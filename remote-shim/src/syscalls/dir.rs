@@ -127,13 +127,60 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
     let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
     let size = (call.arg(2) as u32 as usize).min(memory::MAX_IO);
     memory::probe(call.tid, call.arg(1), size)?;
-    let (_, reply) = call.home_value(Op::Getdents(pb::Getdents { handle: h.id, size: size as u64 })).await?;
+    let attrs = &call.sup.link.attrs;
+    let ticket = attrs.ticket();
+    let op = Op::Getdents(pb::Getdents { handle: h.id, size: size as u64, lease: h.origin().is_some() });
+    let (_, reply) = call.home_value(op).await?;
+    if let Some(origin) = h.origin() {
+        // Opened by a leased lookup and still under that lease: the entries' attributes answer the
+        // lookups of `<dir>/<name>` that follow (readdir-plus).
+        if reply.lease == origin.lease && ticket == origin.ticket {
+            prefill(attrs, origin, &reply.dirents, ticket, reply.lease);
+        }
+    }
     let buf = encode_dirents(&reply.dirents, format, size);
     if buf.is_empty() && !reply.dirents.is_empty() {
         return Err(Errno::EINVAL);
     }
     memory::write_bytes(call.tid, call.arg(1), &buf)?;
     Ok(Action::Value(buf.len() as i64))
+}
+
+/// Stores the attributes of a listed directory's entries under `<dir>/<name>`, as the lookup that opened
+/// the directory named it.
+fn prefill(
+    attrs: &crate::attrcache::AttrCache,
+    origin: &crate::fdtable::Origin,
+    entries: &[pb::Dirent],
+    ticket: crate::attrcache::Ticket,
+    lease: u64,
+) {
+    let mut base = origin.key.path.clone();
+    while base.len() > 1 && base.ends_with(b"/") {
+        base.pop();
+    }
+    for e in entries {
+        let Some(st) = e.stat else { continue };
+        // A subdirectory's own attributes (mtime, link count) change with its entries, which the watch on
+        // this directory does not report: looked up on its own, it is watched itself.
+        if st.mode & libc::S_IFMT == libc::S_IFDIR {
+            continue;
+        }
+        let mut path = base.clone();
+        if !path.ends_with(b"/") {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&e.name);
+        let link = st.mode & libc::S_IFMT == libc::S_IFLNK;
+        for follow in [false, true] {
+            // A symbolic link's target is not known here: only the lookup that does not follow it.
+            if follow && link {
+                continue;
+            }
+            let key = crate::attrcache::Key { proc: origin.key.proc, path: path.clone(), follow, mask: 0 };
+            attrs.put(key, crate::attrcache::Cached::Found(st), ticket, lease);
+        }
+    }
 }
 
 /// Encodes entries in the kernel's record format, stopping before the first that does not fit in `size`.
@@ -194,7 +241,13 @@ mod tests {
 
     #[test]
     fn dirent64_records_are_aligned_and_bounded() {
-        let e = |name: &str| pb::Dirent { ino: 7, off: 1, kind: 8, name: name.as_bytes().to_vec().into() };
+        let e = |name: &str| pb::Dirent {
+            ino: 7,
+            off: 1,
+            kind: 8,
+            name: name.as_bytes().to_vec().into(),
+            stat: None,
+        };
         let entries = vec![e("a"), e("longer-name")];
         let buf = encode_dirents(&entries, Format::Dirent64, 4096);
         assert_eq!(buf.len(), 24 + 32);

@@ -172,6 +172,7 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
         mode: 0,
         resolve: 0,
         content_max: 0,
+        lease: false,
     };
     let (handle, reply) = call.home_value(Op::Open(open)).await?;
     let handle = handle as u64;

@@ -1,6 +1,7 @@
 //! open, openat, openat2, creat: a home file becomes a placeholder in the program's reserved range.
 
 use super::{Action, Call, Outcome, Route};
+use crate::attrcache::{Cached, Key};
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
@@ -48,8 +49,19 @@ async fn openat2(call: &Call<'_>) -> Outcome {
 async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u32, resolve: u64) -> Outcome {
     let t = call.target(dirfd, call.path(path_arg)?, 0);
     let (Route::Home(dir), path) = (t.route, t.path) else { return Ok(Action::Continue) };
+    // A lookup that creates nothing may be answered by, and feed, the attribute cache.
+    let attrs = &call.sup.link.attrs;
+    let creates = oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE;
+    let follow = oflags & libc::O_NOFOLLOW == 0;
+    let key =
+        if creates || resolve != 0 { None } else { Key::of(call.proc().id, dir.handle, &path, follow, 0) };
+    if let Some(Cached::Missing(e)) = key.as_ref().and_then(|k| attrs.get(k)) {
+        return Err(e);
+    }
+    let ticket = attrs.ticket();
     let op = Op::Open(pb::Open {
         dir: Some(dir),
+        lease: key.is_some(),
         path: path.into(),
         flags: flags::open_to_wire(oflags),
         mode: if oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE {
@@ -60,15 +72,28 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         resolve,
         content_max: if reads_only(oflags) { INLINE_CONTENT_MAX } else { 0 },
     });
-    let (id, reply) = call.home_value(op).await?;
-    let handle_id = id as u64;
+    let reply = call.home(op).await?;
+    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    if let (Some(key), Err(e)) = (&key, &outcome) {
+        if *e == Errno::ENOENT {
+            attrs.put(key.clone(), Cached::Missing(*e), ticket, reply.lease);
+        }
+    }
+    let handle_id = outcome? as u64;
     let stat = reply.stat.unwrap_or_default();
+    let origin = key.filter(|_| reply.lease != 0).map(|key| {
+        attrs.put(key.clone(), Cached::Found(stat), ticket, reply.lease);
+        crate::fdtable::Origin { key, ticket, lease: reply.lease }
+    });
     let inode = (stat.dev, stat.ino);
     if !reads_only(oflags) && stat.mode & libc::S_IFMT == libc::S_IFREG {
         call.sup.fds.written(inode);
     }
     let content = reply.whole.then_some(reply.data);
     install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
+        if let Some(origin) = origin {
+            h.set_origin(origin);
+        }
         keep_copy(call, h, content.as_deref())
     })
     .await

@@ -1,6 +1,7 @@
 //! stat family, statfs, access, readlink.
 
 use super::{simple, Action, Call, Outcome, Route};
+use crate::attrcache::{Cached, Key};
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
@@ -68,16 +69,47 @@ async fn stat_home(
     at: i32,
     mask: u32,
 ) -> Result<pb::FileStat, Errno> {
-    let handle = (path.is_empty() && dir.handle != 0).then_some(dir.handle);
+    let handle = (path.is_empty() && dir.handle != 0).then(|| call.sup.fds.get(dir.handle)).flatten();
+    if let Some(h) = &handle {
+        // A fresh copy whose file home has reported no change since it was opened: its attributes then.
+        if mask == 0
+            && h.copy() == crate::fdtable::CopyState::Fresh
+            && h.attributes_leased(&call.sup.link.attrs)
+        {
+            return Ok(h.stat);
+        }
+    }
+    let attrs = &call.sup.link.attrs;
+    let key = Key::of(call.proc().id, dir.handle, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, mask);
+    match key.as_ref().and_then(|k| attrs.get(k)) {
+        Some(Cached::Found(st)) => return Ok(st),
+        Some(Cached::Missing(e)) => return Err(e),
+        None => {}
+    }
+    let ticket = attrs.ticket();
     let op = Op::Stat(pb::Stat {
         dir: Some(dir),
         path: path.into(),
         at_flags: flags::at_to_wire(at, false),
         mask,
+        lease: key.is_some(),
     });
-    let (_, reply) = call.home_value(op).await?;
+    let reply = call.home(op).await?;
+    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    if let Some(key) = key {
+        match &outcome {
+            Ok(_) => {
+                if let Some(st) = reply.stat {
+                    attrs.put(key, Cached::Found(st), ticket, reply.lease);
+                }
+            }
+            Err(e) if *e == Errno::ENOENT => attrs.put(key, Cached::Missing(*e), ticket, reply.lease),
+            Err(_) => {}
+        }
+    }
+    outcome?;
     let st = reply.stat.ok_or(Errno::EIO)?;
-    if let Some(h) = handle.and_then(|id| call.sup.fds.get(id)) {
+    if let Some(h) = handle {
         // A new version at home: the copy taken at open is no longer what the file holds.
         let version = |s: &pb::FileStat| (s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
         if version(&h.stat) != version(&st) {

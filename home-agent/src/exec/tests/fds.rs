@@ -74,10 +74,12 @@ fn malformed_requests_get_einval() {
     let home = Home::new();
     let none = execute(&home.session, &CallRequest { seq: 3, proc: None, op: None });
     assert_eq!((none.seq, none.outcome.unwrap().to_result()), (3, Err(Errno::EINVAL)));
-    let no_dir = pb::Open { dir: None, path: "f".into(), flags: 0, mode: 0, resolve: 0, content_max: 0 };
+    let no_dir =
+        pb::Open { dir: None, path: "f".into(), flags: 0, mode: 0, resolve: 0, content_max: 0, lease: false };
     assert_eq!(home.call(Op::Open(no_dir)), Err(Errno::EINVAL));
     assert_eq!(home.call(stat("a\0b")), Err(Errno::EINVAL));
-    let bad_handle = pb::Stat { dir: Some(Dir { handle: 99 }), path: "x".into(), at_flags: 0, mask: 0 };
+    let bad_handle =
+        pb::Stat { dir: Some(Dir { handle: 99 }), path: "x".into(), at_flags: 0, mask: 0, lease: false };
     assert_eq!(home.call(Op::Stat(bad_handle)), Err(Errno::EBADF));
     let lock = pb::Lock { handle: 1, cmd: 0, ofd: false, range: None };
     home.open("f", libc::O_CREAT | libc::O_RDWR, 0o600).unwrap();
@@ -187,7 +189,7 @@ fn attributes_through_a_handle_even_an_o_path_one() {
         let utimens = pb::Utimens { dir, path: Default::default(), atime: None, mtime, at_flags };
         home.call(Op::Utimens(utimens)).unwrap();
         assert_eq!(home.reply(stat("f")).stat.unwrap().mtime_sec, 4000);
-        let fstat = pb::Stat { dir, path: Default::default(), at_flags, mask: 0 };
+        let fstat = pb::Stat { dir, path: Default::default(), at_flags, mask: 0, lease: false };
         assert_eq!(home.reply(Op::Stat(fstat)).stat.unwrap().mode, libc::S_IFREG | 0o640);
         home.call(Op::Chmod(pb::Chmod { dir, path: Default::default(), mode: 0o600, at_flags })).unwrap();
     }

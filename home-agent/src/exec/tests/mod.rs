@@ -72,11 +72,12 @@ pub(super) fn open(path: &str, flags: i32, mode: u32) -> Op {
         mode,
         resolve: 0,
         content_max: 0,
+        lease: false,
     })
 }
 
 pub(super) fn stat(path: &str) -> Op {
-    Op::Stat(pb::Stat { dir: cwd(), path: path.to_string().into(), at_flags: 0, mask: 0 })
+    Op::Stat(pb::Stat { dir: cwd(), path: path.to_string().into(), at_flags: 0, mask: 0, lease: false })
 }
 
 pub(super) fn mkdir(path: &str) -> Op {
