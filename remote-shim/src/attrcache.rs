@@ -30,14 +30,33 @@ pub struct Key {
 }
 
 impl Key {
-    /// The key of a lookup of `path` by `proc` relative to its cwd (`dir` 0), if such a lookup is cached.
-    pub fn of(proc: u64, dir: u64, path: &[u8], follow: bool, mask: u32) -> Option<Key> {
-        if path.is_empty() || dir != 0 {
+    /// The key of a lookup of `path` by `proc`: from its cwd, or (`base`) from a directory that process
+    /// opened by a leased lookup; `None` when such a lookup is not cached (an empty path).
+    pub fn of(proc: u64, base: Option<&Key>, path: &[u8], follow: bool, mask: u32) -> Option<Key> {
+        if path.is_empty() {
             return None;
         }
-        let proc = if path.first() == Some(&b'/') { 0 } else { proc };
-        Some(Key { proc, path: path.to_vec(), follow, mask })
+        if path.first() == Some(&b'/') {
+            return Some(Key { proc: 0, path: path.to_vec(), follow, mask });
+        }
+        match base {
+            None => Some(Key { proc, path: path.to_vec(), follow, mask }),
+            Some(base) => Some(Key { proc: base.proc, path: join(&base.path, path), follow, mask }),
+        }
     }
+}
+
+/// `dir/name`, without doubling a slash.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = dir.to_vec();
+    while path.len() > 1 && path.ends_with(b"/") {
+        path.pop();
+    }
+    if !path.ends_with(b"/") {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
 }
 
 #[derive(Debug, Clone, PartialEq)]

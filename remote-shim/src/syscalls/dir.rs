@@ -155,10 +155,6 @@ fn prefill(
     ticket: crate::attrcache::Ticket,
     lease: u64,
 ) {
-    let mut base = origin.key.path.clone();
-    while base.len() > 1 && base.ends_with(b"/") {
-        base.pop();
-    }
     for e in entries {
         let Some(st) = e.stat else { continue };
         // A subdirectory's own attributes (mtime, link count) change with its entries, which the watch on
@@ -166,11 +162,7 @@ fn prefill(
         if st.mode & libc::S_IFMT == libc::S_IFDIR {
             continue;
         }
-        let mut path = base.clone();
-        if !path.ends_with(b"/") {
-            path.push(b'/');
-        }
-        path.extend_from_slice(&e.name);
+        let path = crate::attrcache::join(&origin.key.path, &e.name);
         let link = st.mode & libc::S_IFMT == libc::S_IFLNK;
         for follow in [false, true] {
             // A symbolic link's target is not known here: only the lookup that does not follow it.

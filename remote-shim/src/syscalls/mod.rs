@@ -130,6 +130,26 @@ impl Call<'_> {
         Ok((v, reply))
     }
 
+    /// The attribute cache's key for a lookup of `path` from `dir` (the cwd, or a directory handle opened
+    /// by a leased lookup that still holds), or `None` when it is not cached.
+    pub fn lookup_key(
+        &self,
+        dir: &pb::Dir,
+        path: &[u8],
+        follow: bool,
+        mask: u32,
+    ) -> Option<crate::attrcache::Key> {
+        let proc = self.proc().id;
+        if dir.handle == 0 || path.first() == Some(&b'/') {
+            return crate::attrcache::Key::of(proc, None, path, follow, mask);
+        }
+        let h = self.sup.fds.get(dir.handle)?;
+        if !h.attributes_leased(&self.sup.link.attrs) {
+            return None;
+        }
+        crate::attrcache::Key::of(proc, Some(&h.origin()?.key), path, follow, mask)
+    }
+
     /// The forwarded handle behind descriptor argument `i`, if any.
     pub fn handle(&self, i: usize) -> Option<Arc<Handle>> {
         self.fd_handle(self.tid, self.arg(i))

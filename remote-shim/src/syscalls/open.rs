@@ -1,7 +1,7 @@
 //! open, openat, openat2, creat: a home file becomes a placeholder in the program's reserved range.
 
 use super::{Action, Call, Outcome, Route};
-use crate::attrcache::{Cached, Key};
+use crate::attrcache::Cached;
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
@@ -53,8 +53,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let attrs = &call.sup.link.attrs;
     let creates = oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE;
     let follow = oflags & libc::O_NOFOLLOW == 0;
-    let key =
-        if creates || resolve != 0 { None } else { Key::of(call.proc().id, dir.handle, &path, follow, 0) };
+    let key = if creates || resolve != 0 { None } else { call.lookup_key(&dir, &path, follow, 0) };
     if let Some(Cached::Missing(e)) = key.as_ref().and_then(|k| attrs.get(k)) {
         return Err(e);
     }

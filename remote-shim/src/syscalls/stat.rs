@@ -1,7 +1,7 @@
 //! stat family, statfs, access, readlink.
 
 use super::{simple, Action, Call, Outcome, Route};
-use crate::attrcache::{Cached, Key};
+use crate::attrcache::Cached;
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
@@ -80,7 +80,7 @@ async fn stat_home(
         }
     }
     let attrs = &call.sup.link.attrs;
-    let key = Key::of(call.proc().id, dir.handle, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, mask);
+    let key = call.lookup_key(&dir, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, mask);
     match key.as_ref().and_then(|k| attrs.get(k)) {
         Some(Cached::Found(st)) => return Ok(st),
         Some(Cached::Missing(e)) => return Err(e),
