@@ -8,8 +8,9 @@
 //! file system, so a change that lands after that read is always reported. Coarse on purpose: one epoch per
 //! session, no per-path bookkeeping; a job that changes files while it reads them gets fewer cached answers.
 //!
-//! No lease is given for a path with `..` or a symbolic link on the way (its answer depends on directories
-//! the walk does not watch), nor when inotify is unavailable (instances or watches exhausted).
+//! Symbolic links are followed the way the kernel follows them (the directory holding each link is watched,
+//! so a changed link is reported too). No lease is given when inotify is unavailable (instances or watches
+//! exhausted) or a component cannot be examined (permissions).
 
 use crate::deputies::Replies;
 use crate::sys;
@@ -21,8 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-/// Most path components a leased lookup walks.
-const MAX_DEPTH: usize = 64;
+/// Most components (links' targets included) a leased lookup walks, and most links it follows (the
+/// kernel's limit).
+const MAX_STEPS: usize = 256;
+const MAX_LINKS: usize = 40;
 
 /// What a watched directory reports: anything that changes its entries, their attributes or content.
 const WATCH_MASK: u32 = libc::IN_ATTRIB
@@ -123,24 +126,36 @@ impl Grant<'_> {
         self.inner.epoch
     }
 
-    /// Watches every directory that looking up `path` from `start` goes through, and the directory it
-    /// names if it is one; the lease's epoch, or `None` when the answer cannot be leased (see the module
-    /// text). `follow`: whether a symbolic link as the last component would be followed.
+    /// Watches every directory that looking up `path` from `start` goes through (following symbolic links
+    /// as the kernel does: a link's directory is watched, its target walked), and the directory it names
+    /// if it is one; the lease's epoch, or `None` when the answer cannot be leased (see the module text).
+    /// `follow`: whether a symbolic link as the last component is followed.
     pub fn walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> Option<u64> {
-        let root = match path.first() {
-            Some(b'/') => Some(sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).ok()?),
-            _ => None,
-        };
-        let first = root.as_ref().map_or(start, |r| r.as_fd());
-        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").collect();
-        if parts.len() > MAX_DEPTH || parts.contains(&&b".."[..]) || !self.watch(first) {
+        let dirflags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let root = || sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).ok();
+        // The directory the walk is in (`None`: `start`), and the components still to walk.
+        let mut cur: Option<OwnedFd> = if path.first() == Some(&b'/') { Some(root()?) } else { None };
+        let mut todo: std::collections::VecDeque<Vec<u8>> = components(path).collect();
+        let (mut links, mut steps) = (0, 0);
+        if !self.watch(cur.as_ref().map_or(start, |c| c.as_fd())) {
             return None;
         }
-        let mut cur: Option<OwnedFd> = None;
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            let dir = cur.as_ref().map_or(first, |c| c.as_fd());
-            let name = CString::new(*part).ok()?;
+        while let Some(part) = todo.pop_front() {
+            steps += 1;
+            if steps > MAX_STEPS {
+                return None;
+            }
+            let dir = cur.as_ref().map_or(start, |c| c.as_fd());
+            let name = CString::new(part).ok()?;
+            if name.as_bytes() == b".." {
+                let up = sys::openat(dir, &name, dirflags, 0).ok()?;
+                if !self.watch(up.as_fd()) {
+                    return None;
+                }
+                cur = Some(up);
+                continue;
+            }
+            let last = todo.is_empty();
             let nofollow = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
             let kind = match sys::statx(dir, &name, nofollow, libc::STATX_TYPE) {
                 Ok(sx) => u32::from(sx.stx_mode) & libc::S_IFMT,
@@ -149,14 +164,28 @@ impl Grant<'_> {
                 Err(_) => return None,
             };
             if kind == libc::S_IFLNK && (!last || follow) {
-                return None;
+                links += 1;
+                let target = sys::readlinkat(dir, &name, libc::PATH_MAX as usize).ok()?;
+                if links > MAX_LINKS || target.is_empty() {
+                    return None;
+                }
+                if target.first() == Some(&b'/') {
+                    let top = root()?;
+                    if !self.watch(top.as_fd()) {
+                        return None;
+                    }
+                    cur = Some(top);
+                }
+                for (k, c) in components(&target).enumerate() {
+                    todo.insert(k, c);
+                }
+                continue;
             }
             // A file (the answer, or ENOTDIR for what follows it) stays so while `dir` keeps the entry.
             if kind != libc::S_IFDIR {
                 break;
             }
-            let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-            let next = sys::openat(dir, &name, flags, 0).ok()?;
+            let next = sys::openat(dir, &name, dirflags, 0).ok()?;
             if !self.watch(next.as_fd()) {
                 return None;
             }
@@ -164,6 +193,11 @@ impl Grant<'_> {
         }
         Some(self.epoch())
     }
+}
+
+/// The components of a path, without empty ones and `.`.
+fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec)
 }
 
 /// Waits for the first event of the instance `fd` of epoch `epoch`, then flushes the session's leases. Ends

@@ -1,7 +1,7 @@
 //! Stat, Statfs, Access, Readlink.
 
 use super::open::DEFAULT_STATX_MASK;
-use super::{at, dir_fd, done, value, Res};
+use super::{at, dir_fd, value, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::flags::at_from_wire;
@@ -42,8 +42,17 @@ pub fn statfs(s: &Session, ctx: &ProcCtx, o: &pb::Statfs) -> Res {
 pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
     let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     let mode = libc::c_int::try_from(o.mode).map_err(|_| homeward_proto::Errno::EINVAL)?;
-    sys::faccessat(at.dir.as_fd(), &at.path, mode, at_from_wire(o.at_flags))?;
-    done(0)
+    let flags = at_from_wire(o.at_flags);
+    let lease = if o.lease && mode == libc::F_OK && !o.path.is_empty() {
+        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+        s.leases.begin().and_then(|mut g| g.walk(at.dir.as_fd(), &o.path, follow)).unwrap_or(0)
+    } else {
+        0
+    };
+    match sys::faccessat(at.dir.as_fd(), &at.path, mode, flags) {
+        Ok(()) => Ok(pb::CallReply { lease, ..value(0) }),
+        Err(e) => Ok(pb::CallReply { lease, ..super::failed(e) }),
+    }
 }
 
 /// readlinkat into a buffer of `size` bytes: value and data are the (possibly truncated) target.
@@ -54,7 +63,16 @@ pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
         n if n > 0 => (n as usize).min(MAX_LINK),
         _ => 0,
     };
-    let target = sys::readlinkat(at.dir.as_fd(), &at.path, size)?;
-    let n = target.len() as i64;
-    Ok(pb::CallReply { data: target.into(), ..value(n) })
+    let lease = if o.lease && !o.path.is_empty() {
+        s.leases.begin().and_then(|mut g| g.walk(at.dir.as_fd(), &o.path, false)).unwrap_or(0)
+    } else {
+        0
+    };
+    match sys::readlinkat(at.dir.as_fd(), &at.path, size) {
+        Ok(target) => {
+            let n = target.len() as i64;
+            Ok(pb::CallReply { data: target.into(), lease, ..value(n) })
+        }
+        Err(e) => Ok(pb::CallReply { lease, ..super::failed(e) }),
+    }
 }

@@ -160,6 +160,7 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
         path: path.to_vec().into(),
         mode: libc::X_OK as u32,
         at_flags: flags::at_to_wire(if nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 }, false),
+        lease: false,
     };
     let mut oflags = libc::O_RDONLY | libc::O_CLOEXEC;
     if nofollow {

@@ -80,6 +80,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     }
     let handle_id = outcome? as u64;
     let stat = reply.stat.unwrap_or_default();
+    attrs.opened(handle_id, (stat.dev, stat.ino));
     let origin = key.filter(|_| reply.lease != 0).map(|key| {
         attrs.put(key.clone(), Cached::Found(stat), ticket, reply.lease);
         crate::fdtable::Origin { key, ticket, lease: reply.lease }

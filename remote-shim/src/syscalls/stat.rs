@@ -1,7 +1,7 @@
 //! stat family, statfs, access, readlink.
 
-use super::{simple, Action, Call, Outcome, Route};
-use crate::attrcache::Cached;
+use super::{Action, Call, Outcome, Route};
+use crate::attrcache::{Cached, Key};
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
@@ -80,11 +80,13 @@ async fn stat_home(
         }
     }
     let attrs = &call.sup.link.attrs;
-    let key = call.lookup_key(&dir, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, mask);
+    let key = call
+        .lookup_key(&dir, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, mask)
+        .filter(|_| mask < crate::attrcache::EXISTS);
     match key.as_ref().and_then(|k| attrs.get(k)) {
         Some(Cached::Found(st)) => return Ok(st),
         Some(Cached::Missing(e)) => return Err(e),
-        None => {}
+        _ => {}
     }
     let ticket = attrs.ticket();
     let op = Op::Stat(pb::Stat {
@@ -143,13 +145,47 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
     }
     let t = call.target(dirfd, call.path(path_arg)?, at);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    // Existence alone (F_OK) is what a cached lookup knows; permissions are home's to judge.
+    let attrs = &call.sup.link.attrs;
+    let follow = t.at & libc::AT_SYMLINK_NOFOLLOW == 0;
+    let keys = if mode == libc::F_OK as u32 {
+        call.lookup_key(&dir, &t.path, follow, 0).map(|stat| {
+            let exists = Key { mask: crate::attrcache::EXISTS, ..stat.clone() };
+            (stat, exists)
+        })
+    } else {
+        None
+    };
+    if let Some((stat, exists)) = &keys {
+        for key in [stat, exists] {
+            match attrs.get(key) {
+                Some(Cached::Found(_) | Cached::Exists) => return Ok(Action::Value(0)),
+                Some(Cached::Missing(e)) => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    let ticket = attrs.ticket();
     let op = Op::Access(pb::Access {
         dir: Some(dir),
         path: t.path.into(),
         mode,
         at_flags: flags::at_to_wire(t.at, false),
+        lease: keys.is_some(),
     });
-    simple(call, op).await
+    let reply = call.home(op).await?;
+    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    if let Some((_, exists)) = keys {
+        let value = match outcome {
+            Ok(_) => Some(Cached::Exists),
+            Err(e) if e == Errno::ENOENT || e == Errno(libc::ENOTDIR as u16) => Some(Cached::Missing(e)),
+            Err(_) => None,
+        };
+        if let Some(value) = value {
+            attrs.put(exists, value, ticket, reply.lease);
+        }
+    }
+    outcome.map(Action::Value)
 }
 
 async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, size_arg: usize) -> Outcome {
@@ -159,9 +195,48 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
     }
     let t = call.target(dirfd, call.path(path_arg)?, libc::AT_EMPTY_PATH);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
-    let op = Op::Readlink(pb::Readlink { dir: Some(dir), path: t.path.into(), size: size as u64 });
-    let (_, reply) = call.home_value(op).await?;
-    let n = reply.data.len().min(size as usize);
-    memory::write_bytes(call.tid, call.arg(buf_arg), &reply.data[..n])?;
-    Ok(Action::Value(n as i64))
+    // A readlink answered before, or a lookup that did not follow links, knows the answer.
+    let attrs = &call.sup.link.attrs;
+    let stat_key = call.lookup_key(&dir, &t.path, false, 0);
+    let key = stat_key.as_ref().map(|k| Key { mask: crate::attrcache::READLINK, ..k.clone() });
+    let write_target = |target: &[u8]| -> Outcome {
+        let n = target.len().min(size as usize);
+        memory::write_bytes(call.tid, call.arg(buf_arg), &target[..n])?;
+        Ok(Action::Value(n as i64))
+    };
+    match key.as_ref().and_then(|k| attrs.get(k)) {
+        Some(Cached::Link(target)) => return write_target(&target),
+        Some(Cached::Missing(e)) => return Err(e),
+        _ => {}
+    }
+    match stat_key.as_ref().and_then(|k| attrs.get(k)) {
+        Some(Cached::Found(st)) if st.mode & libc::S_IFMT != libc::S_IFLNK => return Err(Errno::EINVAL),
+        Some(Cached::Missing(e)) => return Err(e),
+        _ => {}
+    }
+    let ticket = attrs.ticket();
+    let op = Op::Readlink(pb::Readlink {
+        dir: Some(dir),
+        path: t.path.into(),
+        size: size as u64,
+        lease: key.is_some(),
+    });
+    let reply = call.home(op).await?;
+    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    if let Some(key) = key {
+        let value = match outcome {
+            // A target that filled the buffer may have been cut: not kept.
+            Ok(n) if (n as usize) < size as usize => Some(Cached::Link(reply.data.to_vec())),
+            Ok(_) => None,
+            Err(e) if [Errno::EINVAL, Errno::ENOENT, Errno(libc::ENOTDIR as u16)].contains(&e) => {
+                Some(Cached::Missing(e))
+            }
+            Err(_) => None,
+        };
+        if let Some(value) = value {
+            attrs.put(key, value, ticket, reply.lease);
+        }
+    }
+    outcome?;
+    write_target(&reply.data)
 }
