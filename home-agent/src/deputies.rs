@@ -45,7 +45,11 @@ struct Sink(Arc<Mutex<Option<Replies>>>);
 
 impl Sink {
     fn reply(proc: u64, signal: i32) -> Result<CallReply, Status> {
-        Ok(CallReply { seq: 0, event: Some(Event { proc, signal, flush_epoch: 0 }), ..Default::default() })
+        Ok(CallReply {
+            seq: 0,
+            event: Some(Event { proc, signal, ..Default::default() }),
+            ..Default::default()
+        })
     }
 
     /// Sends from a thread that is not an async worker (a waiter, an executor's blocking thread).

@@ -1,20 +1,21 @@
-//! Leases on lookups: the shim may cache a path's attributes (or its absence) and a directory's entries
-//! for as long as home says nothing changed.
+//! Leases on lookups: the shim may cache a path's attributes (or its absence, a link's target, an access
+//! check) and a directory's entries for as long as home reports no change to what the answer depends on.
 //!
-//! Granting a lease watches (inotify) every directory the lookup goes through, the directory it finds
-//! included; the session's first event after that flushes *all* its leases at once: the epoch goes up, the
-//! inotify instance is closed (every watch with it) and an `Event { flush_epoch }` goes to the shim, which
-//! drops every answer leased under an older epoch. The watches are in place before the lookup reads the
-//! file system, so a change that lands after that read is always reported. Coarse on purpose: one epoch per
-//! session, no per-path bookkeeping; a job that changes files while it reads them gets fewer cached answers.
+//! Granting a lease watches (inotify, one instance per session) every directory the lookup goes through,
+//! following symbolic links and `..` the way the kernel does, and the directory it finds; the reply lists
+//! its dependencies, `(watch, name)`: the entry `name` looked up in each watched directory (an empty name:
+//! the directory itself). The watches are in place before the lookup reads the file system, so a change
+//! after that read is always reported. A reader task turns every batch of inotify events into one
+//! `Event { changed, seq }`; the shim drops the answers that depend on a changed entry (or on its
+//! directory itself), and refuses answers granted before `seq` that arrive after it. Leases are numbered
+//! with the event counter at grant time.
 //!
-//! Symbolic links are followed the way the kernel follows them (the directory holding each link is watched,
-//! so a changed link is reported too). No lease is given when inotify is unavailable (instances or watches
-//! exhausted) or a component cannot be examined (permissions).
+//! If the kernel's event queue overflows, or the session's inotify instance cannot be made, leases stop:
+//! a flush (`flush_epoch`) voids every cached answer and no lease is granted again.
 
 use crate::deputies::Replies;
 use crate::sys;
-use homeward_proto::pb::{CallReply, Event};
+use homeward_proto::pb::{CallReply, Dep, Event};
 use homeward_proto::Errno;
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,12 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-/// Most components (links' targets included) a leased lookup walks, and most links it follows (the
-/// kernel's limit).
-const MAX_STEPS: usize = 256;
-const MAX_LINKS: usize = 40;
-
-/// What a watched directory reports: anything that changes its entries, their attributes or content.
+/// What a watched directory reports: anything that changes its entries, their attributes or content, or
+/// the directory itself.
 const WATCH_MASK: u32 = libc::IN_ATTRIB
     | libc::IN_CREATE
     | libc::IN_DELETE
@@ -37,29 +34,33 @@ const WATCH_MASK: u32 = libc::IN_ATTRIB
     | libc::IN_MOVED_FROM
     | libc::IN_MOVED_TO;
 
+/// Most components (links' targets included) a leased lookup walks, and most links it follows (the
+/// kernel's limit).
+const MAX_STEPS: usize = 256;
+const MAX_LINKS: usize = 40;
+
 #[derive(Default)]
 pub struct Leases {
     inner: Mutex<Inner>,
 }
 
+#[derive(Default)]
 struct Inner {
-    /// Leases of this epoch are valid; starts at 1 (0 on the wire means "no lease").
-    epoch: u64,
-    /// The inotify instance of this epoch, made at its first grant, and what stops its reader.
+    /// Batches of events reported so far; a lease is numbered `seq + 1`.
+    seq: u64,
+    /// The session's inotify instance, and what stops its reader.
     watcher: Option<(Arc<OwnedFd>, oneshot::Sender<()>)>,
     replies: Option<Replies>,
+    /// Leases were stopped (queue overflow, no inotify, session closed): none is granted again.
+    stopped: bool,
 }
 
-impl Default for Inner {
-    fn default() -> Inner {
-        Inner { epoch: 1, watcher: None, replies: None }
-    }
-}
-
-/// A grant in progress: watches are added under the session's lease lock, so no flush interleaves.
+/// A grant in progress: watches are added under the session's lease lock, so no batch of events is
+/// numbered in between.
 pub struct Grant<'a> {
     inner: MutexGuard<'a, Inner>,
     fd: Arc<OwnedFd>,
+    deps: Vec<Dep>,
 }
 
 impl Leases {
@@ -67,7 +68,7 @@ impl Leases {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends flushes to the session's call stream from now on.
+    /// Sends the session's change reports to its call stream from now on.
     pub fn attach(&self, replies: Replies) {
         self.lock().replies = Some(replies);
     }
@@ -75,6 +76,9 @@ impl Leases {
     /// Starts a grant, or `None` when leases cannot be given (no call stream, no runtime, no inotify).
     pub fn begin(self: &Arc<Self>) -> Option<Grant<'_>> {
         let mut inner = self.lock();
+        if inner.stopped {
+            return None;
+        }
         inner.replies.as_ref()?;
         let fd = match &inner.watcher {
             Some((fd, _)) => fd.clone(),
@@ -84,61 +88,79 @@ impl Leases {
                     Ok(fd) => Arc::new(fd),
                     Err(e) => {
                         debug!(errno = e.raw(), "no inotify instance: no leases");
+                        inner.stopped = true;
                         return None;
                     }
                 };
                 let (stop, stopped) = oneshot::channel();
-                runtime.spawn(watch(Arc::downgrade(self), fd.clone(), inner.epoch, stopped));
+                runtime.spawn(watch(Arc::downgrade(self), fd.clone(), stopped));
                 inner.watcher = Some((fd.clone(), stop));
                 fd
             }
         };
-        Some(Grant { inner, fd })
+        Some(Grant { inner, fd, deps: Vec::new() })
     }
 
-    /// Ends every lease of epoch `seen` (a watched directory changed): the next epoch starts.
-    fn flush(&self, seen: u64) -> Option<(u64, Replies)> {
+    /// Numbers a batch of changes; `None` when nobody listens any more.
+    fn report(&self) -> Option<(u64, Replies)> {
         let mut inner = self.lock();
-        if inner.epoch != seen {
-            return None;
-        }
-        inner.epoch += 1;
-        inner.watcher = None;
-        Some((inner.epoch, inner.replies.clone()?))
+        inner.seq += 1;
+        Some((inner.seq, inner.replies.clone()?))
     }
 
-    /// The session is closing: no more leases or flushes.
+    /// Stops leasing for good: every answer cached so far is void.
+    fn stop(&self) -> Option<Replies> {
+        let mut inner = self.lock();
+        inner.stopped = true;
+        inner.watcher = None;
+        inner.replies.clone()
+    }
+
+    /// The session is closing: no more leases or reports.
     pub fn close(&self) {
         let mut inner = self.lock();
+        inner.stopped = true;
         inner.watcher = None;
         inner.replies = None;
     }
 }
 
 impl Grant<'_> {
-    /// Watches directory `dir`; false when the watch could not be added (the lease is then refused).
-    pub fn watch(&self, dir: BorrowedFd<'_>) -> bool {
-        sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK).is_ok()
+    /// Watches directory `dir`, noting that the answer depends on its entry `name` (empty: on `dir`
+    /// itself); false when the watch could not be added (the lease is then refused).
+    pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+        match sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK) {
+            Ok(wd) => {
+                self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
+                true
+            }
+            Err(_) => false,
+        }
     }
 
-    /// The epoch of the lease, once every watch is in place.
-    pub fn epoch(&self) -> u64 {
-        self.inner.epoch
+    /// The lease (its number and dependencies), once every watch is in place.
+    pub fn finish(self) -> (u64, Vec<Dep>) {
+        (self.inner.seq + 1, self.deps)
     }
 
     /// Watches every directory that looking up `path` from `start` goes through (following symbolic links
     /// as the kernel does: a link's directory is watched, its target walked), and the directory it names
-    /// if it is one; the lease's epoch, or `None` when the answer cannot be leased (see the module text).
-    /// `follow`: whether a symbolic link as the last component is followed.
-    pub fn walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> Option<u64> {
+    /// if it is one; false when the answer cannot be leased (a component that cannot be examined, too many
+    /// links). `follow`: whether a symbolic link as the last component is followed.
+    pub fn walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> bool {
+        self.try_walk(start, path, follow).is_some()
+    }
+
+    fn try_walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> Option<()> {
         let dirflags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         let root = || sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).ok();
         // The directory the walk is in (`None`: `start`), and the components still to walk.
         let mut cur: Option<OwnedFd> = if path.first() == Some(&b'/') { Some(root()?) } else { None };
         let mut todo: std::collections::VecDeque<Vec<u8>> = components(path).collect();
         let (mut links, mut steps) = (0, 0);
-        if !self.watch(cur.as_ref().map_or(start, |c| c.as_fd())) {
-            return None;
+        if todo.is_empty() {
+            // The start itself (`.` or `/`).
+            return self.depend(cur.as_ref().map_or(start, |c| c.as_fd()), b"").then_some(());
         }
         while let Some(part) = todo.pop_front() {
             steps += 1;
@@ -146,10 +168,13 @@ impl Grant<'_> {
                 return None;
             }
             let dir = cur.as_ref().map_or(start, |c| c.as_fd());
+            if !self.depend(dir, &part) {
+                return None;
+            }
             let name = CString::new(part).ok()?;
             if name.as_bytes() == b".." {
                 let up = sys::openat(dir, &name, dirflags, 0).ok()?;
-                if !self.watch(up.as_fd()) {
+                if todo.is_empty() && !self.depend(up.as_fd(), b"") {
                     return None;
                 }
                 cur = Some(up);
@@ -159,8 +184,8 @@ impl Grant<'_> {
             let nofollow = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
             let kind = match sys::statx(dir, &name, nofollow, libc::STATX_TYPE) {
                 Ok(sx) => u32::from(sx.stx_mode) & libc::S_IFMT,
-                // Missing: the answer depends on `dir` alone, which is watched.
-                Err(e) if e == Errno::ENOENT => break,
+                // Missing: the answer depends on `name` in `dir`, which is watched.
+                Err(e) if e == Errno::ENOENT => return Some(()),
                 Err(_) => return None,
             };
             if kind == libc::S_IFLNK && (!last || follow) {
@@ -170,11 +195,11 @@ impl Grant<'_> {
                     return None;
                 }
                 if target.first() == Some(&b'/') {
-                    let top = root()?;
-                    if !self.watch(top.as_fd()) {
-                        return None;
+                    cur = Some(root()?);
+                    if components(&target).next().is_none() && todo.is_empty() {
+                        let top = cur.as_ref()?.as_fd();
+                        return self.depend(top, b"").then_some(());
                     }
-                    cur = Some(top);
                 }
                 for (k, c) in components(&target).enumerate() {
                     todo.insert(k, c);
@@ -183,15 +208,16 @@ impl Grant<'_> {
             }
             // A file (the answer, or ENOTDIR for what follows it) stays so while `dir` keeps the entry.
             if kind != libc::S_IFDIR {
-                break;
+                return Some(());
             }
             let next = sys::openat(dir, &name, dirflags, 0).ok()?;
-            if !self.watch(next.as_fd()) {
+            // The directory found: its own attributes are part of the answer.
+            if todo.is_empty() && !self.depend(next.as_fd(), b"") {
                 return None;
             }
             cur = Some(next);
         }
-        Some(self.epoch())
+        Some(())
     }
 }
 
@@ -200,9 +226,8 @@ fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec)
 }
 
-/// Waits for the first event of the instance `fd` of epoch `epoch`, then flushes the session's leases. Ends
-/// without a flush when `stopped` fires first (the session closed).
-async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, epoch: u64, mut stopped: oneshot::Receiver<()>) {
+/// Reports every batch of events of the session's instance `fd` until `stopped` fires (session closed).
+async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, mut stopped: oneshot::Receiver<()>) {
     let Ok(afd) = sys::async_fd(fd) else { return };
     loop {
         let readable = tokio::select! {
@@ -210,14 +235,30 @@ async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, epoch: u64, mut stopped: 
             _ = &mut stopped => return,
         };
         let Ok(mut ready) = readable else { return };
-        if sys::inotify_drain(afd.get_ref().as_fd()) > 0 {
-            break;
+        let (changed, overflow) = sys::inotify_events(afd.get_ref().as_fd());
+        if changed.is_empty() && !overflow {
+            ready.clear_ready();
+            continue;
         }
-        ready.clear_ready();
+        let Some(leases) = leases.upgrade() else { return };
+        let event = if overflow {
+            debug!("inotify queue overflow: leases stop");
+            let Some(replies) = leases.stop() else { return };
+            let _ = replies.send(Ok(flush_reply(Event { flush_epoch: 1, ..Default::default() }))).await;
+            return;
+        } else {
+            let Some((seq, replies)) = leases.report() else { return };
+            let changed =
+                changed.into_iter().map(|(wd, name)| Dep { wd: wd as u32, name: name.into() }).collect();
+            (replies, Event { changed, seq, ..Default::default() })
+        };
+        let (replies, event) = event;
+        if replies.send(Ok(flush_reply(event))).await.is_err() {
+            return;
+        }
     }
-    let Some(flushed) = leases.upgrade().and_then(|l| l.flush(epoch)) else { return };
-    let (next, replies) = flushed;
-    debug!(epoch = next, "a watched directory changed: leases flushed");
-    let event = Event { flush_epoch: next, ..Default::default() };
-    let _ = replies.send(Ok(CallReply { seq: 0, event: Some(event), ..Default::default() })).await;
+}
+
+fn flush_reply(event: Event) -> CallReply {
+    CallReply { seq: 0, event: Some(event), ..Default::default() }
 }

@@ -150,25 +150,25 @@ async fn a_deputy_is_the_home_pid_and_signals_at_home_become_events() {
     assert_ne!(child, p);
 
     home_kill(p, libc::SIGUSR1);
-    assert_eq!(calls.event().await, Event { proc: 1, signal: libc::SIGUSR1, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 1, signal: libc::SIGUSR1, ..Default::default() });
 
     // The session's own kill of its deputy: delivered as an event, the deputy untouched.
     assert_eq!(calls.kill(p, libc::SIGTERM, 0).await, Ok(0));
-    assert_eq!(calls.event().await, Event { proc: 1, signal: libc::SIGTERM, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 1, signal: libc::SIGTERM, ..Default::default() });
     assert_eq!(calls.kill(child, libc::SIGUSR2, child).await, Ok(0), "tgkill");
-    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGUSR2, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGUSR2, ..Default::default() });
     assert_eq!(calls.kill(p, 0, 0).await, Ok(0), "signal 0 only checks");
     assert!(alive(p) && alive(child));
 
     // SIGSTOP and SIGKILL cannot be caught: the agent sees them by waiting.
     wait_ready(child).await;
     home_kill(child, libc::SIGSTOP);
-    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGSTOP, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGSTOP, ..Default::default() });
     home_kill(child, libc::SIGCONT);
-    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGCONT, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGCONT, ..Default::default() });
     let (third, _) = calls.identity(proc(3, 1)).await;
     home_kill(third, libc::SIGKILL);
-    assert_eq!(calls.event().await, Event { proc: 3, signal: libc::SIGKILL, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 3, signal: libc::SIGKILL, ..Default::default() });
     wait_gone(&[third], Duration::from_secs(5)).await;
 
     // Deputies end with their processes.
@@ -206,7 +206,7 @@ async fn another_sessions_deputy_is_just_a_home_process() {
     wait_ready(theirs).await;
     assert_eq!(second.kill(theirs, libc::SIGUSR2, 0).await, Ok(0));
     // The signal landed on the deputy, which forwarded it to its own job.
-    assert_eq!(first.event().await, Event { proc: 1, signal: libc::SIGUSR2, flush_epoch: 0 });
+    assert_eq!(first.event().await, Event { proc: 1, signal: libc::SIGUSR2, ..Default::default() });
     assert!(second.events.is_empty());
     assert!(alive(theirs));
 }
@@ -222,7 +222,7 @@ async fn deputies_go_when_the_stream_ends() {
     // A stopped deputy cannot read end of file: it must go all the same.
     wait_ready(pids[3]).await;
     home_kill(pids[3], libc::SIGSTOP);
-    assert_eq!(calls.event().await, Event { proc: 4, signal: libc::SIGSTOP, flush_epoch: 0 });
+    assert_eq!(calls.event().await, Event { proc: 4, signal: libc::SIGSTOP, ..Default::default() });
     assert!(pids.iter().all(|&pid| alive(pid)));
     drop(calls);
     wait_gone(&pids, Duration::from_secs(2)).await;

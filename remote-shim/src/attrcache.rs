@@ -1,15 +1,18 @@
-//! The attribute and negative-lookup cache: answers of path lookups (`stat`'s attributes, or `ENOENT`)
-//! that home leased, kept until home flushes its leases or the job itself changes something.
+//! The attribute and negative-lookup cache: answers of path lookups (`stat`'s attributes or errno, a link's
+//! target, an access check) and listed entries that home leased, kept until home reports a change they
+//! depend on or the job itself changes something.
 //!
-//! Home watches every directory a leased lookup went through and sends `Event { flush_epoch }` at the first
-//! change there ([`home_agent`'s `leases`]); the flush is applied by the link's reader before any later
-//! reply is delivered. The job's own changes go through [`AttrCache::before_call`] before they are sent, and
-//! bump a generation, so an answer that was in flight across that change is not stored. What they drop:
+//! Home watches every directory a leased lookup went through and lists the answer's dependencies: an
+//! entry name in a watched directory, or the directory itself (home-agent's `leases`). Its reports of
+//! changes (`Event { changed, seq }`) are applied by the link's reader before any later reply is delivered;
+//! an answer leased before a change that arrives after its report is refused (a log of recent reports).
+//! The job's own changes go through [`AttrCache::before_call`] before they are sent, and bump a generation,
+//! so an answer that was in flight across that change is not stored. What they drop:
 //! - data or attribute changes through a descriptor (write, ftruncate, fchmod, ...): the entries of that
 //!   file (by device and inode, known from the open);
 //! - a change of a name (create, unlink, mkdir, symlink, chmod by path, ...): every entry with a path
-//!   component equal to that name (so every spelling of the path, and everything below it), and every
-//!   directory's attributes (their times and link counts change);
+//!   component equal to that name (so every spelling of the path, and everything below it), and the
+//!   attributes of the directories it is in (their times and link counts change);
 //! - a rename, or anything else: the whole cache.
 //!
 //! Keys: an absolute path is looked up the same from every process; a relative one belongs to its process
@@ -17,11 +20,13 @@
 
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-/// Entries kept at most; the cache starts over when full (a change of a name scans them all).
+/// Entries kept at most; the cache starts over when full.
 const MAX_ENTRIES: usize = 50_000;
+/// Reports of changes remembered, to refuse answers leased before them that arrive after them.
+const RECENT: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -66,8 +71,8 @@ pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// `Key::mask` of a `readlink` answer (a link's target, or its errno).
 pub const READLINK: u32 = u32::MAX;
-/// `Key::mask` of an `access(F_OK)` answer.
-pub const EXISTS: u32 = u32::MAX - 1;
+/// `Key::mask` of an `access(mode)` answer: this plus the mode.
+pub const ACCESS: u32 = u32::MAX - 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cached {
@@ -77,15 +82,28 @@ pub enum Cached {
     Missing(Errno),
     /// readlink's answer: the link's target.
     Link(Vec<u8>),
-    /// access(F_OK) succeeded.
+    /// The access check succeeded.
     Exists,
 }
 
-/// Where an answer may be stored: taken before the call is sent.
+/// What the job has changed so far, taken before a call is sent: its answer is stored only if nothing
+/// changed meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
-    epoch: u64,
     generation: u64,
+}
+
+/// A dependency of a leased answer: entry `name` of home's watched directory `wd` (empty: `wd` itself).
+pub type Dep = (u32, Vec<u8>);
+
+/// The dependencies a reply's lease lists.
+pub fn deps(reply: &pb::CallReply) -> Vec<Dep> {
+    reply.deps.iter().map(|d| (d.wd, d.name.to_vec())).collect()
+}
+
+struct Entry {
+    value: Cached,
+    deps: Vec<Dep>,
 }
 
 #[derive(Default)]
@@ -95,14 +113,49 @@ pub struct AttrCache {
 
 #[derive(Default)]
 struct Inner {
-    /// Home's lease epoch the entries belong to.
-    epoch: u64,
     /// Bumped by every local change (a call that may change something at home).
     generation: u64,
-    entries: HashMap<Key, Cached>,
+    entries: HashMap<Key, Entry>,
+    /// Keys by the watched directories their answers depend on (may name keys since dropped).
+    by_wd: HashMap<u32, Vec<Key>>,
+    /// Home's recent reports: (seq, wd, name).
+    recent: VecDeque<(u64, u32, Vec<u8>)>,
+    /// Reports up to this seq were forgotten: answers leased before it are refused.
+    forgotten: u64,
+    /// Home stopped leasing (its event queue overflowed): nothing is stored any more.
+    stopped: bool,
     /// Home files (device, inode) behind the handles the job opened.
     inodes: HashMap<u64, (u64, u64)>,
     hits: u64,
+}
+
+impl Inner {
+    fn remove_where(&mut self, wd: u32, hit: impl Fn(&Entry) -> bool) {
+        let Some(keys) = self.by_wd.remove(&wd) else { return };
+        let mut kept = Vec::new();
+        for key in keys {
+            match self.entries.get(&key) {
+                Some(e) if hit(e) => {
+                    self.entries.remove(&key);
+                }
+                Some(e) if e.deps.iter().any(|d| d.0 == wd) => kept.push(key),
+                _ => {}
+            }
+        }
+        if !kept.is_empty() {
+            self.by_wd.insert(wd, kept);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.by_wd.clear();
+    }
+}
+
+/// Whether a change to entry `name` of `wd` (empty: `wd` itself) voids an answer depending on `deps`.
+fn voids(deps: &[Dep], wd: u32, name: &[u8]) -> bool {
+    deps.iter().any(|(w, n)| *w == wd && (name.is_empty() || n.is_empty() || n[..] == *name))
 }
 
 impl AttrCache {
@@ -112,49 +165,70 @@ impl AttrCache {
 
     pub fn get(&self, key: &Key) -> Option<Cached> {
         let mut inner = self.lock();
-        let hit = inner.entries.get(key).cloned();
+        let hit = inner.entries.get(key).map(|e| e.value.clone());
         if hit.is_some() {
             inner.hits += 1;
         }
         hit
     }
 
-    /// What a call about to be sent must show to store its answer.
+    /// The dependencies of the answer cached for `key`.
+    pub fn deps_of(&self, key: &Key) -> Option<Vec<Dep>> {
+        self.lock().entries.get(key).map(|e| e.deps.clone())
+    }
+
+    /// Whether `key` still has a cached answer finding this very version of a file (device, inode, size,
+    /// change and modification times).
+    pub fn holds(&self, key: &Key, version: &pb::FileStat) -> bool {
+        let id =
+            |s: &pb::FileStat| (s.dev, s.ino, s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
+        matches!(self.lock().entries.get(key), Some(Entry { value: Cached::Found(st), .. }) if id(st) == id(version))
+    }
+
+    /// To be taken before a call is sent, for storing its answer.
     pub fn ticket(&self) -> Ticket {
-        let inner = self.lock();
-        Ticket { epoch: inner.epoch, generation: inner.generation }
+        Ticket { generation: self.lock().generation }
     }
 
-    /// Whether nothing changed since `ticket` was taken and home leased the answer under the current epoch.
-    pub fn still_valid(&self, ticket: Ticket, lease: u64) -> bool {
-        let inner = self.lock();
-        lease != 0 && lease == inner.epoch && inner.generation == ticket.generation
-    }
-
-    /// Stores `value` for `key`, leased by home under epoch `lease` for a call sent with `ticket`.
-    pub fn put(&self, key: Key, value: Cached, ticket: Ticket, lease: u64) {
+    /// Stores `value` for `key`, leased by home as `lease` with dependencies `deps`, for a call sent with
+    /// `ticket`; refused when the job changed something since, or home reported a change it depends on.
+    pub fn put(&self, key: Key, value: Cached, ticket: Ticket, lease: u64, deps: Vec<Dep>) {
         let mut inner = self.lock();
-        if lease == 0 || lease < inner.epoch || inner.generation != ticket.generation {
+        if lease == 0 || inner.stopped || inner.generation != ticket.generation || lease <= inner.forgotten {
             return;
         }
-        // A lease of a newer epoch than the entries: home flushed and the flush is still on its way.
-        if lease > inner.epoch {
-            inner.entries.clear();
-            inner.epoch = lease;
+        if inner.recent.iter().any(|(seq, wd, name)| *seq >= lease && voids(&deps, *wd, name)) {
+            return;
         }
         if inner.entries.len() >= MAX_ENTRIES {
-            inner.entries.clear();
+            inner.clear();
         }
-        inner.entries.insert(key, value);
+        for (wd, _) in &deps {
+            inner.by_wd.entry(*wd).or_default().push(key.clone());
+        }
+        inner.entries.insert(key, Entry { value, deps });
     }
 
-    /// Home flushed every lease before `epoch`.
-    pub fn flush(&self, epoch: u64) {
+    /// Home reports changes (batch `seq`): the answers depending on them go.
+    pub fn changed(&self, seq: u64, changed: &[pb::Dep]) {
         let mut inner = self.lock();
-        if epoch > inner.epoch {
-            inner.epoch = epoch;
-            inner.entries.clear();
+        for c in changed {
+            let name = c.name.to_vec();
+            inner.remove_where(c.wd, |e| voids(&e.deps, c.wd, &name));
+            inner.recent.push_back((seq, c.wd, name));
         }
+        while inner.recent.len() > RECENT {
+            if let Some((seq, _, _)) = inner.recent.pop_front() {
+                inner.forgotten = inner.forgotten.max(seq);
+            }
+        }
+    }
+
+    /// Home stopped leasing: every answer goes, and none is stored again.
+    pub fn flush(&self) {
+        let mut inner = self.lock();
+        inner.stopped = true;
+        inner.clear();
     }
 
     /// Remembers which home file handle `handle` is (for the changes made through it).
@@ -172,20 +246,16 @@ impl AttrCache {
         }
         let mut inner = self.lock();
         inner.generation += 1;
-        let change = change_of(op);
-        if matches!(change, Change::Anything) {
-            tracing::debug!(op = ?std::mem::discriminant(op), "a call that may change anything: attribute cache emptied");
-        }
-        match change {
+        match change_of(op) {
             Change::Cwd(p) => inner.entries.retain(|k, _| k.proc != p.unwrap_or(proc)),
             Change::Handle(h) => match inner.inodes.get(&h).copied() {
-                Some(inode) => {
-                    inner.entries.retain(|_, v| !matches!(v, Cached::Found(s) if (s.dev, s.ino) == inode))
-                }
-                None => inner.entries.clear(),
+                Some(inode) => inner
+                    .entries
+                    .retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode)),
+                None => inner.clear(),
             },
-            Change::Names(names, parents) => inner.entries.retain(|k, v| {
-                let dir = matches!(v, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR);
+            Change::Names(names, parents) => inner.entries.retain(|k, e| {
+                let dir = matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR);
                 // The directories the names are in: their times and link counts change.
                 let parent = dir
                     && match last_component(&k.path) {
@@ -194,7 +264,7 @@ impl AttrCache {
                     };
                 !parent && !k.path.split(|&b| b == b'/').any(|c| names.contains(&c))
             }),
-            Change::Anything => inner.entries.clear(),
+            Change::Anything => inner.clear(),
         }
     }
 

@@ -107,7 +107,10 @@ impl HomeLink {
                         Ok(Some(reply)) if reply.seq == 0 => match reply.event {
                             // Applied here, before any later reply is handed out: a reply sent after the
                             // flush never meets an entry the flush removed.
-                            Some(event) if event.flush_epoch != 0 => attrs.flush(event.flush_epoch),
+                            Some(event) if event.flush_epoch != 0 => attrs.flush(),
+                            Some(event) if !event.changed.is_empty() => {
+                                attrs.changed(event.seq, &event.changed)
+                            }
                             Some(event) => {
                                 let _ = events_tx.send(event);
                             }

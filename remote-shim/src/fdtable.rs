@@ -48,12 +48,8 @@ pub struct Handle {
 /// How a handle was opened: by a lookup that home leased.
 #[derive(Debug, Clone)]
 pub struct Origin {
-    /// The lookup (path, scope) that opened it.
+    /// The lookup (path, scope) that opened it; its answer is cached while the lease holds.
     pub key: crate::attrcache::Key,
-    /// Taken before the open was sent.
-    pub ticket: crate::attrcache::Ticket,
-    /// Home's lease epoch.
-    pub lease: u64,
 }
 
 impl Drop for Handle {
@@ -134,10 +130,10 @@ impl Handle {
         self.origin.get()
     }
 
-    /// Whether nothing has changed (at home, or by the job) since the leased open: the attributes from the
-    /// open are still the file's.
+    /// Whether the leased lookup that opened this handle still finds this file (nothing it depends on
+    /// changed, at home or by the job): the attributes from the open are still the file's.
     pub fn attributes_leased(&self, attrs: &crate::attrcache::AttrCache) -> bool {
-        self.origin.get().is_some_and(|o| attrs.still_valid(o.ticket, o.lease))
+        self.origin.get().is_some_and(|o| attrs.holds(&o.key, &self.stat))
     }
 
     /// The fill of this handle, if one was started.

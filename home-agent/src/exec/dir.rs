@@ -58,12 +58,16 @@ pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
     let fd = s.handle(o.handle)?;
     let size = usize::try_from(o.size).unwrap_or(usize::MAX).min(MAX_BUF);
     // Watched before the entries are read, so a change after the read is reported (see `leases`).
-    let mut grant = o.lease.then(|| s.leases.begin()).flatten();
-    let lease = match grant.as_mut() {
-        Some(g) if g.watch(fd.as_fd()) => g.epoch(),
-        _ => 0,
+    let (lease, deps) = match o.lease.then(|| s.leases.begin()).flatten() {
+        Some(mut g) => {
+            if g.depend(fd.as_fd(), b"") {
+                g.finish()
+            } else {
+                (0, Vec::new())
+            }
+        }
+        None => (0, Vec::new()),
     };
-    drop(grant);
     let raw = sys::getdents64(fd.as_fd(), size)?;
     let mut dirents = decode_dirents(&raw);
     if lease != 0 {
@@ -75,7 +79,7 @@ pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
                 .map(|sx| pb::FileStat::from_statx(&sx));
         }
     }
-    Ok(pb::CallReply { dirents, lease, ..value(raw.len() as i64) })
+    Ok(pb::CallReply { dirents, lease, deps, ..value(raw.len() as i64) })
 }
 
 /// Decodes `struct linux_dirent64` records: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8,

@@ -25,7 +25,7 @@ mod stat;
 mod tests;
 
 use crate::session::{ProcCtx, Session};
-use homeward_proto::pb::{call_request::Op, CallReply, CallRequest, Dir, Outcome};
+use homeward_proto::pb::{self, call_request::Op, CallReply, CallRequest, Dir, Outcome};
 use homeward_proto::Errno;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -66,6 +66,21 @@ type Res = Result<CallReply, Errno>;
 /// A reply carrying only a value.
 fn value(v: i64) -> CallReply {
     CallReply { outcome: Some(Outcome::value(v)), ..Default::default() }
+}
+
+/// A lease on looking up `path` from `dir` (see `crate::leases`), when `wanted`: its number (0: none) and
+/// dependencies. Taken before the lookup itself reads the file system.
+fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> (u64, Vec<pb::Dep>) {
+    use std::os::fd::AsFd;
+    if !wanted || path.is_empty() {
+        return (0, Vec::new());
+    }
+    let Some(mut grant) = s.leases.begin() else { return (0, Vec::new()) };
+    if grant.walk(dir.as_fd(), path, follow) {
+        grant.finish()
+    } else {
+        (0, Vec::new())
+    }
 }
 
 /// A reply carrying only an errno (for executors that return more than the outcome on failure).

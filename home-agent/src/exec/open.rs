@@ -29,10 +29,7 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     // file that turns out to be anything but a regular file or directory is opened again on a blocking thread.
     // (An `O_PATH` open never waits.)
     let probing = super::running_inline() && flags & (libc::O_NONBLOCK | libc::O_PATH) == 0;
-    let mut grant = o.lease.then(|| s.leases.begin()).flatten();
-    let follow = flags & libc::O_NOFOLLOW == 0;
-    let lease = grant.as_mut().and_then(|g| g.walk(at.dir.as_fd(), &o.path, follow)).unwrap_or(0);
-    drop(grant);
+    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, flags & libc::O_NOFOLLOW == 0, o.lease);
     let tried = if probing { flags | libc::O_NONBLOCK } else { flags };
     let fd = if o.resolve != 0 {
         sys::openat2(at.dir.as_fd(), &at.path, tried, mode, o.resolve)
@@ -43,7 +40,7 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     let fd = match fd {
         // A fifo's write side without a reader: blocking, it would wait for one.
         Err(e) if probing && e == Errno(libc::ENXIO as u16) => return Err(super::RETRY_BLOCKING),
-        Err(e) => return Ok(pb::CallReply { lease, ..super::failed(e) }),
+        Err(e) => return Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
         Ok(fd) => fd,
     };
     let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok();
@@ -62,7 +59,14 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     };
     let handle = s.insert(fd)?;
     let whole = content.is_some();
-    Ok(pb::CallReply { stat, whole, lease, data: content.unwrap_or_default().into(), ..value(handle as i64) })
+    Ok(pb::CallReply {
+        stat,
+        whole,
+        lease,
+        deps,
+        data: content.unwrap_or_default().into(),
+        ..value(handle as i64)
+    })
 }
 
 fn wants_content(o: &pb::Open, flags: i32, kind: u32, st: &FileStat) -> bool {

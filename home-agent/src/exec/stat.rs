@@ -19,12 +19,10 @@ pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
     let flags = at_from_wire(o.at_flags);
     // Watched before the file system is read (see `leases`); the errno of a failed lookup is leased too.
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    let mut grant = (o.lease && !o.path.is_empty()).then(|| s.leases.begin()).flatten();
-    let lease = grant.as_mut().and_then(|g| g.walk(at.dir.as_fd(), &o.path, follow)).unwrap_or(0);
-    drop(grant);
+    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, follow, o.lease);
     match sys::statx(at.dir.as_fd(), &at.path, flags, mask) {
-        Ok(sx) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), lease, ..value(0) }),
-        Err(e) => Ok(pb::CallReply { lease, ..super::failed(e) }),
+        Ok(sx) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), lease, deps, ..value(0) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
     }
 }
 
@@ -43,15 +41,11 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
     let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     let mode = libc::c_int::try_from(o.mode).map_err(|_| homeward_proto::Errno::EINVAL)?;
     let flags = at_from_wire(o.at_flags);
-    let lease = if o.lease && mode == libc::F_OK && !o.path.is_empty() {
-        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-        s.leases.begin().and_then(|mut g| g.walk(at.dir.as_fd(), &o.path, follow)).unwrap_or(0)
-    } else {
-        0
-    };
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, follow, o.lease);
     match sys::faccessat(at.dir.as_fd(), &at.path, mode, flags) {
-        Ok(()) => Ok(pb::CallReply { lease, ..value(0) }),
-        Err(e) => Ok(pb::CallReply { lease, ..super::failed(e) }),
+        Ok(()) => Ok(pb::CallReply { lease, deps, ..value(0) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
     }
 }
 
@@ -63,16 +57,12 @@ pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
         n if n > 0 => (n as usize).min(MAX_LINK),
         _ => 0,
     };
-    let lease = if o.lease && !o.path.is_empty() {
-        s.leases.begin().and_then(|mut g| g.walk(at.dir.as_fd(), &o.path, false)).unwrap_or(0)
-    } else {
-        0
-    };
+    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, false, o.lease);
     match sys::readlinkat(at.dir.as_fd(), &at.path, size) {
         Ok(target) => {
             let n = target.len() as i64;
-            Ok(pb::CallReply { data: target.into(), lease, ..value(n) })
+            Ok(pb::CallReply { data: target.into(), lease, deps, ..value(n) })
         }
-        Err(e) => Ok(pb::CallReply { lease, ..super::failed(e) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
     }
 }

@@ -20,18 +20,43 @@ pub fn inotify_watch(instance: BorrowedFd<'_>, target: BorrowedFd<'_>, mask: u32
     cvt(unsafe { libc::inotify_add_watch(instance.as_raw_fd(), path.as_ptr(), mask) })
 }
 
-/// Reads (and discards) what events are queued; how many bytes they took (0: none).
-pub fn inotify_drain(instance: BorrowedFd<'_>) -> usize {
-    let mut buf = [0u8; 4096];
-    // SAFETY: reads into a live stack buffer of its own length.
-    let n = unsafe { libc::read(instance.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    usize::try_from(n).unwrap_or(0)
-}
-
 /// Registers a non-blocking descriptor we own with the tokio reactor, for reading.
 pub fn async_fd<T: AsRawFd>(fd: T) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
     // SAFETY: `fd` owns (or shares ownership of) its descriptor and moves into the `AsyncFd`, so the
     // descriptor stays open for as long as the registration exists and is deregistered before it closes.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// Reads every queued event: the distinct `(watch, name)` pairs they name (an empty name: the watched
+/// directory itself), and whether the kernel's queue overflowed (events were lost).
+pub fn inotify_events(instance: BorrowedFd<'_>) -> (Vec<(i32, Vec<u8>)>, bool) {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut seen: Vec<(i32, Vec<u8>)> = Vec::new();
+    let mut overflow = false;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: reads into a live buffer of its own length.
+        let n = unsafe { libc::read(instance.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at + HEADER <= n {
+            // SAFETY: a whole header lies at `at` (checked above); read unaligned from the byte buffer.
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let len = ev.len as usize;
+            let name = buf.get(at + HEADER..at + HEADER + len).unwrap_or_default();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                overflow = true;
+            } else if ev.mask & libc::IN_IGNORED == 0 && !seen.iter().any(|(w, n)| *w == ev.wd && *n == name)
+            {
+                seen.push((ev.wd, name));
+            }
+            at += HEADER + len;
+        }
+    }
+    (seen, overflow)
 }

@@ -132,10 +132,13 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
     let op = Op::Getdents(pb::Getdents { handle: h.id, size: size as u64, lease: h.origin().is_some() });
     let (_, reply) = call.home_value(op).await?;
     if let Some(origin) = h.origin() {
-        // Opened by a leased lookup and still under that lease: the entries' attributes answer the
-        // lookups of `<dir>/<name>` that follow (readdir-plus).
-        if reply.lease == origin.lease && ticket == origin.ticket {
-            prefill(attrs, origin, &reply.dirents, ticket, reply.lease);
+        // Opened by a leased lookup that still holds: the entries' attributes answer the lookups of
+        // `<dir>/<name>` that follow (readdir-plus), depending on the path to the directory and their names.
+        let dir = crate::attrcache::deps(&reply);
+        if let (Some(path), [(wd, _)]) = (attrs.deps_of(&origin.key), dir.as_slice()) {
+            if reply.lease != 0 && h.attributes_leased(attrs) {
+                prefill(attrs, origin, &reply.dirents, ticket, reply.lease, &path, *wd);
+            }
         }
     }
     let buf = encode_dirents(&reply.dirents, format, size);
@@ -154,6 +157,8 @@ fn prefill(
     entries: &[pb::Dirent],
     ticket: crate::attrcache::Ticket,
     lease: u64,
+    path_deps: &[crate::attrcache::Dep],
+    wd: u32,
 ) {
     for e in entries {
         let Some(st) = e.stat else { continue };
@@ -170,7 +175,9 @@ fn prefill(
                 continue;
             }
             let key = crate::attrcache::Key { proc: origin.key.proc, path: path.clone(), follow, mask: 0 };
-            attrs.put(key, crate::attrcache::Cached::Found(st), ticket, lease);
+            let mut deps = path_deps.to_vec();
+            deps.push((wd, e.name.to_vec()));
+            attrs.put(key, crate::attrcache::Cached::Found(st), ticket, lease, deps);
         }
     }
 }

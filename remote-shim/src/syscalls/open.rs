@@ -75,15 +75,15 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
     if let (Some(key), Err(e)) = (&key, &outcome) {
         if *e == Errno::ENOENT {
-            attrs.put(key.clone(), Cached::Missing(*e), ticket, reply.lease);
+            attrs.put(key.clone(), Cached::Missing(*e), ticket, reply.lease, crate::attrcache::deps(&reply));
         }
     }
     let handle_id = outcome? as u64;
     let stat = reply.stat.unwrap_or_default();
     attrs.opened(handle_id, (stat.dev, stat.ino));
     let origin = key.filter(|_| reply.lease != 0).map(|key| {
-        attrs.put(key.clone(), Cached::Found(stat), ticket, reply.lease);
-        crate::fdtable::Origin { key, ticket, lease: reply.lease }
+        attrs.put(key.clone(), Cached::Found(stat), ticket, reply.lease, crate::attrcache::deps(&reply));
+        crate::fdtable::Origin { key }
     });
     let inode = (stat.dev, stat.ino);
     if !reads_only(oflags) && stat.mode & libc::S_IFMT == libc::S_IFREG {

@@ -82,7 +82,7 @@ async fn stat_home(
     let attrs = &call.sup.link.attrs;
     let key = call
         .lookup_key(&dir, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, mask)
-        .filter(|_| mask < crate::attrcache::EXISTS);
+        .filter(|_| mask < crate::attrcache::ACCESS);
     match key.as_ref().and_then(|k| attrs.get(k)) {
         Some(Cached::Found(st)) => return Ok(st),
         Some(Cached::Missing(e)) => return Err(e),
@@ -102,10 +102,12 @@ async fn stat_home(
         match &outcome {
             Ok(_) => {
                 if let Some(st) = reply.stat {
-                    attrs.put(key, Cached::Found(st), ticket, reply.lease);
+                    attrs.put(key, Cached::Found(st), ticket, reply.lease, crate::attrcache::deps(&reply));
                 }
             }
-            Err(e) if *e == Errno::ENOENT => attrs.put(key, Cached::Missing(*e), ticket, reply.lease),
+            Err(e) if *e == Errno::ENOENT => {
+                attrs.put(key, Cached::Missing(*e), ticket, reply.lease, crate::attrcache::deps(&reply))
+            }
             Err(_) => {}
         }
     }
@@ -145,24 +147,29 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
     }
     let t = call.target(dirfd, call.path(path_arg)?, at);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
-    // Existence alone (F_OK) is what a cached lookup knows; permissions are home's to judge.
+    // A missing file is missing whatever the mode; otherwise an access check answered before (it depends
+    // on the file's attributes, leased, and the agent's credentials, fixed). Not for W_OK, which also
+    // depends on how the file system is mounted.
     let attrs = &call.sup.link.attrs;
     let follow = t.at & libc::AT_SYMLINK_NOFOLLOW == 0;
-    let keys = if mode == libc::F_OK as u32 {
+    let keys = if mode & libc::W_OK as u32 == 0 {
         call.lookup_key(&dir, &t.path, follow, 0).map(|stat| {
-            let exists = Key { mask: crate::attrcache::EXISTS, ..stat.clone() };
-            (stat, exists)
+            let check = Key { mask: crate::attrcache::ACCESS + mode, ..stat.clone() };
+            (stat, check)
         })
     } else {
         None
     };
-    if let Some((stat, exists)) = &keys {
-        for key in [stat, exists] {
-            match attrs.get(key) {
-                Some(Cached::Found(_) | Cached::Exists) => return Ok(Action::Value(0)),
-                Some(Cached::Missing(e)) => return Err(e),
-                _ => {}
-            }
+    if let Some((stat, check)) = &keys {
+        match attrs.get(stat) {
+            Some(Cached::Found(_)) if mode == libc::F_OK as u32 => return Ok(Action::Value(0)),
+            Some(Cached::Missing(e)) => return Err(e),
+            _ => {}
+        }
+        match attrs.get(check) {
+            Some(Cached::Exists) => return Ok(Action::Value(0)),
+            Some(Cached::Missing(e)) => return Err(e),
+            _ => {}
         }
     }
     let ticket = attrs.ticket();
@@ -175,14 +182,20 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
     });
     let reply = call.home(op).await?;
     let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
-    if let Some((_, exists)) = keys {
+    if let Some((_, check)) = keys {
+        let kept = [
+            Errno::ENOENT,
+            Errno(libc::EACCES as u16),
+            Errno(libc::ENOTDIR as u16),
+            Errno(libc::ELOOP as u16),
+        ];
         let value = match outcome {
             Ok(_) => Some(Cached::Exists),
-            Err(e) if e == Errno::ENOENT || e == Errno(libc::ENOTDIR as u16) => Some(Cached::Missing(e)),
+            Err(e) if kept.contains(&e) => Some(Cached::Missing(e)),
             Err(_) => None,
         };
         if let Some(value) = value {
-            attrs.put(exists, value, ticket, reply.lease);
+            attrs.put(check, value, ticket, reply.lease, crate::attrcache::deps(&reply));
         }
     }
     outcome.map(Action::Value)
@@ -234,7 +247,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
             Err(_) => None,
         };
         if let Some(value) = value {
-            attrs.put(key, value, ticket, reply.lease);
+            attrs.put(key, value, ticket, reply.lease, crate::attrcache::deps(&reply));
         }
     }
     outcome?;

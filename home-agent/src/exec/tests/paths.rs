@@ -43,7 +43,13 @@ fn missing_and_existing_files() {
         Err(Errno(libc::EEXIST as u16))
     );
     assert_eq!(
-        home.call(Op::Access(pb::Access { dir: cwd(), path: "f".into(), mode: 0, at_flags: 0 })),
+        home.call(Op::Access(pb::Access {
+            dir: cwd(),
+            path: "f".into(),
+            mode: 0,
+            at_flags: 0,
+            lease: false
+        })),
         Ok(0)
     );
 }
@@ -86,9 +92,10 @@ fn rename_and_links() {
     assert_eq!(home.call(rename("b", "c", libc::RENAME_NOREPLACE)), Err(Errno(libc::EEXIST as u16)));
 
     home.call(Op::Symlink(pb::Symlink { target: "b".into(), dir: cwd(), path: "l".into() })).unwrap();
-    let reply = home.reply(Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 100 }));
+    let reply =
+        home.reply(Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 100, lease: false }));
     assert_eq!((reply.outcome.unwrap().to_result(), &reply.data[..]), (Ok(1), &b"b"[..]));
-    let zero = Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 0 });
+    let zero = Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 0, lease: false });
     assert_eq!(home.call(zero), Err(Errno::EINVAL));
     let link =
         pb::Link { old_dir: cwd(), old_path: "b".into(), new_dir: cwd(), new_path: "h".into(), at_flags: 0 };
