@@ -287,7 +287,7 @@ enum Change<'a> {
 }
 
 fn last_component(path: &[u8]) -> Option<&[u8]> {
-    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").next_back()
+    path.split(|&b| b == b'/').rfind(|c| !c.is_empty() && *c != b".")
 }
 
 fn names<'a>(paths: &[&'a [u8]]) -> Change<'a> {
