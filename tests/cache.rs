@@ -280,3 +280,38 @@ fn cached_lookups_follow_changes_at_home() {
     assert!(out.starts_with(before), "{remote}");
     assert!(out.ends_with(after), "{remote}");
 }
+
+/// The job's own changes through a symbolic link reach the cached answers about the file it points to.
+const THROUGH_LINKS: &str = r#"
+import os
+os.symlink("target.txt", "link")
+print("before", oct(os.stat("target.txt").st_mode & 0o777), os.stat("target.txt").st_size)
+os.chmod("link", 0o600)
+print("chmod", oct(os.stat("target.txt").st_mode & 0o777))
+open("link", "w").close()
+print("truncated", os.stat("target.txt").st_size)
+os.utime("link", (1_000_000_000, 1_000_000_000))
+print("utime", int(os.stat("target.txt").st_mtime))
+print("missing", os.path.exists("new-target.txt"))
+os.symlink("new-target.txt", "dangling")
+with open("dangling", "w") as f:
+    f.write("made through a link")
+print("created", os.path.exists("new-target.txt"), os.stat("new-target.txt").st_size)
+"#;
+
+#[test]
+fn changes_through_symbolic_links_reach_cached_answers() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("target.txt", "some content");
+    hosts.chmod("target.txt", 0o644);
+    hosts.write("script.py", THROUGH_LINKS);
+    let remote = hosts.cmd(&["python3", "script.py"]).remote();
+    remote.assert_success();
+    assert_eq!(
+        remote.stdout(),
+        "before 0o644 12\nchmod 0o600\ntruncated 0\nutime 1000000000\nmissing False\ncreated True 19\n",
+        "{remote}"
+    );
+}

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const OPS: &[&str] = &["stat", "open+close", "read 4 KiB", "write 4 KiB", "getpid", "own pipe"];
+const OPS: &[&str] =
+    &["stat", "stat, new name", "open+close", "read 4 KiB", "write 4 KiB", "getpid", "own pipe"];
 
 fn data_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("homeward-criterion-{}", std::process::id()));

@@ -264,8 +264,29 @@ impl AttrCache {
                     };
                 !parent && !k.path.split(|&b| b == b'/').any(|c| names.contains(&c))
             }),
+            // Through a symbolic link the file changed may have any name: every answer that depends on
+            // attributes goes; that a name is missing, or where a link points, stays true.
+            Change::Attributes(name) => inner.entries.retain(|k, e| {
+                let lasting = matches!(&e.value, Cached::Link(_))
+                    || matches!(&e.value, Cached::Missing(x) if *x == Errno::ENOENT || *x == Errno(libc::ENOTDIR as u16));
+                lasting && !k.path.split(|&b| b == b'/').any(|c| c == name)
+            }),
             Change::Anything => inner.clear(),
         }
+    }
+
+    /// The job changed something it cannot name: everything goes.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.clear();
+    }
+
+    /// The job changed file `inode` (an open that truncated it): its cached attributes go.
+    pub fn forget_inode(&self, inode: (u64, u64)) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode));
     }
 
     /// Lookups answered from the cache so far.
@@ -283,6 +304,8 @@ enum Change<'a> {
     /// The entries named by these last path components, and the directories they are in: named by their
     /// own last components, or `None` when a path does not say (a name in the cwd).
     Names(Vec<&'a [u8]>, Option<Vec<&'a [u8]>>),
+    /// The attributes of the file a path names (perhaps through a symbolic link): its last component.
+    Attributes(&'a [u8]),
     Anything,
 }
 
@@ -315,6 +338,13 @@ fn names<'a>(paths: &[&'a [u8]]) -> Change<'a> {
     Change::Names(names, parents)
 }
 
+fn attributes(path: &[u8]) -> Change<'_> {
+    match last_component(path) {
+        Some(name) if name != b".." => Change::Attributes(name),
+        _ => Change::Anything,
+    }
+}
+
 fn change_of(op: &Op) -> Change<'_> {
     // A path call with an empty path acts on its handle (the f* variants).
     let on = |dir: &Option<pb::Dir>, path: &'_ [u8]| -> Option<u64> {
@@ -328,11 +358,11 @@ fn change_of(op: &Op) -> Change<'_> {
         Op::CopyRange(c) => Change::Handle(c.out_handle),
         Op::Fsync(f) => Change::Handle(f.handle),
         Op::SetFlags(f) => Change::Handle(f.handle),
-        Op::Truncate(t) => on(&t.dir, &t.path).map_or_else(|| names(&[&t.path]), Change::Handle),
-        Op::Chmod(c) => on(&c.dir, &c.path).map_or_else(|| names(&[&c.path]), Change::Handle),
-        Op::Chown(c) => on(&c.dir, &c.path).map_or_else(|| names(&[&c.path]), Change::Handle),
-        Op::Utimens(u) => on(&u.dir, &u.path).map_or_else(|| names(&[&u.path]), Change::Handle),
-        Op::Xattr(x) => on(&x.dir, &x.path).map_or_else(|| names(&[&x.path]), Change::Handle),
+        Op::Truncate(t) => on(&t.dir, &t.path).map_or_else(|| attributes(&t.path), Change::Handle),
+        Op::Chmod(c) => on(&c.dir, &c.path).map_or_else(|| attributes(&c.path), Change::Handle),
+        Op::Chown(c) => on(&c.dir, &c.path).map_or_else(|| attributes(&c.path), Change::Handle),
+        Op::Utimens(u) => on(&u.dir, &u.path).map_or_else(|| attributes(&u.path), Change::Handle),
+        Op::Xattr(x) => on(&x.dir, &x.path).map_or_else(|| attributes(&x.path), Change::Handle),
         Op::Open(o) => names(&[&o.path]),
         Op::Mkdir(m) => names(&[&m.path]),
         Op::Mknod(m) => names(&[&m.path]),

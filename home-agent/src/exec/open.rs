@@ -53,6 +53,11 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         sys::set_flags(fd.as_fd(), flags & !libc::O_CLOEXEC)?;
     }
     let stat = sx.map(|sx| FileStat::from_statx(&sx));
+    // A creating open that followed a symbolic link made a file under another name: the shim must know.
+    let via_link = creates
+        && flags & libc::O_NOFOLLOW == 0
+        && sys::statx(at.dir.as_fd(), &at.path, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_TYPE)
+            .is_ok_and(|l| u32::from(l.stx_mode) & libc::S_IFMT == libc::S_IFLNK);
     let content = match &stat {
         Some(st) if wants_content(o, flags, kind, st) => whole_content(fd.as_fd(), st),
         _ => None,
@@ -62,6 +67,7 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     Ok(pb::CallReply {
         stat,
         whole,
+        via_link,
         lease,
         deps,
         data: content.unwrap_or_default().into(),

@@ -81,6 +81,12 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let handle_id = outcome? as u64;
     let stat = reply.stat.unwrap_or_default();
     attrs.opened(handle_id, (stat.dev, stat.ino));
+    if reply.via_link {
+        // A file created or emptied where a symbolic link points: under any name.
+        attrs.forget_all();
+    } else if oflags & libc::O_TRUNC != 0 {
+        attrs.forget_inode((stat.dev, stat.ino));
+    }
     let origin = key.filter(|_| reply.lease != 0).map(|key| {
         attrs.put(key.clone(), Cached::Found(stat), ticket, reply.lease, crate::attrcache::deps(&reply));
         crate::fdtable::Origin { key }

@@ -23,8 +23,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const OPS: &[&str] =
-    &["stat", "open+close", "read 4 KiB", "write 4 KiB", "getpid", "clock_gettime", "own pipe"];
+/// "stat" repeats one lookup (cached after the first); "stat, new name" looks up a different (missing)
+/// name each time, so each is a round trip.
+const OPS: &[&str] = &[
+    "stat",
+    "stat, new name",
+    "open+close",
+    "read 4 KiB",
+    "write 4 KiB",
+    "getpid",
+    "clock_gettime",
+    "own pipe",
+];
 
 struct Options {
     n: u32,
@@ -100,14 +110,14 @@ struct Shim {
 }
 
 impl Shim {
-    /// `remote-shim --stats` to `home`, running `program`.
-    fn command(&self, home: &Home) -> Command {
+    /// `remote-shim --stats` to `home` with `extra` arguments, ready for the program and its arguments.
+    fn command(&self, home: &Home, extra: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         match home.addr {
             None => c.args(["--home", "local"]),
             Some(addr) => c.arg("--home").arg(addr.to_string()).arg("--token-file").arg(&self.token_file),
         };
-        c.args(["--stats", "--"]);
+        c.args(extra).args(["--stats", "--"]);
         c
     }
 }
@@ -160,7 +170,7 @@ fn micro_table(shim: &Shim, homes: &[Home], dir: &Path, n: u32) -> String {
         let mut trips = 0;
         for home in homes {
             let out = shim
-                .command(home)
+                .command(home, &[])
                 .arg(std::env::current_exe().expect("exe"))
                 .args(["--workload", op, &n.to_string()])
                 .current_dir(dir)
@@ -193,6 +203,14 @@ fn run_op(op: &str, n: u32, dir: &std::path::Path) -> f64 {
             for _ in 0..n {
                 std::fs::metadata(&data).expect("stat");
             }
+        }
+        "stat, new name" => {
+            let names: Vec<_> = (0..n).map(|i| dir.join(format!("missing-{i}"))).collect();
+            let t = Instant::now();
+            for name in &names {
+                std::hint::black_box(std::fs::metadata(name).is_err());
+            }
+            return t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
         }
         "open+close" => {
             for _ in 0..n {
@@ -312,16 +330,24 @@ fn unpin() {
     }
 }
 
-/// The performance issue's workloads: (name, shell command run in the data set's directory).
-const WORKLOADS: &[(&str, &str)] = &[
-    ("W1 python walks 5,000 files", "python3 walk.py"),
-    ("W2 sha256sum 256 MiB", "sha256sum big.bin"),
-    ("W3 sqlite3 300 transactions", "rm -f w3.db; sqlite3 w3.db < inserts.sql"),
-    ("W4 make -j2, 20 C files", "make -s -C cproj clean >/dev/null; make -s -j2 -C cproj"),
-    ("W5 tar cf - tree, piped to wc -c", "tar cf - tree | wc -c"),
-    ("W6 git status, 2,000 files", "git -C repo status --porcelain | wc -l"),
-    ("W7 compute only (C, no I/O)", "./compute"),
+/// The performance issue's workloads: (name, shell command run in the data set's directory, remote-shim's
+/// extra arguments).
+const WORKLOADS: &[(&str, &str, &[&str])] = &[
+    ("W1 python walks 5,000 files", "python3 walk.py", &[]),
+    ("W2 sha256sum 256 MiB", "sha256sum big.bin", &[]),
+    ("W3 sqlite3 300 transactions", "rm -f w3.db; sqlite3 w3.db < inserts.sql", &[]),
+    ("W4 make -j2, 20 C files", W4, &[]),
+    (
+        "W4 with the toolchain local (--local /usr /lib /etc /tmp)",
+        W4,
+        &["--local", "/usr", "--local", "/lib", "--local", "/lib64", "--local", "/etc", "--local", "/tmp"],
+    ),
+    ("W5 tar cf - tree, piped to wc -c", "tar cf - tree | wc -c", &[]),
+    ("W6 git status, 2,000 files", "git -C repo status --porcelain | wc -l", &[]),
+    ("W7 compute only (C, no I/O)", "./compute", &[]),
 ];
+
+const W4: &str = "make -s -C cproj clean >/dev/null; make -s -j2 -C cproj";
 
 /// Generates the workloads' data set in `dir`.
 fn make_data_set(dir: &std::path::Path) {
@@ -349,7 +375,7 @@ cat > compute.c <<'C'
 #include <stdio.h>
 int main(void) {
     unsigned long long s = 0;
-    for (unsigned long long i = 0; i < 1200000000ULL; i++) s += (i * i) ^ (s >> 3);
+    for (unsigned long long i = 0; i < 3600000000ULL; i++) s += (i * i) ^ (s >> 3);
     printf("%llu\n", s);
     return 0;
 }
@@ -380,7 +406,7 @@ enum Runner<'a> {
 
 impl Runner<'_> {
     /// Seconds, and round trips to home (remote-shim's `--stats`).
-    fn time(&self, name: &str, command: &str) -> (f64, u64) {
+    fn time(&self, name: &str, command: &str, shim_args: &[&str]) -> (f64, u64) {
         let mut cmd = match self {
             Runner::Native(dir) => {
                 let mut c = Command::new("sh");
@@ -388,7 +414,7 @@ impl Runner<'_> {
                 c
             }
             Runner::Shim(shim, home, dir) => {
-                let mut c = shim.command(home);
+                let mut c = shim.command(home, shim_args);
                 c.arg("sh").current_dir(dir);
                 c
             }
@@ -438,12 +464,12 @@ fn workload_table(shim: &Shim, homes: &[Home], dir: &Path, o: &Options) -> Strin
     table.push_str(" round trips |\n|---|");
     table.push_str(&"---:|".repeat(columns.len() + 1));
     table.push('\n');
-    for (name, command) in WORKLOADS {
+    for (name, command, shim_args) in WORKLOADS {
         let mut times = vec![Vec::new(); columns.len()];
         let mut trips = 0;
         for _ in 0..o.runs {
             for (i, (_, runner)) in columns.iter().enumerate() {
-                let (secs, t) = runner.time(name, command);
+                let (secs, t) = runner.time(name, command, shim_args);
                 times[i].push(secs);
                 if i == 1 {
                     trips = t;
@@ -451,6 +477,7 @@ fn workload_table(shim: &Shim, homes: &[Home], dir: &Path, o: &Options) -> Strin
             }
         }
         let medians: Vec<f64> = times.into_iter().map(median).collect();
+        eprintln!("homeward-bench: {name}: {medians:.3?} s, {trips} round trips");
         table.push_str(&format!("| {name} | {:.3} |", medians[0]));
         for m in &medians[1..] {
             table.push_str(&format!(" {m:.3} ({:.2}×) |", m / medians[0]));
