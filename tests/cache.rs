@@ -315,3 +315,30 @@ fn changes_through_symbolic_links_reach_cached_answers() {
         "{remote}"
     );
 }
+
+/// The job's own removal of a link's target, and a child reading a copied file from where its parent
+/// left it.
+const OWN_CHANGES: &str = r#"
+import os, subprocess
+with open("lib.so.1", "w") as f:
+    f.write("x")
+os.symlink("lib.so.1", "lib.so")
+print("stat", os.stat("lib.so").st_size)
+os.unlink("lib.so.1")
+print("after unlink", os.path.exists("lib.so"))
+with open("data.txt", "rb", buffering=0) as f:
+    f.read(4)
+    print("child", subprocess.run(["cat"], stdin=f, capture_output=True).stdout)
+"#;
+
+#[test]
+fn own_changes_and_inherited_offsets_are_kept() {
+    skip_unless_root!();
+    require_tools!("python3", "cat");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "0123456789");
+    hosts.write("script.py", OWN_CHANGES);
+    let remote = hosts.cmd(&["python3", "script.py"]).remote();
+    remote.assert_success();
+    assert_eq!(remote.stdout(), "stat 1\nafter unlink False\nchild b'456789'\n", "{remote}");
+}

@@ -38,6 +38,8 @@ const WATCH_MASK: u32 = libc::IN_ATTRIB
 /// kernel's limit).
 const MAX_STEPS: usize = 256;
 const MAX_LINKS: usize = 40;
+/// Most directories a session watches.
+const MAX_WATCHES: usize = 16384;
 
 #[derive(Default)]
 pub struct Leases {
@@ -51,6 +53,8 @@ struct Inner {
     /// The session's inotify instance, and what stops its reader.
     watcher: Option<(Arc<OwnedFd>, oneshot::Sender<()>)>,
     replies: Option<Replies>,
+    /// The directories watched.
+    watches: std::collections::HashSet<i32>,
     /// Leases were stopped (queue overflow, no inotify, session closed): none is granted again.
     stopped: bool,
 }
@@ -116,6 +120,24 @@ impl Leases {
         inner.replies.clone()
     }
 
+    /// Reports at once the changes already queued (a call of the job just made some): sent before that
+    /// call's reply, so the shim never meets its own change undone by a cached answer.
+    pub fn report_now(&self) -> Option<CallReply> {
+        let fd = self.lock().watcher.as_ref().map(|(fd, _)| fd.clone())?;
+        let (changed, overflow) = sys::inotify_events(fd.as_fd());
+        if overflow {
+            self.stop();
+            return Some(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let (seq, _) = self.report()?;
+        let changed =
+            changed.into_iter().map(|(wd, name)| Dep { wd: wd as u32, name: name.into() }).collect();
+        Some(flush_reply(Event { changed, seq, ..Default::default() }))
+    }
+
     /// The session is closing: no more leases or reports.
     pub fn close(&self) {
         let mut inner = self.lock();
@@ -130,6 +152,13 @@ impl Grant<'_> {
     /// itself); false when the watch could not be added (the lease is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
         match sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK) {
+            // A session watches at most MAX_WATCHES directories (the user's limit is shared with every
+            // other program at home); beyond, lookups are simply not leased.
+            Ok(wd) if self.inner.watches.insert(wd) && self.inner.watches.len() > MAX_WATCHES => {
+                self.inner.watches.remove(&wd);
+                let _ = sys::inotify_unwatch(self.fd.as_fd(), wd);
+                false
+            }
             Ok(wd) => {
                 self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
                 true
@@ -148,6 +177,8 @@ impl Grant<'_> {
     /// if it is one; false when the answer cannot be leased (a component that cannot be examined, too many
     /// links). `follow`: whether a symbolic link as the last component is followed.
     pub fn walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> bool {
+        // A trailing slash (or `/.`) follows a link in the last component whatever the call.
+        let follow = follow || path.ends_with(b"/") || path.ends_with(b"/.");
         self.try_walk(start, path, follow).is_some()
     }
 

@@ -181,6 +181,7 @@ async fn run_session(session: Arc<Session>, mut inbound: Streaming<CallRequest>,
 
 /// Runs one call (on a blocking thread when it may wait) and sends its reply.
 async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
+    let leases = session.leases.clone();
     let seq = request.seq;
     let op = exec::op_name(request.op.as_ref());
     let ran = if exec::may_block(&session, &request) {
@@ -213,5 +214,9 @@ async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
         }
     };
     debug!(seq, op, outcome = ?reply.outcome.map(|o| o.to_result()), "call done");
+    // What the call changed at home (inotify reports it as it happens) goes out before its reply.
+    if let Some(report) = leases.report_now() {
+        let _ = tx.send(Ok(report)).await;
+    }
     let _ = tx.send(Ok(reply)).await;
 }

@@ -20,7 +20,7 @@
 
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 /// Entries kept at most; the cache starts over when full.
@@ -116,8 +116,11 @@ struct Inner {
     /// Bumped by every local change (a call that may change something at home).
     generation: u64,
     entries: HashMap<Key, Entry>,
-    /// Keys by the watched directories their answers depend on (may name keys since dropped).
-    by_wd: HashMap<u32, Vec<Key>>,
+    /// Keys by the watched directories their answers depend on (may name keys since dropped; the whole
+    /// cache starts over when these grow past their bound).
+    by_wd: HashMap<u32, HashSet<Key>>,
+    /// Keys in `by_wd`, all sets together.
+    indexed: usize,
     /// Home's recent reports: (seq, wd, name).
     recent: VecDeque<(u64, u32, Vec<u8>)>,
     /// Reports up to this seq were forgotten: answers leased before it are refused.
@@ -132,17 +135,21 @@ struct Inner {
 impl Inner {
     fn remove_where(&mut self, wd: u32, hit: impl Fn(&Entry) -> bool) {
         let Some(keys) = self.by_wd.remove(&wd) else { return };
-        let mut kept = Vec::new();
+        self.indexed -= keys.len();
+        let mut kept = HashSet::new();
         for key in keys {
             match self.entries.get(&key) {
                 Some(e) if hit(e) => {
                     self.entries.remove(&key);
                 }
-                Some(e) if e.deps.iter().any(|d| d.0 == wd) => kept.push(key),
+                Some(e) if e.deps.iter().any(|d| d.0 == wd) => {
+                    kept.insert(key);
+                }
                 _ => {}
             }
         }
         if !kept.is_empty() {
+            self.indexed += kept.len();
             self.by_wd.insert(wd, kept);
         }
     }
@@ -150,6 +157,7 @@ impl Inner {
     fn clear(&mut self) {
         self.entries.clear();
         self.by_wd.clear();
+        self.indexed = 0;
     }
 }
 
@@ -200,11 +208,17 @@ impl AttrCache {
         if inner.recent.iter().any(|(seq, wd, name)| *seq >= lease && voids(&deps, *wd, name)) {
             return;
         }
-        if inner.entries.len() >= MAX_ENTRIES {
+        // A file with other names: a change through one of them is not seen under this one.
+        if matches!(&value, Cached::Found(st) if st.nlink > 1 && st.mode & libc::S_IFMT != libc::S_IFDIR) {
+            return;
+        }
+        if inner.entries.len() >= MAX_ENTRIES || inner.indexed >= 4 * MAX_ENTRIES {
             inner.clear();
         }
         for (wd, _) in &deps {
-            inner.by_wd.entry(*wd).or_default().push(key.clone());
+            if inner.by_wd.entry(*wd).or_default().insert(key.clone()) {
+                inner.indexed += 1;
+            }
         }
         inner.entries.insert(key, Entry { value, deps });
     }

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One open file description at home, as the shim knows it.
@@ -37,6 +37,9 @@ pub struct Handle {
     pub pins: AtomicUsize,
     /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
     copy: AtomicU8,
+    /// Bytes of content copies held by all handles, and this handle's share of them.
+    budget: Arc<AtomicI64>,
+    charged: AtomicI64,
     /// The leased lookup that opened it, if home leased it: its attributes and a directory's entries are
     /// cached while the lease holds.
     origin: std::sync::OnceLock<Origin>,
@@ -52,8 +55,13 @@ pub struct Origin {
     pub key: crate::attrcache::Key,
 }
 
+/// Most bytes all content copies of a job hold at once (memory on this machine); beyond, files are read at
+/// home.
+const COPY_BUDGET: i64 = 4 << 30;
+
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.budget.fetch_sub(self.charged.load(Ordering::SeqCst), Ordering::SeqCst);
         if let Some(fill) = self.fill.get() {
             fill.end();
         }
@@ -83,6 +91,16 @@ impl Handle {
             3 => CopyState::Filling,
             _ => CopyState::None,
         }
+    }
+
+    /// Takes `bytes` of the job's copy budget for this handle; false (nothing taken) when it is spent.
+    pub fn charge(&self, bytes: i64) -> bool {
+        if self.budget.fetch_add(bytes, Ordering::SeqCst) + bytes > COPY_BUDGET {
+            self.budget.fetch_sub(bytes, Ordering::SeqCst);
+            return false;
+        }
+        self.charged.fetch_add(bytes, Ordering::SeqCst);
+        true
     }
 
     /// Puts the file's whole content (as of `self.stat`) into the placeholder: reads are local from now on.
@@ -179,6 +197,8 @@ pub struct FdTable {
     generation: AtomicU64,
     /// Handles made since the last collection (a burst of opens asks for an early one).
     made: AtomicUsize,
+    /// Bytes held by content copies ([`Handle::charge`]).
+    copied: Arc<AtomicI64>,
     /// Files (device, inode at home) the job opened for writing: their copies are stale.
     written: Mutex<HashSet<(u64, u64)>>,
 }
@@ -194,6 +214,7 @@ impl FdTable {
             generation: AtomicU64::new(1),
             written: Mutex::default(),
             made: AtomicUsize::new(0),
+            copied: Arc::default(),
         }
     }
 
@@ -212,6 +233,8 @@ impl FdTable {
             copy: AtomicU8::new(0),
             fill: std::sync::OnceLock::new(),
             origin: std::sync::OnceLock::new(),
+            budget: self.copied.clone(),
+            charged: AtomicI64::new(0),
             born: self.generation.load(Ordering::SeqCst),
         }))
     }

@@ -28,6 +28,12 @@ pub fn async_fd<T: AsRawFd>(fd: T) -> std::io::Result<tokio::io::unix::AsyncFd<T
         .map_err(|e| e.into_parts().1)
 }
 
+/// Stops watching `wd`.
+pub fn inotify_unwatch(instance: BorrowedFd<'_>, wd: i32) -> Result<(), Errno> {
+    // SAFETY: plain integers; the instance is ours.
+    cvt(unsafe { libc::inotify_rm_watch(instance.as_raw_fd(), wd) }).map(drop)
+}
+
 /// Reads every queued event: the distinct `(watch, name)` pairs they name (an empty name: the watched
 /// directory itself), and whether the kernel's queue overflowed (events were lost).
 pub fn inotify_events(instance: BorrowedFd<'_>) -> (Vec<(i32, Vec<u8>)>, bool) {

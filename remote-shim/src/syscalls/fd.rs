@@ -56,6 +56,15 @@ async fn below_range(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: boo
             .map(|fd| Action::Answered(i64::from(fd)))
             .map_err(|e| Errno::from_io(&e));
     }
+    if h.copy() != crate::fdtable::CopyState::None {
+        // The description's offset lives in the placeholder (a content copy): the pump reads at home, from
+        // there. (Reads through the pump do not move the placeholder's offset afterwards.)
+        let dup = call.local_fd(call.arg_i32(0))?;
+        let pos = crate::sys::lseek(std::os::fd::AsFd::as_fd(&dup), 0, libc::SEEK_CUR)
+            .map_err(|e| Errno::from_io(&e))?;
+        let seek = pb::Seek { handle: h.id, offset: pos, whence: pb::Whence::Set as i32 };
+        call.home_value(Op::Seek(seek)).await?;
+    }
     crate::pump::alias(call, h, target, cloexec).await
 }
 

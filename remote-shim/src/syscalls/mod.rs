@@ -140,11 +140,13 @@ impl Call<'_> {
         mask: u32,
     ) -> Option<crate::attrcache::Key> {
         let proc = self.proc().id;
+        // A trailing slash (or `/.`) follows a link in the last component whatever the call.
+        let follow = follow || path.ends_with(b"/") || path.ends_with(b"/.");
         if dir.handle == 0 || path.first() == Some(&b'/') {
             return crate::attrcache::Key::of(proc, None, path, follow, mask);
         }
         let h = self.sup.fds.get(dir.handle)?;
-        if !h.attributes_leased(&self.sup.link.attrs) {
+        if h.stat.mode & libc::S_IFMT != libc::S_IFDIR || !h.attributes_leased(&self.sup.link.attrs) {
             return None;
         }
         crate::attrcache::Key::of(proc, Some(&h.origin()?.key), path, follow, mask)

@@ -54,8 +54,11 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let creates = oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE;
     let follow = oflags & libc::O_NOFOLLOW == 0;
     let key = if creates || resolve != 0 { None } else { call.lookup_key(&dir, &path, follow, 0) };
-    if let Some(Cached::Missing(e)) = key.as_ref().and_then(|k| attrs.get(k)) {
-        return Err(e);
+    if let Some(k) = &key {
+        call.sup.flush_pumps().await;
+        if let Some(Cached::Missing(e)) = attrs.get(k) {
+            return Err(e);
+        }
     }
     let ticket = attrs.ticket();
     let op = Op::Open(pb::Open {
@@ -119,6 +122,8 @@ fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, conten
     if !reads_only(h.flags)
         || h.stat.mode & libc::S_IFMT != libc::S_IFREG
         || call.sup.fds.is_written(h.inode())
+        || h.stat.size > crate::fill::MAX_FILL
+        || !h.charge(h.stat.size.max(0))
     {
         return;
     }

@@ -70,9 +70,12 @@ async fn stat_home(
     mask: u32,
 ) -> Result<pb::FileStat, Errno> {
     let handle = (path.is_empty() && dir.handle != 0).then(|| call.sup.fds.get(dir.handle)).flatten();
+    // A cached answer must not overtake what the program wrote through a pumped descriptor.
+    call.sup.flush_pumps().await;
     if let Some(h) = &handle {
         // A fresh copy whose file home has reported no change since it was opened: its attributes then.
-        if mask == 0
+        if at & libc::AT_EMPTY_PATH != 0
+            && mask == 0
             && h.copy() == crate::fdtable::CopyState::Fresh
             && h.attributes_leased(&call.sup.link.attrs)
         {
@@ -147,6 +150,7 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
     }
     let t = call.target(dirfd, call.path(path_arg)?, at);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    call.sup.flush_pumps().await;
     // A missing file is missing whatever the mode; otherwise an access check answered before (it depends
     // on the file's attributes, leased, and the agent's credentials, fixed). Not for W_OK, which also
     // depends on how the file system is mounted.
@@ -208,6 +212,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
     }
     let t = call.target(dirfd, call.path(path_arg)?, libc::AT_EMPTY_PATH);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
+    call.sup.flush_pumps().await;
     // A readlink answered before, or a lookup that did not follow links, knows the answer.
     let attrs = &call.sup.link.attrs;
     let stat_key = call.lookup_key(&dir, &t.path, false, 0);
