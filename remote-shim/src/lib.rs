@@ -7,11 +7,14 @@
 //! - [`supervisor`]: the notification loop; one task per notification; the descriptor collector.
 //! - [`syscalls`]: one module per family (`open`, `stat`, `dir`, `attr`, `io`, `fd`, `exec`).
 //! - [`memory`]: the traced program's memory (arguments in, results out, `EFAULT`).
-//! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection.
+//! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection;
+//!   the state of a file's content copy in its placeholder.
+//! - [`fill`]: readahead of large files into their placeholders.
+//! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks).
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
 //! - [`procs`]: the job's processes and their home identities (cwd and umask live at home per process).
-//! - [`content`]: home files' content cached for `mmap` (shared libraries) across the job's processes.
+//! - [`content`]: home files' content cached by version across the job's processes (libraries, reopens).
 //! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
 //! - [`client`]: the gRPC session and call stream to home.
 //! - [`trace`]: `--trace` JSON lines, `--stats` table, and `trace-diff`'s comparison.

@@ -40,7 +40,9 @@ pub fn inotify_events(instance: BorrowedFd<'_>) -> (Vec<(i32, Vec<u8>)>, bool) {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     let mut seen: Vec<(i32, Vec<u8>)> = Vec::new();
     let mut overflow = false;
-    let mut buf = vec![0u8; 64 << 10];
+    // Read per call of the session (to report a call's own changes before its reply): no allocation when
+    // nothing is queued.
+    let mut buf = [0u8; 4096];
     loop {
         // SAFETY: reads into a live buffer of its own length.
         let n = unsafe { libc::read(instance.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
