@@ -98,6 +98,15 @@ impl Calls {
     }
 }
 
+fn mkfifo(path: &str) -> Op {
+    Op::Mknod(pb::Mknod {
+        dir: Some(Dir { handle: 0 }),
+        path: path.to_string().into(),
+        mode: libc::S_IFIFO | 0o600,
+        dev: 0,
+    })
+}
+
 fn open(path: &str, flags: i32) -> Op {
     open_with_content(path, flags, 0)
 }
@@ -144,9 +153,7 @@ async fn opening_a_fifo_waits_for_its_peer_without_holding_up_others() {
     let dir = TempDir::new();
     let mut client = client(start(Some(TOKEN)).await).await;
     let mut calls = Calls::open(&mut client, &dir.0).await;
-    let fifo =
-        pb::Mknod { dir: Some(Dir { handle: 0 }), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
-    assert_eq!(calls.call(1, Op::Mknod(fifo)).await, Ok(0));
+    assert_eq!(calls.call(1, mkfifo("p")).await, Ok(0));
     // No writer yet: this open waits at home, as the kernel's would.
     calls.send(2, open_with_content("p", libc::O_RDONLY, 1024)).await;
     let here =
@@ -161,9 +168,7 @@ async fn opening_a_fifo_waits_for_its_peer_without_holding_up_others() {
     );
     // A fifo opened non-blocking by the program stays non-blocking: no reader, no writer.
     let flags = libc::O_WRONLY | libc::O_NONBLOCK;
-    let mknod =
-        pb::Mknod { dir: Some(Dir { handle: 0 }), path: "q".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
-    assert_eq!(calls.call(5, Op::Mknod(mknod)).await, Ok(0));
+    assert_eq!(calls.call(5, mkfifo("q")).await, Ok(0));
     assert_eq!(calls.call(6, open("q", flags)).await, Err(Errno(libc::ENXIO as u16)));
 }
 
@@ -224,9 +229,7 @@ async fn a_blocked_call_does_not_hold_up_others() {
     let dir = TempDir::new();
     let mut client = client(start(Some(TOKEN)).await).await;
     let mut calls = Calls::open(&mut client, &dir.0).await;
-    let fifo =
-        pb::Mknod { dir: Some(Dir { handle: 0 }), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
-    assert_eq!(calls.call(1, Op::Mknod(fifo)).await, Ok(0));
+    assert_eq!(calls.call(1, mkfifo("p")).await, Ok(0));
     let handle = calls.call(2, open("p", libc::O_RDWR)).await.unwrap() as u64;
     // Nothing in the fifo yet: this read blocks at home.
     calls.send(3, Op::Read(pb::Read { handle, len: 100, offset: None })).await;
