@@ -129,6 +129,13 @@ struct Inner {
     stopped: bool,
     /// Home files (device, inode) behind the handles the job opened.
     inodes: HashMap<u64, (u64, u64)>,
+    /// The job's changes to file contents, numbered: the last one per file (through a descriptor, or by
+    /// opening it for writing), and the last to a file it cannot name (a descriptor of unknown file,
+    /// `truncate` by path). Each is numbered when sent and again when answered, so a change in flight across
+    /// an open makes that open's copy stale.
+    change_seq: u64,
+    writes: HashMap<(u64, u64), u64>,
+    unnamed_writes: u64,
     hits: u64,
 }
 
@@ -263,10 +270,19 @@ impl AttrCache {
         match change_of(op) {
             Change::Cwd(p) => inner.entries.retain(|k, _| k.proc != p.unwrap_or(proc)),
             Change::Handle(h) => match inner.inodes.get(&h).copied() {
-                Some(inode) => inner
-                    .entries
-                    .retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode)),
-                None => inner.clear(),
+                Some(inode) => {
+                    inner.change_seq += 1;
+                    let seq = inner.change_seq;
+                    inner.writes.insert(inode, seq);
+                    inner
+                        .entries
+                        .retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode));
+                }
+                None => {
+                    inner.change_seq += 1;
+                    inner.unnamed_writes = inner.change_seq;
+                    inner.clear();
+                }
             },
             Change::Names(names, parents) => inner.entries.retain(|k, e| {
                 let dir = matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR);
@@ -280,13 +296,55 @@ impl AttrCache {
             }),
             // Through a symbolic link the file changed may have any name: every answer that depends on
             // attributes goes; that a name is missing, or where a link points, stays true.
-            Change::Attributes(name) => inner.entries.retain(|k, e| {
+            Change::Attributes(name) => {
+                // `truncate` by path changes content somewhere this cache cannot name.
+                if matches!(op, Op::Truncate(_)) {
+                    inner.change_seq += 1;
+                    inner.unnamed_writes = inner.change_seq;
+                }
+                inner.entries.retain(|k, e| {
                 let lasting = matches!(&e.value, Cached::Link(_))
                     || matches!(&e.value, Cached::Missing(x) if *x == Errno::ENOENT || *x == Errno(libc::ENOTDIR as u16));
-                lasting && !k.path.split(|&b| b == b'/').any(|c| c == name)
-            }),
+                    lasting && !k.path.split(|&b| b == b'/').any(|c| c == name)
+                })
+            }
             Change::Anything => inner.clear(),
         }
+    }
+
+    /// The job opened file `inode` for writing.
+    pub fn wrote(&self, inode: (u64, u64)) {
+        let mut inner = self.lock();
+        inner.change_seq += 1;
+        let seq = inner.change_seq;
+        inner.writes.insert(inode, seq);
+    }
+
+    /// A call sent after `before_call(op)` was answered: a content change is numbered again (see
+    /// `change_seq`).
+    pub fn after_call(&self, op_handle: Option<u64>) {
+        let Some(handle) = op_handle else { return };
+        let mut inner = self.lock();
+        inner.change_seq += 1;
+        let seq = inner.change_seq;
+        match inner.inodes.get(&handle).copied() {
+            Some(inode) => {
+                inner.writes.insert(inode, seq);
+            }
+            None => inner.unnamed_writes = seq,
+        }
+    }
+
+    /// The number of the job's last content change: taken before an open is sent, its copy is fresh only
+    /// while no change to its file (or to a file the job could not name) is numbered above it.
+    pub fn change_mark(&self) -> u64 {
+        self.lock().change_seq
+    }
+
+    /// Whether the job changed file `inode` (or a file it could not name) after `mark`.
+    pub fn changed_since(&self, inode: (u64, u64), mark: u64) -> bool {
+        let inner = self.lock();
+        inner.writes.get(&inode).is_some_and(|&s| s > mark) || inner.unnamed_writes > mark
     }
 
     /// The job changed something it cannot name: everything goes.
@@ -356,6 +414,14 @@ fn attributes(path: &[u8]) -> Change<'_> {
     match last_component(path) {
         Some(name) if name != b".." => Change::Attributes(name),
         _ => Change::Anything,
+    }
+}
+
+/// The handle a call changes the content or attributes of, if any (for `AttrCache::after_call`).
+pub fn changed_handle(op: &Op) -> Option<u64> {
+    match change_of(op) {
+        Change::Handle(h) => Some(h),
+        _ => None,
     }
 }
 

@@ -173,12 +173,15 @@ impl HomeLink {
             return Err(self.lost_error());
         }
         self.attrs.before_call(proc.id, &op);
+        let changed = crate::attrcache::changed_handle(&op);
         let req = CallRequest { seq, proc: Some(proc), op: Some(op) };
         if self.tx.send(req).await.is_err() {
             lock(&self.pending).remove(&seq);
             return Err(self.lost_error());
         }
-        reply_rx.await.map_err(|_| self.lost_error())
+        let reply = reply_rx.await.map_err(|_| self.lost_error());
+        self.attrs.after_call(changed);
+        reply
     }
 
     /// Resolves when the link is lost.

@@ -37,6 +37,8 @@ pub struct Handle {
     pub pins: AtomicUsize,
     /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
     copy: AtomicU8,
+    /// The job's last content change before the open that took the copy (`AttrCache::change_mark`).
+    copied_at: std::sync::OnceLock<u64>,
     /// Bytes of content copies held by all handles, and this handle's share of them.
     budget: Arc<AtomicI64>,
     charged: AtomicI64,
@@ -91,6 +93,15 @@ impl Handle {
             3 => CopyState::Filling,
             _ => CopyState::None,
         }
+    }
+
+    /// Remembers the job's changes to the file as the copy is taken.
+    pub fn set_copied_at(&self, mark: u64) {
+        let _ = self.copied_at.set(mark);
+    }
+
+    pub fn copied_at(&self) -> Option<u64> {
+        self.copied_at.get().copied()
     }
 
     /// Takes `bytes` of the job's copy budget for this handle; false (nothing taken) when it is spent.
@@ -199,8 +210,6 @@ pub struct FdTable {
     made: AtomicUsize,
     /// Bytes held by content copies ([`Handle::charge`]).
     copied: Arc<AtomicI64>,
-    /// Files (device, inode at home) the job opened for writing: their copies are stale.
-    written: Mutex<HashSet<(u64, u64)>>,
 }
 
 impl FdTable {
@@ -212,7 +221,6 @@ impl FdTable {
             handles: Mutex::default(),
             hints: Mutex::default(),
             generation: AtomicU64::new(1),
-            written: Mutex::default(),
             made: AtomicUsize::new(0),
             copied: Arc::default(),
         }
@@ -233,26 +241,18 @@ impl FdTable {
             copy: AtomicU8::new(0),
             fill: std::sync::OnceLock::new(),
             origin: std::sync::OnceLock::new(),
+            copied_at: std::sync::OnceLock::new(),
             budget: self.copied.clone(),
             charged: AtomicI64::new(0),
             born: self.generation.load(Ordering::SeqCst),
         }))
     }
 
-    /// Notes that the job opened file `inode` for writing: copies of it are no longer served.
-    pub fn written(&self, inode: (u64, u64)) {
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).insert(inode);
-    }
-
-    /// Whether the job has opened file `inode` for writing.
-    pub fn is_written(&self, inode: (u64, u64)) -> bool {
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).contains(&inode)
-    }
-
-    /// The state of `h`'s copy, made stale if the job has opened its file for writing.
-    pub fn copy_of(&self, h: &Handle) -> CopyState {
+    /// The state of `h`'s copy, made stale if the job has changed its file since the copy was taken.
+    pub fn copy_of(&self, h: &Handle, attrs: &crate::attrcache::AttrCache) -> CopyState {
         let copy = h.copy();
-        if matches!(copy, CopyState::Fresh | CopyState::Filling) && self.is_written(h.inode()) {
+        let changed = h.copied_at().is_none_or(|mark| attrs.changed_since(h.inode(), mark));
+        if matches!(copy, CopyState::Fresh | CopyState::Filling) && changed {
             h.mark_stale();
             return CopyState::Stale;
         }

@@ -47,11 +47,11 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     let Some(h) = call.handle(fd_arg) else { return Some(Ok(Action::Continue)) };
     let a = |i| call.arg(i);
     if call.sup.fds.range.contains(a(fd_arg)) {
-        let mut copy = call.sup.fds.copy_of(&h);
+        let mut copy = call.sup.fds.copy_of(&h, &call.sup.link.attrs);
         if let (CopyState::Filling, Some(fill)) = (copy, h.fill()) {
             let (start, end) = bytes_needed(call, &h, nr);
             fill.wait(start, end).await;
-            copy = call.sup.fds.copy_of(&h);
+            copy = call.sup.fds.copy_of(&h, &call.sup.link.attrs);
         }
         match copy {
             // The placeholder holds the content (or, filling, the bytes asked for) and the description's
@@ -120,7 +120,7 @@ pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Opti
         return None;
     }
     let h = sup.fds.lookup(tid, fd)?;
-    match sup.fds.copy_of(&h) {
+    match sup.fds.copy_of(&h, &sup.link.attrs) {
         CopyState::Fresh => Some(h),
         CopyState::Filling => {
             let (start, end) = match nr {

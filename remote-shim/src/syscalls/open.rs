@@ -61,6 +61,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         }
     }
     let ticket = attrs.ticket();
+    let mark = attrs.change_mark();
     let op = Op::Open(pb::Open {
         dir: Some(dir),
         lease: key.is_some(),
@@ -96,13 +97,14 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     });
     let inode = (stat.dev, stat.ino);
     if !reads_only(oflags) && stat.mode & libc::S_IFMT == libc::S_IFREG {
-        call.sup.fds.written(inode);
+        call.sup.link.attrs.wrote(inode);
     }
     let content = reply.whole.then_some(reply.data);
     install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
         if let Some(origin) = origin {
             h.set_origin(origin);
         }
+        h.set_copied_at(mark);
         keep_copy(call, h, content.as_deref())
     })
     .await
@@ -121,7 +123,6 @@ fn reads_only(oflags: i32) -> bool {
 fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, content: Option<&[u8]>) {
     if !reads_only(h.flags)
         || h.stat.mode & libc::S_IFMT != libc::S_IFREG
-        || call.sup.fds.is_written(h.inode())
         || h.stat.size > crate::fill::MAX_FILL
         || !h.charge(h.stat.size.max(0))
     {
