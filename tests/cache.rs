@@ -342,3 +342,32 @@ fn own_changes_and_inherited_offsets_are_kept() {
     remote.assert_success();
     assert_eq!(remote.stdout(), "stat 1\nafter unlink False\nchild b'456789'\n", "{remote}");
 }
+
+/// A writer opened before a reader, writing after the reader's copy was taken.
+const WRITER_FIRST: &str = r#"
+import os
+w = os.open("data.txt", os.O_WRONLY)
+r = os.open("data.txt", os.O_RDONLY)
+print("before", os.pread(r, 10, 0))
+os.pwrite(w, b"AB", 2)
+print("after", os.pread(r, 10, 0))
+os.close(w)
+r2 = os.open("data.txt", os.O_RDONLY)
+print("reopened", os.read(r2, 10))
+"#;
+
+#[test]
+fn a_writer_opened_first_still_makes_later_copies_stale() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "0123456789");
+    hosts.write("script.py", WRITER_FIRST);
+    let remote = hosts.cmd(&["python3", "script.py"]).remote();
+    remote.assert_success();
+    assert_eq!(
+        remote.stdout(),
+        "before b'0123456789'\nafter b'01AB456789'\nreopened b'01AB456789'\n",
+        "{remote}"
+    );
+}
