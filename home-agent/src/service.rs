@@ -12,7 +12,7 @@ use crate::exec;
 use crate::session::Session;
 use crate::sys;
 use homeward_proto::pb::home_server::Home;
-use homeward_proto::pb::{call_request::Op, CallReply, CallRequest, HelloReply, HelloRequest, Outcome};
+use homeward_proto::pb::{CallReply, CallRequest, HelloReply, HelloRequest, Outcome};
 use homeward_proto::{Errno, PROTOCOL_VERSION, SESSION_METADATA};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -182,21 +182,7 @@ async fn run_session(session: Arc<Session>, mut inbound: Streaming<CallRequest>,
 /// Runs one call (on a blocking thread when it may wait) and sends its reply.
 async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
     let leases = session.leases.clone();
-    let changes_files = !matches!(
-        request.op,
-        Some(
-            Op::Stat(_)
-                | Op::Access(_)
-                | Op::Readlink(_)
-                | Op::Getdents(_)
-                | Op::Read(_)
-                | Op::Seek(_)
-                | Op::GetFlags(_)
-                | Op::Getcwd(_)
-                | Op::ClockRead(_)
-                | Op::Identity(_)
-        )
-    );
+    let changes_files = request.op.as_ref().is_some_and(|op| !homeward_proto::effects::changes_nothing(op));
     let seq = request.seq;
     let op = exec::op_name(request.op.as_ref());
     let ran = if exec::may_block(&session, &request) {

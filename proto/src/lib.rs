@@ -9,6 +9,7 @@
 //! Wire types and their conversions live only here: the shim and the agent share nothing else.
 #![deny(unsafe_code)]
 
+pub mod effects;
 pub mod errno;
 pub mod flags;
 pub mod stat;

@@ -4,6 +4,13 @@
 use crate::pb::{FileStat, FsStat};
 
 impl FileStat {
+    /// Whether `other` is the same version of the file's content: same size, modification and change times
+    /// (close-to-open consistency checks this at open and after reading).
+    pub fn same_version(&self, other: &FileStat) -> bool {
+        let version = |s: &FileStat| (s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
+        version(self) == version(other)
+    }
+
     /// From a `statx` taken at home (every stat at home is taken with `statx`).
     pub fn from_statx(s: &libc::statx) -> FileStat {
         FileStat {

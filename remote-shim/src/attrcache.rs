@@ -195,9 +195,8 @@ impl AttrCache {
     /// Whether `key` still has a cached answer finding this very version of a file (device, inode, size,
     /// change and modification times).
     pub fn holds(&self, key: &Key, version: &pb::FileStat) -> bool {
-        let id =
-            |s: &pb::FileStat| (s.dev, s.ino, s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
-        matches!(self.lock().entries.get(key), Some(Entry { value: Cached::Found(st), .. }) if id(st) == id(version))
+        matches!(self.lock().entries.get(key), Some(Entry { value: Cached::Found(st), .. })
+            if (st.dev, st.ino) == (version.dev, version.ino) && st.same_version(version))
     }
 
     /// To be taken before a call is sent, for storing its answer.
@@ -230,6 +229,11 @@ impl AttrCache {
         inner.entries.insert(key, Entry { value, deps });
     }
 
+    /// Stores `value` for `key` under the lease `reply` carries (see [`AttrCache::put`]).
+    pub fn put_leased(&self, key: Key, value: Cached, ticket: Ticket, reply: &pb::CallReply) {
+        self.put(key, value, ticket, reply.lease, deps(reply));
+    }
+
     /// Home reports changes (batch `seq`): the answers depending on them go.
     pub fn changed(&self, seq: u64, changed: &[pb::Dep]) {
         let mut inner = self.lock();
@@ -259,7 +263,7 @@ impl AttrCache {
 
     /// Called before every call goes home, with what it may change (see the module text).
     pub fn before_call(&self, proc: u64, op: &Op) {
-        if changes_nothing(op) {
+        if homeward_proto::effects::changes_nothing(op) {
             if let Op::Close(c) = op {
                 self.lock().inodes.remove(&c.handle);
             }
@@ -450,35 +454,5 @@ fn change_of(op: &Op) -> Change<'_> {
         Op::Symlink(s) => names(&[&s.path]),
         Op::Link(l) => names(&[&l.old_path, &l.new_path]),
         _ => Change::Anything,
-    }
-}
-
-/// Whether a call cannot change any file's attributes or any directory's entries at home (reads do change
-/// access times; those are not kept exact by the cache).
-fn changes_nothing(op: &Op) -> bool {
-    match op {
-        Op::Open(o) => {
-            let flags = homeward_proto::flags::open_from_wire(o.flags);
-            flags & libc::O_ACCMODE == libc::O_RDONLY && flags & (libc::O_CREAT | libc::O_TRUNC) == 0
-        }
-        Op::Xattr(x) => matches!(pb::XattrOp::try_from(x.op), Ok(pb::XattrOp::Get | pb::XattrOp::List)),
-        Op::Stat(_)
-        | Op::Statfs(_)
-        | Op::Access(_)
-        | Op::Readlink(_)
-        | Op::Getdents(_)
-        | Op::Getcwd(_)
-        | Op::Read(_)
-        | Op::Seek(_)
-        | Op::GetFlags(_)
-        | Op::Lock(_)
-        | Op::Flock(_)
-        | Op::Close(_)
-        | Op::Identity(_)
-        | Op::Kill(_)
-        | Op::Ioctl(_)
-        | Op::ClockRead(_)
-        | Op::Umask(_) => true,
-        _ => false,
     }
 }

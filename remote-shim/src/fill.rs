@@ -234,6 +234,5 @@ async fn unchanged(sup: &Supervisor, h: &Handle) -> bool {
     if let Some(t) = &sup.tracer {
         t.background(1, 0);
     }
-    let version = |s: &pb::FileStat| (s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
-    reply.stat.is_some_and(|st| version(&st) == version(&h.stat))
+    reply.stat.is_some_and(|st| st.same_version(&h.stat))
 }

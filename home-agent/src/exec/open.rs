@@ -95,7 +95,5 @@ fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<Vec<u
     }
     let after = sys::statx(fd, c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok()?;
     let after = FileStat::from_statx(&after);
-    let same = (after.size, after.mtime_sec, after.mtime_nsec, after.ctime_sec, after.ctime_nsec)
-        == (st.size, st.mtime_sec, st.mtime_nsec, st.ctime_sec, st.ctime_nsec);
-    same.then_some(buf)
+    after.same_version(st).then_some(buf)
 }

@@ -126,7 +126,7 @@ impl Call<'_> {
     /// Forwards and returns the call's own outcome (value or errno).
     pub async fn home_value(&self, op: Op) -> Result<(i64, CallReply), Errno> {
         let reply = self.home(op).await?;
-        let v = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO))?;
+        let v = outcome(&reply)?;
         Ok((v, reply))
     }
 
@@ -293,6 +293,11 @@ impl Call<'_> {
         let pidfd = crate::sys::tracee::pidfd_open(self.tgid()).map_err(|e| Errno::from_io(&e))?;
         crate::sys::tracee::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| Errno::from_io(&e))
     }
+}
+
+/// A reply's value or errno (`EIO` when it carries neither: a malformed reply).
+pub fn outcome(reply: &CallReply) -> Result<i64, Errno> {
+    reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO))
 }
 
 /// Counts an intercepted call that no family handles (shown by `--stats`).

@@ -76,10 +76,10 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         content_max: if reads_only(oflags) { INLINE_CONTENT_MAX } else { 0 },
     });
     let reply = call.home(op).await?;
-    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    let outcome = super::outcome(&reply);
     if let (Some(key), Err(e)) = (&key, &outcome) {
         if *e == Errno::ENOENT {
-            attrs.put(key.clone(), Cached::Missing(*e), ticket, reply.lease, crate::attrcache::deps(&reply));
+            attrs.put_leased(key.clone(), Cached::Missing(*e), ticket, &reply);
         }
     }
     let handle_id = outcome? as u64;
@@ -92,7 +92,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         attrs.forget_inode((stat.dev, stat.ino));
     }
     let origin = key.filter(|_| reply.lease != 0).map(|key| {
-        attrs.put(key.clone(), Cached::Found(stat), ticket, reply.lease, crate::attrcache::deps(&reply));
+        attrs.put_leased(key.clone(), Cached::Found(stat), ticket, &reply);
         crate::fdtable::Origin { key }
     });
     let inode = (stat.dev, stat.ino);

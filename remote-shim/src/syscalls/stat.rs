@@ -100,17 +100,15 @@ async fn stat_home(
         lease: key.is_some(),
     });
     let reply = call.home(op).await?;
-    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    let outcome = super::outcome(&reply);
     if let Some(key) = key {
         match &outcome {
             Ok(_) => {
                 if let Some(st) = reply.stat {
-                    attrs.put(key, Cached::Found(st), ticket, reply.lease, crate::attrcache::deps(&reply));
+                    attrs.put_leased(key, Cached::Found(st), ticket, &reply);
                 }
             }
-            Err(e) if *e == Errno::ENOENT => {
-                attrs.put(key, Cached::Missing(*e), ticket, reply.lease, crate::attrcache::deps(&reply))
-            }
+            Err(e) if *e == Errno::ENOENT => attrs.put_leased(key, Cached::Missing(*e), ticket, &reply),
             Err(_) => {}
         }
     }
@@ -118,8 +116,7 @@ async fn stat_home(
     let st = reply.stat.ok_or(Errno::EIO)?;
     if let Some(h) = handle {
         // A new version at home: the copy taken at open is no longer what the file holds.
-        let version = |s: &pb::FileStat| (s.size, s.mtime_sec, s.mtime_nsec, s.ctime_sec, s.ctime_nsec);
-        if version(&h.stat) != version(&st) {
+        if !h.stat.same_version(&st) {
             h.mark_stale();
         }
     }
@@ -185,7 +182,7 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
         lease: keys.is_some(),
     });
     let reply = call.home(op).await?;
-    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    let outcome = super::outcome(&reply);
     if let Some((_, check)) = keys {
         let kept = [
             Errno::ENOENT,
@@ -199,7 +196,7 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
             Err(_) => None,
         };
         if let Some(value) = value {
-            attrs.put(check, value, ticket, reply.lease, crate::attrcache::deps(&reply));
+            attrs.put_leased(check, value, ticket, &reply);
         }
     }
     outcome.map(Action::Value)
@@ -240,7 +237,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
         lease: key.is_some(),
     });
     let reply = call.home(op).await?;
-    let outcome = reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO));
+    let outcome = super::outcome(&reply);
     if let Some(key) = key {
         let value = match outcome {
             // A target that filled the buffer may have been cut: not kept.
@@ -252,7 +249,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
             Err(_) => None,
         };
         if let Some(value) = value {
-            attrs.put(key, value, ticket, reply.lease, crate::attrcache::deps(&reply));
+            attrs.put_leased(key, value, ticket, &reply);
         }
     }
     outcome?;

@@ -1,0 +1,34 @@
+//! What a call does to home's files, as both sides need to know it: the shim to keep its caches true, the
+//! agent to report a call's own changes before its reply.
+
+use crate::pb::{self, call_request::Op};
+
+/// Whether a call cannot change any file's attributes or any directory's entries at home (reads do change
+/// access times; those are not kept exact by the cache).
+pub fn changes_nothing(op: &Op) -> bool {
+    match op {
+        Op::Open(o) => {
+            let flags = crate::flags::open_from_wire(o.flags);
+            flags & libc::O_ACCMODE == libc::O_RDONLY && flags & (libc::O_CREAT | libc::O_TRUNC) == 0
+        }
+        Op::Xattr(x) => matches!(pb::XattrOp::try_from(x.op), Ok(pb::XattrOp::Get | pb::XattrOp::List)),
+        Op::Stat(_)
+        | Op::Statfs(_)
+        | Op::Access(_)
+        | Op::Readlink(_)
+        | Op::Getdents(_)
+        | Op::Getcwd(_)
+        | Op::Read(_)
+        | Op::Seek(_)
+        | Op::GetFlags(_)
+        | Op::Lock(_)
+        | Op::Flock(_)
+        | Op::Close(_)
+        | Op::Identity(_)
+        | Op::Kill(_)
+        | Op::Ioctl(_)
+        | Op::ClockRead(_)
+        | Op::Umask(_) => true,
+        _ => false,
+    }
+}
