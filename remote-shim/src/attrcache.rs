@@ -136,7 +136,6 @@ struct Inner {
     change_seq: u64,
     writes: HashMap<(u64, u64), u64>,
     unnamed_writes: u64,
-    hits: u64,
 }
 
 impl Inner {
@@ -179,12 +178,7 @@ impl AttrCache {
     }
 
     pub fn get(&self, key: &Key) -> Option<Cached> {
-        let mut inner = self.lock();
-        let hit = inner.entries.get(key).map(|e| e.value.clone());
-        if hit.is_some() {
-            inner.hits += 1;
-        }
-        hit
+        self.lock().entries.get(key).map(|e| e.value.clone())
     }
 
     /// The dependencies of the answer cached for `key`.
@@ -363,11 +357,6 @@ impl AttrCache {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.entries.retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode));
-    }
-
-    /// Lookups answered from the cache so far.
-    pub fn hits(&self) -> u64 {
-        self.lock().hits
     }
 }
 
