@@ -2,12 +2,13 @@
 //! the process ended (`ForgetProc`) or killed when the session closes.
 //!
 //! Each deputy has two watchers: a task that reads the signals it forwards and sends each as an unsolicited
-//! [`Event`] on the session's call stream, and a thread that waits on its pidfd (stops cannot be learned
+//! [`Event`] through the session's outbox (kept until the shim has it, like a reply), and a thread that waits on its pidfd (stops cannot be learned
 //! any other way) and reaps it. A SIGKILL or SIGSTOP sent to a deputy at home, which the deputy cannot
 //! catch, is reported from that wait. SIGCONT needs no such report: a deputy continued from a stop
 //! receives the SIGCONT as well and forwards it itself.
 
 use crate::deputy;
+use crate::outbox::Outbox;
 use crate::session::MAX_PROCS;
 use crate::sys::{self, ChildEvent};
 use homeward_proto::pb::{CallReply, Event, Proc};
@@ -18,12 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
-use tonic::Status;
 use tracing::{debug, warn};
-
-/// The sending side of a session's call stream.
-pub type Replies = mpsc::Sender<Result<CallReply, Status>>;
 
 /// Stack of a waiter thread: it only waits, logs and sends.
 const WAITER_STACK: usize = 128 << 10;
@@ -39,34 +35,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Where a session's events go: its call stream once attached; dropped before that and after closing.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Option<Replies>>>);
+/// Where a session's events go: its outbox.
+#[derive(Clone)]
+struct Sink(Arc<Outbox>);
 
 impl Sink {
-    fn reply(proc: u64, signal: i32) -> Result<CallReply, Status> {
-        Ok(CallReply {
-            seq: 0,
-            event: Some(Event { proc, signal, ..Default::default() }),
-            ..Default::default()
-        })
+    fn reply(proc: u64, signal: i32) -> CallReply {
+        CallReply { seq: 0, event: Some(Event { proc, signal, ..Default::default() }), ..Default::default() }
     }
 
     /// Sends from a thread that is not an async worker (a waiter, an executor's blocking thread).
     fn emit_blocking(&self, proc: u64, signal: i32) {
-        let sender = lock(&self.0).clone();
-        if let Some(sender) = sender {
-            debug!(proc, signal, "signal at home");
-            let _ = sender.blocking_send(Sink::reply(proc, signal));
-        }
+        debug!(proc, signal, "signal at home");
+        self.0.blocking_send(Sink::reply(proc, signal));
     }
 
     async fn emit(&self, proc: u64, signal: i32) {
-        let sender = lock(&self.0).clone();
-        if let Some(sender) = sender {
-            debug!(proc, signal, "signal at home");
-            let _ = sender.send(Sink::reply(proc, signal)).await;
-        }
+        debug!(proc, signal, "signal at home");
+        self.0.send(Sink::reply(proc, signal)).await;
     }
 }
 
@@ -128,20 +114,15 @@ pub struct Deputies {
 }
 
 impl Deputies {
-    /// Deputies named after `description`; their signal readers run on `runtime`.
-    pub fn new(description: &str, runtime: tokio::runtime::Handle) -> Deputies {
+    /// Deputies named after `description`, reporting to `outbox`; their signal readers run on `runtime`.
+    pub fn new(description: &str, outbox: Arc<Outbox>, runtime: tokio::runtime::Handle) -> Deputies {
         Deputies {
             description: description.to_string(),
             runtime,
-            sink: Sink::default(),
+            sink: Sink(outbox),
             table: Mutex::default(),
             closed: AtomicBool::new(false),
         }
-    }
-
-    /// Sends events to `replies` from now on.
-    pub fn attach(&self, replies: Replies) {
-        *lock(&self.sink.0) = Some(replies);
     }
 
     /// Starts the deputy of `proc` unless it has one. Proc 0 (the shim's housekeeping calls) has none.
@@ -243,9 +224,8 @@ impl Deputies {
         }
     }
 
-    /// Stops sending events and kills every deputy (their waiters reap them); starts no more.
+    /// Kills every deputy (their waiters reap them; the outbox, closed, sends nothing); starts no more.
     pub fn close(&self) {
-        lock(&self.sink.0).take();
         let table = {
             let mut table = lock(&self.table);
             self.closed.store(true, SeqCst);

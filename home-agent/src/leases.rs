@@ -13,7 +13,7 @@
 //! If the kernel's event queue overflows, or the session's inotify instance cannot be made, leases stop:
 //! a flush (`flush_epoch`) voids every cached answer and no lease is granted again.
 
-use crate::deputies::Replies;
+use crate::outbox::Stream as Replies;
 use crate::sys;
 use homeward_proto::pb::{CallReply, Dep, Event};
 use homeward_proto::Errno;
@@ -75,6 +75,16 @@ impl Leases {
     /// Sends the session's change reports to its call stream from now on.
     pub fn attach(&self, replies: Replies) {
         self.lock().replies = Some(replies);
+    }
+
+    /// The session's stream was resumed after a break: reports go to `replies` from now on, and the event
+    /// returned (to be sent first) voids every lease granted so far, since reports sent during the break
+    /// may be lost.
+    pub fn resume(&self, replies: Replies) -> CallReply {
+        let mut inner = self.lock();
+        inner.replies = Some(replies);
+        inner.seq += 1;
+        flush_reply(Event { seq: inner.seq, forget: true, ..Default::default() })
     }
 
     /// Starts a grant, or `None` when leases cannot be given (no call stream, no runtime, no inotify).

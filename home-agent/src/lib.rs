@@ -14,6 +14,8 @@
 //! - `service`: the gRPC `Home` service: sessions (`Hello`) and their call streams (`Calls`).
 //! - `auth`: the bearer-token check (constant-time compare), run before anything at home is touched.
 //! - `session`: a session's handle table and per-process cwd and umask.
+//! - `outbox`: what a session sends, kept until acknowledged, and the calls it runs: a stream that breaks
+//!   is resumed by a new one losing nothing and running nothing twice.
 //! - [`deputy`]: the deputy process that stands at home for each process of a job (its home pid, the
 //!   target of signals sent at home); `deputies`: a session's deputies and the events they report.
 //! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`,
@@ -29,6 +31,7 @@ mod deputies;
 pub mod deputy;
 mod exec;
 mod leases;
+mod outbox;
 mod service;
 mod session;
 mod sys;

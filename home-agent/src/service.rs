@@ -1,45 +1,62 @@
 //! The tonic `Home` service: `Hello` opens a session, `Calls` runs its call stream.
 //!
-//! A session waits in `pending` from `Hello` until its `Calls` stream takes it (or [`ATTACH_TIMEOUT`]
-//! passes). The stream owns it from then on: each request runs on its own blocking thread and its reply
-//! goes out as soon as it is done (completion order); events (signals sent at home to the processes'
-//! deputies) go out on the same stream with `seq` 0. When the client is gone the session is closed: its
-//! handles are dropped (releasing their locks), its deputies are killed, and calls still blocked at home
-//! are interrupted.
+//! A session lives in `sessions` from `Hello` until it closes. Its first `Calls` stream must come within
+//! [`ATTACH_TIMEOUT`]. Each request runs on its own task (on a blocking thread when it may wait) and its
+//! reply goes out through the session's outbox as soon as it is done (completion order); events (signals
+//! sent at home to the processes' deputies, lease reports) go out on the same stream with `seq` 0.
+//!
+//! A stream that ends cleanly (the shim closed it) closes the session: its handles are dropped (releasing
+//! their locks), its deputies are killed, and calls still blocked at home are interrupted. A stream that
+//! breaks leaves the session waiting for a `Calls` stream that resumes it (metadata `homeward-resume`):
+//! for [`VANISHED_GRACE`] when the client's connection closed (a killed remote-shim), for the time the shim
+//! asked in `Hello` when the link went silent (a cut cable). Calls go on running meanwhile; their replies
+//! wait in the outbox.
 
-use crate::deputies::Replies;
 use crate::exec;
+use crate::outbox::{Admit, Stream};
 use crate::session::Session;
 use crate::sys;
 use homeward_proto::pb::home_server::Home;
 use homeward_proto::pb::{CallReply, CallRequest, HelloReply, HelloRequest, Outcome};
-use homeward_proto::{Errno, PROTOCOL_VERSION, SESSION_METADATA};
+use homeward_proto::{Errno, PROTOCOL_VERSION, RESUME_METADATA, SESSION_METADATA};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, error, info, instrument};
+use tracing::{debug, error, info, instrument, warn};
 
-/// How long a session waits for its `Calls` stream after `Hello`.
+/// How long a session waits for its first `Calls` stream after `Hello`.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a session whose client's connection closed waits to be resumed: a remote-shim that was killed
+/// is cleaned up within seconds, one whose old connection closed as it reconnected has time to.
+pub const VANISHED_GRACE: Duration = Duration::from_secs(5);
+/// The longest a session whose link went silent waits to be resumed, whatever the shim asked for.
+pub const MAX_RESUME_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Replies queued for a slow client before calls wait to send theirs.
 const REPLY_QUEUE: usize = 256;
 /// How often calls still running in a closed session are interrupted again.
 const INTERRUPT_EVERY: Duration = Duration::from_millis(10);
 
-type Pending = Arc<Mutex<HashMap<u64, Arc<Session>>>>;
+/// The sessions open at home, by id.
+type Sessions = Arc<Mutex<HashMap<u64, Live>>>;
+
+/// A session and how long it may wait for a resumed stream after its link went silent.
+#[derive(Clone)]
+struct Live {
+    session: Arc<Session>,
+    resume_wait: Duration,
+}
 
 pub struct HomeService {
-    pending: Pending,
+    sessions: Sessions,
     host: String,
 }
 
-fn lock(pending: &Pending) -> MutexGuard<'_, HashMap<u64, Arc<Session>>> {
-    pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock(sessions: &Sessions) -> MutexGuard<'_, HashMap<u64, Live>> {
+    sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Default for HomeService {
@@ -47,7 +64,7 @@ impl Default for HomeService {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "home".to_string());
-        HomeService { pending: Arc::default(), host }
+        HomeService { sessions: Arc::default(), host }
     }
 }
 
@@ -96,25 +113,30 @@ impl Home for HomeService {
                 e => Status::failed_precondition(format!("cannot use {shown} as the cwd at home: {e}")),
             })?;
 
-        let id = {
-            let mut pending = lock(&self.pending);
+        let resume_wait =
+            Duration::from_secs(hello.resume_seconds.into()).clamp(VANISHED_GRACE, MAX_RESUME_WAIT);
+        let (id, session) = {
+            let mut sessions = lock(&self.sessions);
             let id = loop {
                 let id = sys::random_u64().map_err(|e| Status::internal(format!("getrandom failed: {e}")))?;
-                if id != 0 && !pending.contains_key(&id) {
+                if id != 0 && !sessions.contains_key(&id) {
                     break id;
                 }
             };
-            let session = Session::new(id, cwd, hello.umask)
-                .with_deputies(&hello.description, tokio::runtime::Handle::current());
-            pending.insert(id, Arc::new(session));
-            id
+            let session = Arc::new(
+                Session::new(id, cwd, hello.umask)
+                    .with_deputies(&hello.description, tokio::runtime::Handle::current()),
+            );
+            sessions.insert(id, Live { session: session.clone(), resume_wait });
+            (id, session)
         };
         info!(session = %format_args!("{id:016x}"), cwd = %shown, "session opened");
-        let pending = self.pending.clone();
+        let sessions = self.sessions.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ATTACH_TIMEOUT).await;
-            if lock(&pending).remove(&id).is_some() {
+            if session.outbox.generation() == 0 {
                 info!(session = %format_args!("{id:016x}"), "session dropped: no call stream came");
+                close(&sessions, session).await;
             }
         });
         Ok(Response::new(HelloReply { session: id, version: PROTOCOL_VERSION, home_host: self.host.clone() }))
@@ -127,43 +149,147 @@ impl Home for HomeService {
         request: Request<Streaming<CallRequest>>,
     ) -> Result<Response<Self::CallsStream>, Status> {
         let id = session_id(&request)?;
-        let session = lock(&self.pending).remove(&id).ok_or_else(|| {
-            Status::not_found(format!(
-                "unknown session {id}: call Hello first (a session takes exactly one Calls stream)"
-            ))
+        let resume = match request.metadata().get(RESUME_METADATA) {
+            None => None,
+            Some(value) => {
+                Some(value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                    Status::invalid_argument(format!("`{RESUME_METADATA}` is not a message number"))
+                })?)
+            }
+        };
+        let live = lock(&self.sessions).get(&id).cloned().ok_or_else(|| {
+            Status::not_found(format!("unknown session {id:016x}: it was closed, or home-agent restarted"))
         })?;
+        let session = live.session;
+        if resume.is_none() && session.outbox.generation() != 0 {
+            return Err(Status::failed_precondition(format!(
+                "session {id:016x} has its call stream already (a stream that resumes it says `{RESUME_METADATA}`)"
+            )));
+        }
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-        session.attach(tx.clone());
-        tokio::spawn(run_session(session, request.into_inner(), tx));
+        // Order matters: leases report to the new stream before the outbox numbers anything for it.
+        let forget = resume.map(|_| session.leases.resume(tx.clone()));
+        if resume.is_none() {
+            session.leases.attach(tx.clone());
+        }
+        let generation = session.outbox.attach(tx.clone(), resume.unwrap_or(0));
+        if resume.is_some() {
+            info!(session = %format_args!("{id:016x}"), generation, "call stream resumed");
+        }
+        let sessions = self.sessions.clone();
+        tokio::spawn(async move {
+            session.outbox.resend(generation, forget).await;
+            run_session(sessions, session, request.into_inner(), tx, generation, live.resume_wait).await;
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// Runs a session's stream to its end, then closes the session.
-#[instrument(skip_all, fields(session = %format_args!("{:016x}", session.id)))]
-async fn run_session(session: Arc<Session>, mut inbound: Streaming<CallRequest>, tx: Replies) {
-    let mut calls = JoinSet::new();
-    loop {
+/// How a call stream ended.
+enum Ended {
+    /// The shim closed it: the job is over.
+    Closed,
+    /// The client's connection closed or failed (a killed remote-shim, or an old connection of a shim that
+    /// reconnected): resumed within seconds or never.
+    Vanished(String),
+    /// The link went silent (keep-alive pings unanswered): the shim may come back.
+    Silent(String),
+}
+
+/// Runs one call stream of a session; when it is the session's last, closes the session or waits for a
+/// stream that resumes it.
+#[instrument(skip_all, fields(session = %format_args!("{:016x}", session.id), generation))]
+async fn run_session(
+    sessions: Sessions,
+    session: Arc<Session>,
+    mut inbound: Streaming<CallRequest>,
+    tx: Stream,
+    generation: u64,
+    resume_wait: Duration,
+) {
+    let ended = loop {
         tokio::select! {
             message = inbound.message() => match message {
-                Ok(Some(request)) => {
-                    calls.spawn(call(session.clone(), request, tx.clone()));
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    debug!(%status, "call stream failed");
-                    break;
+                Ok(Some(request)) => match session.outbox.admit(request.seq, request.ack) {
+                    Admit::Run => {
+                        tokio::spawn(call(session.clone(), request));
+                    }
+                    Admit::Duplicate => debug!(seq = request.seq, "call sent again after a break: not run twice"),
+                    Admit::Busy => {
+                        warn!(seq = request.seq, "the session runs too many calls at once: answering EAGAIN");
+                        let reply = CallReply { seq: request.seq, outcome: Some(Outcome::errno(Errno(libc::EAGAIN as u16))), ..Default::default() };
+                        session.outbox.send(reply).await;
+                    }
+                },
+                Ok(None) => break Ended::Closed,
+                Err(status) => break classify(&status),
+            },
+            () = tx.closed() => {
+                // The client stopped reading: its request side tells whether it cancelled the stream or its
+                // connection is gone.
+                match tokio::time::timeout(Duration::from_millis(100), inbound.message()).await {
+                    Ok(Err(status)) => break classify(&status),
+                    _ => break Ended::Closed,
                 }
             },
-            Some(_) = calls.join_next(), if !calls.is_empty() => {}
-            () = tx.closed() => break,
         }
+    };
+    if session.outbox.generation() != generation {
+        debug!("the call stream ended; a newer one took over");
+        return;
     }
-    // The client stopped sending: answer what is running unless it stopped listening too.
-    tokio::select! {
-        () = async { while calls.join_next().await.is_some() {} } => {}
-        () = tx.closed() => {}
+    let wait = match &ended {
+        Ended::Closed => {
+            // The client stopped sending: answer what is running unless it stopped listening too.
+            tokio::select! {
+                () = session.outbox.idle() => {}
+                () = tx.closed() => {}
+            }
+            None
+        }
+        Ended::Vanished(cause) => {
+            info!(%cause, "call stream broke; waiting {} s for it to resume", VANISHED_GRACE.as_secs());
+            Some(VANISHED_GRACE)
+        }
+        Ended::Silent(cause) => {
+            info!(%cause, "link went silent; waiting {} s for the stream to resume", resume_wait.as_secs());
+            Some(resume_wait)
+        }
+    };
+    if let Some(wait) = wait {
+        if !session.outbox.detach(generation) {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        if session.outbox.generation() != generation {
+            return;
+        }
+        info!("no stream resumed the session");
     }
+    close(&sessions, session).await;
+}
+
+/// Tells a client that went silent from one whose connection closed, by the error its stream ended with.
+fn classify(status: &Status) -> Ended {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.source().is_none() {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+        }
+        source = cause.source();
+    }
+    if text.contains("timed out") || text.contains("timeout") {
+        Ended::Silent(text)
+    } else {
+        Ended::Vanished(text)
+    }
+}
+
+/// Closes a session for good and forgets it.
+async fn close(sessions: &Sessions, session: Arc<Session>) {
+    lock(sessions).remove(&session.id);
     // Closing descriptors can block (a network file system flushing): not on an async worker.
     let closing = session.clone();
     match tokio::task::spawn_blocking(move || closing.close()).await {
@@ -176,12 +302,13 @@ async fn run_session(session: Arc<Session>, mut inbound: Streaming<CallRequest>,
     while session.interrupt() > 0 {
         tokio::time::sleep(INTERRUPT_EVERY).await;
     }
-    info!("session closed");
+    info!(session = %format_args!("{:016x}", session.id), "session closed");
 }
 
 /// Runs one call (on a blocking thread when it may wait) and sends its reply.
-async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
+async fn call(session: Arc<Session>, request: CallRequest) {
     let leases = session.leases.clone();
+    let outbox = session.outbox.clone();
     let changes_files = request.op.as_ref().is_some_and(|op| !homeward_proto::effects::changes_nothing(op));
     let seq = request.seq;
     let op = exec::op_name(request.op.as_ref());
@@ -207,7 +334,7 @@ async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
     let reply = match ran {
         Ok(Some(reply)) => reply,
         // The session closed before the call ran: nobody is listening.
-        Ok(None) => return,
+        Ok(None) => return outbox.abandon(seq),
         Err(err) => {
             // An executor bug: answer rather than leave the program's thread waiting forever.
             error!(seq, op, cause = %err, "executor failed; answering EIO");
@@ -218,8 +345,8 @@ async fn call(session: Arc<Session>, request: CallRequest, tx: Replies) {
     // What the call changed at home (inotify reports it as it happens) goes out before its reply.
     if changes_files {
         if let Some(report) = leases.report_now() {
-            let _ = tx.send(Ok(report)).await;
+            outbox.send(report).await;
         }
     }
-    let _ = tx.send(Ok(reply)).await;
+    outbox.send(reply).await;
 }

@@ -3,7 +3,8 @@
 //! A handle is a number on the wire that names an `OwnedFd` of this session; handles are per session, so
 //! a session can never name another's files. Handle 0 is never allocated: in a `Dir` it means "the cwd".
 
-use crate::deputies::{Deputies, End, Replies};
+use crate::deputies::{Deputies, End};
+use crate::outbox::Outbox;
 use crate::sys;
 use homeward_proto::pb::Proc;
 use homeward_proto::Errno;
@@ -44,6 +45,8 @@ pub struct Session {
     deputies: Option<Deputies>,
     /// Leases on lookups ([`crate::leases`]).
     pub leases: Arc<crate::leases::Leases>,
+    /// What goes to the shim, kept until it has it; the calls running ([`crate::outbox`]).
+    pub outbox: Arc<Outbox>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,26 +66,19 @@ impl Session {
             inflight: sys::Inflight::default(),
             deputies: None,
             leases: Arc::default(),
+            outbox: Arc::default(),
         }
     }
 
     /// Gives every process of the session a deputy at home, named after `description`.
     pub fn with_deputies(mut self, description: &str, runtime: tokio::runtime::Handle) -> Session {
-        self.deputies = Some(Deputies::new(description, runtime));
+        self.deputies = Some(Deputies::new(description, self.outbox.clone(), runtime));
         self
     }
 
     /// The session's deputies, if it has them.
     pub fn deputies(&self) -> Option<&Deputies> {
         self.deputies.as_ref()
-    }
-
-    /// Sends the session's events (signals at home) to its call stream from now on.
-    pub fn attach(&self, replies: Replies) {
-        self.leases.attach(replies.clone());
-        if let Some(deputies) = &self.deputies {
-            deputies.attach(replies);
-        }
     }
 
     /// The state of `proc`, created on its first call as a copy of its parent's (or the session's start),
@@ -179,6 +175,7 @@ impl Session {
     /// unless a running call still uses the descriptor), every deputy is killed.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.outbox.close();
         self.leases.close();
         if let Some(deputies) = &self.deputies {
             deputies.close();

@@ -43,6 +43,7 @@ impl Calls {
             cwd: "/".into(),
             umask: 0o022,
             description: "deputy test\nwith a newline".into(),
+            resume_seconds: 0,
         };
         let session = client.hello(hello).await.unwrap().into_inner().session;
         let (tx, rx) = mpsc::channel(16);
@@ -60,7 +61,7 @@ impl Calls {
     async fn reply(&mut self, proc: Proc, op: Op) -> CallReply {
         self.seq += 1;
         let seq = self.seq;
-        self.tx.send(CallRequest { seq, proc: Some(proc), op: Some(op) }).await.unwrap();
+        self.tx.send(CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0 }).await.unwrap();
         loop {
             let reply = self.next().await;
             if reply.seq == 0 {

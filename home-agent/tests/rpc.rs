@@ -4,7 +4,8 @@ use home_agent::{AgentConfig, BoundAgent};
 use homeward_proto::pb::call_request::Op;
 use homeward_proto::pb::home_client::HomeClient;
 use homeward_proto::pb::{self, CallReply, CallRequest, Dir, HelloRequest, Proc};
-use homeward_proto::{flags, Errno, AUTH_METADATA, PROTOCOL_VERSION, SESSION_METADATA};
+use homeward_proto::{flags, Errno, AUTH_METADATA, PROTOCOL_VERSION, RESUME_METADATA, SESSION_METADATA};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -62,27 +63,43 @@ fn hello(cwd: &std::path::Path) -> HelloRequest {
         cwd: cwd.as_os_str().as_bytes().to_vec().into(),
         umask: 0o022,
         description: "rpc test".into(),
+        resume_seconds: 0,
     }
 }
 
 /// A session's open call stream.
 struct Calls {
+    session: u64,
     tx: mpsc::Sender<CallRequest>,
     replies: Streaming<CallReply>,
+    /// Sent as every request's `ack`.
+    ack: u64,
 }
 
 impl Calls {
     async fn open(client: &mut HomeClient<Channel>, cwd: &std::path::Path) -> Calls {
         let session = client.hello(authed(hello(cwd), TOKEN)).await.unwrap().into_inner().session;
+        Calls::attach(client, session, None).await.unwrap()
+    }
+
+    /// A call stream for `session`; `resume`: after a break, having received every message up to it.
+    async fn attach(
+        client: &mut HomeClient<Channel>,
+        session: u64,
+        resume: Option<u64>,
+    ) -> Result<Calls, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         let mut request = authed(ReceiverStream::new(rx), TOKEN);
         request.metadata_mut().insert(SESSION_METADATA, session.to_string().parse().unwrap());
-        let replies = client.calls(request).await.unwrap().into_inner();
-        Calls { tx, replies }
+        if let Some(ack) = resume {
+            request.metadata_mut().insert(RESUME_METADATA, ack.to_string().parse().unwrap());
+        }
+        let replies = client.calls(request).await?.into_inner();
+        Ok(Calls { session, tx, replies, ack: resume.unwrap_or(0) })
     }
 
     async fn send(&self, seq: u64, op: Op) {
-        let request = CallRequest { seq, proc: Some(Proc { id: 1, parent: 0 }), op: Some(op) };
+        let request = CallRequest { seq, proc: Some(Proc { id: 1, parent: 0 }), op: Some(op), ack: self.ack };
         self.tx.send(request).await.unwrap();
     }
 
@@ -201,7 +218,8 @@ async fn wrong_or_missing_token_is_refused_before_anything_happens() {
     assert_eq!(status.code(), Code::Unauthenticated);
 
     let (tx, rx) = mpsc::channel(4);
-    let create = CallRequest { seq: 1, proc: None, op: Some(open("evil", libc::O_WRONLY | libc::O_CREAT)) };
+    let create =
+        CallRequest { seq: 1, proc: None, op: Some(open("evil", libc::O_WRONLY | libc::O_CREAT)), ack: 0 };
     tx.send(create).await.unwrap();
     let mut request = authed(ReceiverStream::new(rx), "wrong");
     request.metadata_mut().insert(SESSION_METADATA, "1".parse().unwrap());
@@ -282,4 +300,85 @@ async fn refuses_a_public_address_without_a_token() {
     let config = AgentConfig { listen: "0.0.0.0:0".parse().unwrap(), token: None };
     let err = BoundAgent::bind(config).await.err().expect("bind must refuse");
     assert!(err.to_string().contains("refusing to listen on 0.0.0.0:0 without a token"), "{err}");
+}
+
+/// A TCP relay in front of the agent whose connections can be cut, both ends closed at once: a link that
+/// breaks.
+struct Relay {
+    addr: SocketAddr,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let added = links.clone();
+        tokio::spawn(async move {
+            while let Ok((mut near, _)) = listener.accept().await {
+                let link = tokio::spawn(async move {
+                    let mut far = tokio::net::TcpStream::connect(to).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut near, &mut far).await;
+                });
+                added.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Relay { addr, links }
+    }
+
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_stream_runs_nothing_twice_and_loses_no_reply() {
+    let dir = TempDir::new();
+    let relay = Relay::start(start(Some(TOKEN)).await).await;
+    let mut client1 = client(relay.addr).await;
+    let mut calls = Calls::open(&mut client1, &dir.0).await;
+    // A second stream for an attached session must say it resumes it.
+    let status = Calls::attach(&mut client1, calls.session, None).await.err().unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+
+    let log =
+        calls.call(1, open("log", libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)).await.unwrap() as u64;
+    assert_eq!(calls.call(2, mkfifo("fifo")).await, Ok(0));
+    let fifo = calls.call(3, open("fifo", libc::O_RDWR)).await.unwrap() as u64;
+    let once = Op::Write(pb::Write { handle: log, data: b"once\n".to_vec().into(), offset: None });
+    let read = Op::Read(pb::Read { handle: fifo, len: 100, offset: None });
+    // The write is answered, but the answer is not acknowledged; the read waits at home. Then the link breaks.
+    calls.send(4, once.clone()).await;
+    let reply = calls.reply().await;
+    assert_eq!((reply.seq, reply.index), (4, 4));
+    calls.send(5, read.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let session = calls.session;
+    relay.cut();
+    drop((calls, client1));
+
+    // Resumed, having received messages 1 to 3: the rest comes again, after an event voiding every lease.
+    let mut client2 = client(relay.addr).await;
+    let status = Calls::attach(&mut client2, 0x5eed, Some(3)).await.err().unwrap();
+    assert_eq!(status.code(), Code::NotFound, "{status}");
+    let mut calls = Calls::attach(&mut client2, session, Some(3)).await.unwrap();
+    let forget = calls.reply().await;
+    assert!(forget.event.as_ref().is_some_and(|e| e.forget), "{forget:?}");
+    let again = calls.reply().await;
+    assert_eq!((again.seq, again.index, again.outcome.unwrap().to_result()), (4, 4, Ok(5)));
+    // Sent again, as the shim sends every call it had no answer for at the break: neither runs twice.
+    calls.send(4, once).await;
+    calls.send(5, read).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::OpenOptions::new().write(true).open(dir.0.join("fifo")).unwrap().write_all(b"ping").unwrap();
+    let read = calls.reply().await;
+    assert_eq!((read.seq, read.outcome.unwrap().to_result(), &read.data[..]), (5, Ok(4), &b"ping"[..]));
+    calls.ack = read.index;
+    assert_eq!(calls.call(6, Op::Close(pb::Close { handle: log })).await, Ok(0));
+    assert_eq!(std::fs::read(dir.0.join("log")).unwrap(), b"once\n");
+    let extra = tokio::time::timeout(Duration::from_millis(300), calls.replies.message()).await;
+    assert!(extra.is_err(), "a reply too many: {extra:?}");
 }

@@ -22,10 +22,14 @@ pub mod pb {
 pub use errno::Errno;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// gRPC metadata key that names the session on the `Calls` stream.
 pub const SESSION_METADATA: &str = "homeward-session";
+
+/// gRPC metadata key on a `Calls` stream that resumes its session after a break: the last
+/// `CallReply.index` the shim received (decimal).
+pub const RESUME_METADATA: &str = "homeward-resume";
 
 /// gRPC metadata key for the token (`Bearer <token>`).
 pub const AUTH_METADATA: &str = "authorization";

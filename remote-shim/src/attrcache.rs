@@ -250,6 +250,15 @@ impl AttrCache {
         inner.clear();
     }
 
+    /// The link to home broke (or was resumed, `seq` being home's last batch then): every answer goes, and
+    /// none leased up to `seq`, or asked for before now, is stored again.
+    pub fn forget(&self, seq: u64) {
+        let mut inner = self.lock();
+        inner.clear();
+        inner.forgotten = inner.forgotten.max(seq);
+        inner.generation += 1;
+    }
+
     /// Remembers which home file handle `handle` is (for the changes made through it).
     pub fn opened(&self, handle: u64, inode: (u64, u64)) {
         self.lock().inodes.insert(handle, inode);

@@ -1,22 +1,74 @@
-//! The RPC client: one session at home, one bidirectional call stream, replies matched to callers by `seq`.
+//! The RPC client: one session at home, one bidirectional call stream at a time, replies matched to callers
+//! by `seq`.
 //!
-//! When the link to home is gone, a call that cannot get an answer fails with [`LinkError::Lost`]. The
-//! supervisor then applies its home-loss policy: the job is ended with a clear message, and the program's
-//! pending call is never answered (so it cannot act on an error that is not its own).
+//! **Breaks.** When the stream breaks (home's connection reset, keep-alive pings unanswered), the client
+//! reconnects and resumes the session with a new stream, for up to [`HomeLoss::window`]. Calls waiting for
+//! an answer are sent again with their `seq`; home runs each at most once and sends again the replies the
+//! break swallowed (it keeps every reply until a request's `ack` covers it). Each request is sent at most
+//! once per stream (`Waiting::sent_in`, under the send gate), and numbered messages received twice are
+//! dropped, so a signal is never delivered twice. Cached lookups are dropped at the break: home's change
+//! reports may be lost with it.
+//!
+//! **Loss.** Home is lost when it refuses the session (unknown session: the agent restarted; a wrong
+//! token), when its port refuses connections (the agent is gone; retried under `wait:S`), or when it stays
+//! silent for the whole window. A call that cannot get an answer then fails with [`LinkError::Lost`], and
+//! the supervisor applies the home-loss policy.
 
 use homeward_proto::pb::{self, home_client::HomeClient, CallReply, CallRequest, HelloRequest};
-use homeward_proto::{AUTH_METADATA, SESSION_METADATA};
-use std::collections::HashMap;
+use homeward_proto::{AUTH_METADATA, RESUME_METADATA, SESSION_METADATA};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
 
 /// How long connecting to home may take before remote-shim gives up (the promise to users is "within 10 s").
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a silent home is waited for under the `kill` and `eio` policies: a link cut of 30 s is survived.
+pub const SILENT_WINDOW: Duration = Duration::from_secs(60);
+/// One reconnection attempt's limit, and the pause between attempts.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Keep-alive pings on the link: a silent link is noticed within their sum.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// What remote-shim does when home is lost (`--on-home-loss`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HomeLoss {
+    /// End the job with a message (exit status 125). The default.
+    Kill,
+    /// Answer every forwarded call `EIO` from then on; the job goes on.
+    Eio,
+    /// Keep trying to reach home for this long (a refused port included), then end the job.
+    Wait(Duration),
+}
+
+impl HomeLoss {
+    /// Parses `kill`, `eio` or `wait:SECONDS`.
+    pub fn parse(text: &str) -> Result<HomeLoss, String> {
+        match text {
+            "kill" => Ok(HomeLoss::Kill),
+            "eio" => Ok(HomeLoss::Eio),
+            _ => match text.strip_prefix("wait:").map(str::parse::<u32>) {
+                Some(Ok(seconds)) => Ok(HomeLoss::Wait(Duration::from_secs(seconds.into()))),
+                _ => Err(format!("{text:?} is not a home-loss policy: use kill, eio or wait:SECONDS")),
+            },
+        }
+    }
+
+    /// How long a home that does not answer is waited for.
+    pub fn window(self) -> Duration {
+        match self {
+            HomeLoss::Wait(window) => window,
+            HomeLoss::Kill | HomeLoss::Eio => SILENT_WINDOW,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -30,19 +82,82 @@ pub enum LinkError {
     Lost { addr: String, cause: String },
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<CallReply>>>>;
+/// A call waiting for its reply.
+struct Waiting {
+    request: CallRequest,
+    reply: oneshot::Sender<CallReply>,
+    /// The stream it was last sent on (0: none yet).
+    sent_in: u64,
+}
+
+/// The current stream's sending side; calls send under this gate, so a resumption's resending and their
+/// own sending never both send one request on one stream.
+#[derive(Default)]
+struct Gate {
+    tx: Option<mpsc::Sender<CallRequest>>,
+    generation: u64,
+}
+
+/// The numbered messages received: all up to `prefix`, and those above it (they may arrive out of order).
+#[derive(Default)]
+struct Received {
+    prefix: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Received {
+    /// Notes message `index`; false when it arrived before.
+    fn note(&mut self, index: u64) -> bool {
+        if index <= self.prefix || !self.above.insert(index) {
+            return false;
+        }
+        while self.above.remove(&(self.prefix + 1)) {
+            self.prefix += 1;
+        }
+        true
+    }
+}
+
+/// How to reach home again.
+struct Dial {
+    addr: String,
+    /// `Bearer <token>`.
+    auth: Option<String>,
+}
+
+/// What the link's callers and its reader share.
+struct Shared {
+    dial: Dial,
+    session: u64,
+    policy: HomeLoss,
+    gate: tokio::sync::Mutex<Gate>,
+    pending: Mutex<HashMap<u64, Waiting>>,
+    received: Mutex<Received>,
+    lost: AtomicBool,
+    lost_notify: Notify,
+    lost_cause: Mutex<String>,
+    /// The job is over and the session is being closed: a break is not mended.
+    closing: AtomicBool,
+    attrs: Arc<crate::attrcache::AttrCache>,
+    events: mpsc::UnboundedSender<pb::Event>,
+}
+
+/// Why a stream or an attempt to resume it ended.
+enum Break {
+    /// Worth another attempt.
+    Transient(String),
+    /// Home is gone for good (it closed the session, does not know it, refused the token).
+    Final(String),
+    /// Home's port refused the connection: final unless the policy is to wait.
+    Refused(String),
+}
 
 /// A connected session at home.
 pub struct HomeLink {
-    addr: String,
     session: u64,
     home_host: String,
-    tx: mpsc::Sender<CallRequest>,
-    pending: Pending,
+    shared: Arc<Shared>,
     seq: AtomicU64,
-    lost: Arc<AtomicBool>,
-    lost_notify: Arc<Notify>,
-    lost_cause: Arc<Mutex<String>>,
     events: Mutex<Option<mpsc::UnboundedReceiver<pb::Event>>>,
     /// Leased lookup answers; flushed by home's events and the job's own changes.
     pub attrs: Arc<crate::attrcache::AttrCache>,
@@ -55,8 +170,9 @@ impl HomeLink {
         addr: &str,
         token: Option<&str>,
         hello: HelloRequest,
+        policy: HomeLoss,
     ) -> Result<HomeLink, LinkError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(addr, token, hello)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(addr, token, hello, policy)).await {
             Ok(r) => r,
             Err(_) => Err(LinkError::Unreachable {
                 addr: addr.to_string(),
@@ -65,86 +181,45 @@ impl HomeLink {
         }
     }
 
-    async fn open(addr: &str, token: Option<&str>, hello: HelloRequest) -> Result<HomeLink, LinkError> {
-        let unreachable = |cause: String| LinkError::Unreachable { addr: addr.to_string(), cause };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| unreachable(format!("bad address: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20);
-        let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
-            .await
-            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| unreachable(source_chain(&e)))?;
-        let mut client = HomeClient::new(channel).max_decoding_message_size(64 << 20);
-        let auth = token.map(|t| format!("Bearer {t}"));
-
+    async fn open(
+        addr: &str,
+        token: Option<&str>,
+        mut hello: HelloRequest,
+        policy: HomeLoss,
+    ) -> Result<HomeLink, LinkError> {
+        let dial = Dial { addr: addr.to_string(), auth: token.map(|t| format!("Bearer {t}")) };
+        let mut client = dial.client(CONNECT_TIMEOUT).await.map_err(|cause| dial.unreachable(cause))?;
+        hello.resume_seconds = u32::try_from(policy.window().as_secs()).unwrap_or(u32::MAX);
         let mut req = tonic::Request::new(hello);
-        add_auth(&mut req, auth.as_deref(), addr)?;
+        add_auth(&mut req, dial.auth.as_deref(), addr)?;
         let reply = client.hello(req).await.map_err(|s| status_error(addr, s))?.into_inner();
 
-        let (tx, rx) = mpsc::channel::<CallRequest>(1024);
-        let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        add_auth(&mut req, auth.as_deref(), addr)?;
-        req.metadata_mut().insert(SESSION_METADATA, MetadataValue::from(reply.session));
-        let mut replies = client.calls(req).await.map_err(|s| status_error(addr, s))?.into_inner();
-
-        let pending: Pending = Arc::default();
         let attrs: Arc<crate::attrcache::AttrCache> = Arc::default();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let lost = Arc::new(AtomicBool::new(false));
-        let lost_notify = Arc::new(Notify::new());
-        let lost_cause = Arc::new(Mutex::new(String::new()));
-        {
-            let (pending, lost, lost_notify, lost_cause, attrs) =
-                (pending.clone(), lost.clone(), lost_notify.clone(), lost_cause.clone(), attrs.clone());
-            tokio::spawn(async move {
-                let cause = loop {
-                    match replies.message().await {
-                        Ok(Some(reply)) if reply.seq == 0 => match reply.event {
-                            // Applied here, before any later reply is handed out: a reply sent after the
-                            // flush never meets an entry the flush removed.
-                            Some(event) if event.flush_epoch != 0 => attrs.flush(),
-                            Some(event) if !event.changed.is_empty() => {
-                                attrs.changed(event.seq, &event.changed)
-                            }
-                            Some(event) => {
-                                let _ = events_tx.send(event);
-                            }
-                            None => tracing::warn!("unsolicited message from home without an event"),
-                        },
-                        Ok(Some(reply)) => {
-                            let waiter = lock(&pending).remove(&reply.seq);
-                            if let Some(waiter) = waiter {
-                                let _ = waiter.send(reply);
-                            } else {
-                                tracing::warn!(seq = reply.seq, "reply for no pending call");
-                            }
-                        }
-                        Ok(None) => break "home closed the call stream".to_string(),
-                        Err(status) => break format!("{}: {}", status.code(), status.message()),
-                    }
-                };
-                *lock(&lost_cause) = cause;
-                lost.store(true, Ordering::SeqCst);
-                // Dropping the waiters fails every call in flight.
-                lock(&pending).clear();
-                lost_notify.notify_waiters();
-            });
-        }
+        let shared = Arc::new(Shared {
+            dial,
+            session: reply.session,
+            policy,
+            gate: tokio::sync::Mutex::default(),
+            pending: Mutex::default(),
+            received: Mutex::default(),
+            lost: AtomicBool::new(false),
+            lost_notify: Notify::new(),
+            lost_cause: Mutex::default(),
+            closing: AtomicBool::new(false),
+            attrs: attrs.clone(),
+            events: events_tx,
+        });
+        let replies = shared.open_stream(&mut client, None).await.map_err(|e| match e {
+            Break::Transient(cause) | Break::Refused(cause) => shared.dial.unreachable(cause),
+            Break::Final(message) => LinkError::Refused { addr: addr.to_string(), message },
+        })?;
+        tokio::spawn(shared.clone().keep(replies));
         Ok(HomeLink {
-            addr: addr.to_string(),
             session: reply.session,
             home_host: reply.home_host,
-            tx,
-            pending,
+            shared,
             seq: AtomicU64::new(1),
-            lost,
-            lost_notify,
-            lost_cause,
             events: Mutex::new(Some(events_rx)),
             attrs,
         })
@@ -163,40 +238,262 @@ impl HomeLink {
         &self.home_host
     }
 
-    /// Sends one call and waits for its reply.
+    /// What remote-shim does when home is lost.
+    pub fn policy(&self) -> HomeLoss {
+        self.shared.policy
+    }
+
+    /// Sends one call and waits for its reply (across breaks of the link, until home is lost).
     pub async fn call(&self, proc: pb::Proc, op: pb::call_request::Op) -> Result<CallReply, LinkError> {
+        let shared = &self.shared;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, reply_rx) = oneshot::channel();
-        lock(&self.pending).insert(seq, reply_tx);
-        if self.lost.load(Ordering::SeqCst) {
-            lock(&self.pending).remove(&seq);
-            return Err(self.lost_error());
+        if shared.lost.load(Ordering::SeqCst) {
+            return Err(shared.lost_error());
         }
         self.attrs.before_call(proc.id, &op);
         let changed = crate::attrcache::changed_handle(&op);
-        let req = CallRequest { seq, proc: Some(proc), op: Some(op) };
-        if self.tx.send(req).await.is_err() {
-            lock(&self.pending).remove(&seq);
-            return Err(self.lost_error());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let request = CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0 };
+        lock(&shared.pending).insert(seq, Waiting { request, reply: reply_tx, sent_in: 0 });
+        // Losing home clears `pending` after setting `lost`: seen here, or the waiter is dropped.
+        if shared.lost.load(Ordering::SeqCst) {
+            lock(&shared.pending).remove(&seq);
+            return Err(shared.lost_error());
         }
-        let reply = reply_rx.await.map_err(|_| self.lost_error());
+        shared.send(seq).await;
+        let reply = reply_rx.await.map_err(|_| shared.lost_error());
         self.attrs.after_call(changed);
         reply
     }
 
-    /// Resolves when the link is lost.
+    /// Ends the session: home answers the calls still running, then closes the session (its handles,
+    /// locks and deputies go at once, where a link that merely broke would be waited for).
+    pub async fn close(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // The only sender: dropping it ends the request stream.
+        drop(self.shared.gate.lock().await.tx.take());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.lost()).await;
+    }
+
+    /// Resolves when home is lost.
     pub async fn lost(&self) -> LinkError {
         loop {
-            let notified = self.lost_notify.notified();
-            if self.lost.load(Ordering::SeqCst) {
-                return self.lost_error();
+            let notified = self.shared.lost_notify.notified();
+            if self.shared.lost.load(Ordering::SeqCst) {
+                return self.shared.lost_error();
             }
             notified.await;
         }
     }
+}
+
+impl Dial {
+    fn unreachable(&self, cause: String) -> LinkError {
+        LinkError::Unreachable { addr: self.addr.clone(), cause }
+    }
+
+    /// A connected client, or why not.
+    async fn client(&self, timeout: Duration) -> Result<HomeClient<Channel>, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| format!("bad address: {e}"))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20);
+        let channel: Channel = tokio::time::timeout(timeout, endpoint.connect())
+            .await
+            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+            .map_err(|e| source_chain(&e))?;
+        Ok(HomeClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+}
+
+impl Shared {
+    /// Opens a call stream for the session (`resume`: after a break) and sends it every call still waiting.
+    async fn open_stream(
+        &self,
+        client: &mut HomeClient<Channel>,
+        resume: Option<u64>,
+    ) -> Result<Streaming<CallReply>, Break> {
+        let addr = &self.dial.addr;
+        let (tx, rx) = mpsc::channel::<CallRequest>(1024);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        add_auth(&mut req, self.dial.auth.as_deref(), addr).map_err(|e| Break::Final(e.to_string()))?;
+        req.metadata_mut().insert(SESSION_METADATA, MetadataValue::from(self.session));
+        if let Some(ack) = resume {
+            req.metadata_mut().insert(RESUME_METADATA, MetadataValue::from(ack));
+        }
+        let replies = client
+            .calls(req)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+                    Break::Transient(status.message().to_string())
+                }
+                _ => Break::Final(status_error(addr, status).to_string()),
+            })?
+            .into_inner();
+        let mut gate = self.gate.lock().await;
+        gate.generation += 1;
+        gate.tx = Some(tx.clone());
+        let generation = gate.generation;
+        let again: Vec<CallRequest> = {
+            let ack = self.ack();
+            let mut pending = lock(&self.pending);
+            let mut again: Vec<&mut Waiting> =
+                pending.values_mut().filter(|w| w.sent_in < generation).collect();
+            again.sort_by_key(|w| w.request.seq);
+            again
+                .into_iter()
+                .map(|w| {
+                    w.sent_in = generation;
+                    CallRequest { ack, ..w.request.clone() }
+                })
+                .collect()
+        };
+        if !again.is_empty() {
+            tracing::debug!(calls = again.len(), "sending the calls still waiting again");
+        }
+        for request in again {
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Sends waiting call `seq` on the current stream, unless it was sent on it already or there is none
+    /// (the next stream gets it).
+    async fn send(&self, seq: u64) {
+        let gate = self.gate.lock().await;
+        let Some(tx) = &gate.tx else { return };
+        let request = {
+            let mut pending = lock(&self.pending);
+            let Some(waiting) = pending.get_mut(&seq) else { return };
+            if waiting.sent_in >= gate.generation {
+                return;
+            }
+            waiting.sent_in = gate.generation;
+            CallRequest { ack: self.ack(), ..waiting.request.clone() }
+        };
+        // A closed stream: the reader is resuming, and the resumed stream gets the call.
+        let _ = tx.send(request).await;
+    }
+
+    /// Every numbered message up to this one has arrived.
+    fn ack(&self) -> u64 {
+        lock(&self.received).prefix
+    }
+
+    /// Reads replies and events, resuming the session after each break, until home is lost.
+    async fn keep(self: Arc<Self>, mut replies: Streaming<CallReply>) {
+        loop {
+            let cause = match self.read(&mut replies).await {
+                _ if self.closing.load(Ordering::SeqCst) => return self.lose("the session is closed".into()),
+                Break::Transient(cause) => cause,
+                Break::Final(cause) | Break::Refused(cause) => return self.lose(cause),
+            };
+            drop(replies);
+            self.gate.lock().await.tx = None;
+            // Home's reports of changes may be lost with the stream: no cached lookup is trusted from here.
+            self.attrs.forget(0);
+            let window = self.policy.window();
+            eprintln!(
+                "remote-shim: the link to home at {} broke ({cause}); reconnecting for up to {} s",
+                self.dial.addr,
+                window.as_secs()
+            );
+            let started = Instant::now();
+            replies = loop {
+                let last = match self.resume().await {
+                    Ok(replies) => break replies,
+                    Err(Break::Final(cause)) => return self.lose(cause),
+                    Err(Break::Refused(cause)) if !matches!(self.policy, HomeLoss::Wait(_)) => {
+                        return self.lose(cause)
+                    }
+                    Err(Break::Refused(cause) | Break::Transient(cause)) => cause,
+                };
+                if started.elapsed() >= window {
+                    return self.lose(format!("no answer for {} s ({last})", window.as_secs()));
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            };
+            eprintln!(
+                "remote-shim: reconnected to home at {} after {:.1} s",
+                self.dial.addr,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// One attempt to reconnect and resume the session.
+    async fn resume(&self) -> Result<Streaming<CallReply>, Break> {
+        let attempt = async {
+            let mut client = self.dial.client(ATTEMPT_TIMEOUT).await.map_err(|cause| {
+                if cause.contains("Connection refused") {
+                    Break::Refused(cause)
+                } else {
+                    Break::Transient(cause)
+                }
+            })?;
+            self.open_stream(&mut client, Some(self.ack())).await
+        };
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Break::Transient(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))),
+        }
+    }
+
+    /// Hands out replies and applies events until the stream ends.
+    async fn read(&self, replies: &mut Streaming<CallReply>) -> Break {
+        loop {
+            let reply = match replies.message().await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Break::Final("home closed the session".to_string()),
+                Err(status) => return Break::Transient(format!("{}: {}", status.code(), status.message())),
+            };
+            if reply.index != 0 && !lock(&self.received).note(reply.index) {
+                tracing::debug!(index = reply.index, "message received twice (sent again after a break)");
+                continue;
+            }
+            if reply.seq != 0 {
+                let waiting = lock(&self.pending).remove(&reply.seq);
+                match waiting {
+                    Some(waiting) => {
+                        let _ = waiting.reply.send(reply);
+                    }
+                    None => tracing::warn!(seq = reply.seq, "reply for no pending call"),
+                }
+                continue;
+            }
+            match reply.event {
+                // Applied here, before any later reply is handed out: a reply sent after the flush never
+                // meets an entry the flush removed.
+                Some(event) if event.flush_epoch != 0 => self.attrs.flush(),
+                Some(event) if event.forget => self.attrs.forget(event.seq),
+                Some(event) if !event.changed.is_empty() => self.attrs.changed(event.seq, &event.changed),
+                Some(event) => {
+                    let _ = self.events.send(event);
+                }
+                None => tracing::warn!("unsolicited message from home without an event"),
+            }
+        }
+    }
+
+    /// Home is lost: every waiting call fails.
+    fn lose(&self, cause: String) {
+        *lock(&self.lost_cause) = cause;
+        self.lost.store(true, Ordering::SeqCst);
+        // Dropping the waiters fails every call in flight.
+        lock(&self.pending).clear();
+        self.lost_notify.notify_waiters();
+    }
 
     fn lost_error(&self) -> LinkError {
-        LinkError::Lost { addr: self.addr.clone(), cause: lock(&self.lost_cause).clone() }
+        LinkError::Lost { addr: self.dial.addr.clone(), cause: lock(&self.lost_cause).clone() }
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Config {
     pub trace: Option<std::path::PathBuf>,
     /// `--stats`: a table of intercepted calls at exit.
     pub stats: bool,
+    /// `--on-home-loss`: what happens to the job when home is lost.
+    pub on_home_loss: client::HomeLoss,
 }
 
 /// Runs the job and returns remote-shim's exit status: the program's, 128+N if signal N killed it, 125
@@ -141,8 +143,10 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             cwd: cwd.as_os_str().as_bytes().to_vec().into(),
             umask,
             description: describe(&config.program),
+            resume_seconds: 0,
         };
-        let link = match client::HomeLink::connect(&addr, token.as_deref(), hello).await {
+        let link = match client::HomeLink::connect(&addr, token.as_deref(), hello, config.on_home_loss).await
+        {
             Ok(l) => l,
             Err(e) => {
                 pending.abandon();
@@ -224,6 +228,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         sup.pumps.drain().await;
         // Every process has ended: home closes what they held and ends their deputies as they ended.
         sup.collect(&[]).await;
+        sup.link.close().await;
         if let Some(t) = &sup.tracer {
             t.finish();
             if let Some(table) = t.report() {
@@ -289,6 +294,7 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, job: Job) -> i32 {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut status: Option<i32> = None;
+    let mut home_lost = false;
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -314,7 +320,12 @@ async fn supervise(sup: &Arc<supervisor::Supervisor>, job: Job) -> i32 {
                     return status.unwrap_or(EXIT_SHIM_FAILURE);
                 }
             },
-            msg = sup.wait_link_failure() => {
+            msg = sup.wait_link_failure(), if !home_lost => {
+                home_lost = true;
+                if sup.link.policy() == client::HomeLoss::Eio {
+                    eprintln!("remote-shim: {msg}; the job's calls to home fail with EIO from now on");
+                    continue;
+                }
                 eprintln!("remote-shim: {msg}; ending the job");
                 for pid in launch::job_pids(job.init) {
                     let _ = sys::kill(pid as i32, libc::SIGKILL);

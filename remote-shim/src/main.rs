@@ -1,4 +1,4 @@
-//! `remote-shim --home ADDR:PORT [--token-file FILE] [--local PREFIX]... -- PROGRAM [ARGS...]`
+//! `remote-shim --home ADDR:PORT [--token-file FILE] [--local PREFIX]... [--on-home-loss kill|eio|wait:S] -- PROGRAM [ARGS...]`
 
 use clap::Parser;
 use std::ffi::OsString;
@@ -24,6 +24,11 @@ struct Args {
     /// At exit, print a table of intercepted calls (by call: home/local, errors, wait on home, bytes).
     #[arg(long)]
     stats: bool,
+    /// When home is lost: `kill` ends the job (exit 125), `eio` fails its calls to home with EIO, `wait:S`
+    /// keeps trying to reach home for S seconds, then ends the job. A link that breaks is reconnected
+    /// meanwhile; a home that stays silent is lost after 60 s (kill, eio) or S seconds (wait:S).
+    #[arg(long, value_name = "kill|eio|wait:SECONDS", default_value = "kill", value_parser = remote_shim::client::HomeLoss::parse)]
+    on_home_loss: remote_shim::client::HomeLoss,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
     program: Vec<OsString>,
@@ -54,6 +59,7 @@ fn main() {
         program: args.program,
         trace: args.trace,
         stats: args.stats,
+        on_home_loss: args.on_home_loss,
     });
     std::process::exit(code);
 }

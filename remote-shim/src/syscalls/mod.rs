@@ -90,7 +90,8 @@ impl Call<'_> {
         memory::read_path(self.tid, self.arg(i))
     }
 
-    /// Forwards one operation to home. A lost link never answers: the job is ended (see `client`).
+    /// Forwards one operation to home. When home is lost, the call fails with `EIO` under `--on-home-loss
+    /// eio`, and is never answered otherwise: the job is ended (see `client`).
     pub async fn home(&self, op: Op) -> Result<CallReply, Errno> {
         self.home_as(self.proc(), op).await
     }
@@ -113,10 +114,13 @@ impl Call<'_> {
         match result {
             Ok(reply) => Ok(reply),
             Err(e) => {
+                self.sup.link_failed(&e);
+                if self.sup.link.policy() == crate::client::HomeLoss::Eio {
+                    return Err(Errno::EIO);
+                }
                 // The job is about to be killed (see `supervise`). Answering EIO now would let the program
                 // act on a failure that is not its own (print, clean up, go on) in the moment before the
                 // SIGKILL; the call stays unanswered instead and the kill ends it.
-                self.sup.link_failed(&e);
                 std::future::pending::<()>().await;
                 Err(Errno::EIO)
             }

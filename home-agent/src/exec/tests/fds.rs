@@ -72,7 +72,7 @@ fn ofd_locks_conflict_between_handles() {
 #[test]
 fn malformed_requests_get_einval() {
     let home = Home::new();
-    let none = execute(&home.session, &CallRequest { seq: 3, proc: None, op: None });
+    let none = execute(&home.session, &CallRequest { seq: 3, ..Default::default() });
     assert_eq!((none.seq, none.outcome.unwrap().to_result()), (3, Err(Errno::EINVAL)));
     let no_dir =
         pb::Open { dir: None, path: "f".into(), flags: 0, mode: 0, resolve: 0, content_max: 0, lease: false };
@@ -131,6 +131,7 @@ fn a_blocked_call_of_a_closed_session_is_interrupted() {
             seq: 1,
             proc: None,
             op: Some(Op::Read(pb::Read { handle: h, len: 10, offset: None })),
+            ack: 0,
         };
         session.run(|| execute(&session, &read))
     });
