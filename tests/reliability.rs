@@ -113,7 +113,11 @@ fn with_on_home_loss_eio_the_job_gets_eio_and_goes_on() {
     std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["sh", "-c", script]).shim_arg("--on-home-loss=eio").remote());
         wait_for("the job starts", Duration::from_secs(30), || hosts.exists("started"));
-        assert!(Command::new("kill").args(["-KILL", &hosts.agent_pid().to_string()]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-KILL", &hosts.agent_pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
         let run = run.join().unwrap();
         run.assert_success();
         assert!(run.stdout().contains("read: 2") && run.stdout().contains("went on"), "{run}");
@@ -130,13 +134,23 @@ fn with_on_home_loss_wait_the_job_ends_once_home_stayed_away_that_long() {
     std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["sh", "-c", script]).shim_arg("--on-home-loss=wait:4").remote());
         wait_for("the job starts", Duration::from_secs(30), || hosts.exists("started"));
-        assert!(Command::new("kill").args(["-KILL", &hosts.agent_pid().to_string()]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-KILL", &hosts.agent_pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
         let killed_at = Instant::now();
         let run = run.join().unwrap();
         let took = killed_at.elapsed();
         assert_eq!(run.code(), 125, "{run}");
-        assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(14), "ended after {took:?}:\n{run}");
-        assert!(run.stderr().contains("reconnecting for up to 4 s") && run.stderr().contains("lost"), "{run}");
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(14),
+            "ended after {took:?}:\n{run}"
+        );
+        assert!(
+            run.stderr().contains("reconnecting for up to 4 s") && run.stderr().contains("lost"),
+            "{run}"
+        );
     });
 }
 
@@ -164,7 +178,11 @@ fn sqlite_commits_made_before_home_is_lost_are_all_on_home_disk() {
             let out = Command::new("sqlite3").arg(&db).arg("SELECT count(*) FROM t").output().unwrap();
             String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap_or(0) >= 30
         });
-        assert!(Command::new("kill").args(["-KILL", &hosts.agent_pid().to_string()]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-KILL", &hosts.agent_pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
         let run = run.join().unwrap();
         assert_eq!(run.code(), 125, "{run}");
         let committed: u32 = run.stdout().lines().last().and_then(|l| l.parse().ok()).unwrap_or(0);

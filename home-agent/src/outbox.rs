@@ -10,7 +10,7 @@
 //! starts with a `forget` event instead (see `leases`).
 
 use homeward_proto::pb::CallReply;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
 use tonic::Status;
@@ -21,6 +21,8 @@ pub type Stream = mpsc::Sender<Result<CallReply, Status>>;
 /// Most calls one session runs at once; one more is answered `EAGAIN` (a job with that many threads all
 /// waiting at home is either hostile or broken).
 pub const MAX_RUNNING: usize = 4096;
+/// Most bytes of data (writes) the calls a session runs hold at once; a write beyond is answered `EAGAIN`.
+pub const MAX_RUNNING_BYTES: usize = 512 << 20;
 
 #[derive(Default)]
 pub struct Outbox {
@@ -45,7 +47,9 @@ struct Inner {
     /// The calls whose replies are in `kept`.
     kept_seqs: HashSet<u64>,
     kept_bytes: usize,
-    running: HashSet<u64>,
+    /// The calls running, with the bytes of data each holds.
+    running: HashMap<u64, usize>,
+    running_bytes: usize,
 }
 
 /// What to do with an incoming request.
@@ -54,7 +58,7 @@ pub enum Admit {
     Run,
     /// Sent again after a break; it runs or ran already.
     Duplicate,
-    /// The session runs [`MAX_RUNNING`] calls already.
+    /// The session runs [`MAX_RUNNING`] calls, or calls holding [`MAX_RUNNING_BYTES`], already.
     Busy,
 }
 
@@ -63,24 +67,25 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers an incoming call, acknowledging what its `ack` covers.
-    pub fn admit(&self, seq: u64, ack: u64) -> Admit {
+    /// Registers an incoming call holding `bytes` of data, acknowledging what its `ack` covers.
+    pub fn admit(&self, seq: u64, ack: u64, bytes: usize) -> Admit {
         let mut inner = self.lock();
         inner.acknowledge(ack);
-        if inner.running.contains(&seq) || inner.kept_seqs.contains(&seq) {
+        if inner.running.contains_key(&seq) || inner.kept_seqs.contains(&seq) {
             return Admit::Duplicate;
         }
-        if inner.running.len() >= MAX_RUNNING {
+        if inner.running.len() >= MAX_RUNNING || inner.running_bytes + bytes > MAX_RUNNING_BYTES {
             return Admit::Busy;
         }
-        inner.running.insert(seq);
+        inner.running.insert(seq, bytes);
+        inner.running_bytes += bytes;
         Admit::Run
     }
 
     /// A call was admitted but will not answer (the session closed before it ran).
     pub fn abandon(&self, seq: u64) {
         let mut inner = self.lock();
-        inner.running.remove(&seq);
+        inner.finish(seq);
         if inner.running.is_empty() {
             self.idle.notify_waiters();
         }
@@ -98,7 +103,7 @@ impl Outbox {
             inner.next_index += 1;
             reply.index = inner.next_index;
             if reply.seq != 0 {
-                inner.running.remove(&reply.seq);
+                inner.finish(reply.seq);
                 inner.kept_seqs.insert(reply.seq);
                 if inner.running.is_empty() {
                     self.idle.notify_waiters();
@@ -213,6 +218,12 @@ impl Outbox {
 }
 
 impl Inner {
+    fn finish(&mut self, seq: u64) {
+        if let Some(bytes) = self.running.remove(&seq) {
+            self.running_bytes -= bytes;
+        }
+    }
+
     fn acknowledge(&mut self, ack: u64) {
         while self.kept.front().is_some_and(|r| r.index <= ack) {
             if let Some(reply) = self.kept.pop_front() {
@@ -253,22 +264,22 @@ mod tests {
         let generation = outbox.attach(tx, 0);
         outbox.resend(generation, None).await;
         for seq in 1..=3 {
-            assert_eq!(outbox.admit(seq, 0), Admit::Run);
+            assert_eq!(outbox.admit(seq, 0, 0), Admit::Run);
             outbox.send(reply(seq)).await;
         }
         assert_eq!(drain(&mut rx).await, [(1, 1), (2, 2), (3, 3)]);
         // The link breaks; seq 4 finishes meanwhile.
         assert!(outbox.detach(generation));
-        assert_eq!(outbox.admit(4, 1), Admit::Run);
+        assert_eq!(outbox.admit(4, 1, 0), Admit::Run);
         outbox.send(reply(4)).await;
         // Sent again after the break: not run twice.
-        assert_eq!(outbox.admit(2, 1), Admit::Duplicate);
-        assert_eq!(outbox.admit(4, 1), Admit::Duplicate);
+        assert_eq!(outbox.admit(2, 1, 0), Admit::Duplicate);
+        assert_eq!(outbox.admit(4, 1, 0), Admit::Duplicate);
         let (tx, mut rx) = mpsc::channel(16);
         let generation = outbox.attach(tx, 2);
         outbox.resend(generation, None).await;
         assert_eq!(drain(&mut rx).await, [(3, 3), (4, 4)]);
-        assert_eq!(outbox.admit(5, 4), Admit::Run);
+        assert_eq!(outbox.admit(5, 4, 0), Admit::Run);
         assert_eq!(outbox.kept().0, 0);
     }
 
@@ -282,10 +293,16 @@ mod tests {
         assert_eq!(drain(&mut rx).await, [(0, 0)]);
         assert_eq!(outbox.kept().0, 0);
         for seq in 1..=MAX_RUNNING as u64 {
-            assert_eq!(outbox.admit(seq, 0), Admit::Run);
+            assert_eq!(outbox.admit(seq, 0, 0), Admit::Run);
         }
-        assert_eq!(outbox.admit(u64::MAX, 0), Admit::Busy);
+        assert_eq!(outbox.admit(u64::MAX, 0, 0), Admit::Busy);
         outbox.abandon(1);
-        assert_eq!(outbox.admit(u64::MAX, 0), Admit::Run);
+        assert_eq!(outbox.admit(u64::MAX, 0, 0), Admit::Run);
+        let outbox = Outbox::default();
+        assert_eq!(outbox.admit(1, 0, MAX_RUNNING_BYTES), Admit::Run);
+        assert_eq!(outbox.admit(2, 0, 1), Admit::Busy);
+        assert_eq!(outbox.admit(3, 0, 0), Admit::Run);
+        outbox.abandon(1);
+        assert_eq!(outbox.admit(2, 0, 1), Admit::Run);
     }
 }

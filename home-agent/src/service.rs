@@ -210,13 +210,18 @@ async fn run_session(
     let ended = loop {
         tokio::select! {
             message = inbound.message() => match message {
-                Ok(Some(request)) => match session.outbox.admit(request.seq, request.ack) {
+                Ok(Some(request)) => match session.outbox.admit(request.seq, request.ack, data_bytes(&request)) {
                     Admit::Run => {
                         tokio::spawn(call(session.clone(), request));
                     }
                     Admit::Duplicate => debug!(seq = request.seq, "call sent again after a break: not run twice"),
                     Admit::Busy => {
-                        warn!(seq = request.seq, "the session runs too many calls at once: answering EAGAIN");
+                        warn!(
+                            seq = request.seq,
+                            "the session runs {} calls or holds {} MiB of data already: answering EAGAIN",
+                            crate::outbox::MAX_RUNNING,
+                            crate::outbox::MAX_RUNNING_BYTES >> 20
+                        );
                         let reply = CallReply { seq: request.seq, outcome: Some(Outcome::errno(Errno(libc::EAGAIN as u16))), ..Default::default() };
                         session.outbox.send(reply).await;
                     }
@@ -267,6 +272,15 @@ async fn run_session(
         info!("no stream resumed the session");
     }
     close(&sessions, session).await;
+}
+
+/// The bytes of data a request carries (held while it runs).
+fn data_bytes(request: &CallRequest) -> usize {
+    match &request.op {
+        Some(homeward_proto::pb::call_request::Op::Write(write)) => write.data.len(),
+        Some(homeward_proto::pb::call_request::Op::Xattr(xattr)) => xattr.value.len(),
+        _ => 0,
+    }
 }
 
 /// Tells a client that went silent from one whose connection closed, by the error its stream ended with.
