@@ -198,7 +198,7 @@ async fn open_write_close_reaches_home() {
         calls.call(1, open("out.txt", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)).await.unwrap() as u64;
     let write = pb::Write { handle, data: b"hello home".to_vec().into(), offset: None };
     assert_eq!(calls.call(2, Op::Write(write)).await, Ok(10));
-    assert_eq!(calls.call(3, Op::Close(pb::Close { handle })).await, Ok(0));
+    assert_eq!(calls.call(3, Op::Close(pb::Close { handle, more: vec![] })).await, Ok(0));
     assert_eq!(std::fs::read(dir.0.join("out.txt")).unwrap(), b"hello home");
     let missing =
         pb::Stat { dir: Some(Dir { handle: 0 }), path: "nope".into(), at_flags: 0, mask: 0, lease: false };
@@ -377,7 +377,7 @@ async fn a_resumed_stream_runs_nothing_twice_and_loses_no_reply() {
     let read = calls.reply().await;
     assert_eq!((read.seq, read.outcome.unwrap().to_result(), &read.data[..]), (5, Ok(4), &b"ping"[..]));
     calls.ack = read.index;
-    assert_eq!(calls.call(6, Op::Close(pb::Close { handle: log })).await, Ok(0));
+    assert_eq!(calls.call(6, Op::Close(pb::Close { handle: log, more: vec![] })).await, Ok(0));
     assert_eq!(std::fs::read(dir.0.join("log")).unwrap(), b"once\n");
     let extra = tokio::time::timeout(Duration::from_millis(300), calls.replies.message()).await;
     assert!(extra.is_err(), "a reply too many: {extra:?}");

@@ -25,6 +25,7 @@ impl Errno {
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW as u16);
     pub const ENOMEM: Errno = Errno(libc::ENOMEM as u16);
     pub const EMFILE: Errno = Errno(libc::EMFILE as u16);
+    pub const ENFILE: Errno = Errno(libc::ENFILE as u16);
     pub const ENOTTY: Errno = Errno(libc::ENOTTY as u16);
     pub const EXDEV: Errno = Errno(libc::EXDEV as u16);
     pub const ESPIPE: Errno = Errno(libc::ESPIPE as u16);

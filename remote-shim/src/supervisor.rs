@@ -22,6 +22,8 @@ use tokio::sync::Notify;
 
 /// Handles made since the last collection that make the collector run at once.
 const COLLECT_AFTER: usize = 256;
+/// Handles closed at home by one call of the collector.
+const CLOSE_BATCH: usize = 1024;
 
 /// How long a process announced at its fork may stay unseen before it is taken for a fork that failed.
 const ANNOUNCED_TTL: Duration = Duration::from_secs(2);
@@ -291,8 +293,9 @@ impl Supervisor {
             gone.extend(self.procs.reap_announced(ANNOUNCED_TTL, |nspid| self.init.ns_has(nspid as i32)));
         }
         let root = pb::Proc { id: 0, parent: 0 };
-        for handle in dead {
-            let _ = self.link.call(root, Op::Close(pb::Close { handle })).await;
+        for batch in dead.chunks(CLOSE_BATCH) {
+            let close = pb::Close { handle: batch[0], more: batch[1..].to_vec() };
+            let _ = self.link.call(root, Op::Close(close)).await;
         }
         for (id, end) in gone {
             self.forget_proc(id, end).await;
@@ -330,6 +333,12 @@ impl Supervisor {
         if self.fds.made_since_collection() >= COLLECT_AFTER {
             self.collect_soon.notify_one();
         }
+    }
+
+    /// Collects at once (home ran out of descriptors: some may be held for the job's closed files).
+    pub async fn collect_now(&self) {
+        let job = crate::launch::job_pids(self.init.pid);
+        self.collect(&job).await;
     }
 
     /// Runs [`Supervisor::collect`] every `period` while the job runs, or sooner when asked.

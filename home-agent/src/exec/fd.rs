@@ -81,8 +81,15 @@ pub fn flock(s: &Session, o: &pb::Flock) -> Res {
     done(0)
 }
 
-/// Forgets the handle; its file closes once no running call uses it.
+/// Forgets the handles; each file closes once no running call uses it.
 pub fn close(s: &Session, o: &pb::Close) -> Res {
-    s.close_handle(o.handle)?;
+    if o.more.len() >= crate::session::MAX_HANDLES {
+        return Err(Errno::EINVAL);
+    }
+    let mut outcome = s.close_handle(o.handle);
+    for &handle in &o.more {
+        outcome = outcome.and(s.close_handle(handle));
+    }
+    outcome?;
     done(0)
 }

@@ -199,7 +199,7 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
         Ok((content, stat.mode & 0o777))
     }
     .await;
-    let _ = call.home(Op::Close(pb::Close { handle })).await;
+    let _ = call.home(Op::Close(pb::Close { handle, more: vec![] })).await;
     result
 }
 

@@ -75,7 +75,12 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         resolve,
         content_max: if reads_only(oflags) { INLINE_CONTENT_MAX } else { 0 },
     });
-    let reply = call.home(op).await?;
+    let mut reply = call.home(op.clone()).await?;
+    if matches!(super::outcome(&reply), Err(Errno::EMFILE | Errno::ENFILE)) {
+        // Home may be holding files the job closed and the collector has not closed there yet.
+        call.sup.collect_now().await;
+        reply = call.home(op).await?;
+    }
     let outcome = super::outcome(&reply);
     if let (Some(key), Err(e)) = (&key, &outcome) {
         if *e == Errno::ENOENT {
@@ -169,7 +174,7 @@ async fn install_with(
     match installed {
         Ok(fd) => Ok(Action::Answered(i64::from(fd))),
         Err(e) => {
-            let _ = call.home(Op::Close(pb::Close { handle: handle_id })).await;
+            let _ = call.home(Op::Close(pb::Close { handle: handle_id, more: vec![] })).await;
             Err(e)
         }
     }

@@ -30,8 +30,8 @@ fn read_write_seek_share_the_offset() {
     assert_eq!(home.reply(stat("f")).stat.unwrap().size, 5);
     let flags = home.call(Op::GetFlags(pb::GetFlags { handle: h })).unwrap();
     assert_eq!(flags as u32 & pb::OpenFlag::Rdwr as u32, pb::OpenFlag::Rdwr as u32);
-    home.call(Op::Close(pb::Close { handle: h })).unwrap();
-    assert_eq!(home.call(Op::Close(pb::Close { handle: h })), Err(Errno::EBADF));
+    home.call(Op::Close(pb::Close { handle: h, more: vec![] })).unwrap();
+    assert_eq!(home.call(Op::Close(pb::Close { handle: h, more: vec![] })), Err(Errno::EBADF));
     assert_eq!(home.call(read(1, None)), Err(Errno::EBADF));
 }
 
@@ -65,7 +65,7 @@ fn ofd_locks_conflict_between_handles() {
     let free = home.reply(lock(a, pb::LockCmd::Get, pb::LockType::Write)).lock.unwrap();
     assert_eq!(free.kind, pb::LockType::Unlock as i32, "a handle never conflicts with itself");
     // Closing the handle releases its locks.
-    home.call(Op::Close(pb::Close { handle: a })).unwrap();
+    home.call(Op::Close(pb::Close { handle: a, more: vec![] })).unwrap();
     home.call(lock(b, pb::LockCmd::Set, pb::LockType::Write)).unwrap();
 }
 
