@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+pub use crate::transport::LinkConfig;
 
 /// How long connecting to home may take before remote-shim gives up (the promise to users is "within 10 s").
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
@@ -22,6 +24,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 pub enum LinkError {
     #[error("cannot reach home at {addr}: {cause} (is home-agent running and listening there?)")]
     Unreachable { addr: String, cause: String },
+    #[error("cannot reach home at {addr}: TLS handshake failed: {cause}{}", hint_suffix(.hint))]
+    Tls { addr: String, cause: String, hint: String },
     #[error("home at {addr} refused the token: {0}", .message)]
     Unauthenticated { addr: String, message: String },
     #[error("home at {addr} refused the session: {message}")]
@@ -51,24 +55,22 @@ pub struct HomeLink {
 impl HomeLink {
     /// Connects, authenticates, opens a session and its call stream; all within [`CONNECT_TIMEOUT`], so a home
     /// that accepts the connection but never answers is reported as unreachable too.
-    pub async fn connect(
-        addr: &str,
-        token: Option<&str>,
-        hello: HelloRequest,
-    ) -> Result<HomeLink, LinkError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(addr, token, hello)).await {
+    pub async fn connect(link: &LinkConfig, hello: HelloRequest) -> Result<HomeLink, LinkError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(link, hello)).await {
             Ok(r) => r,
             Err(_) => Err(LinkError::Unreachable {
-                addr: addr.to_string(),
+                addr: link.addr.clone(),
                 cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
             }),
         }
     }
 
-    async fn open(addr: &str, token: Option<&str>, hello: HelloRequest) -> Result<HomeLink, LinkError> {
+    async fn open(link: &LinkConfig, hello: HelloRequest) -> Result<HomeLink, LinkError> {
+        let (addr, token) = (link.addr.as_str(), link.token.as_deref());
         let unreachable = |cause: String| LinkError::Unreachable { addr: addr.to_string(), cause };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| unreachable(format!("bad address: {e}")))?
+        let endpoint = link
+            .endpoint()
+            .map_err(unreachable)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -78,13 +80,18 @@ impl HomeLink {
         let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| unreachable(source_chain(&e)))?;
+            .map_err(|e| link_error(link, &e).unwrap_or_else(|| unreachable(source_chain(&e))))?;
         let mut client = HomeClient::new(channel).max_decoding_message_size(64 << 20);
         let auth = token.map(|t| format!("Bearer {t}"));
 
         let mut req = tonic::Request::new(hello);
         add_auth(&mut req, auth.as_deref(), addr)?;
-        let reply = client.hello(req).await.map_err(|s| status_error(addr, s))?.into_inner();
+        // With TLS 1.3 a refused client certificate shows only here, after the handshake.
+        let reply = client
+            .hello(req)
+            .await
+            .map_err(|s| link_error(link, &s).unwrap_or_else(|| status_error(addr, s)))?
+            .into_inner();
 
         let (tx, rx) = mpsc::channel::<CallRequest>(1024);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -223,6 +230,20 @@ fn status_error(addr: &str, status: tonic::Status) -> LinkError {
             LinkError::Unreachable { addr, cause: status.message().to_string() }
         }
         _ => LinkError::Refused { addr, message: status.message().to_string() },
+    }
+}
+
+/// A failure to connect that TLS (or its absence) explains, as a [`LinkError::Tls`].
+fn link_error(link: &LinkConfig, err: &(dyn std::error::Error + 'static)) -> Option<LinkError> {
+    let (cause, hint) = link.tls_failure(err)?;
+    Some(LinkError::Tls { addr: link.addr.clone(), cause, hint })
+}
+
+fn hint_suffix(hint: &str) -> String {
+    if hint.is_empty() {
+        String::new()
+    } else {
+        format!(" ({hint})")
     }
 }
 

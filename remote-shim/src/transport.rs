@@ -1,0 +1,258 @@
+//! How remote-shim reaches home ([`LinkConfig`]): home-agent's address, the token, and TLS ([`ClientTls`]: the
+//! CA that must have signed home's certificate, the name to check it against, the client's own certificate).
+//! Also the reading of a failed TLS handshake into a cause a user can act on.
+
+use std::path::{Path, PathBuf};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Everything needed to open a session at home.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// home-agent's address as the user gave it: `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`.
+    pub addr: String,
+    pub token: Option<String>,
+    /// `None`: plaintext HTTP/2.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS as the client does it. The server's certificate is checked against `ca` only: no system roots (a
+/// homeward user runs their own CA, and a public one would vouch for any host it certified).
+#[derive(Clone)]
+pub struct ClientTls {
+    ca: Vec<u8>,
+    domain: Option<String>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("domain", &self.domain)
+            .field("client_cert", &self.identity.is_some())
+            .finish()
+    }
+}
+
+/// Why the link's settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot read the {what} {}: {source}", .path.display())]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("the {what} {} holds no PEM `{label}` block (expected -----BEGIN {label}-----)", .path.display())]
+    NotPem { what: &'static str, path: PathBuf, label: &'static str },
+    #[error("--home {0} asks for TLS: pass --tls-ca FILE, the CA that signed home-agent's certificate")]
+    NoCa(String),
+    #[error("--home {0} asks for plaintext, but TLS options were given: use --home https://…")]
+    PlaintextWithTls(String),
+}
+
+impl ClientTls {
+    /// From PEM text: the CA, the name home's certificate must hold (default: the host of `--home`), and
+    /// the client's certificate and key, for a home that requires client certificates.
+    pub fn from_pem(
+        ca: impl Into<Vec<u8>>,
+        domain: Option<String>,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Self {
+        ClientTls { ca: ca.into(), domain, identity }
+    }
+
+    /// Reads `--tls-ca`, and `--tls-cert` with `--tls-key`, checking that each holds what it should.
+    pub fn from_files(
+        ca: &Path,
+        domain: Option<String>,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<ClientTls, TransportError> {
+        let ca = read_pem("CA file", ca, "CERTIFICATE")?;
+        let identity = match identity {
+            Some((cert, key)) => Some((
+                read_pem("client certificate file", cert, "CERTIFICATE")?,
+                read_pem("client key file", key, "PRIVATE KEY")?,
+            )),
+            None => None,
+        };
+        Ok(ClientTls { ca, domain, identity })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
+impl LinkConfig {
+    /// `home` as given to `--home`. An `https://` address needs `tls`; a bare `HOST:PORT` is TLS when `tls`
+    /// is given, plaintext otherwise; `http://` is plaintext.
+    pub fn new(
+        home: &str,
+        token: Option<String>,
+        tls: Option<ClientTls>,
+    ) -> Result<LinkConfig, TransportError> {
+        if home.starts_with("https://") && tls.is_none() {
+            return Err(TransportError::NoCa(home.to_string()));
+        }
+        if home.starts_with("http://") && tls.is_some() {
+            return Err(TransportError::PlaintextWithTls(home.to_string()));
+        }
+        Ok(LinkConfig { addr: home.to_string(), token, tls })
+    }
+
+    /// The endpoint to connect to (the caller adds timeouts and window sizes); the error says why the
+    /// address or the TLS settings cannot be used.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, String> {
+        let host_port = self.addr.trim_start_matches("https://").trim_start_matches("http://");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
+            .map_err(|e| format!("bad address: {e}"))?;
+        match &self.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.config())
+                .map_err(|e| format!("the TLS settings are not usable: {}", error_chain(&e))),
+            None => Ok(endpoint),
+        }
+    }
+
+    /// The cause of a failed connection or first call when it is TLS's (or the lack of it): the handshake's
+    /// error and what to do about it. `None` for other causes (nobody listening, a timeout).
+    pub(crate) fn tls_failure(&self, err: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+        let Some(tls) = &self.tls else {
+            // A plaintext client meeting a TLS server reads a TLS alert as HTTP/2 and gives up.
+            let text = error_chain(err);
+            let plaintext_to_tls = ["frame with invalid size", "connection closed", "connection reset"]
+                .iter()
+                .any(|sign| text.contains(sign));
+            return plaintext_to_tls.then(|| {
+                (text, "home may require TLS: pass --tls-ca FILE (and use --home https://…)".to_string())
+            });
+        };
+        let found = rustls_error(err)?;
+        let hint = match found {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
+                    "home's certificate is not signed by the CA given with --tls-ca".to_string()
+                }
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    let name = tls.domain.as_deref().unwrap_or("the host in --home");
+                    format!(
+                        "home's certificate does not hold the name {name}: connect by a name it holds, or \
+                         pass --tls-domain NAME"
+                    )
+                }
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. }
+                | rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. } => {
+                    "home's certificate is outside its validity period (renew it, or check both clocks)"
+                        .into()
+                }
+                _ => "home's certificate was refused".to_string(),
+            },
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)
+            | rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure)
+                if tls.identity.is_none() =>
+            {
+                "home requires a client certificate: pass --tls-cert and --tls-key".to_string()
+            }
+            rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::CertificateExpired
+                | rustls::AlertDescription::CertificateUnknown
+                | rustls::AlertDescription::AccessDenied,
+            ) => "home refused this client's certificate (is it signed by home-agent's --tls-client-ca, and \
+                  still valid?)"
+                .to_string(),
+            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+                "home does not speak TLS: start home-agent with --tls-cert and --tls-key, or connect \
+                 without --tls-ca"
+                    .to_string()
+            }
+            _ => String::new(),
+        };
+        Some((found.to_string(), hint))
+    }
+}
+
+/// The rustls error in `err`'s chain. rustls's errors travel inside `std::io::Error`s, whose `source()`
+/// skips the error they carry, so each `io::Error` is opened.
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Reads a PEM file that must hold at least one block whose label ends with `label` (`PRIVATE KEY` matches
+/// `RSA PRIVATE KEY` and `EC PRIVATE KEY`).
+fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, TransportError> {
+    let text = std::fs::read(path).map_err(|source| TransportError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let has_block = String::from_utf8_lossy(&text).lines().any(|line| {
+        line.strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+            .is_some_and(|found| found.ends_with(label))
+    });
+    if has_block {
+        Ok(text)
+    } else {
+        Err(TransportError::NotPem { what, path: path.to_path_buf(), label })
+    }
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_and_tls_agree() {
+        let tls = || Some(ClientTls::from_pem(Vec::new(), None, None));
+        assert!(LinkConfig::new("10.0.0.1:7070", None, None).unwrap().tls.is_none());
+        assert!(LinkConfig::new("10.0.0.1:7070", None, tls()).unwrap().tls.is_some());
+        assert!(LinkConfig::new("https://home:7070", None, tls()).is_ok());
+        let err = LinkConfig::new("https://home:7070", None, None).unwrap_err().to_string();
+        assert!(err.contains("pass --tls-ca"), "{err}");
+        let err = LinkConfig::new("http://home:7070", None, tls()).unwrap_err().to_string();
+        assert!(err.contains("asks for plaintext"), "{err}");
+    }
+
+    #[test]
+    fn rustls_error_inside_io_error() {
+        let rustls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls);
+        let found = rustls_error(&io).map(ToString::to_string);
+        assert_eq!(found.as_deref(), Some("invalid peer certificate: UnknownIssuer"));
+    }
+}
