@@ -24,7 +24,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 pub enum LinkError {
     #[error("cannot reach home at {addr}: {cause} (is home-agent running and listening there?)")]
     Unreachable { addr: String, cause: String },
-    #[error("cannot reach home at {addr}: TLS handshake failed: {cause}{}", hint_suffix(.hint))]
+    /// TLS failed, or one side has it and the other not: the cause, and what to do about it.
+    #[error("cannot reach home at {addr}: {cause}{}", hint_suffix(.hint))]
     Tls { addr: String, cause: String, hint: String },
     #[error("home at {addr} refused the token: {0}", .message)]
     Unauthenticated { addr: String, message: String },

@@ -119,65 +119,75 @@ impl LinkConfig {
         }
     }
 
-    /// The cause of a failed connection or first call when it is TLS's (or the lack of it): the handshake's
-    /// error and what to do about it. `None` for other causes (nobody listening, a timeout).
+    /// The cause of a failed connection or first call when it is TLS's (or the lack of it), and what to do
+    /// about it. `None` for other causes (nobody listening, a timeout).
     pub(crate) fn tls_failure(&self, err: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+        let text = error_chain(err);
         let Some(tls) = &self.tls else {
-            // A plaintext client meeting a TLS server reads a TLS alert as HTTP/2 and gives up.
-            let text = error_chain(err);
-            let plaintext_to_tls = ["frame with invalid size", "connection closed", "connection reset"]
-                .iter()
-                .any(|sign| text.contains(sign));
-            return plaintext_to_tls.then(|| {
-                (text, "home may require TLS: pass --tls-ca FILE (and use --home https://…)".to_string())
-            });
+            // A plaintext client meeting a TLS server: the server drops the connection at the HTTP/2
+            // preface (or answers with a TLS alert the client cannot read as HTTP/2).
+            let plaintext_to_tls =
+                ["broken pipe", "frame with invalid size", "connection closed", "connection reset"]
+                    .iter()
+                    .any(|sign| text.contains(sign));
+            let last = std::iter::successors(Some(err), |e| e.source()).last().map(ToString::to_string);
+            let cause = format!("home dropped the connection as HTTP/2 began: {}", last.unwrap_or_default());
+            let hint = "home may require TLS: pass --tls-ca FILE, the CA that signed its certificate";
+            return plaintext_to_tls.then(|| (cause, hint.to_string()));
         };
-        let found = rustls_error(err)?;
-        let hint = match found {
-            rustls::Error::InvalidCertificate(cert) => match cert {
-                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
-                    "home's certificate is not signed by the CA given with --tls-ca".to_string()
+        if let Some(found) = rustls_error(err) {
+            let hint = match found {
+                rustls::Error::InvalidCertificate(cert) => certificate_hint(cert, tls, &self.addr),
+                rustls::Error::AlertReceived(alert) => alert_hint(&format!("{alert:?}"), tls),
+                rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+                    "home does not speak TLS: start home-agent with --tls-cert and --tls-key, or connect \
+                     without --tls-ca"
+                        .to_string()
                 }
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. } => {
-                    let name = tls.domain.as_deref().unwrap_or("the host in --home");
-                    format!(
-                        "home's certificate does not hold the name {name}: connect by a name it holds, or \
-                         pass --tls-domain NAME"
-                    )
-                }
-                rustls::CertificateError::Expired
-                | rustls::CertificateError::ExpiredContext { .. }
-                | rustls::CertificateError::NotValidYet
-                | rustls::CertificateError::NotValidYetContext { .. } => {
-                    "home's certificate is outside its validity period (renew it, or check both clocks)"
-                        .into()
-                }
-                _ => "home's certificate was refused".to_string(),
-            },
-            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)
-            | rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure)
-                if tls.identity.is_none() =>
-            {
-                "home requires a client certificate: pass --tls-cert and --tls-key".to_string()
-            }
-            rustls::Error::AlertReceived(
-                rustls::AlertDescription::UnknownCA
-                | rustls::AlertDescription::BadCertificate
-                | rustls::AlertDescription::CertificateExpired
-                | rustls::AlertDescription::CertificateUnknown
-                | rustls::AlertDescription::AccessDenied,
-            ) => "home refused this client's certificate (is it signed by home-agent's --tls-client-ca, and \
-                  still valid?)"
-                .to_string(),
-            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
-                "home does not speak TLS: start home-agent with --tls-cert and --tls-key, or connect \
-                 without --tls-ca"
-                    .to_string()
-            }
-            _ => String::new(),
-        };
-        Some((found.to_string(), hint))
+                _ => String::new(),
+            };
+            return Some((format!("TLS handshake failed: {found}"), hint));
+        }
+        // An alert after the handshake (TLS 1.3 checks the client's certificate then) reaches us through
+        // HTTP/2, which keeps only its text.
+        const ALERT: &str = "received fatal alert: ";
+        let alert = text[text.find(ALERT)? + ALERT.len()..].split(|c: char| !c.is_alphanumeric()).next()?;
+        Some((format!("TLS handshake failed: {ALERT}{alert}"), alert_hint(alert, tls)))
+    }
+}
+
+/// What to do about home's certificate being refused.
+fn certificate_hint(err: &rustls::CertificateError, tls: &ClientTls, addr: &str) -> String {
+    use rustls::CertificateError as E;
+    match err {
+        E::UnknownIssuer | E::BadSignature => {
+            "home's certificate is not signed by the CA given with --tls-ca".into()
+        }
+        E::NotValidForName | E::NotValidForNameContext { .. } => match &tls.domain {
+            Some(name) => format!("home's certificate does not hold the name {name} given with --tls-domain"),
+            None => format!(
+                "home's certificate does not hold the host of {addr}: connect by a name it holds, or pass \
+                     --tls-domain NAME"
+            ),
+        },
+        E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
+            "home's certificate is outside its validity period: renew it, or check both clocks".into()
+        }
+        _ => "home's certificate was refused".into(),
+    }
+}
+
+/// What to do about a fatal alert from home (by the alert's name, as rustls spells it).
+fn alert_hint(alert: &str, tls: &ClientTls) -> String {
+    match alert {
+        "CertificateRequired" | "HandshakeFailure" if tls.identity.is_none() => {
+            "home requires a client certificate: pass --tls-cert and --tls-key".into()
+        }
+        "UnknownCA" | "BadCertificate" | "CertificateExpired" | "CertificateUnknown" | "AccessDenied"
+        | "DecryptError" => "home refused this client's certificate: is it signed by home-agent's \
+                             --tls-client-ca, and still valid?"
+            .into(),
+        _ => String::new(),
     }
 }
 
