@@ -81,7 +81,7 @@ impl HomeLink {
         let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| link_error(link, &e).unwrap_or_else(|| unreachable(source_chain(&e))))?;
+            .map_err(|e| link_error(link, &e, false).unwrap_or_else(|| unreachable(source_chain(&e))))?;
         let mut client = HomeClient::new(channel).max_decoding_message_size(64 << 20);
         let auth = token.map(|t| format!("Bearer {t}"));
 
@@ -91,7 +91,7 @@ impl HomeLink {
         let reply = client
             .hello(req)
             .await
-            .map_err(|s| link_error(link, &s).unwrap_or_else(|| status_error(addr, s)))?
+            .map_err(|s| link_error(link, &s, true).unwrap_or_else(|| status_error(addr, s)))?
             .into_inner();
 
         let (tx, rx) = mpsc::channel::<CallRequest>(1024);
@@ -235,8 +235,12 @@ fn status_error(addr: &str, status: tonic::Status) -> LinkError {
 }
 
 /// A failure to connect that TLS (or its absence) explains, as a [`LinkError::Tls`].
-fn link_error(link: &LinkConfig, err: &(dyn std::error::Error + 'static)) -> Option<LinkError> {
-    let (cause, hint) = link.tls_failure(err)?;
+fn link_error(
+    link: &LinkConfig,
+    err: &(dyn std::error::Error + 'static),
+    first_call: bool,
+) -> Option<LinkError> {
+    let (cause, hint) = link.tls_failure(err, first_call)?;
     Some(LinkError::Tls { addr: link.addr.clone(), cause, hint })
 }
 

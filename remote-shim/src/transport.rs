@@ -119,18 +119,22 @@ impl LinkConfig {
         }
     }
 
-    /// The cause of a failed connection or first call when it is TLS's (or the lack of it), and what to do
-    /// about it. `None` for other causes (nobody listening, a timeout).
-    pub(crate) fn tls_failure(&self, err: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    /// The cause of a failed connection (`first_call` false) or first call when it is TLS's (or the lack of
+    /// it), and what to do about it. `None` for other causes (nobody listening, a timeout, a refused token).
+    pub(crate) fn tls_failure(
+        &self,
+        err: &(dyn std::error::Error + 'static),
+        first_call: bool,
+    ) -> Option<(String, String)> {
         let text = error_chain(err);
+        let last = std::iter::successors(Some(err), |e| e.source()).last().map(ToString::to_string);
         let Some(tls) = &self.tls else {
             // A plaintext client meeting a TLS server: the server drops the connection at the HTTP/2
             // preface (or answers with a TLS alert the client cannot read as HTTP/2).
             let plaintext_to_tls =
                 ["broken pipe", "frame with invalid size", "connection closed", "connection reset"]
                     .iter()
-                    .any(|sign| text.contains(sign));
-            let last = std::iter::successors(Some(err), |e| e.source()).last().map(ToString::to_string);
+                    .any(|sign| text.to_lowercase().contains(sign));
             let cause = format!("home dropped the connection as HTTP/2 began: {}", last.unwrap_or_default());
             let hint = "home may require TLS: pass --tls-ca FILE, the CA that signed its certificate";
             return plaintext_to_tls.then(|| (cause, hint.to_string()));
@@ -151,8 +155,27 @@ impl LinkConfig {
         // An alert after the handshake (TLS 1.3 checks the client's certificate then) reaches us through
         // HTTP/2, which keeps only its text.
         const ALERT: &str = "received fatal alert: ";
-        let alert = text[text.find(ALERT)? + ALERT.len()..].split(|c: char| !c.is_alphanumeric()).next()?;
-        Some((format!("TLS handshake failed: {ALERT}{alert}"), alert_hint(alert, tls)))
+        if let Some(at) = text.find(ALERT) {
+            let alert = text[at + ALERT.len()..].split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
+            return Some((format!("TLS handshake failed: {ALERT}{alert}"), alert_hint(alert, tls)));
+        }
+        // Or the alert is lost: home closes the connection while our first request is on its way, and the
+        // reset discards the alert. A connection that fails right after a good handshake, before any answer
+        // (an answer, such as a refused token, has no transport error as its source), is that.
+        if first_call && err.source().is_some() {
+            let cause = format!(
+                "home closed the connection right after the TLS handshake: {}",
+                last.unwrap_or_default()
+            );
+            let hint = if tls.identity.is_none() {
+                "home may require a client certificate: pass --tls-cert and --tls-key"
+            } else {
+                "home may have refused this client's certificate: is it signed by home-agent's \
+                 --tls-client-ca, and still valid?"
+            };
+            return Some((cause, hint.to_string()));
+        }
+        None
     }
 }
 

@@ -201,14 +201,13 @@ async fn a_missing_or_foreign_client_certificate_is_refused() {
     let addr = start("127.0.0.1:0", Some(TOKEN), Some(server_tls(&ca.server(), Some(&clients)))).await;
     let home = format!("https://{addr}");
     let err = refused(connect(&home, Some(TOKEN), Some(client_tls(&ca, None, None))).await);
-    assert!(err.contains("TLS handshake failed") && err.contains("pass --tls-cert and --tls-key"), "{err}");
+    // TLS 1.3 checks the client's certificate after the handshake: home's alert may come, or be lost to
+    // the reset when home closes while the first request is on its way. Either way the hint is the same.
+    assert!(err.contains("TLS handshake") && err.contains("pass --tls-cert and --tls-key"), "{err}");
     // Signed by the CA that signed home's certificate, but not by the one home trusts for clients.
     let foreign = ca.leaf(&["builder"], ExtendedKeyUsagePurpose::ClientAuth);
     let err = refused(connect(&home, Some(TOKEN), Some(client_tls(&ca, None, Some(&foreign)))).await);
-    assert!(
-        err.contains("TLS handshake failed") && err.contains("refused this client's certificate"),
-        "{err}"
-    );
+    assert!(err.contains("TLS handshake") && err.contains("refused this client's certificate"), "{err}");
 }
 
 #[tokio::test]
