@@ -70,8 +70,7 @@ impl HomeLink {
         let (addr, token) = (link.addr.as_str(), link.token.as_deref());
         let unreachable = |cause: String| LinkError::Unreachable { addr: addr.to_string(), cause };
         let endpoint = link
-            .endpoint()
-            .map_err(unreachable)?
+            .endpoint()?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -2,6 +2,7 @@
 //! CA that must have signed home's certificate, the name to check it against, the client's own certificate).
 //! Also the reading of a failed TLS handshake into a cause a user can act on.
 
+use crate::client::LinkError;
 use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -106,15 +107,19 @@ impl LinkConfig {
 
     /// The endpoint to connect to (the caller adds timeouts and window sizes); the error says why the
     /// address or the TLS settings cannot be used.
-    pub(crate) fn endpoint(&self) -> Result<Endpoint, String> {
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, LinkError> {
         let host_port = self.addr.trim_start_matches("https://").trim_start_matches("http://");
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
-            .map_err(|e| format!("bad address: {e}"))?;
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}")).map_err(|e| {
+            LinkError::Unreachable { addr: self.addr.clone(), cause: format!("bad address: {e}") }
+        })?;
         match &self.tls {
-            Some(tls) => endpoint
-                .tls_config(tls.config())
-                .map_err(|e| format!("the TLS settings are not usable: {}", error_chain(&e))),
+            // rustls checks the client's key against its certificate here.
+            Some(tls) => endpoint.tls_config(tls.config()).map_err(|e| LinkError::Tls {
+                addr: self.addr.clone(),
+                cause: format!("the TLS settings are not usable: {}", error_chain(&e)),
+                hint: "check the files of --tls-ca, --tls-cert and --tls-key".into(),
+            }),
             None => Ok(endpoint),
         }
     }
