@@ -151,7 +151,7 @@ impl Hosts {
         Self::builder().netns().start()
     }
 
-    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`].
+    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`], [`HostsBuilder::agent_arg`].
     pub fn builder() -> HostsBuilder {
         HostsBuilder::default()
     }
