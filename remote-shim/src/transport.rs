@@ -136,10 +136,11 @@ impl LinkConfig {
         let Some(tls) = &self.tls else {
             // A plaintext client meeting a TLS server: the server drops the connection at the HTTP/2
             // preface (or answers with a TLS alert the client cannot read as HTTP/2).
+            let lower = text.to_lowercase();
             let plaintext_to_tls =
                 ["broken pipe", "frame with invalid size", "connection closed", "connection reset"]
                     .iter()
-                    .any(|sign| text.to_lowercase().contains(sign));
+                    .any(|sign| lower.contains(sign));
             let cause = format!("home dropped the connection as HTTP/2 began: {}", last.unwrap_or_default());
             let hint = "home may require TLS: pass --tls-ca FILE, the CA that signed its certificate";
             return plaintext_to_tls.then(|| (cause, hint.to_string()));
