@@ -132,7 +132,11 @@ fn a_hostile_program_gets_the_kernels_answers_and_cannot_stall_the_supervisor() 
     hosts.symlink("file", "link");
     hosts.mkdir("bin");
     // The calls are wrong on purpose: gcc must not refuse them.
-    hosts.gcc(HOSTILE_C, "bin/hostile", &["-pthread", "-Wno-stringop-overflow", "-Wno-stringop-overread", "-Wno-error"]);
+    hosts.gcc(
+        HOSTILE_C,
+        "bin/hostile",
+        &["-pthread", "-Wno-stringop-overflow", "-Wno-stringop-overread", "-Wno-error"],
+    );
     let native = hosts.native_copy();
     let both = hosts.cmd(&["bin/hostile"]).check_with(&native, &Compare::new().stderr());
     both.native.assert_success();

@@ -4,7 +4,8 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use home_agent::{AgentConfig, BoundAgent};
-//! let agent = BoundAgent::bind(AgentConfig { listen: "127.0.0.1:0".parse()?, token: None }).await?;
+//! let config = AgentConfig { listen: "127.0.0.1:0".parse()?, token: None, tls: None };
+//! let agent = BoundAgent::bind(config).await?;
 //! println!("listening on {}", agent.local_addr());
 //! agent.serve().await
 //! # }
@@ -13,6 +14,7 @@
 //! # Layout
 //! - `service`: the gRPC `Home` service: sessions (`Hello`) and their call streams (`Calls`).
 //! - `auth`: the bearer-token check (constant-time compare), run before anything at home is touched.
+//! - [`tls`]: the listener's TLS: certificate, key, and the CA of required client certificates.
 //! - `session`: a session's handle table and per-process cwd and umask.
 //! - `outbox`: what a session sends, kept until acknowledged, and the calls it runs: a stream that breaks
 //!   is resumed by a new one losing nothing and running nothing twice.
@@ -35,6 +37,7 @@ mod outbox;
 mod service;
 mod session;
 mod sys;
+pub mod tls;
 
 use anyhow::Context;
 use homeward_proto::pb::home_server::HomeServer;
@@ -43,6 +46,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+pub use tls::TlsConfig;
 
 /// Largest gRPC message the agent accepts or sends: a 16 MiB read or write plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
@@ -62,14 +68,34 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub listen: SocketAddr,
-    /// The bearer token clients must present; `None` accepts everyone, so it is allowed on loopback only.
+    /// The bearer token clients must present; `None` accepts everyone, so it is allowed on loopback only
+    /// (or when TLS requires client certificates).
     pub token: Option<String>,
+    /// TLS on the listener; `None`: plaintext HTTP/2.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for AgentConfig {
+    /// Loopback, a port chosen by the kernel, no token, no TLS.
+    fn default() -> AgentConfig {
+        AgentConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None, tls: None }
+    }
+}
+
+impl AgentConfig {
+    /// Whether clients must prove who they are: a token, or a client certificate signed by the client CA.
+    pub fn authenticates(&self) -> bool {
+        self.token.is_some() || self.tls.as_ref().is_some_and(TlsConfig::requires_client_certs)
+    }
 }
 
 /// Why the agent refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("refusing to listen on {0} without a token: pass --token-file or listen on 127.0.0.1")]
+    #[error(
+        "refusing to listen on {0} without a token: pass --token-file, require client certificates \
+         (--tls-client-ca), or listen on 127.0.0.1"
+    )]
     NoToken(SocketAddr),
     #[error("the token is empty: an empty token would let anyone in")]
     EmptyToken,
@@ -80,24 +106,33 @@ pub struct BoundAgent {
     listener: TcpListener,
     local_addr: SocketAddr,
     token: Option<String>,
+    /// The server builder, TLS already set (so a bad certificate or key fails `bind`, not `serve`).
+    server: Server,
 }
 
 impl BoundAgent {
-    /// Binds the listener; refuses a non-loopback address when there is no token.
+    /// Binds the listener; refuses a non-loopback address when clients need not authenticate (neither a
+    /// token nor client certificates).
     pub async fn bind(config: AgentConfig) -> anyhow::Result<BoundAgent> {
-        match &config.token {
-            Some(token) if token.is_empty() => return Err(BindError::EmptyToken.into()),
-            None if !config.listen.ip().to_canonical().is_loopback() => {
-                return Err(BindError::NoToken(config.listen).into())
-            }
-            _ => {}
+        if config.token.as_ref().is_some_and(String::is_empty) {
+            return Err(BindError::EmptyToken.into());
+        }
+        if !config.authenticates() && !config.listen.ip().to_canonical().is_loopback() {
+            return Err(BindError::NoToken(config.listen).into());
+        }
+        let mut server = Server::builder();
+        if let Some(tls) = &config.tls {
+            server = server
+                .tls_config(tls.server_config())
+                .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+                .context("the TLS certificate, key or client CA is not usable")?;
         }
         sys::install_interrupt_handler();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr().context("cannot read the listening address")?;
-        Ok(BoundAgent { listener, local_addr, token: config.token })
+        Ok(BoundAgent { listener, local_addr, token: config.token, server })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -118,7 +153,7 @@ impl BoundAgent {
                 }
             })
         });
-        tonic::transport::Server::builder()
+        self.server
             // A write carries up to 16 MiB: let it flow without waiting for window updates.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20)
@@ -130,4 +165,15 @@ impl BoundAgent {
             .await
             .with_context(|| format!("serving on {} failed", self.local_addr))
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's transport error says only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }

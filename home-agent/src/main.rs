@@ -1,8 +1,9 @@
-//! `home-agent --listen ADDR:PORT [--token-file FILE]`: serves home's files to remote-shim.
+//! `home-agent --listen ADDR:PORT [--token-file FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]`:
+//! serves home's files to remote-shim.
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use home_agent::{AgentConfig, BindError, BoundAgent};
+use home_agent::{AgentConfig, BindError, BoundAgent, TlsConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,15 @@ struct Args {
     /// File holding the token clients must present (else $HOMEWARD_TOKEN; none is allowed on loopback only).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Serve over TLS with this certificate (PEM; the chain, the agent's own certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM); it authenticates the client like a token does.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
@@ -41,20 +51,34 @@ fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
     }
 }
 
+fn read_tls(args: &Args) -> anyhow::Result<Option<TlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
+    Ok(Some(TlsConfig::from_files(cert, key, args.tls_client_ca.as_deref())?))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let token = read_token(&args)?;
-    if token.is_none() && args.listen.ip().to_canonical().is_loopback() {
+    let tls = read_tls(&args)?;
+    let config = AgentConfig { listen: args.listen, token, tls };
+    let loopback = args.listen.ip().to_canonical().is_loopback();
+    if !config.authenticates() && loopback {
         eprintln!(
             "home-agent: warning: no token: any local user can reach {} with your rights \
              (pass --token-file to require one)",
             args.listen
         );
     }
+    if config.tls.is_none() && !loopback {
+        eprintln!(
+            "home-agent: warning: no TLS: the token and home's files cross the network in the clear \
+             (pass --tls-cert and --tls-key, or listen on 127.0.0.1 and carry the link over ssh)"
+        );
+    }
     match home_agent::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(err) => tracing::warn!("{err:#}"),
     }
-    let agent = BoundAgent::bind(AgentConfig { listen: args.listen, token }).await?;
+    let agent = BoundAgent::bind(config).await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "home-agent: listening on {}", agent.local_addr()).context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;
@@ -64,7 +88,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     home_agent::deputy::run_if_deputy();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // tonic reports a refused TLS handshake (a client without the certificate home requires, or trusting
+    // another CA) at debug level, from this module only: show those by default too.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tonic::transport::server::io_stream=debug"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Streaming;
+
+pub use crate::transport::LinkConfig;
 
 /// How long connecting to home may take before remote-shim gives up (the promise to users is "within 10 s").
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
@@ -74,6 +76,9 @@ impl HomeLoss {
 pub enum LinkError {
     #[error("cannot reach home at {addr}: {cause} (is home-agent running and listening there?)")]
     Unreachable { addr: String, cause: String },
+    /// TLS failed, or one side has it and the other not: the cause, and what to do about it.
+    #[error("cannot reach home at {addr}: {cause}{}", hint_suffix(.hint))]
+    Tls { addr: String, cause: String, hint: String },
     #[error("home at {addr} refused the token: {0}", .message)]
     Unauthenticated { addr: String, message: String },
     #[error("home at {addr} refused the session: {message}")]
@@ -120,7 +125,7 @@ impl Received {
 
 /// How to reach home again.
 struct Dial {
-    addr: String,
+    link: LinkConfig,
     /// `Bearer <token>`.
     auth: Option<String>,
 }
@@ -167,32 +172,36 @@ impl HomeLink {
     /// Connects, authenticates, opens a session and its call stream; all within [`CONNECT_TIMEOUT`], so a home
     /// that accepts the connection but never answers is reported as unreachable too.
     pub async fn connect(
-        addr: &str,
-        token: Option<&str>,
+        link: &LinkConfig,
         hello: HelloRequest,
         policy: HomeLoss,
     ) -> Result<HomeLink, LinkError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(addr, token, hello, policy)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(link, hello, policy)).await {
             Ok(r) => r,
             Err(_) => Err(LinkError::Unreachable {
-                addr: addr.to_string(),
+                addr: link.addr.clone(),
                 cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
             }),
         }
     }
 
     async fn open(
-        addr: &str,
-        token: Option<&str>,
+        link: &LinkConfig,
         mut hello: HelloRequest,
         policy: HomeLoss,
     ) -> Result<HomeLink, LinkError> {
-        let dial = Dial { addr: addr.to_string(), auth: token.map(|t| format!("Bearer {t}")) };
-        let mut client = dial.client(CONNECT_TIMEOUT).await.map_err(|cause| dial.unreachable(cause))?;
+        let dial = Dial { link: link.clone(), auth: link.token.as_ref().map(|t| format!("Bearer {t}")) };
+        let addr = link.addr.as_str();
+        let mut client = dial.client(CONNECT_TIMEOUT).await?;
         hello.resume_seconds = u32::try_from(policy.window().as_secs()).unwrap_or(u32::MAX);
         let mut req = tonic::Request::new(hello);
         add_auth(&mut req, dial.auth.as_deref(), addr)?;
-        let reply = client.hello(req).await.map_err(|s| status_error(addr, s))?.into_inner();
+        // With TLS 1.3 a refused client certificate shows only here, after the handshake.
+        let reply = client
+            .hello(req)
+            .await
+            .map_err(|s| link_error(link, &s, true).unwrap_or_else(|| status_error(addr, s)))?
+            .into_inner();
 
         let attrs: Arc<crate::attrcache::AttrCache> = Arc::default();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -289,13 +298,14 @@ impl HomeLink {
 
 impl Dial {
     fn unreachable(&self, cause: String) -> LinkError {
-        LinkError::Unreachable { addr: self.addr.clone(), cause }
+        LinkError::Unreachable { addr: self.link.addr.clone(), cause }
     }
 
     /// A connected client, or why not.
-    async fn client(&self, timeout: Duration) -> Result<HomeClient<Channel>, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| format!("bad address: {e}"))?
+    async fn client(&self, timeout: Duration) -> Result<HomeClient<Channel>, LinkError> {
+        let endpoint = self
+            .link
+            .endpoint()?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -305,8 +315,10 @@ impl Dial {
             .initial_connection_window_size(16 << 20);
         let channel: Channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
-            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-            .map_err(|e| source_chain(&e))?;
+            .map_err(|_| self.unreachable(format!("no answer within {} s", timeout.as_secs())))?
+            .map_err(|e| {
+                link_error(&self.link, &e, false).unwrap_or_else(|| self.unreachable(source_chain(&e)))
+            })?;
         Ok(HomeClient::new(channel).max_decoding_message_size(64 << 20))
     }
 }
@@ -318,7 +330,7 @@ impl Shared {
         client: &mut HomeClient<Channel>,
         resume: Option<u64>,
     ) -> Result<Streaming<CallReply>, Break> {
-        let addr = &self.dial.addr;
+        let addr = &self.dial.link.addr;
         let (tx, rx) = mpsc::channel::<CallRequest>(1024);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
         add_auth(&mut req, self.dial.auth.as_deref(), addr).map_err(|e| Break::Final(e.to_string()))?;
@@ -403,7 +415,7 @@ impl Shared {
             let window = self.policy.window();
             eprintln!(
                 "remote-shim: the link to home at {} broke ({cause}); reconnecting for up to {} s",
-                self.dial.addr,
+                self.dial.link.addr,
                 window.as_secs()
             );
             let started = Instant::now();
@@ -423,7 +435,7 @@ impl Shared {
             };
             eprintln!(
                 "remote-shim: reconnected to home at {} after {:.1} s",
-                self.dial.addr,
+                self.dial.link.addr,
                 started.elapsed().as_secs_f64()
             );
         }
@@ -432,12 +444,12 @@ impl Shared {
     /// One attempt to reconnect and resume the session.
     async fn resume(&self) -> Result<Streaming<CallReply>, Break> {
         let attempt = async {
-            let mut client = self.dial.client(ATTEMPT_TIMEOUT).await.map_err(|cause| {
-                if cause.contains("Connection refused") {
+            let mut client = self.dial.client(ATTEMPT_TIMEOUT).await.map_err(|e| match e {
+                LinkError::Unreachable { cause, .. } if cause.contains("Connection refused") => {
                     Break::Refused(cause)
-                } else {
-                    Break::Transient(cause)
                 }
+                LinkError::Unreachable { cause, .. } => Break::Transient(cause),
+                other => Break::Final(other.to_string()),
             })?;
             self.open_stream(&mut client, Some(self.ack())).await
         };
@@ -493,7 +505,7 @@ impl Shared {
     }
 
     fn lost_error(&self) -> LinkError {
-        LinkError::Lost { addr: self.dial.addr.clone(), cause: lock(&self.lost_cause).clone() }
+        LinkError::Lost { addr: self.dial.link.addr.clone(), cause: lock(&self.lost_cause).clone() }
     }
 }
 
@@ -520,6 +532,24 @@ fn status_error(addr: &str, status: tonic::Status) -> LinkError {
             LinkError::Unreachable { addr, cause: status.message().to_string() }
         }
         _ => LinkError::Refused { addr, message: status.message().to_string() },
+    }
+}
+
+/// A failure to connect that TLS (or its absence) explains, as a [`LinkError::Tls`].
+fn link_error(
+    link: &LinkConfig,
+    err: &(dyn std::error::Error + 'static),
+    first_call: bool,
+) -> Option<LinkError> {
+    let (cause, hint) = link.tls_failure(err, first_call)?;
+    Some(LinkError::Tls { addr: link.addr.clone(), cause, hint })
+}
+
+fn hint_suffix(hint: &str) -> String {
+    if hint.is_empty() {
+        String::new()
+    } else {
+        format!(" ({hint})")
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`content`]: home files' content cached by version across the job's processes (libraries, reopens).
 //! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
 //! - [`client`]: the gRPC session and call stream to home.
+//! - [`transport`]: how home is reached: address, token, TLS; what a failed handshake means.
 //! - [`trace`]: `--trace` JSON lines, `--stats` table, and `trace-diff`'s comparison.
 //! - [`vdso`]: wall-clock reads routed through the supervisor when home's wall clock differs.
 //! - [`sys`]: the only unsafe code: seccomp ioctls, tracee memory, descriptor passing.
@@ -39,6 +40,7 @@ pub mod supervisor;
 pub mod sys;
 pub mod syscalls;
 pub mod trace;
+pub mod transport;
 pub mod vdso;
 
 use anyhow::Context;
@@ -57,6 +59,8 @@ pub struct Config {
     /// `ADDR:PORT` of home-agent, or `local` for an agent inside this process.
     pub home: String,
     pub token: Option<String>,
+    /// TLS to home (`--tls-ca`, `--tls-domain`, `--tls-cert`, `--tls-key`); `None`: plaintext.
+    pub tls: Option<transport::ClientTls>,
     /// Extra path prefixes served by the local kernel.
     pub local: Vec<String>,
     /// The program and its arguments.
@@ -131,7 +135,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         .build()
         .context("starting the runtime")?;
     let result = rt.block_on(async move {
-        let (addr, token) = match start_home(&config).await {
+        let home = match start_home(&config).await {
             Ok(x) => x,
             Err(e) => {
                 pending.abandon();
@@ -145,8 +149,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             description: describe(&config.program),
             resume_seconds: 0,
         };
-        let link = match client::HomeLink::connect(&addr, token.as_deref(), hello, config.on_home_loss).await
-        {
+        let link = match client::HomeLink::connect(&home, hello, config.on_home_loss).await {
             Ok(l) => l,
             Err(e) => {
                 pending.abandon();
@@ -242,17 +245,22 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
     result
 }
 
-/// The address and token of home: the given ones, or an agent started in this process for `--home local`.
-async fn start_home(config: &Config) -> anyhow::Result<(String, Option<String>)> {
+/// How to reach home: the given address, token and TLS, or an agent started in this process for `--home
+/// local` (plaintext on loopback, a fresh token).
+async fn start_home(config: &Config) -> anyhow::Result<client::LinkConfig> {
     // `none`: every call is executed by this machine's kernel, through the same interception (a baseline
     // for `trace-diff`); it is the in-process agent, whose home is this machine.
     if config.home != "local" && config.home != "none" {
-        return Ok((config.home.clone(), config.token.clone()));
+        return Ok(client::LinkConfig::new(&config.home, config.token.clone(), config.tls.clone())?);
+    }
+    if config.tls.is_some() {
+        anyhow::bail!("--home {} runs home in this process: the --tls-* options do not apply", config.home);
     }
     let token = format!("{:016x}{:016x}", fdtable::random_u64(), fdtable::random_u64());
     let agent = home_agent::BoundAgent::bind(home_agent::AgentConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         token: Some(token.clone()),
+        tls: None,
     })
     .await
     .context("starting the in-process home agent")?;
@@ -262,7 +270,7 @@ async fn start_home(config: &Config) -> anyhow::Result<(String, Option<String>)>
             tracing::error!(cause = %e, "in-process home agent failed");
         }
     });
-    Ok((addr, Some(token)))
+    Ok(client::LinkConfig { addr, token: Some(token), tls: None })
 }
 
 fn describe(program: &[OsString]) -> String {

@@ -1,4 +1,5 @@
-//! `remote-shim --home ADDR:PORT [--token-file FILE] [--local PREFIX]... [--on-home-loss kill|eio|wait:S] -- PROGRAM [ARGS...]`
+//! `remote-shim --home [https://]ADDR:PORT [--token-file FILE] [--tls-ca FILE [--tls-domain NAME]
+//! [--tls-cert FILE --tls-key FILE]] [--local PREFIX]... [--on-home-loss kill|eio|wait:S] -- PROGRAM [ARGS...]`
 
 use clap::Parser;
 use std::ffi::OsString;
@@ -8,13 +9,26 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "remote-shim", version, about)]
 struct Args {
-    /// home-agent's ADDR:PORT; `local` for an agent inside this process (on loopback); `none` to run every
-    /// call on this machine's kernel through the same interception (a baseline trace).
+    /// home-agent's ADDR:PORT (`https://ADDR:PORT` or --tls-ca for TLS); `local` for an agent inside this
+    /// process (on loopback); `none` to run every call on this machine's kernel through the same
+    /// interception (a baseline trace).
     #[arg(long, value_name = "ADDR:PORT|local")]
     home: String,
     /// File holding the token home-agent expects (default: $HOMEWARD_TOKEN).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Connect over TLS and accept only a home certificate signed by this CA (PEM); no system roots.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name home's certificate must hold (default: the host of --home).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_domain: Option<String>,
+    /// This client's certificate (PEM), for a home-agent started with --tls-client-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Path prefix served by this machine's kernel instead of home (repeatable); /proc, /sys, /dev always are.
     #[arg(long = "local", value_name = "PREFIX")]
     local: Vec<String>,
@@ -45,8 +59,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let token = match read_token(args.token_file.as_deref()) {
-        Ok(t) => t,
+    let (token, tls) = match read_token(args.token_file.as_deref()).and_then(|t| Ok((t, read_tls(&args)?))) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("remote-shim: {e:#}");
             std::process::exit(remote_shim::launch::EXIT_SHIM_FAILURE);
@@ -55,6 +69,7 @@ fn main() {
     let code = remote_shim::run(remote_shim::Config {
         home: args.home,
         token,
+        tls,
         local: args.local,
         program: args.program,
         trace: args.trace,
@@ -74,4 +89,10 @@ fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> 
         return Ok(Some(t));
     }
     Ok(std::env::var("HOMEWARD_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+fn read_tls(args: &Args) -> anyhow::Result<Option<remote_shim::transport::ClientTls>> {
+    let Some(ca) = &args.tls_ca else { return Ok(None) };
+    let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    Ok(Some(remote_shim::transport::ClientTls::from_files(ca, args.tls_domain.clone(), identity)?))
 }

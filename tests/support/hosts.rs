@@ -22,6 +22,7 @@ pub struct HostsBuilder {
     netns: bool,
     unprivileged: bool,
     no_agent: bool,
+    agent_args: Vec<String>,
 }
 
 impl HostsBuilder {
@@ -35,6 +36,12 @@ impl HostsBuilder {
     /// root's with mode 0755; `HOME` and the token file belong to `nobody`.
     pub fn unprivileged(mut self) -> Self {
         self.unprivileged = true;
+        self
+    }
+
+    /// An extra `home-agent` argument (e.g. `--tls-cert FILE`), after `--listen` and `--token-file`.
+    pub fn agent_arg(mut self, arg: impl Into<String>) -> Self {
+        self.agent_args.push(arg.into());
         self
     }
 
@@ -92,7 +99,7 @@ impl HostsBuilder {
         }
         hosts.verify_emulation();
         if !self.no_agent {
-            hosts.agent = Some(hosts.start_agent());
+            hosts.agent = Some(hosts.start_agent(&self.agent_args));
         }
         hosts
     }
@@ -144,7 +151,7 @@ impl Hosts {
         Self::builder().netns().start()
     }
 
-    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`].
+    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`], [`HostsBuilder::agent_arg`].
     pub fn builder() -> HostsBuilder {
         HostsBuilder::default()
     }
@@ -397,12 +404,13 @@ echo hidden
         }
     }
 
-    fn start_agent(&self) -> Agent {
+    fn start_agent(&self, extra: &[String]) -> Agent {
         let mut argv = self.netns_prefix();
         argv.extend(self.user_prefix());
         argv.push(crate::bins::agent_bin().display().to_string());
         argv.extend(["--listen".into(), "127.0.0.1:0".into(), "--token-file".into()]);
         argv.push(self.token_file.display().to_string());
+        argv.extend(extra.iter().cloned());
         let mut cmd = command(&argv);
         cmd.env_clear().envs(deterministic_env(&self.user_home)).current_dir(&self.root);
         Agent::start(cmd)
