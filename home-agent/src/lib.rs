@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use home_agent::{AgentConfig, BoundAgent};
-//! let agent = BoundAgent::bind(AgentConfig { listen: "127.0.0.1:0".parse()?, token: None }).await?;
+//! let agent = BoundAgent::bind(AgentConfig::new("127.0.0.1:0".parse()?, None)).await?;
 //! println!("listening on {}", agent.local_addr());
 //! agent.serve().await
 //! # }
@@ -14,6 +14,7 @@
 //! - `service`: the gRPC `Home` service: sessions (`Hello`) and their call streams (`Calls`).
 //! - `auth`: the bearer-token check (constant-time compare), run before anything at home is touched.
 //! - `session`: a session's handle table and per-process cwd and umask.
+//! - `confine`: `--allow`: keeps every path a session resolves beneath the allowed directories.
 //! - [`deputy`]: the deputy process that stands at home for each process of a job (its home pid, the
 //!   target of signals sent at home); `deputies`: a session's deputies and the events they report.
 //! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`,
@@ -25,6 +26,7 @@
 #![deny(unsafe_code)]
 
 mod auth;
+mod confine;
 mod deputies;
 pub mod deputy;
 mod exec;
@@ -36,6 +38,8 @@ mod sys;
 use anyhow::Context;
 use homeward_proto::pb::home_server::HomeServer;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -55,13 +59,25 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
     sys::raise_nofile_limit().context("cannot raise the limit on open files (RLIMIT_NOFILE)")
 }
 
-/// How the agent listens.
+/// How the agent listens, and what it serves.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The bearer token clients must present; `None` accepts everyone, so it is allowed on loopback only.
     pub token: Option<String>,
+    /// `--allow`: the directories every session's paths must stay beneath (absolute paths of existing
+    /// directories); empty: no confinement.
+    pub allow: Vec<PathBuf>,
 }
+
+impl AgentConfig {
+    /// An unconfined agent listening on `listen`.
+    pub fn new(listen: SocketAddr, token: Option<String>) -> AgentConfig {
+        AgentConfig { listen, token, allow: Vec::new() }
+    }
+}
+
+pub use confine::AllowError;
 
 /// Why the agent refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +93,12 @@ pub struct BoundAgent {
     listener: TcpListener,
     local_addr: SocketAddr,
     token: Option<String>,
+    allow: Option<Arc<confine::Allow>>,
 }
 
 impl BoundAgent {
-    /// Binds the listener; refuses a non-loopback address when there is no token.
+    /// Opens the allowed directories and binds the listener; refuses a non-loopback address when there is
+    /// no token, and a missing allowed directory ([`AllowError`]).
     pub async fn bind(config: AgentConfig) -> anyhow::Result<BoundAgent> {
         match &config.token {
             Some(token) if token.is_empty() => return Err(BindError::EmptyToken.into()),
@@ -89,12 +107,13 @@ impl BoundAgent {
             }
             _ => {}
         }
+        let allow = confine::Allow::new(&config.allow)?;
         sys::install_interrupt_handler();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr().context("cannot read the listening address")?;
-        Ok(BoundAgent { listener, local_addr, token: config.token })
+        Ok(BoundAgent { listener, local_addr, token: config.token, allow })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -103,7 +122,7 @@ impl BoundAgent {
 
     /// Serves until the future is dropped or the listener fails.
     pub async fn serve(self) -> anyhow::Result<()> {
-        let home = HomeServer::new(service::HomeService::default())
+        let home = HomeServer::new(service::HomeService::new(self.allow))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let home = InterceptedService::new(home, auth::TokenCheck::new(self.token.as_deref()));

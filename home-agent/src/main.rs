@@ -1,8 +1,8 @@
-//! `home-agent --listen ADDR:PORT [--token-file FILE]`: serves home's files to remote-shim.
+//! `home-agent --listen ADDR:PORT [--token-file FILE] [--allow DIR]...`: serves home's files to remote-shim.
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use home_agent::{AgentConfig, BindError, BoundAgent};
+use home_agent::{AgentConfig, AllowError, BindError, BoundAgent};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +21,10 @@ struct Args {
     /// File holding the token clients must present (else $HOMEWARD_TOKEN; none is allowed on loopback only).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Confine every session to this directory (repeatable): a path outside every allowed directory, or
+    /// reaching out of one by `..` or a symbolic link, fails with EACCES. Absolute, existing directories.
+    #[arg(long = "allow", value_name = "DIR")]
+    allow: Vec<PathBuf>,
 }
 
 fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
@@ -54,7 +58,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(err) => tracing::warn!("{err:#}"),
     }
-    let agent = BoundAgent::bind(AgentConfig { listen: args.listen, token }).await?;
+    let agent =
+        BoundAgent::bind(AgentConfig { allow: args.allow, ..AgentConfig::new(args.listen, token) }).await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "home-agent: listening on {}", agent.local_addr()).context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;
@@ -76,7 +81,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.downcast_ref::<BindError>().is_some() => {
+        Err(err)
+            if err.downcast_ref::<BindError>().is_some() || err.downcast_ref::<AllowError>().is_some() =>
+        {
             eprintln!("home-agent: {err}");
             ExitCode::from(2)
         }

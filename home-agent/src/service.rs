@@ -7,6 +7,7 @@
 //! handles are dropped (releasing their locks), its deputies are killed, and calls still blocked at home
 //! are interrupted.
 
+use crate::confine::{self, Allow};
 use crate::deputies::Replies;
 use crate::exec;
 use crate::session::Session;
@@ -16,6 +17,7 @@ use homeward_proto::pb::{CallReply, CallRequest, HelloReply, HelloRequest, Outco
 use homeward_proto::{Errno, PROTOCOL_VERSION, SESSION_METADATA};
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -36,18 +38,20 @@ type Pending = Arc<Mutex<HashMap<u64, Arc<Session>>>>;
 pub struct HomeService {
     pending: Pending,
     host: String,
+    /// `--allow`: every session is confined to these directories.
+    allow: Option<Arc<Allow>>,
 }
 
 fn lock(pending: &Pending) -> MutexGuard<'_, HashMap<u64, Arc<Session>>> {
     pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Default for HomeService {
-    fn default() -> HomeService {
+impl HomeService {
+    pub fn new(allow: Option<Arc<Allow>>) -> HomeService {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "home".to_string());
-        HomeService { pending: Arc::default(), host }
+        HomeService { pending: Arc::default(), host, allow }
     }
 }
 
@@ -85,16 +89,27 @@ impl Home for HomeService {
         let path = CString::new(hello.cwd.to_vec())
             .map_err(|_| Status::invalid_argument("the cwd contains a NUL byte"))?;
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-        let cwd = tokio::task::spawn_blocking(move || sys::open(&path, flags))
-            .await
-            .map_err(|e| Status::internal(format!("opening the cwd failed: {e}")))?
-            .map_err(|e| match e {
-                Errno::ENOENT => Status::failed_precondition(format!(
-                    "the directory {shown} does not exist at home: create it at home or start elsewhere"
-                )),
-                Errno::ENOTDIR => Status::failed_precondition(format!("{shown} is not a directory at home")),
-                e => Status::failed_precondition(format!("cannot use {shown} as the cwd at home: {e}")),
-            })?;
+        let allow = self.allow.clone();
+        let confined = allow.is_some();
+        let cwd = tokio::task::spawn_blocking(move || match &allow {
+            Some(allow) => {
+                sys::open(c"/", flags).and_then(|top| allow.open_dir(top.as_fd(), path.as_bytes()))
+            }
+            None => sys::open(&path, flags),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("opening the cwd failed: {e}")))?
+        .map_err(|e| match e {
+            Errno::ENOENT => Status::failed_precondition(format!(
+                "the directory {shown} does not exist at home: create it at home or start elsewhere"
+            )),
+            Errno::ENOTDIR => Status::failed_precondition(format!("{shown} is not a directory at home")),
+            confine::OUTSIDE if confined => Status::permission_denied(format!(
+                "cannot use {shown} as the cwd at home: it is outside the directories this home-agent \
+                     allows (--allow), or not searchable: start in an allowed directory"
+            )),
+            e => Status::failed_precondition(format!("cannot use {shown} as the cwd at home: {e}")),
+        })?;
 
         let id = {
             let mut pending = lock(&self.pending);
@@ -105,6 +120,7 @@ impl Home for HomeService {
                 }
             };
             let session = Session::new(id, cwd, hello.umask)
+                .with_allow(self.allow.clone())
                 .with_deputies(&hello.description, tokio::runtime::Handle::current());
             pending.insert(id, Arc::new(session));
             id

@@ -21,7 +21,7 @@ const ESRCH: Errno = Errno(libc::ESRCH as u16);
 async fn client() -> HomeClient<Channel> {
     // In a test the agent's own executable is this test harness: deputies must be the real binary.
     home_agent::deputy::set_program(env!("CARGO_BIN_EXE_home-agent"));
-    let config = AgentConfig { listen: "127.0.0.1:0".parse().unwrap(), token: None };
+    let config = AgentConfig::new("127.0.0.1:0".parse().unwrap(), None);
     let agent = BoundAgent::bind(config).await.unwrap();
     let addr = agent.local_addr();
     tokio::spawn(agent.serve());
