@@ -184,9 +184,14 @@ impl Allow {
         Ok(self.roots.iter().any(|r| r.id == id))
     }
 
-    /// Whether `fd` is one of the roots (for the lease walk, which must not climb above one).
-    pub fn is_root_fd(&self, fd: BorrowedFd<'_>) -> bool {
-        self.is_root(fd).unwrap_or(true)
+    /// Whether `..` from directory `fd` stays beneath the roots: `fd` is not a root, and its current path
+    /// is beneath one (someone at home may have moved it out). For the lease walk too.
+    pub fn may_climb(&self, fd: BorrowedFd<'_>) -> bool {
+        if self.is_root(fd).unwrap_or(true) {
+            return false;
+        }
+        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::read_link(link).is_ok_and(|p| self.split_absolute(p.as_os_str().as_bytes()).is_ok())
     }
 
     /// An absolute path's root and rest (for the lease walk); `None` outside every prefix.
@@ -380,6 +385,9 @@ impl Allow {
     ) -> Result<OwnedFd, Errno> {
         let mut cur = sys::openat(start, c".", DIR_FLAGS, 0)?;
         let mut todo: VecDeque<Vec<u8>> = components(path).map(<[u8]>::to_vec).collect();
+        // Whether `cur` is known to be beneath a root by its path (once checked, climbing from it meets
+        // the root before anything outside).
+        let mut checked = false;
         while let Some(part) = todo.pop_front() {
             if part == b".." {
                 if self.is_root(cur.as_fd())? {
@@ -389,6 +397,10 @@ impl Allow {
                     // `/..` is `/`.
                     continue;
                 }
+                if !checked && !self.may_climb(cur.as_fd()) {
+                    return Err(OUTSIDE);
+                }
+                checked = true;
                 cur = sys::openat(cur.as_fd(), c"..", DIR_FLAGS, 0)?;
                 continue;
             }

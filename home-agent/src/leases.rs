@@ -228,7 +228,7 @@ impl Grant<'_> {
             }
             let name = CString::new(part).ok()?;
             if name.as_bytes() == b".." {
-                if allow.is_some_and(|a| a.is_root_fd(dir)) {
+                if allow.is_some_and(|a| !a.may_climb(dir)) {
                     return None;
                 }
                 let up = sys::openat(dir, &name, dirflags, 0).ok()?;

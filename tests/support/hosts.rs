@@ -22,6 +22,7 @@ pub struct HostsBuilder {
     netns: bool,
     unprivileged: bool,
     no_agent: bool,
+    allow: Vec<String>,
 }
 
 impl HostsBuilder {
@@ -35,6 +36,13 @@ impl HostsBuilder {
     /// root's with mode 0755; `HOME` and the token file belong to `nobody`.
     pub fn unprivileged(mut self) -> Self {
         self.unprivileged = true;
+        self
+    }
+
+    /// Confine the agent to `rel` below the home directory (`home-agent --allow`; repeatable). The
+    /// directory is created before the agent starts.
+    pub fn allow(mut self, rel: &str) -> Self {
+        self.allow.push(rel.into());
         self
     }
 
@@ -91,8 +99,13 @@ impl HostsBuilder {
             hosts.netns = Some(create_netns());
         }
         hosts.verify_emulation();
+        let mut agent_args = Vec::new();
+        for rel in &self.allow {
+            hosts.mkdir(rel);
+            agent_args.extend(["--allow".to_string(), hosts.path(rel).display().to_string()]);
+        }
         if !self.no_agent {
-            hosts.agent = Some(hosts.start_agent());
+            hosts.agent = Some(hosts.start_agent(&agent_args));
         }
         hosts
     }
@@ -397,12 +410,13 @@ echo hidden
         }
     }
 
-    fn start_agent(&self) -> Agent {
+    fn start_agent(&self, extra: &[String]) -> Agent {
         let mut argv = self.netns_prefix();
         argv.extend(self.user_prefix());
         argv.push(crate::bins::agent_bin().display().to_string());
         argv.extend(["--listen".into(), "127.0.0.1:0".into(), "--token-file".into()]);
         argv.push(self.token_file.display().to_string());
+        argv.extend(extra.iter().cloned());
         let mut cmd = command(&argv);
         cmd.env_clear().envs(deterministic_env(&self.user_home)).current_dir(&self.root);
         Agent::start(cmd)

@@ -114,6 +114,19 @@ fn dot_dot_cannot_climb_out() {
 }
 
 #[test]
+fn a_cwd_moved_out_at_home_cannot_be_climbed_from() {
+    let (home, outside) = homes();
+    home.call(mkdir("sub")).unwrap();
+    std::fs::write(home.root.join("sub/f"), "moved\n").unwrap();
+    home.call(chdir("sub")).unwrap();
+    // Someone at home (not the job, which cannot name anything outside) moves the cwd out.
+    std::fs::rename(home.root.join("sub"), outside.root.join("sub")).unwrap();
+    refused(&home, "../secret", true);
+    assert_eq!(home.call(chdir("..")), Err(OUTSIDE));
+    assert!(home.call(stat("f")).is_ok(), "beneath itself it stays usable");
+}
+
+#[test]
 fn symbolic_links_cannot_lead_out() {
     let (home, outside) = homes();
     let name = outside.root.file_name().unwrap().to_str().unwrap().to_string();
