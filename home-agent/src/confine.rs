@@ -60,6 +60,8 @@ struct Root {
     names: Vec<Vec<Vec<u8>>>,
     /// Its identity, to stop `..` there.
     id: (u64, u64),
+    /// It is beneath another allowed directory: `..` from it may go on.
+    nested: bool,
 }
 
 /// The allowed directories of a confined agent.
@@ -114,8 +116,7 @@ fn fd_path(fd: &OwnedFd) -> Result<CString, Errno> {
 }
 
 impl Allow {
-    /// Opens every prefix (none: the agent is not confined). A prefix below another one adds nothing and
-    /// is dropped, so that `..` is refused only at the outermost root.
+    /// Opens every prefix (none: the agent is not confined).
     pub fn new(prefixes: &[PathBuf]) -> Result<Option<Arc<Allow>>, AllowError> {
         let mut roots: Vec<(Root, PathBuf)> = Vec::new();
         for prefix in prefixes {
@@ -137,23 +138,21 @@ impl Allow {
             if spell(prefix) != names[0] {
                 names.push(spell(prefix));
             }
-            roots.push((Root { fd: Arc::new(fd), names, id }, canonical));
+            roots.push((Root { fd: Arc::new(fd), names, id, nested: false }, canonical));
         }
         if roots.is_empty() {
             return Ok(None);
         }
         let canonicals: Vec<PathBuf> = roots.iter().map(|(_, c)| c.clone()).collect();
-        let mut kept: Vec<Root> = Vec::new();
-        for (i, (root, canonical)) in roots.into_iter().enumerate() {
-            let nested = canonicals
-                .iter()
-                .enumerate()
-                .any(|(j, other)| j != i && canonical.starts_with(other) && (canonical != *other || j < i));
-            if !nested {
-                kept.push(root);
-            }
-        }
-        Ok(Some(Arc::new(Allow { roots: kept })))
+        let roots = roots
+            .into_iter()
+            .map(|(mut root, canonical)| {
+                root.nested =
+                    canonicals.iter().any(|other| *other != canonical && canonical.starts_with(other));
+                root
+            })
+            .collect();
+        Ok(Some(Arc::new(Allow { roots })))
     }
 
     /// The root an absolute path begins with, and the rest of the path (relative; keeps a trailing
@@ -179,16 +178,20 @@ impl Allow {
         Ok((&root.fd, rest))
     }
 
-    fn is_root(&self, fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    /// The root `fd` is, if it is one.
+    fn root_at(&self, fd: BorrowedFd<'_>) -> Result<Option<&Root>, Errno> {
         let id = identity(fd)?;
-        Ok(self.roots.iter().any(|r| r.id == id))
+        Ok(self.roots.iter().find(|r| r.id == id))
     }
 
-    /// Whether `..` from directory `fd` stays beneath the roots: `fd` is not a root, and its current path
-    /// is beneath one (someone at home may have moved it out). For the lease walk too.
+    /// Whether `..` from directory `fd` stays beneath the roots: `fd` is a root beneath another one, or no
+    /// root and its current path is beneath one (someone at home may have moved it out). For the lease
+    /// walk too.
     pub fn may_climb(&self, fd: BorrowedFd<'_>) -> bool {
-        if self.is_root(fd).unwrap_or(true) {
-            return false;
+        match self.root_at(fd) {
+            Ok(Some(root)) => return root.nested,
+            Ok(None) => {}
+            Err(_) => return false,
         }
         let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
         std::fs::read_link(link).is_ok_and(|p| self.split_absolute(p.as_os_str().as_bytes()).is_ok())
@@ -390,17 +393,14 @@ impl Allow {
         let mut checked = false;
         while let Some(part) = todo.pop_front() {
             if part == b".." {
-                if self.is_root(cur.as_fd())? {
-                    if !self.roots.iter().any(|r| r.names.iter().any(Vec::is_empty)) {
-                        return Err(OUTSIDE);
-                    }
+                match self.root_at(cur.as_fd())? {
                     // `/..` is `/`.
-                    continue;
+                    Some(root) if root.names.iter().any(Vec::is_empty) => continue,
+                    Some(root) if !root.nested => return Err(OUTSIDE),
+                    Some(_) => {}
+                    None if !checked && !self.may_climb(cur.as_fd()) => return Err(OUTSIDE),
+                    None => checked = true,
                 }
-                if !checked && !self.may_climb(cur.as_fd()) {
-                    return Err(OUTSIDE);
-                }
-                checked = true;
                 cur = sys::openat(cur.as_fd(), c"..", DIR_FLAGS, 0)?;
                 continue;
             }

@@ -157,7 +157,7 @@ impl Hosts {
         Self::builder().netns().start()
     }
 
-    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`].
+    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`], [`HostsBuilder::allow`].
     pub fn builder() -> HostsBuilder {
         HostsBuilder::default()
     }

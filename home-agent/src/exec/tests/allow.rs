@@ -308,6 +308,21 @@ fn renames_during_lookups_do_not_escape() {
 }
 
 #[test]
+fn nested_allowed_directories() {
+    let mut home = Home::new();
+    std::fs::create_dir_all(home.root.join("inner/d")).unwrap();
+    std::fs::write(home.root.join("top"), "top\n").unwrap();
+    let path = CString::new(home.root.as_os_str().as_bytes()).unwrap();
+    let cwd = sys::open(&path, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).unwrap();
+    let allow = Allow::new(&[home.root.join("inner"), home.root.clone()]).unwrap();
+    home.session = Arc::new(Session::new(1, cwd, 0o022).with_allow(allow));
+    // `..` from the inner directory goes on into the outer one, and stops there.
+    assert!(home.call(stat(&abs(&home, "inner/d/../../top"))).is_ok());
+    assert!(home.call(stat("inner/d/../../top")).is_ok());
+    assert_eq!(home.call(stat(&abs(&home, "inner/../../x"))), Err(OUTSIDE));
+}
+
+#[test]
 fn bad_allowed_directories_are_reported() {
     let relative = Allow::new(&["relative/dir".into()]).err().unwrap();
     assert!(matches!(relative, AllowError::Relative(_)));
