@@ -20,9 +20,10 @@ pub fn identity(s: &Session, ctx: &ProcCtx) -> Res {
 /// which the shim delivers. Another session's deputy is an ordinary home process (the signal lands on it
 /// and its own job gets it), except in a confined agent (`--allow`), where it does not exist (`ESRCH`).
 /// Anything else is signalled with the agent's rights: a job reaches only processes the agent's user
-/// could signal (every process, for an agent run as root). Refused with `EPERM`, because they would hit the agent itself rather than
-/// anything the program can mean: pid -1 (every process the agent may signal), pid 0 and `-pgrp` (the
-/// agent's own process group), and the agent's pid (the job's first process sees it as its parent).
+/// could signal (every process, for an agent run as root). Refused with `EPERM`, because they would hit
+/// the agent itself rather than anything the program can mean: pid -1 (every process the agent may
+/// signal), pid 0 and `-pgrp` (the agent's own process group), and the agent's pid (the job's first
+/// process sees it as its parent).
 pub fn kill(s: &Session, o: &pb::Kill) -> Res {
     if !(0..=64).contains(&o.signal) {
         return Err(Errno::EINVAL);
