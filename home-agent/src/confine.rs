@@ -214,7 +214,8 @@ impl Allow {
         let (dir, last) = split_last(path);
         let plain = !last.is_empty() && !last.contains(&b'/') && last != b"." && last != b"..";
         let entry = match how {
-            // `.`, `..` or a trailing slash: the kernel refuses them before any lookup.
+            // These calls never follow their last component, even `..` or one with a trailing slash: they
+            // refuse it, or answer from the type of what it names in the parent.
             How::Entry => !last.is_empty(),
             How::Lookup { follow } => !follow && plain,
         };
