@@ -308,6 +308,35 @@ fn renames_during_lookups_do_not_escape() {
 }
 
 #[test]
+fn leases_never_watch_outside() {
+    let (home, outside) = homes();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _entered = runtime.enter();
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    home.session.attach(tx);
+    std::fs::create_dir(home.root.join("d")).unwrap();
+    std::fs::write(home.root.join("d/f"), "inside\n").unwrap();
+    home.call(symlink(&abs(&outside, "secret"), "abs")).unwrap();
+    let leased = |path: &str| {
+        let stat = pb::Stat { dir: cwd(), path: path.to_string().into(), at_flags: 0, mask: 0, lease: true };
+        home.reply(Op::Stat(stat))
+    };
+    // Inside: leased, watching only from the allowed directory down (not `/tmp`, its parent).
+    let reply = leased(&abs(&home, "d/f"));
+    assert_ne!(reply.lease, 0);
+    let names: Vec<&[u8]> = reply.deps.iter().map(|d| &d.name[..]).collect();
+    assert_eq!(names, [&b"d"[..], b"f"]);
+    assert_ne!(leased("d/f").lease, 0);
+    // Leaving the allowed directory: refused, and not leased (nothing outside is watched).
+    let name = outside.root.file_name().unwrap().to_str().unwrap().to_string();
+    for path in [abs(&outside, "secret"), "abs".to_string(), format!("../{name}/secret")] {
+        let reply = leased(&path);
+        assert_eq!(reply.outcome.unwrap().to_result(), Err(OUTSIDE), "{path}");
+        assert_eq!(reply.lease, 0, "{path}");
+    }
+}
+
+#[test]
 fn nested_allowed_directories() {
     let mut home = Home::new();
     std::fs::create_dir_all(home.root.join("inner/d")).unwrap();
