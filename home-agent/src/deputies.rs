@@ -31,6 +31,14 @@ pub enum End {
     Signal(i32),
 }
 
+/// The pids of every deputy of this process (all sessions) not yet reaped.
+static LIVE: Mutex<std::collections::BTreeSet<i32>> = Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether `pid` is a deputy of any session of this agent.
+pub fn is_deputy(pid: i32) -> bool {
+    lock(&LIVE).contains(&pid)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -165,10 +173,13 @@ impl Deputies {
         let deputy =
             Deputy { pid, parent, pidfd: pidfd.clone(), control: spawned.control, watch: watch.clone() };
         let sink = self.sink.clone();
-        let waiter = std::thread::Builder::new()
-            .name("deputy-wait".into())
-            .stack_size(WAITER_STACK)
-            .spawn(move || wait(proc, pid, &pidfd, &watch, &sink));
+        lock(&LIVE).insert(pid);
+        let waiter = std::thread::Builder::new().name("deputy-wait".into()).stack_size(WAITER_STACK).spawn(
+            move || {
+                wait(proc, pid, &pidfd, &watch, &sink);
+                lock(&LIVE).remove(&pid);
+            },
+        );
         if let Err(e) = waiter {
             warn!(proc, cause = %e, "cannot start a deputy's waiter");
             let pidfd = deputy.pidfd.clone();
@@ -176,6 +187,7 @@ impl Deputies {
             while matches!(sys::wait_pidfd(pidfd.as_fd()), Ok(ChildEvent::Stopped(_) | ChildEvent::Continued))
             {
             }
+            lock(&LIVE).remove(&pid);
             return Err(Errno(libc::EAGAIN as u16));
         }
         // From here on the waiter reaps the deputy, whatever happens.

@@ -13,6 +13,7 @@
 //! If the kernel's event queue overflows, or the session's inotify instance cannot be made, leases stop:
 //! a flush (`flush_epoch`) voids every cached answer and no lease is granted again.
 
+use crate::confine::Allow;
 use crate::outbox::Stream as Replies;
 use crate::sys;
 use homeward_proto::pb::{CallReply, Dep, Event};
@@ -186,18 +187,41 @@ impl Grant<'_> {
     /// as the kernel does: a link's directory is watched, its target walked), and the directory it names
     /// if it is one; false when the answer cannot be leased (a component that cannot be examined, too many
     /// links). `follow`: whether a symbolic link as the last component is followed.
-    pub fn walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> bool {
+    /// Confined (`allow`), the walk never watches a directory outside the allowed ones: an absolute path
+    /// starts at its allowed prefix, and a path leaving them is not leased.
+    pub fn walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool, allow: Option<&Allow>) -> bool {
         // A trailing slash (or `/.`) follows a link in the last component whatever the call.
         let follow = follow || path.ends_with(b"/") || path.ends_with(b"/.");
-        self.try_walk(start, path, follow).is_some()
+        self.try_walk(start, path, follow, allow).is_some()
     }
 
-    fn try_walk(&mut self, start: BorrowedFd<'_>, path: &[u8], follow: bool) -> Option<()> {
+    fn try_walk(
+        &mut self,
+        start: BorrowedFd<'_>,
+        path: &[u8],
+        follow: bool,
+        allow: Option<&Allow>,
+    ) -> Option<()> {
         let dirflags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let root = || sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).ok();
+        // Where an absolute path starts, and what of it remains to walk from there.
+        let root = |path: &[u8]| -> Option<(OwnedFd, Vec<u8>)> {
+            let top = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+            match allow {
+                None => Some((sys::open(c"/", top).ok()?, path.to_vec())),
+                Some(allow) => {
+                    let (fd, rest) = allow.map_absolute(path)?;
+                    Some((sys::openat(fd, c".", top, 0).ok()?, rest))
+                }
+            }
+        };
         // The directory the walk is in (`None`: `start`), and the components still to walk.
-        let mut cur: Option<OwnedFd> = if path.first() == Some(&b'/') { Some(root()?) } else { None };
-        let mut todo: std::collections::VecDeque<Vec<u8>> = components(path).collect();
+        let (mut cur, mut todo): (Option<OwnedFd>, std::collections::VecDeque<Vec<u8>>) =
+            if path.first() == Some(&b'/') {
+                let (fd, rest) = root(path)?;
+                (Some(fd), components(&rest).collect())
+            } else {
+                (None, components(path).collect())
+            };
         let (mut links, mut steps) = (0, 0);
         if todo.is_empty() {
             // The start itself (`.` or `/`).
@@ -214,6 +238,9 @@ impl Grant<'_> {
             }
             let name = CString::new(part).ok()?;
             if name.as_bytes() == b".." {
+                if allow.is_some_and(|a| !a.may_climb(dir)) {
+                    return None;
+                }
                 let up = sys::openat(dir, &name, dirflags, 0).ok()?;
                 if todo.is_empty() && !self.depend(up.as_fd(), b"") {
                     return None;
@@ -235,13 +262,17 @@ impl Grant<'_> {
                 if links > MAX_LINKS || target.is_empty() {
                     return None;
                 }
-                if target.first() == Some(&b'/') {
-                    cur = Some(root()?);
-                    if components(&target).next().is_none() && todo.is_empty() {
+                let target = if target.first() == Some(&b'/') {
+                    let (fd, rest) = root(&target)?;
+                    cur = Some(fd);
+                    if components(&rest).next().is_none() && todo.is_empty() {
                         let top = cur.as_ref()?.as_fd();
                         return self.depend(top, b"").then_some(());
                     }
-                }
+                    rest
+                } else {
+                    target
+                };
                 for (k, c) in components(&target).enumerate() {
                     todo.insert(k, c);
                 }

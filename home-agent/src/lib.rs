@@ -4,8 +4,7 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use home_agent::{AgentConfig, BoundAgent};
-//! let config = AgentConfig { listen: "127.0.0.1:0".parse()?, token: None, tls: None };
-//! let agent = BoundAgent::bind(config).await?;
+//! let agent = BoundAgent::bind(AgentConfig::new("127.0.0.1:0".parse()?, None)).await?;
 //! println!("listening on {}", agent.local_addr());
 //! agent.serve().await
 //! # }
@@ -18,6 +17,7 @@
 //! - `session`: a session's handle table and per-process cwd and umask.
 //! - `outbox`: what a session sends, kept until acknowledged, and the calls it runs: a stream that breaks
 //!   is resumed by a new one losing nothing and running nothing twice.
+//! - `confine`: `--allow`: keeps every path a session resolves beneath the allowed directories.
 //! - [`deputy`]: the deputy process that stands at home for each process of a job (its home pid, the
 //!   target of signals sent at home); `deputies`: a session's deputies and the events they report.
 //! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`,
@@ -29,6 +29,7 @@
 #![deny(unsafe_code)]
 
 mod auth;
+mod confine;
 mod deputies;
 pub mod deputy;
 mod exec;
@@ -42,6 +43,8 @@ pub mod tls;
 use anyhow::Context;
 use homeward_proto::pb::home_server::HomeServer;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -64,7 +67,7 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
     sys::raise_nofile_limit().context("cannot raise the limit on open files (RLIMIT_NOFILE)")
 }
 
-/// How the agent listens.
+/// How the agent listens, and what it serves.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub listen: SocketAddr,
@@ -73,12 +76,15 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// TLS on the listener; `None`: plaintext HTTP/2.
     pub tls: Option<TlsConfig>,
+    /// `--allow`: the directories every session's paths must stay beneath (absolute paths of existing
+    /// directories); empty: no confinement.
+    pub allow: Vec<PathBuf>,
 }
 
 impl Default for AgentConfig {
-    /// Loopback, a port chosen by the kernel, no token, no TLS.
+    /// Loopback, a port chosen by the kernel, no token, no TLS, no confinement.
     fn default() -> AgentConfig {
-        AgentConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None, tls: None }
+        AgentConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), None)
     }
 }
 
@@ -88,6 +94,15 @@ impl AgentConfig {
         self.token.is_some() || self.tls.as_ref().is_some_and(TlsConfig::requires_client_certs)
     }
 }
+
+impl AgentConfig {
+    /// An unconfined agent listening on `listen`, without TLS.
+    pub fn new(listen: SocketAddr, token: Option<String>) -> AgentConfig {
+        AgentConfig { listen, token, tls: None, allow: Vec::new() }
+    }
+}
+
+pub use confine::AllowError;
 
 /// Why the agent refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +123,13 @@ pub struct BoundAgent {
     token: Option<String>,
     /// The server builder, TLS already set (so a bad certificate or key fails `bind`, not `serve`).
     server: Server,
+    allow: Option<Arc<confine::Allow>>,
 }
 
 impl BoundAgent {
-    /// Binds the listener; refuses a non-loopback address when clients need not authenticate (neither a
-    /// token nor client certificates).
+    /// Opens the allowed directories and binds the listener; refuses a non-loopback address when clients
+    /// need not authenticate (neither a token nor client certificates), and a missing allowed directory
+    /// ([`AllowError`]).
     pub async fn bind(config: AgentConfig) -> anyhow::Result<BoundAgent> {
         if config.token.as_ref().is_some_and(String::is_empty) {
             return Err(BindError::EmptyToken.into());
@@ -127,12 +144,13 @@ impl BoundAgent {
                 .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
                 .context("the TLS certificate, key or client CA is not usable")?;
         }
+        let allow = confine::Allow::new(&config.allow)?;
         sys::install_interrupt_handler();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr().context("cannot read the listening address")?;
-        Ok(BoundAgent { listener, local_addr, token: config.token, server })
+        Ok(BoundAgent { listener, local_addr, token: config.token, server, allow })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -141,7 +159,7 @@ impl BoundAgent {
 
     /// Serves until the future is dropped or the listener fails.
     pub async fn serve(self) -> anyhow::Result<()> {
-        let home = HomeServer::new(service::HomeService::default())
+        let home = HomeServer::new(service::HomeService::new(self.allow))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let home = InterceptedService::new(home, auth::TokenCheck::new(self.token.as_deref()));

@@ -1,9 +1,9 @@
-//! `home-agent --listen ADDR:PORT [--token-file FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]`:
-//! serves home's files to remote-shim.
+//! `home-agent --listen ADDR:PORT [--token-file FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+//! [--allow DIR]...`: serves home's files to remote-shim.
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use home_agent::{AgentConfig, BindError, BoundAgent, TlsConfig};
+use home_agent::{AgentConfig, AllowError, BindError, BoundAgent, TlsConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,10 @@ struct Args {
     /// Require a client certificate signed by this CA (PEM); it authenticates the client like a token does.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Confine every session to this directory (repeatable): a path outside every allowed directory, or
+    /// reaching out of one by `..` or a symbolic link, fails with EACCES. Absolute, existing directories.
+    #[arg(long = "allow", value_name = "DIR")]
+    allow: Vec<PathBuf>,
 }
 
 fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
@@ -59,7 +63,7 @@ fn read_tls(args: &Args) -> anyhow::Result<Option<TlsConfig>> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let token = read_token(&args)?;
     let tls = read_tls(&args)?;
-    let config = AgentConfig { listen: args.listen, token, tls };
+    let config = AgentConfig { listen: args.listen, token, tls, allow: args.allow.clone() };
     let loopback = args.listen.ip().to_canonical().is_loopback();
     if !config.authenticates() && loopback {
         eprintln!(
@@ -103,7 +107,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.downcast_ref::<BindError>().is_some() => {
+        Err(err)
+            if err.downcast_ref::<BindError>().is_some() || err.downcast_ref::<AllowError>().is_some() =>
+        {
             eprintln!("home-agent: {err}");
             ExitCode::from(2)
         }

@@ -12,6 +12,7 @@
 //! asked in `Hello` when the link went silent (a cut cable). Calls go on running meanwhile; their replies
 //! wait in the outbox.
 
+use crate::confine::{self, Allow};
 use crate::exec;
 use crate::outbox::{Admit, Stream};
 use crate::session::Session;
@@ -21,6 +22,7 @@ use homeward_proto::pb::{CallReply, CallRequest, HelloReply, HelloRequest, Outco
 use homeward_proto::{Errno, PROTOCOL_VERSION, RESUME_METADATA, SESSION_METADATA};
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -53,18 +55,20 @@ struct Live {
 pub struct HomeService {
     sessions: Sessions,
     host: String,
+    /// `--allow`: every session is confined to these directories.
+    allow: Option<Arc<Allow>>,
 }
 
 fn lock(sessions: &Sessions) -> MutexGuard<'_, HashMap<u64, Live>> {
     sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Default for HomeService {
-    fn default() -> HomeService {
+impl HomeService {
+    pub fn new(allow: Option<Arc<Allow>>) -> HomeService {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "home".to_string());
-        HomeService { sessions: Arc::default(), host }
+        HomeService { sessions: Arc::default(), host, allow }
     }
 }
 
@@ -102,16 +106,27 @@ impl Home for HomeService {
         let path = CString::new(hello.cwd.to_vec())
             .map_err(|_| Status::invalid_argument("the cwd contains a NUL byte"))?;
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-        let cwd = tokio::task::spawn_blocking(move || sys::open(&path, flags))
-            .await
-            .map_err(|e| Status::internal(format!("opening the cwd failed: {e}")))?
-            .map_err(|e| match e {
-                Errno::ENOENT => Status::failed_precondition(format!(
-                    "the directory {shown} does not exist at home: create it at home or start elsewhere"
-                )),
-                Errno::ENOTDIR => Status::failed_precondition(format!("{shown} is not a directory at home")),
-                e => Status::failed_precondition(format!("cannot use {shown} as the cwd at home: {e}")),
-            })?;
+        let allow = self.allow.clone();
+        let confined = allow.is_some();
+        let cwd = tokio::task::spawn_blocking(move || match &allow {
+            Some(allow) => {
+                sys::open(c"/", flags).and_then(|top| allow.open_dir(top.as_fd(), path.as_bytes()))
+            }
+            None => sys::open(&path, flags),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("opening the cwd failed: {e}")))?
+        .map_err(|e| match e {
+            Errno::ENOENT => Status::failed_precondition(format!(
+                "the directory {shown} does not exist at home: create it at home or start elsewhere"
+            )),
+            Errno::ENOTDIR => Status::failed_precondition(format!("{shown} is not a directory at home")),
+            confine::OUTSIDE if confined => Status::permission_denied(format!(
+                "cannot use {shown} as the cwd at home: it is outside the directories this home-agent \
+                     allows (--allow), or not searchable: start in an allowed directory"
+            )),
+            e => Status::failed_precondition(format!("cannot use {shown} as the cwd at home: {e}")),
+        })?;
 
         let resume_wait =
             Duration::from_secs(hello.resume_seconds.into()).clamp(VANISHED_GRACE, MAX_RESUME_WAIT);
@@ -125,6 +140,7 @@ impl Home for HomeService {
             };
             let session = Arc::new(
                 Session::new(id, cwd, hello.umask)
+                    .with_allow(self.allow.clone())
                     .with_deputies(&hello.description, tokio::runtime::Handle::current()),
             );
             sessions.insert(id, Live { session: session.clone(), resume_wait });

@@ -3,6 +3,7 @@
 //! A handle is a number on the wire that names an `OwnedFd` of this session; handles are per session, so
 //! a session can never name another's files. Handle 0 is never allocated: in a `Dir` it means "the cwd".
 
+use crate::confine::Allow;
 use crate::deputies::{Deputies, End};
 use crate::outbox::Outbox;
 use crate::sys;
@@ -47,6 +48,8 @@ pub struct Session {
     pub leases: Arc<crate::leases::Leases>,
     /// What goes to the shim, kept until it has it; the calls running ([`crate::outbox`]).
     pub outbox: Arc<Outbox>,
+    /// The directories its paths must stay beneath (`--allow`); `None`: unconfined.
+    allow: Option<Arc<Allow>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,7 +70,19 @@ impl Session {
             deputies: None,
             leases: Arc::default(),
             outbox: Arc::default(),
+            allow: None,
         }
+    }
+
+    /// Confines the session's paths to the allowed directories ([`crate::confine`]).
+    pub fn with_allow(mut self, allow: Option<Arc<Allow>>) -> Session {
+        self.allow = allow;
+        self
+    }
+
+    /// The allowed directories, when the session is confined.
+    pub fn allow(&self) -> Option<&Allow> {
+        self.allow.as_deref()
     }
 
     /// Gives every process of the session a deputy at home, named after `description`.

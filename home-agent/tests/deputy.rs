@@ -19,9 +19,17 @@ use tonic::{Request, Streaming};
 const ESRCH: Errno = Errno(libc::ESRCH as u16);
 
 async fn client() -> HomeClient<Channel> {
+    client_allowing(&[]).await
+}
+
+/// A client of an agent confined to `allow` (none: unconfined).
+async fn client_allowing(allow: &[&str]) -> HomeClient<Channel> {
     // In a test the agent's own executable is this test harness: deputies must be the real binary.
     home_agent::deputy::set_program(env!("CARGO_BIN_EXE_home-agent"));
-    let config = AgentConfig { listen: "127.0.0.1:0".parse().unwrap(), token: None, tls: None };
+    let config = AgentConfig {
+        allow: allow.iter().map(Into::into).collect(),
+        ..AgentConfig::new("127.0.0.1:0".parse().unwrap(), None)
+    };
     let agent = BoundAgent::bind(config).await.unwrap();
     let addr = agent.local_addr();
     tokio::spawn(agent.serve());
@@ -210,6 +218,27 @@ async fn another_sessions_deputy_is_just_a_home_process() {
     assert_eq!(first.event().await, Event { proc: 1, signal: libc::SIGUSR2, ..Default::default() });
     assert!(second.events.is_empty());
     assert!(alive(theirs));
+}
+
+#[tokio::test]
+async fn a_confined_session_cannot_name_another_sessions_deputies() {
+    let mut client = client_allowing(&["/"]).await;
+    let mut first = Calls::open(&mut client).await;
+    let mut second = Calls::open(&mut client).await;
+    let (theirs, _) = first.identity(proc(1, 0)).await;
+    let (mine, _) = second.identity(proc(1, 0)).await;
+    wait_ready(theirs).await;
+    assert_eq!(second.kill(theirs, libc::SIGUSR2, 0).await, Err(ESRCH));
+    assert_eq!(second.kill(theirs, 0, 0).await, Err(ESRCH), "not even its existence");
+    assert_eq!(second.kill(-theirs, libc::SIGUSR2, 0).await, Err(ESRCH), "its process group");
+    assert_eq!(second.kill(theirs, libc::SIGUSR2, theirs).await, Err(ESRCH), "tgkill");
+    // Its own deputies and ordinary home processes are as unconfined.
+    assert_eq!(second.kill(mine, libc::SIGUSR1, 0).await, Ok(0));
+    assert_eq!(second.event().await, Event { proc: 1, signal: libc::SIGUSR1, ..Default::default() });
+    let mut sleep = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    assert_eq!(second.kill(sleep.id() as i32, libc::SIGTERM, 0).await, Ok(0));
+    assert_eq!(sleep.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert!(first.events.is_empty() && alive(theirs));
 }
 
 #[tokio::test]

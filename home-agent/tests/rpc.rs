@@ -39,7 +39,7 @@ impl Drop for TempDir {
 async fn start(token: Option<&str>) -> SocketAddr {
     // Every process of a session gets a deputy: the agent's binary, not this test harness.
     home_agent::deputy::set_program(env!("CARGO_BIN_EXE_home-agent"));
-    let config = AgentConfig { token: token.map(str::to_string), ..AgentConfig::default() };
+    let config = AgentConfig::new("127.0.0.1:0".parse().unwrap(), token.map(str::to_string));
     let agent = BoundAgent::bind(config).await.unwrap();
     let addr = agent.local_addr();
     assert_ne!(addr.port(), 0);
@@ -297,7 +297,7 @@ async fn a_gone_client_releases_its_locks() {
 
 #[tokio::test]
 async fn refuses_a_public_address_without_a_token() {
-    let config = AgentConfig { listen: "0.0.0.0:0".parse().unwrap(), token: None, tls: None };
+    let config = AgentConfig::new("0.0.0.0:0".parse().unwrap(), None);
     let err = BoundAgent::bind(config).await.err().expect("bind must refuse");
     assert!(err.to_string().contains("refusing to listen on 0.0.0.0:0 without a token"), "{err}");
 }

@@ -257,13 +257,10 @@ async fn start_home(config: &Config) -> anyhow::Result<client::LinkConfig> {
         anyhow::bail!("--home {} runs home in this process: the --tls-* options do not apply", config.home);
     }
     let token = format!("{:016x}{:016x}", fdtable::random_u64(), fdtable::random_u64());
-    let agent = home_agent::BoundAgent::bind(home_agent::AgentConfig {
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
-        token: Some(token.clone()),
-        tls: None,
-    })
-    .await
-    .context("starting the in-process home agent")?;
+    let listen = "127.0.0.1:0".parse().expect("a valid address");
+    let agent = home_agent::BoundAgent::bind(home_agent::AgentConfig::new(listen, Some(token.clone())))
+        .await
+        .context("starting the in-process home agent")?;
     let addr = agent.local_addr().to_string();
     tokio::spawn(async move {
         if let Err(e) = agent.serve().await {

@@ -76,7 +76,7 @@ fn client_tls(ca: &Ca, domain: Option<&str>, identity: Option<&Leaf>) -> ClientT
 async fn start(listen: &str, token: Option<&str>, tls: Option<TlsConfig>) -> SocketAddr {
     // A session's processes get deputies: remote-shim's binary is one, not this test harness.
     home_agent::deputy::set_program(env!("CARGO_BIN_EXE_remote-shim"));
-    let config = AgentConfig { listen: listen.parse().unwrap(), token: token.map(str::to_string), tls };
+    let config = AgentConfig { tls, ..AgentConfig::new(listen.parse().unwrap(), token.map(str::to_string)) };
     let agent = BoundAgent::bind(config).await.unwrap();
     let addr = agent.local_addr();
     tokio::spawn(agent.serve());
@@ -184,9 +184,8 @@ async fn a_client_certificate_authenticates_in_place_of_a_token() {
     let client = clients.leaf(&["builder"], ExtendedKeyUsagePurpose::ClientAuth);
     // Without a token, a public address is allowed only when client certificates are required.
     let no_client_certs = AgentConfig {
-        listen: "0.0.0.0:0".parse().unwrap(),
-        token: None,
         tls: Some(server_tls(&ca.server(), None)),
+        ..AgentConfig::new("0.0.0.0:0".parse().unwrap(), None)
     };
     let err = BoundAgent::bind(no_client_certs).await.err().expect("bind must refuse").to_string();
     assert!(err.contains("without a token") && err.contains("--tls-client-ca"), "{err}");

@@ -23,6 +23,7 @@ pub struct HostsBuilder {
     unprivileged: bool,
     no_agent: bool,
     agent_args: Vec<String>,
+    allow: Vec<String>,
 }
 
 impl HostsBuilder {
@@ -42,6 +43,13 @@ impl HostsBuilder {
     /// An extra `home-agent` argument (e.g. `--tls-cert FILE`), after `--listen` and `--token-file`.
     pub fn agent_arg(mut self, arg: impl Into<String>) -> Self {
         self.agent_args.push(arg.into());
+        self
+    }
+
+    /// Confine the agent to `rel` below the home directory (`home-agent --allow`; repeatable). The
+    /// directory is created before the agent starts.
+    pub fn allow(mut self, rel: &str) -> Self {
+        self.allow.push(rel.into());
         self
     }
 
@@ -98,8 +106,14 @@ impl HostsBuilder {
             hosts.netns = Some(create_netns());
         }
         hosts.verify_emulation();
+        let mut agent_args = Vec::new();
+        for rel in &self.allow {
+            hosts.mkdir(rel);
+            agent_args.extend(["--allow".to_string(), hosts.path(rel).display().to_string()]);
+        }
         if !self.no_agent {
-            hosts.agent = Some(hosts.start_agent(&self.agent_args));
+            agent_args.extend(self.agent_args.iter().cloned());
+            hosts.agent = Some(hosts.start_agent(&agent_args));
         }
         hosts
     }
@@ -151,7 +165,8 @@ impl Hosts {
         Self::builder().netns().start()
     }
 
-    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`], [`HostsBuilder::agent_arg`].
+    /// Options: [`HostsBuilder::netns`], [`HostsBuilder::unprivileged`], [`HostsBuilder::agent_arg`],
+    /// [`HostsBuilder::allow`].
     pub fn builder() -> HostsBuilder {
         HostsBuilder::default()
     }

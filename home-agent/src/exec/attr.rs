@@ -1,6 +1,6 @@
 //! Chmod, Chown, Truncate, Utimens, Xattr, Umask.
 
-use super::{at, cpath, dir_fd, done, fd_path, value, Res};
+use super::{at, cpath, dir_fd, done, fd_path, value, How, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys::{self, XattrOn};
 use homeward_proto::flags::at_from_wire;
@@ -26,7 +26,8 @@ pub fn chmod(s: &Session, ctx: &ProcCtx, o: &pb::Chmod) -> Res {
         let fd = dir_fd(s, ctx, o.dir.as_ref())?;
         sys::fchmodat(fd.as_fd(), &fd_path(&fd)?, o.mode, 0)?;
     } else {
-        let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+        let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow })?;
         sys::fchmodat(at.dir.as_fd(), &at.path, o.mode, flags)?;
     }
     done(0)
@@ -35,8 +36,10 @@ pub fn chmod(s: &Session, ctx: &ProcCtx, o: &pb::Chmod) -> Res {
 /// fchownat; `AT_EMPTY_PATH` with an empty path acts on the handle (any kind, `O_PATH` too), as the kernel
 /// does. `u32::MAX` leaves an id unchanged, as -1 does.
 pub fn chown(s: &Session, ctx: &ProcCtx, o: &pb::Chown) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
-    sys::fchownat(at.dir.as_fd(), &at.path, o.uid, o.gid, at_from_wire(o.at_flags))?;
+    let flags = at_from_wire(o.at_flags);
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow })?;
+    sys::fchownat(at.dir.as_fd(), &at.path, o.uid, o.gid, flags)?;
     done(0)
 }
 
@@ -46,7 +49,10 @@ pub fn truncate(s: &Session, ctx: &ProcCtx, o: &pb::Truncate) -> Res {
     if o.path.is_empty() {
         sys::ftruncate(dir_fd(s, ctx, o.dir.as_ref())?.as_fd(), o.length)?;
     } else {
-        sys::truncate(&at(s, ctx, o.dir.as_ref(), &o.path)?.proc_path()?, o.length)?;
+        sys::truncate(
+            &at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true })?.proc_path()?,
+            o.length,
+        )?;
     }
     done(0)
 }
@@ -70,7 +76,8 @@ pub fn utimens(s: &Session, ctx: &ProcCtx, o: &pb::Utimens) -> Res {
         let fd = dir_fd(s, ctx, o.dir.as_ref())?;
         sys::utimensat(fd.as_fd(), &fd_path(&fd)?, times.as_ref(), 0)?;
     } else {
-        let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+        let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow })?;
         sys::utimensat(at.dir.as_fd(), &at.path, times.as_ref(), flags)?;
     }
     done(0)
@@ -85,7 +92,7 @@ pub fn xattr(s: &Session, ctx: &ProcCtx, o: &pb::Xattr) -> Res {
         fd = dir_fd(s, ctx, o.dir.as_ref())?;
         XattrOn::Fd(fd.as_fd())
     } else {
-        path = at(s, ctx, o.dir.as_ref(), &o.path)?.proc_path()?;
+        path = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: !o.nofollow })?.proc_path()?;
         if o.nofollow {
             XattrOn::Link(&path)
         } else {

@@ -1,6 +1,6 @@
 //! Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
 
-use super::{at, cpath, dir_fd, done, value, Res, MAX_BUF};
+use super::{at, cpath, dir_fd, done, value, How, Res, MAX_BUF};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::flags::at_from_wire;
@@ -9,7 +9,7 @@ use homeward_proto::Errno;
 use std::os::fd::{AsFd, AsRawFd};
 
 pub fn mkdir(s: &Session, ctx: &ProcCtx, o: &pb::Mkdir) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     let umask = sys::UmaskScope::enter(ctx.umask);
     sys::mkdirat(at.dir.as_fd(), &at.path, umask.mode(o.mode))?;
     done(0)
@@ -17,7 +17,7 @@ pub fn mkdir(s: &Session, ctx: &ProcCtx, o: &pb::Mkdir) -> Res {
 
 /// mknodat: `mode` carries the file type; the umask applies to the permission bits.
 pub fn mknod(s: &Session, ctx: &ProcCtx, o: &pb::Mknod) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     let umask = sys::UmaskScope::enter(ctx.umask);
     sys::mknodat(at.dir.as_fd(), &at.path, umask.mode(o.mode), o.dev)?;
     done(0)
@@ -25,29 +25,31 @@ pub fn mknod(s: &Session, ctx: &ProcCtx, o: &pb::Mknod) -> Res {
 
 /// unlinkat; `AT_FLAG_REMOVEDIR` makes it rmdir.
 pub fn unlink(s: &Session, ctx: &ProcCtx, o: &pb::Unlink) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     sys::unlinkat(at.dir.as_fd(), &at.path, at_from_wire(o.at_flags))?;
     done(0)
 }
 
 /// renameat2; the RENAME_* flags are the same everywhere and pass as they are.
 pub fn rename(s: &Session, ctx: &ProcCtx, o: &pb::Rename) -> Res {
-    let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path)?;
-    let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path)?;
+    let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path, How::Entry)?;
+    let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path, How::Entry)?;
     sys::renameat2(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, o.flags)?;
     done(0)
 }
 
 pub fn link(s: &Session, ctx: &ProcCtx, o: &pb::Link) -> Res {
-    let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path)?;
-    let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path)?;
-    sys::linkat(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, at_from_wire(o.at_flags))?;
+    let flags = at_from_wire(o.at_flags);
+    let follow = flags & libc::AT_SYMLINK_FOLLOW != 0;
+    let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path, How::Lookup { follow })?;
+    let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path, How::Entry)?;
+    sys::linkat(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, flags)?;
     done(0)
 }
 
 pub fn symlink(s: &Session, ctx: &ProcCtx, o: &pb::Symlink) -> Res {
     let target = cpath(&o.target)?;
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     sys::symlinkat(&target, at.dir.as_fd(), &at.path)?;
     done(0)
 }
@@ -116,7 +118,7 @@ pub fn chdir(s: &Session, ctx: &ProcCtx, o: &pb::Chdir) -> Res {
     let target = if o.path.is_empty() {
         dir_fd(s, ctx, o.dir.as_ref())?
     } else {
-        let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
+        let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true })?;
         sys::openat(at.dir.as_fd(), &at.path, DIR, 0)?.into()
     };
     // Looking up "." in the target needs search permission on it: the check chdir and fchdir make

@@ -24,6 +24,7 @@ mod stat;
 #[cfg(test)]
 mod tests;
 
+use crate::confine::How;
 use crate::session::{ProcCtx, Session};
 use homeward_proto::pb::{self, call_request::Op, CallReply, CallRequest, Dir, Outcome};
 use homeward_proto::Errno;
@@ -76,7 +77,7 @@ fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: b
         return (0, Vec::new());
     }
     let Some(mut grant) = s.leases.begin() else { return (0, Vec::new()) };
-    if grant.walk(dir.as_fd(), path, follow) {
+    if grant.walk(dir.as_fd(), path, follow, s.allow()) {
         grant.finish()
     } else {
         (0, Vec::new())
@@ -254,6 +255,8 @@ pub fn op_name(op: Option<&Op>) -> &'static str {
 struct At {
     dir: Arc<OwnedFd>,
     path: CString,
+    /// The directory the program's path starts at (for leases, which walk the path as the program wrote it).
+    start: Arc<OwnedFd>,
 }
 
 /// Wire path bytes as a C string; an interior NUL is `EINVAL` (the program's string ends there anyway).
@@ -269,16 +272,29 @@ fn dir_fd(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>) -> Result<Arc<OwnedFd>,
     }
 }
 
-/// Resolves (Dir, path) as the `*at` calls do: an absolute path ignores the directory entirely.
-fn at(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8]) -> Result<At, Errno> {
-    let path = cpath(path)?;
-    let dir = if path.as_bytes().first() == Some(&b'/') {
+/// The directory (Dir, path) starts at, as the `*at` calls do: an absolute path ignores the directory.
+fn start(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8]) -> Result<Arc<OwnedFd>, Errno> {
+    if path.first() == Some(&b'/') {
         dir.ok_or(Errno::EINVAL)?;
-        ctx.cwd.clone()
+        Ok(ctx.cwd.clone())
     } else {
-        dir_fd(s, ctx, dir)?
-    };
-    Ok(At { dir, path })
+        dir_fd(s, ctx, dir)
+    }
+}
+
+/// Resolves (Dir, path) for a call that needs `how` of it. Unconfined, that is the `*at` call's own
+/// (directory, path); confined (`--allow`), a target beneath the allowed directories (see `crate::confine`)
+/// or `EACCES`. An empty path names the directory itself (with `AT_EMPTY_PATH`) or nothing.
+fn at(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8], how: How) -> Result<At, Errno> {
+    let cpath = cpath(path)?;
+    let start = start(s, ctx, dir, path)?;
+    match s.allow() {
+        Some(allow) if !path.is_empty() => {
+            let target = allow.at(&start, path, how)?;
+            Ok(At { dir: target.dir, path: target.path, start })
+        }
+        _ => Ok(At { dir: start.clone(), path: cpath, start }),
+    }
 }
 
 /// `/proc/self/fd/<fd>`: the magic link to exactly the file a descriptor refers to.

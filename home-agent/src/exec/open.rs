@@ -1,6 +1,6 @@
 //! Open.
 
-use super::{at, value, Res};
+use super::{at, value, How, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::flags::open_from_wire;
@@ -14,8 +14,17 @@ pub const DEFAULT_STATX_MASK: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
 /// `openat`/`openat2` at home; the value is the new handle, and the reply carries the opened file's
 /// attributes so that the shim learns its type and size without another round trip.
 pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
-    let mut at = at(s, ctx, o.dir.as_ref(), &o.path)?;
-    if o.path.is_empty() && o.dir.as_ref().is_some_and(|d| d.handle != 0) {
+    // Confined, `Allow::open` resolves the path, after the lease's watches are in place.
+    let confined = s.allow().filter(|_| !o.path.is_empty());
+    let mut at = match confined {
+        Some(_) => {
+            let start = super::start(s, ctx, o.dir.as_ref(), &o.path)?;
+            super::At { dir: start.clone(), path: super::cpath(&o.path)?, start }
+        }
+        None => at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true })?,
+    };
+    let reopen = o.path.is_empty() && o.dir.as_ref().is_some_and(|d| d.handle != 0);
+    if reopen {
         // The program opened a magic link to one of its home descriptors (`/proc/self/fd/N`): reopen that file.
         at.path = super::fd_path(&at.dir)?;
     }
@@ -29,9 +38,11 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     // file that turns out to be anything but a regular file or directory is opened again on a blocking thread.
     // (An `O_PATH` open never waits.)
     let probing = super::running_inline() && flags & (libc::O_NONBLOCK | libc::O_PATH) == 0;
-    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, flags & libc::O_NOFOLLOW == 0, o.lease);
+    let (lease, deps) = super::lease_lookup(s, &at.start, &o.path, flags & libc::O_NOFOLLOW == 0, o.lease);
     let tried = if probing { flags | libc::O_NONBLOCK } else { flags };
-    let fd = if o.resolve != 0 {
+    let fd = if let Some(allow) = confined {
+        allow.open(&at.start, &o.path, tried, mode, o.resolve)
+    } else if o.resolve != 0 {
         sys::openat2(at.dir.as_fd(), &at.path, tried, mode, o.resolve)
     } else {
         sys::openat(at.dir.as_fd(), &at.path, tried, mode)
@@ -54,10 +65,16 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     }
     let stat = sx.map(|sx| FileStat::from_statx(&sx));
     // A creating open that followed a symbolic link made a file under another name: the shim must know.
-    let via_link = creates
-        && flags & libc::O_NOFOLLOW == 0
-        && sys::statx(at.dir.as_fd(), &at.path, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_TYPE)
-            .is_ok_and(|l| u32::from(l.stx_mode) & libc::S_IFMT == libc::S_IFLNK);
+    let via_link = creates && flags & libc::O_NOFOLLOW == 0 && {
+        let entry = match confined {
+            Some(allow) => allow.at(&at.start, &o.path, How::Entry).ok().map(|t| (t.dir, t.path)),
+            None => Some((at.dir.clone(), at.path.clone())),
+        };
+        entry.is_some_and(|(dir, path)| {
+            sys::statx(dir.as_fd(), &path, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_TYPE)
+                .is_ok_and(|l| u32::from(l.stx_mode) & libc::S_IFMT == libc::S_IFLNK)
+        })
+    };
     let content = match &stat {
         Some(st) if wants_content(o, flags, kind, st) => whole_content(fd.as_fd(), st),
         _ => None,

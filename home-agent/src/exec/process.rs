@@ -18,9 +18,12 @@ pub fn identity(s: &Session, ctx: &ProcCtx) -> Res {
 ///
 /// A signal for one of this session's deputies is not sent to it: it becomes an event for its process,
 /// which the shim delivers. Another session's deputy is an ordinary home process (the signal lands on it
-/// and its own job gets it). Refused with `EPERM`, because they would hit the agent itself rather than
-/// anything the program can mean: pid -1 (every process the agent may signal), pid 0 and `-pgrp` (the
-/// agent's own process group), and the agent's pid (the job's first process sees it as its parent).
+/// and its own job gets it), except in a confined agent (`--allow`), where it does not exist (`ESRCH`).
+/// Anything else is signalled with the agent's rights: a job reaches only processes the agent's user
+/// could signal (every process, for an agent run as root). Refused with `EPERM`, because they would hit
+/// the agent itself rather than anything the program can mean: pid -1 (every process the agent may
+/// signal), pid 0 and `-pgrp` (the agent's own process group), and the agent's pid (the job's first
+/// process sees it as its parent).
 pub fn kill(s: &Session, o: &pb::Kill) -> Res {
     if !(0..=64).contains(&o.signal) {
         return Err(Errno::EINVAL);
@@ -47,6 +50,12 @@ pub fn kill(s: &Session, o: &pb::Kill) -> Res {
             None
         }
     };
+    // Confined (`--allow`), sessions are kept apart: another session's deputy, or its process group (a
+    // deputy leads its own), does not exist for this one.
+    let target = if o.tid == 0 { o.pid.saturating_abs() } else { o.pid };
+    if deputy.is_none() && s.allow().is_some() && crate::deputies::is_deputy(target) {
+        return Err(Errno(libc::ESRCH as u16));
+    }
     match deputy {
         // Signal 0 only asks whether the process exists: it does.
         Some((deputies, proc)) => {

@@ -1,7 +1,7 @@
 //! Stat, Statfs, Access, Readlink.
 
 use super::open::DEFAULT_STATX_MASK;
-use super::{at, dir_fd, value, Res};
+use super::{at, dir_fd, start, value, How, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::flags::at_from_wire;
@@ -14,13 +14,14 @@ const MAX_LINK: usize = 64 << 10;
 
 /// statx (and stat, lstat, fstatat, fstat: empty path with `AT_EMPTY_PATH`).
 pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     let mask = if o.mask == 0 { DEFAULT_STATX_MASK } else { o.mask };
     let flags = at_from_wire(o.at_flags);
     // Watched before the file system is read (see `leases`); the errno of a failed lookup is leased too.
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, follow, o.lease);
-    match sys::statx(at.dir.as_fd(), &at.path, flags, mask) {
+    let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
+    let (lease, deps) = super::lease_lookup(s, &start, &o.path, follow, o.lease);
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow });
+    match at.and_then(|at| sys::statx(at.dir.as_fd(), &at.path, flags, mask)) {
         Ok(sx) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), lease, deps, ..value(0) }),
         Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
     }
@@ -31,19 +32,20 @@ pub fn statfs(s: &Session, ctx: &ProcCtx, o: &pb::Statfs) -> Res {
     let st = if o.path.is_empty() {
         sys::fstatfs(dir_fd(s, ctx, o.dir.as_ref())?.as_fd())?
     } else {
-        sys::statfs(&at(s, ctx, o.dir.as_ref(), &o.path)?.proc_path()?)?
+        sys::statfs(&at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true })?.proc_path()?)?
     };
     Ok(pb::CallReply { fsstat: Some(FsStat::from_statfs(&st)), ..value(0) })
 }
 
 /// faccessat2 (access, faccessat).
 pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     let mode = libc::c_int::try_from(o.mode).map_err(|_| homeward_proto::Errno::EINVAL)?;
     let flags = at_from_wire(o.at_flags);
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, follow, o.lease);
-    match sys::faccessat(at.dir.as_fd(), &at.path, mode, flags) {
+    let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
+    let (lease, deps) = super::lease_lookup(s, &start, &o.path, follow, o.lease);
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow });
+    match at.and_then(|at| sys::faccessat(at.dir.as_fd(), &at.path, mode, flags)) {
         Ok(()) => Ok(pb::CallReply { lease, deps, ..value(0) }),
         Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
     }
@@ -51,14 +53,15 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
 
 /// readlinkat into a buffer of `size` bytes: value and data are the (possibly truncated) target.
 pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
-    let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     // The kernel takes the size as an int (the low 32 bits of the register): 0 or negative is EINVAL.
     let size = match o.size as i32 {
         n if n > 0 => (n as usize).min(MAX_LINK),
         _ => 0,
     };
-    let (lease, deps) = super::lease_lookup(s, &at.dir, &o.path, false, o.lease);
-    match sys::readlinkat(at.dir.as_fd(), &at.path, size) {
+    let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
+    let (lease, deps) = super::lease_lookup(s, &start, &o.path, false, o.lease);
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: false });
+    match at.and_then(|at| sys::readlinkat(at.dir.as_fd(), &at.path, size)) {
         Ok(target) => {
             let n = target.len() as i64;
             Ok(pb::CallReply { data: target.into(), lease, deps, ..value(n) })

@@ -1,5 +1,6 @@
 //! Executors against a temporary directory at home.
 
+mod allow;
 mod fds;
 mod paths;
 
@@ -26,6 +27,18 @@ impl Home {
         let path = CString::new(root.as_os_str().as_bytes()).unwrap();
         let cwd = sys::open(&path, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).unwrap();
         Home { root, session: Arc::new(Session::new(1, cwd, 0o022)) }
+    }
+
+    /// A home confined (`--allow`) to its root and to `more`.
+    pub(super) fn confined(more: &[&std::path::Path]) -> Home {
+        let mut home = Home::new();
+        let path = CString::new(home.root.as_os_str().as_bytes()).unwrap();
+        let cwd = sys::open(&path, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).unwrap();
+        let mut allowed = vec![home.root.clone()];
+        allowed.extend(more.iter().map(|p| p.to_path_buf()));
+        let allow = crate::confine::Allow::new(&allowed).unwrap();
+        home.session = Arc::new(Session::new(1, cwd, 0o022).with_allow(allow));
+        home
     }
 
     pub(super) fn reply_as(&self, proc: u64, op: Op) -> CallReply {
