@@ -193,10 +193,11 @@ impl Home for HomeService {
             info!(session = %format_args!("{id:016x}"), generation, "call stream resumed");
         }
         let sessions = self.sessions.clone();
-        tokio::spawn(async move {
-            session.outbox.resend(generation, forget).await;
-            run_session(sessions, session, request.into_inner(), tx, generation, live.resume_wait).await;
-        });
+        // Resent alongside the new requests: a shim that waits to send its requests until it has read
+        // replies, or the reverse, never deadlocks with home.
+        let outbox = session.outbox.clone();
+        tokio::spawn(async move { outbox.resend(generation, forget).await });
+        tokio::spawn(run_session(sessions, session, request.into_inner(), tx, generation, live.resume_wait));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

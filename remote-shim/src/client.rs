@@ -331,7 +331,9 @@ impl Shared {
         resume: Option<u64>,
     ) -> Result<Streaming<CallReply>, Break> {
         let addr = &self.dial.link.addr;
-        let (tx, rx) = mpsc::channel::<CallRequest>(1024);
+        // Room for every waiting call (one per blocked thread of the job): sending them again never waits for
+        // home to read, so a resumption cannot deadlock with home sending its kept replies.
+        let (tx, rx) = mpsc::channel::<CallRequest>(16384);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
         add_auth(&mut req, self.dial.auth.as_deref(), addr).map_err(|e| Break::Final(e.to_string()))?;
         req.metadata_mut().insert(SESSION_METADATA, MetadataValue::from(self.session));
