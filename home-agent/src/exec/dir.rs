@@ -1,9 +1,8 @@
 //! Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
 
-use super::{at, cpath, dir_fd, done, value, Res, MAX_BUF};
+use super::{at, at_flags, cpath, dir_fd, done, value, wire_path, Res, MAX_BUF};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
-use homeward_proto::flags::at_from_wire;
 use homeward_proto::pb;
 use homeward_proto::Errno;
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,8 +24,9 @@ pub fn mknod(s: &Session, ctx: &ProcCtx, o: &pb::Mknod) -> Res {
 
 /// unlinkat; `AT_FLAG_REMOVEDIR` makes it rmdir.
 pub fn unlink(s: &Session, ctx: &ProcCtx, o: &pb::Unlink) -> Res {
+    let flags = at_flags(o.at_flags)?;
     let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
-    sys::unlinkat(at.dir.as_fd(), &at.path, at_from_wire(o.at_flags))?;
+    sys::unlinkat(at.dir.as_fd(), &at.path, flags)?;
     done(0)
 }
 
@@ -39,14 +39,15 @@ pub fn rename(s: &Session, ctx: &ProcCtx, o: &pb::Rename) -> Res {
 }
 
 pub fn link(s: &Session, ctx: &ProcCtx, o: &pb::Link) -> Res {
+    let flags = at_flags(o.at_flags)?;
     let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path)?;
     let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path)?;
-    sys::linkat(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, at_from_wire(o.at_flags))?;
+    sys::linkat(old.dir.as_fd(), &old.path, new.dir.as_fd(), &new.path, flags)?;
     done(0)
 }
 
 pub fn symlink(s: &Session, ctx: &ProcCtx, o: &pb::Symlink) -> Res {
-    let target = cpath(&o.target)?;
+    let target = wire_path(&o.target)?;
     let at = at(s, ctx, o.dir.as_ref(), &o.path)?;
     sys::symlinkat(&target, at.dir.as_fd(), &at.path)?;
     done(0)

@@ -2,8 +2,9 @@
 //!
 //! Each returns the syscall's value or errno exactly as home's kernel gives it: errors are data
 //! ([`Outcome`] errno), never a transport fault. Malformed requests (a missing operation or `Dir`, an
-//! unknown enum value) get `EINVAL`; buffers are capped ([`MAX_BUF`]), so no request allocates without
-//! bound, and a read larger than the cap is a short read.
+//! unknown enum value or flag bit, a path with a NUL byte) get `EINVAL`, a path of `PATH_MAX` bytes or more
+//! `ENAMETOOLONG`, an unknown handle `EBADF`; buffers are capped ([`MAX_BUF`]), so no request allocates
+//! without bound, and a read or write larger than the cap is a short one.
 //!
 //! - [`open`]: Open. [`stat`]: Stat, Statfs, Access, Readlink.
 //! - [`dir`]: Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
@@ -261,6 +262,25 @@ fn cpath(bytes: &[u8]) -> Result<CString, Errno> {
     CString::new(bytes).map_err(|_| Errno::EINVAL)
 }
 
+/// A path from the wire, checked as the kernel takes one before anything (a lease's walk) looks at it:
+/// `PATH_MAX` bytes or more is `ENAMETOOLONG` (the kernel's `getname`), an interior NUL `EINVAL`.
+fn wire_path(bytes: &[u8]) -> Result<CString, Errno> {
+    if bytes.len() >= libc::PATH_MAX as usize {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    cpath(bytes)
+}
+
+/// Wire `OpenFlag` bits as native flags; an unknown bit is `EINVAL` (no shim sends one).
+fn open_flags(wire: u32) -> Result<libc::c_int, Errno> {
+    homeward_proto::flags::open_from_wire_checked(wire).ok_or(Errno::EINVAL)
+}
+
+/// Wire `AtFlag` bits as native flags; an unknown bit is `EINVAL`, as the `*at` calls answer one.
+fn at_flags(wire: u32) -> Result<libc::c_int, Errno> {
+    homeward_proto::flags::at_from_wire_checked(wire).ok_or(Errno::EINVAL)
+}
+
 /// The directory a `Dir` names: the process's cwd for handle 0, else the session's handle (`EBADF`).
 fn dir_fd(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>) -> Result<Arc<OwnedFd>, Errno> {
     match dir.ok_or(Errno::EINVAL)?.handle {
@@ -271,7 +291,7 @@ fn dir_fd(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>) -> Result<Arc<OwnedFd>,
 
 /// Resolves (Dir, path) as the `*at` calls do: an absolute path ignores the directory entirely.
 fn at(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8]) -> Result<At, Errno> {
-    let path = cpath(path)?;
+    let path = wire_path(path)?;
     let dir = if path.as_bytes().first() == Some(&b'/') {
         dir.ok_or(Errno::EINVAL)?;
         ctx.cwd.clone()

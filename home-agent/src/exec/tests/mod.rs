@@ -1,6 +1,7 @@
 //! Executors against a temporary directory at home.
 
 mod fds;
+mod hostile;
 mod paths;
 
 use super::*;
