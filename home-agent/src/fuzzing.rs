@@ -15,6 +15,8 @@
 //! - rewritten so that nothing waits forever or fills the disk: `Lock` waits become non-waiting ones,
 //!   `Flock` gets `LOCK_NB`, `Fallocate` and `CopyRange` lengths are capped at 1 MiB.
 //!
+//! `Hello` ([`run_hello`]) runs on a fresh service; it only opens the cwd it names.
+//!
 //! After the call, the reply is checked against what the shim relies on ([`check`]): the seq, an outcome
 //! (a value ≥ 0 or an errno 1-4095), and data no longer than the request allowed. A violation panics, which
 //! the fuzzer reports as a crash.
@@ -67,6 +69,21 @@ pub fn run_requests(session_dir: &Path, bytes: &[u8]) {
             run_one(session, req);
         }
     });
+}
+
+/// Decodes `bytes` as a `HelloRequest` and runs the `Hello` call on a fresh service: an error status or a
+/// session, never a panic. (Hello only opens the cwd, `O_PATH`: nothing at home changes.)
+pub fn run_hello(bytes: &[u8]) {
+    use homeward_proto::pb::home_server::Home;
+    let Ok(hello) = pb::HelloRequest::decode(bytes) else { return };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let service = crate::service::HomeService::default();
+    let version = hello.version;
+    if let Ok(reply) = runtime.block_on(service.hello(tonic::Request::new(hello))) {
+        let reply = reply.into_inner();
+        assert_eq!(version, homeward_proto::PROTOCOL_VERSION, "only this version is accepted");
+        assert!(reply.session != 0 && reply.version == version);
+    }
 }
 
 /// Encodes requests as [`run_requests`] decodes them.
@@ -593,6 +610,37 @@ mod tests {
                         std::fs::write(out.join(target).join(&name), &bytes).unwrap();
                     }
                 }
+            }
+        }
+    }
+
+    /// Hello seeds: written to `<dir>/decode_hello/` with `HOMEWARD_FUZZ_SEEDS=<dir>`.
+    #[test]
+    fn hello_seeds_run() {
+        let hello = |version, cwd: &[u8], umask, description: &str| pb::HelloRequest {
+            version,
+            cwd: cwd.to_vec().into(),
+            umask,
+            description: description.to_string(),
+        };
+        let v = homeward_proto::PROTOCOL_VERSION;
+        let seeds = [
+            ("ok", hello(v, b"/", 0o022, "sh -c true")),
+            ("relative", hello(v, b"tmp", 0, "")),
+            ("nul", hello(v, b"/tmp\0x", 0, "")),
+            ("missing", hello(v, b"/nonexistent/homeward", 0, "")),
+            ("not_a_dir", hello(v, b"/proc/self/exe", 0, "")),
+            ("version", hello(v + 1, b"/", 0, "")),
+            ("umask", hello(v, b"/", u32::MAX, "\u{1b}[31mred\n")),
+        ];
+        let out =
+            std::env::var_os("HOMEWARD_FUZZ_SEEDS").map(|d| std::path::PathBuf::from(d).join("decode_hello"));
+        for (name, hello) in seeds {
+            let bytes = hello.encode_to_vec();
+            run_hello(&bytes);
+            if let Some(out) = &out {
+                std::fs::create_dir_all(out).unwrap();
+                std::fs::write(out.join(name), &bytes).unwrap();
             }
         }
     }
