@@ -176,7 +176,7 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
         lease: false,
     };
     let (handle, reply) = call.home_value(Op::Open(open)).await?;
-    let handle = handle as u64;
+    let handle = super::handle_id(handle)?;
     let result = async {
         let stat = reply.stat.unwrap_or_default();
         if stat.mode & libc::S_IFMT != libc::S_IFREG {

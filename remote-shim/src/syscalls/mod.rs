@@ -307,6 +307,11 @@ pub fn count(value: i64, asked: usize) -> Result<usize, Errno> {
     usize::try_from(value).ok().filter(|&n| n <= asked).ok_or(Errno::EIO)
 }
 
+/// The handle an open's reply names: `EIO` for 0 (which means the cwd in a `Dir`) or a negative value.
+pub fn handle_id(value: i64) -> Result<u64, Errno> {
+    u64::try_from(value).ok().filter(|&h| h != 0).ok_or(Errno::EIO)
+}
+
 /// The bytes a read's reply returns: `EIO` unless its value counts exactly its data, at most `asked`.
 pub fn read_data(value: i64, reply: &CallReply, asked: usize) -> Result<&[u8], Errno> {
     match count(value, asked)? {
@@ -338,5 +343,8 @@ mod tests {
         assert_eq!(read_data(1, &reply(b""), 10), Err(Errno::EIO), "a count without its data");
         assert_eq!(read_data(0, &reply(b"abc"), 10), Err(Errno::EIO), "data without its count");
         assert_eq!(read_data(i64::MIN, &reply(b""), 10), Err(Errno::EIO));
+        assert_eq!(handle_id(7), Ok(7));
+        assert_eq!(handle_id(0), Err(Errno::EIO), "0 is the cwd, never an opened handle");
+        assert_eq!(handle_id(-7), Err(Errno::EIO));
     }
 }

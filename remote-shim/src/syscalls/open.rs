@@ -82,7 +82,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
             attrs.put_leased(key.clone(), Cached::Missing(*e), ticket, &reply);
         }
     }
-    let handle_id = outcome? as u64;
+    let handle_id = super::handle_id(outcome?)?;
     let stat = reply.stat.unwrap_or_default();
     attrs.opened(handle_id, (stat.dev, stat.ino));
     if reply.via_link {
