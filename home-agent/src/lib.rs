@@ -23,6 +23,7 @@
 //! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`,
 //!   `process`).
 //! - `sys`: thin safe wrappers over libc; the only module with `unsafe` code.
+//! - `fuzzing` (feature `fuzzing`, hidden): the entry points of the fuzz targets in `fuzz/`.
 //!
 //! Clients must allow messages of [`MAX_MESSAGE_BYTES`] (tonic's default is 4 MiB), since a read or a
 //! write carries up to 16 MiB.
@@ -33,6 +34,9 @@ mod confine;
 mod deputies;
 pub mod deputy;
 mod exec;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod leases;
 mod outbox;
 mod service;

@@ -37,6 +37,11 @@ pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const VANISHED_GRACE: Duration = Duration::from_secs(5);
 /// The longest a session whose link went silent waits to be resumed, whatever the shim asked for.
 pub const MAX_RESUME_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Most characters of a session's description kept: it is free text for logs and deputies' names.
+const MAX_DESCRIPTION: usize = 256;
+/// Most bytes of a cwd shown in a refusal (the client sent it; no need to send a huge one back).
+const MAX_SHOWN: usize = 256;
+
 /// Replies queued for a slow client before calls wait to send theirs.
 const REPLY_QUEUE: usize = 256;
 /// How often calls still running in a closed session are interrupted again.
@@ -91,7 +96,10 @@ fn session_id<T>(request: &Request<T>) -> Result<u64, Status> {
 impl Home for HomeService {
     #[instrument(skip_all, fields(description))]
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
-        let hello = request.into_inner();
+        let mut hello = request.into_inner();
+        if let Some((cut, _)) = hello.description.char_indices().nth(MAX_DESCRIPTION) {
+            hello.description.truncate(cut);
+        }
         tracing::Span::current().record("description", hello.description.as_str());
         if hello.version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -99,9 +107,15 @@ impl Home for HomeService {
                 hello.version
             )));
         }
-        let shown = String::from_utf8_lossy(&hello.cwd).into_owned();
+        let shown = String::from_utf8_lossy(&hello.cwd[..hello.cwd.len().min(MAX_SHOWN)]).into_owned();
         if hello.cwd.first() != Some(&b'/') {
             return Err(Status::invalid_argument(format!("the cwd {shown:?} is not an absolute path")));
+        }
+        if hello.cwd.len() >= libc::PATH_MAX as usize {
+            return Err(Status::invalid_argument(format!(
+                "the cwd {shown:?}... is longer than PATH_MAX ({}): start in a shorter path",
+                libc::PATH_MAX
+            )));
         }
         let path = CString::new(hello.cwd.to_vec())
             .map_err(|_| Status::invalid_argument("the cwd contains a NUL byte"))?;

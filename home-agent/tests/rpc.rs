@@ -382,3 +382,21 @@ async fn a_resumed_stream_runs_nothing_twice_and_loses_no_reply() {
     let extra = tokio::time::timeout(Duration::from_millis(300), calls.replies.message()).await;
     assert!(extra.is_err(), "a reply too many: {extra:?}");
 }
+
+#[tokio::test]
+async fn hostile_hellos_get_short_answers() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut long_cwd = b"/".to_vec();
+    long_cwd.extend(std::iter::repeat_n(b'a', 1 << 20));
+    let huge = HelloRequest { cwd: long_cwd.into(), ..hello(&dir.0) };
+    let status = client.hello(authed(huge, TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().len() < 1024,
+        "the refusal does not echo a megabyte: {}",
+        status.message().len()
+    );
+    let chatty = HelloRequest { description: "x".repeat(1 << 20), ..hello(&dir.0) };
+    assert!(client.hello(authed(chatty, TOKEN)).await.is_ok(), "a long description is cut, not refused");
+}

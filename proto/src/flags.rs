@@ -63,6 +63,15 @@ pub fn open_from_wire(wire: u32) -> i32 {
     native
 }
 
+/// Wire bits to native open flags; `None` when a bit is not an [`OpenFlag`] (a malformed request: no
+/// shim sends one).
+pub fn open_from_wire_checked(wire: u32) -> Option<i32> {
+    let known = OPEN_TABLE
+        .iter()
+        .fold(OpenFlag::Tmpfile as u32 | OpenFlag::Sync as u32, |acc, (_, w)| acc | *w as u32);
+    (wire & !known == 0).then(|| open_from_wire(wire))
+}
+
 /// Native open flags that this module does not know (would be dropped on the wire).
 pub fn open_unknown(native: i32) -> i32 {
     native & !open_from_wire(open_to_wire(native))
@@ -101,6 +110,12 @@ pub fn at_from_wire(wire: u32) -> i32 {
     AT_TABLE.iter().filter(|(_, w)| wire & *w as u32 != 0).fold(0, |acc, (n, _)| acc | n)
 }
 
+/// Wire bits to native `AT_*` flags; `None` when a bit is not an [`AtFlag`] (a malformed request).
+pub fn at_from_wire_checked(wire: u32) -> Option<i32> {
+    let known = AT_TABLE.iter().fold(0, |acc, (_, w)| acc | *w as u32);
+    (wire & !known == 0).then(|| at_from_wire(wire))
+}
+
 /// Native `AT_*` flags that the wire cannot carry.
 pub fn at_unknown(native: i32) -> i32 {
     let all = AT_TABLE.iter().fold(0, |acc, (n, _)| acc | n);
@@ -136,5 +151,15 @@ mod tests {
         let f = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH;
         assert_eq!(at_from_wire(at_to_wire(f, false)), f);
         assert_eq!(at_unknown(0x4000_0000), 0x4000_0000);
+    }
+
+    #[test]
+    fn unknown_wire_bits_are_refused() {
+        let all_open = open_to_wire(libc::O_RDWR | libc::O_SYNC | libc::O_TMPFILE | libc::O_PATH);
+        assert_eq!(open_from_wire_checked(all_open), Some(open_from_wire(all_open)));
+        assert_eq!(open_from_wire_checked(OpenFlag::Largefile as u32 * 2), None);
+        assert_eq!(open_from_wire_checked(u32::MAX), None);
+        assert_eq!(at_from_wire_checked(AtFlag::StatxDontSync as u32), Some(libc::AT_STATX_DONT_SYNC));
+        assert_eq!(at_from_wire_checked(AtFlag::StatxDontSync as u32 * 2), None);
     }
 }

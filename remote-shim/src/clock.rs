@@ -48,13 +48,9 @@ pub async fn estimate(link: &HomeLink) -> Option<Offsets> {
         let before = local_now();
         let reply = link.call(housekeeping, Op::ClockRead(pb::ClockRead {})).await.ok()?;
         let after = local_now();
-        let home = reply.clock?;
-        let mid = |i: usize| before[i] + (after[i] - before[i]) / 2;
-        let sample = Offsets {
-            realtime_ns: home.realtime_ns - mid(0),
-            monotonic_ns: home.monotonic_ns - mid(1),
-            boottime_ns: home.boottime_ns - mid(2),
-            error_ns: (after[1] - before[1]) / 2,
+        let Some(sample) = sample(before, &reply.clock?, after) else {
+            tracing::warn!("home's clock reading is out of range: ignored");
+            continue;
         };
         if best.is_none_or(|b| sample.error_ns < b.error_ns) {
             best = Some(sample);
@@ -72,14 +68,32 @@ pub async fn estimate(link: &HomeLink) -> Option<Offsets> {
     best
 }
 
+/// One sample: home's reading taken as simultaneous with the midpoint of this machine's readings `before`
+/// and `after`. `None` for a reading no clock gives (negative: a corrupted or hostile reply), which would
+/// make the offsets overflow.
+fn sample(before: [i64; 3], home: &pb::ClockReading, after: [i64; 3]) -> Option<Offsets> {
+    let home = [home.realtime_ns, home.monotonic_ns, home.boottime_ns];
+    if home.iter().chain(&before).chain(&after).any(|&ns| ns < 0) {
+        return None;
+    }
+    // Non-negative values: differences and halves cannot overflow.
+    let mid = |i: usize| before[i] + (after[i] - before[i]) / 2;
+    Some(Offsets {
+        realtime_ns: home[0] - mid(0),
+        monotonic_ns: home[1] - mid(1),
+        boottime_ns: home[2] - mid(2),
+        error_ns: (after[1] - before[1]) / 2,
+    })
+}
+
 /// The wall-clock offset to apply to the job's reads, or 0 when the clocks agree within the error bound (or
 /// 50 ms). `HOMEWARD_TEST_HOME_CLOCK_SKEW_NS` adds a pretended skew of home's wall clock (a test hook: on one
 /// machine, home's and the remote's wall clocks cannot really differ).
 pub fn wall_clock_offset(o: &Offsets) -> i64 {
     let skew: i64 =
         std::env::var("HOMEWARD_TEST_HOME_CLOCK_SKEW_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let offset = o.realtime_ns + skew;
-    if offset.abs() <= o.error_ns.max(50_000_000) {
+    let offset = o.realtime_ns.saturating_add(skew);
+    if offset.unsigned_abs() <= o.error_ns.max(50_000_000).unsigned_abs() {
         0
     } else {
         offset
@@ -91,12 +105,14 @@ pub fn wall_clock_offset(o: &Offsets) -> i64 {
 /// (or a tenth of a second, whichever is larger).
 pub fn namespace_offsets(o: &Offsets) -> Option<(i64, i64)> {
     let tolerance = o.error_ns.max(100_000_000);
-    if o.monotonic_ns.abs() <= tolerance && o.boottime_ns.abs() <= tolerance {
+    if o.monotonic_ns.unsigned_abs() <= tolerance.unsigned_abs()
+        && o.boottime_ns.unsigned_abs() <= tolerance.unsigned_abs()
+    {
         return None;
     }
     // We may ourselves be in a time namespace: offsets are relative to the host's clocks.
     let (own_mono, own_boot) = own_namespace_offsets();
-    Some((o.monotonic_ns + own_mono, o.boottime_ns + own_boot))
+    Some((o.monotonic_ns.saturating_add(own_mono), o.boottime_ns.saturating_add(own_boot)))
 }
 
 /// This process's own time namespace offsets (0, 0 in the initial namespace).
@@ -112,7 +128,7 @@ fn own_namespace_offsets() -> (i64, i64) {
                 }
                 let sec: i64 = f.next()?.parse().ok()?;
                 let nsec: i64 = f.next()?.parse().ok()?;
-                Some(sec * 1_000_000_000 + nsec)
+                sec.checked_mul(1_000_000_000)?.checked_add(nsec)
             })
             .unwrap_or(0)
     };
@@ -140,5 +156,21 @@ mod tests {
     fn agreeing_clocks_need_no_namespace() {
         let o = Offsets { realtime_ns: 5, monotonic_ns: 1_000, boottime_ns: -1_000, error_ns: 20_000 };
         assert_eq!(namespace_offsets(&o), None);
+    }
+
+    #[test]
+    fn out_of_range_readings_are_ignored_not_overflowed() {
+        let reading = |ns: i64| pb::ClockReading { realtime_ns: ns, monotonic_ns: ns, boottime_ns: ns };
+        let (before, after) = ([100; 3], [300; 3]);
+        let s = sample(before, &reading(1_000), after).unwrap();
+        assert_eq!((s.realtime_ns, s.monotonic_ns, s.error_ns), (800, 800, 100));
+        assert_eq!(sample(before, &reading(i64::MIN), after), None);
+        assert_eq!(sample(before, &reading(-1), after), None);
+        let s = sample([0; 3], &reading(i64::MAX), [i64::MAX; 3]).unwrap();
+        assert_eq!(s.realtime_ns, i64::MAX - i64::MAX / 2);
+        let extreme =
+            Offsets { realtime_ns: i64::MIN, monotonic_ns: i64::MIN, boottime_ns: i64::MAX, error_ns: 0 };
+        assert_eq!(wall_clock_offset(&extreme), i64::MIN);
+        assert!(namespace_offsets(&extreme).is_some());
     }
 }

@@ -1,9 +1,8 @@
 //! Chmod, Chown, Truncate, Utimens, Xattr, Umask.
 
-use super::{at, cpath, dir_fd, done, fd_path, value, How, Res};
+use super::{at, at_flags, cpath, dir_fd, done, fd_path, value, How, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys::{self, XattrOn};
-use homeward_proto::flags::at_from_wire;
 use homeward_proto::pb::{self, XattrOp};
 use homeward_proto::Errno;
 use std::os::fd::AsFd;
@@ -11,6 +10,18 @@ use std::os::fd::AsFd;
 /// The kernel caps an xattr value and a name list at 64 KiB (XATTR_SIZE_MAX, XATTR_LIST_MAX) whatever
 /// the buffer, so a bigger buffer cannot change the result.
 const MAX_XATTR: usize = 64 << 10;
+
+/// Longest extended attribute name (`XATTR_NAME_MAX`).
+const MAX_XATTR_NAME: usize = 255;
+
+/// An extended attribute's name as the kernel takes it: empty or longer than `XATTR_NAME_MAX` is `ERANGE`
+/// (the kernel copies at most that many bytes), an interior NUL `EINVAL`.
+fn xattr_name(name: &[u8]) -> Result<std::ffi::CString, Errno> {
+    if name.is_empty() || name.len() > MAX_XATTR_NAME {
+        return Err(Errno::ERANGE);
+    }
+    cpath(name)
+}
 
 /// Whether a call means the handle itself (`f*` call): empty path with `AT_EMPTY_PATH`.
 fn on_handle(path: &[u8], flags: libc::c_int) -> bool {
@@ -21,7 +32,7 @@ fn on_handle(path: &[u8], flags: libc::c_int) -> bool {
 /// which is fchmod for an open file and also works for an `O_PATH` handle, as glibc does it: so a shim can
 /// send a program's `chmod("/proc/self/fd/N")` on a forwarded descriptor as this call.
 pub fn chmod(s: &Session, ctx: &ProcCtx, o: &pb::Chmod) -> Res {
-    let flags = at_from_wire(o.at_flags);
+    let flags = at_flags(o.at_flags)?;
     if on_handle(&o.path, flags) {
         let fd = dir_fd(s, ctx, o.dir.as_ref())?;
         sys::fchmodat(fd.as_fd(), &fd_path(&fd)?, o.mode, 0)?;
@@ -36,7 +47,7 @@ pub fn chmod(s: &Session, ctx: &ProcCtx, o: &pb::Chmod) -> Res {
 /// fchownat; `AT_EMPTY_PATH` with an empty path acts on the handle (any kind, `O_PATH` too), as the kernel
 /// does. `u32::MAX` leaves an id unchanged, as -1 does.
 pub fn chown(s: &Session, ctx: &ProcCtx, o: &pb::Chown) -> Res {
-    let flags = at_from_wire(o.at_flags);
+    let flags = at_flags(o.at_flags)?;
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow })?;
     sys::fchownat(at.dir.as_fd(), &at.path, o.uid, o.gid, flags)?;
@@ -57,21 +68,28 @@ pub fn truncate(s: &Session, ctx: &ProcCtx, o: &pb::Truncate) -> Res {
     done(0)
 }
 
-/// One wire time as utimensat takes it: `now` is UTIME_NOW, `omit` is UTIME_OMIT, absent is now.
-fn timespec(t: Option<&pb::Timespec>) -> libc::timespec {
-    match t {
+/// One wire time as utimensat takes it: `now` is UTIME_NOW, `omit` is UTIME_OMIT, absent is now. The
+/// kernel checks the nanoseconds (`EINVAL`); one that does not even fit a `long` is `EINVAL` here.
+fn timespec(t: Option<&pb::Timespec>) -> Result<libc::timespec, Errno> {
+    Ok(match t {
         Some(t) if t.omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(t) if !t.now => libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as libc::c_long },
+        Some(t) if !t.now => {
+            let tv_nsec = libc::c_long::try_from(t.nsec).map_err(|_| Errno::EINVAL)?;
+            libc::timespec { tv_sec: t.sec, tv_nsec }
+        }
         _ => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-    }
+    })
 }
 
 /// utimensat; on the handle (empty path with `AT_EMPTY_PATH`) through `/proc/self/fd/<fd>`, which is
 /// futimens for an open file and also works for an `O_PATH` handle. Both times absent sets both to now.
 pub fn utimens(s: &Session, ctx: &ProcCtx, o: &pb::Utimens) -> Res {
-    let times = (o.atime.is_some() || o.mtime.is_some())
-        .then(|| [timespec(o.atime.as_ref()), timespec(o.mtime.as_ref())]);
-    let flags = at_from_wire(o.at_flags);
+    let times = if o.atime.is_some() || o.mtime.is_some() {
+        Some([timespec(o.atime.as_ref())?, timespec(o.mtime.as_ref())?])
+    } else {
+        None
+    };
+    let flags = at_flags(o.at_flags)?;
     if on_handle(&o.path, flags) {
         let fd = dir_fd(s, ctx, o.dir.as_ref())?;
         sys::utimensat(fd.as_fd(), &fd_path(&fd)?, times.as_ref(), 0)?;
@@ -103,7 +121,7 @@ pub fn xattr(s: &Session, ctx: &ProcCtx, o: &pb::Xattr) -> Res {
     let flags = libc::c_int::try_from(o.flags).map_err(|_| Errno::EINVAL)?;
     match op {
         XattrOp::Get => {
-            let (len, data) = sys::getxattr(on, &cpath(&o.name)?, size)?;
+            let (len, data) = sys::getxattr(on, &xattr_name(&o.name)?, size)?;
             Ok(pb::CallReply { data: data.into(), ..value(len as i64) })
         }
         XattrOp::List => {
@@ -111,11 +129,11 @@ pub fn xattr(s: &Session, ctx: &ProcCtx, o: &pb::Xattr) -> Res {
             Ok(pb::CallReply { data: data.into(), ..value(len as i64) })
         }
         XattrOp::Set => {
-            sys::setxattr(on, &cpath(&o.name)?, &o.value, flags)?;
+            sys::setxattr(on, &xattr_name(&o.name)?, &o.value, flags)?;
             done(0)
         }
         XattrOp::Remove => {
-            sys::removexattr(on, &cpath(&o.name)?)?;
+            sys::removexattr(on, &xattr_name(&o.name)?)?;
             done(0)
         }
     }

@@ -1,9 +1,8 @@
 //! Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
 
-use super::{at, cpath, dir_fd, done, value, How, Res, MAX_BUF};
+use super::{at, at_flags, cpath, dir_fd, done, value, wire_path, How, Res, MAX_BUF};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
-use homeward_proto::flags::at_from_wire;
 use homeward_proto::pb;
 use homeward_proto::Errno;
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,8 +24,9 @@ pub fn mknod(s: &Session, ctx: &ProcCtx, o: &pb::Mknod) -> Res {
 
 /// unlinkat; `AT_FLAG_REMOVEDIR` makes it rmdir.
 pub fn unlink(s: &Session, ctx: &ProcCtx, o: &pb::Unlink) -> Res {
+    let flags = at_flags(o.at_flags)?;
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
-    sys::unlinkat(at.dir.as_fd(), &at.path, at_from_wire(o.at_flags))?;
+    sys::unlinkat(at.dir.as_fd(), &at.path, flags)?;
     done(0)
 }
 
@@ -39,7 +39,7 @@ pub fn rename(s: &Session, ctx: &ProcCtx, o: &pb::Rename) -> Res {
 }
 
 pub fn link(s: &Session, ctx: &ProcCtx, o: &pb::Link) -> Res {
-    let flags = at_from_wire(o.at_flags);
+    let flags = at_flags(o.at_flags)?;
     let follow = flags & libc::AT_SYMLINK_FOLLOW != 0;
     let old = at(s, ctx, o.old_dir.as_ref(), &o.old_path, How::Lookup { follow })?;
     let new = at(s, ctx, o.new_dir.as_ref(), &o.new_path, How::Entry)?;
@@ -48,7 +48,7 @@ pub fn link(s: &Session, ctx: &ProcCtx, o: &pb::Link) -> Res {
 }
 
 pub fn symlink(s: &Session, ctx: &ProcCtx, o: &pb::Symlink) -> Res {
-    let target = cpath(&o.target)?;
+    let target = wire_path(&o.target)?;
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     sys::symlinkat(&target, at.dir.as_fd(), &at.path)?;
     done(0)

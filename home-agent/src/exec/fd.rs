@@ -4,7 +4,7 @@ use super::io::whence;
 use super::{done, value, Res};
 use crate::session::Session;
 use crate::sys;
-use homeward_proto::flags::{open_from_wire, open_to_wire};
+use homeward_proto::flags::open_to_wire;
 use homeward_proto::pb::{self, LockCmd, LockRange, LockType, Whence};
 use homeward_proto::Errno;
 use std::os::fd::AsFd;
@@ -17,7 +17,8 @@ pub fn get_flags(s: &Session, o: &pb::GetFlags) -> Res {
 
 /// F_SETFL (the kernel changes only the flags it allows to change).
 pub fn set_flags(s: &Session, o: &pb::SetFlags) -> Res {
-    sys::set_flags(s.handle(o.handle)?.as_fd(), open_from_wire(o.flags))?;
+    let flags = super::open_flags(o.flags)?;
+    sys::set_flags(s.handle(o.handle)?.as_fd(), flags)?;
     done(0)
 }
 

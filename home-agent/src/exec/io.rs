@@ -16,10 +16,12 @@ pub fn read(s: &Session, o: &pb::Read) -> Res {
     Ok(pb::CallReply { data: data.into(), ..value(n) })
 }
 
-/// write, or pwrite at the offset: the value is the number of bytes written.
+/// write, or pwrite at the offset: the value is the number of bytes written; at most [`MAX_BUF`] (a short
+/// write, which is legal).
 pub fn write(s: &Session, o: &pb::Write) -> Res {
     let fd = s.handle(o.handle)?;
-    done(sys::write(fd.as_fd(), &o.data, o.offset)? as i64)
+    let data = &o.data[..o.data.len().min(MAX_BUF)];
+    done(sys::write(fd.as_fd(), data, o.offset)? as i64)
 }
 
 /// The native `SEEK_*` for a wire whence.

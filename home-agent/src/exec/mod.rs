@@ -2,8 +2,9 @@
 //!
 //! Each returns the syscall's value or errno exactly as home's kernel gives it: errors are data
 //! ([`Outcome`] errno), never a transport fault. Malformed requests (a missing operation or `Dir`, an
-//! unknown enum value) get `EINVAL`; buffers are capped ([`MAX_BUF`]), so no request allocates without
-//! bound, and a read larger than the cap is a short read.
+//! unknown enum value or flag bit, a path with a NUL byte) get `EINVAL`, a path of `PATH_MAX` bytes or more
+//! `ENAMETOOLONG`, an unknown handle `EBADF`; buffers are capped ([`MAX_BUF`]), so no request allocates
+//! without bound, and a read or write larger than the cap is a short one.
 //!
 //! - [`open`]: Open. [`stat`]: Stat, Statfs, Access, Readlink.
 //! - [`dir`]: Mkdir, Mknod, Unlink, Rename, Link, Symlink, Getdents, Chdir, Getcwd.
@@ -264,6 +265,25 @@ fn cpath(bytes: &[u8]) -> Result<CString, Errno> {
     CString::new(bytes).map_err(|_| Errno::EINVAL)
 }
 
+/// A path from the wire, checked as the kernel takes one before anything (a lease's walk) looks at it:
+/// `PATH_MAX` bytes or more is `ENAMETOOLONG` (the kernel's `getname`), an interior NUL `EINVAL`.
+fn wire_path(bytes: &[u8]) -> Result<CString, Errno> {
+    if bytes.len() >= libc::PATH_MAX as usize {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    cpath(bytes)
+}
+
+/// Wire `OpenFlag` bits as native flags; an unknown bit is `EINVAL` (no shim sends one).
+fn open_flags(wire: u32) -> Result<libc::c_int, Errno> {
+    homeward_proto::flags::open_from_wire_checked(wire).ok_or(Errno::EINVAL)
+}
+
+/// Wire `AtFlag` bits as native flags; an unknown bit is `EINVAL`, as the `*at` calls answer one.
+fn at_flags(wire: u32) -> Result<libc::c_int, Errno> {
+    homeward_proto::flags::at_from_wire_checked(wire).ok_or(Errno::EINVAL)
+}
+
 /// The directory a `Dir` names: the process's cwd for handle 0, else the session's handle (`EBADF`).
 fn dir_fd(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>) -> Result<Arc<OwnedFd>, Errno> {
     match dir.ok_or(Errno::EINVAL)?.handle {
@@ -274,6 +294,10 @@ fn dir_fd(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>) -> Result<Arc<OwnedFd>,
 
 /// The directory (Dir, path) starts at, as the `*at` calls do: an absolute path ignores the directory.
 fn start(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8]) -> Result<Arc<OwnedFd>, Errno> {
+    // Checked before a lease's walk looks at the path, as the kernel's `getname` does.
+    if path.len() >= libc::PATH_MAX as usize {
+        return Err(Errno::ENAMETOOLONG);
+    }
     if path.first() == Some(&b'/') {
         dir.ok_or(Errno::EINVAL)?;
         Ok(ctx.cwd.clone())
@@ -286,7 +310,7 @@ fn start(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8]) -> Result<A
 /// (directory, path); confined (`--allow`), a target beneath the allowed directories (see `crate::confine`)
 /// or `EACCES`. An empty path names the directory itself (with `AT_EMPTY_PATH`) or nothing.
 fn at(s: &Session, ctx: &ProcCtx, dir: Option<&Dir>, path: &[u8], how: How) -> Result<At, Errno> {
-    let cpath = cpath(path)?;
+    let cpath = wire_path(path)?;
     let start = start(s, ctx, dir, path)?;
     match s.allow() {
         Some(allow) if !path.is_empty() => {

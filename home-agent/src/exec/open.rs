@@ -3,7 +3,6 @@
 use super::{at, value, How, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
-use homeward_proto::flags::open_from_wire;
 use homeward_proto::pb::{self, FileStat};
 use homeward_proto::Errno;
 use std::os::fd::AsFd;
@@ -14,12 +13,14 @@ pub const DEFAULT_STATX_MASK: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
 /// `openat`/`openat2` at home; the value is the new handle, and the reply carries the opened file's
 /// attributes so that the shim learns its type and size without another round trip.
 pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
+    // Home's descriptors never leak into children; the program's O_CLOEXEC is the shim's business.
+    let flags = super::open_flags(o.flags)? | libc::O_CLOEXEC;
     // Confined, `Allow::open` resolves the path, after the lease's watches are in place.
     let confined = s.allow().filter(|_| !o.path.is_empty());
     let mut at = match confined {
         Some(_) => {
             let start = super::start(s, ctx, o.dir.as_ref(), &o.path)?;
-            super::At { dir: start.clone(), path: super::cpath(&o.path)?, start }
+            super::At { dir: start.clone(), path: super::wire_path(&o.path)?, start }
         }
         None => at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true })?,
     };
@@ -29,8 +30,6 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         at.path = super::fd_path(&at.dir)?;
     }
     s.check_room()?;
-    // Home's descriptors never leak into children; the program's O_CLOEXEC is the shim's business.
-    let flags = open_from_wire(o.flags) | libc::O_CLOEXEC;
     let creates = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let umask = creates.then(|| sys::UmaskScope::enter(ctx.umask));
     let mode = umask.as_ref().map_or(o.mode, |u| u.mode(o.mode));

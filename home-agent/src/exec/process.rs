@@ -71,10 +71,12 @@ pub fn kill(s: &Session, o: &pb::Kill) -> Res {
 
 /// The process has ended: drop its cwd and umask, and end its deputy the same way (SIGKILL when the shim
 /// does not know how it ended).
+/// An exit status outside 0-255 or a signal outside 1-64 is `EINVAL` (and the process is not forgotten).
 pub fn forget_proc(s: &Session, o: &pb::ForgetProc) -> Res {
     let how = match o.end {
-        Some(forget_proc::End::ExitCode(code)) => End::Exit(code),
-        Some(forget_proc::End::KilledBy(signal)) => End::Signal(signal),
+        Some(forget_proc::End::ExitCode(code)) if (0..=255).contains(&code) => End::Exit(code),
+        Some(forget_proc::End::KilledBy(signal)) if (1..=64).contains(&signal) => End::Signal(signal),
+        Some(_) => return Err(Errno::EINVAL),
         None => End::Signal(libc::SIGKILL),
     };
     s.forget_proc(o.id, how);

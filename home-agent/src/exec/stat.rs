@@ -1,10 +1,9 @@
 //! Stat, Statfs, Access, Readlink.
 
 use super::open::DEFAULT_STATX_MASK;
-use super::{at, dir_fd, start, value, How, Res};
+use super::{at, at_flags, dir_fd, start, value, How, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
-use homeward_proto::flags::at_from_wire;
 use homeward_proto::pb::{self, FileStat, FsStat};
 use std::os::fd::AsFd;
 
@@ -14,8 +13,8 @@ const MAX_LINK: usize = 64 << 10;
 
 /// statx (and stat, lstat, fstatat, fstat: empty path with `AT_EMPTY_PATH`).
 pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
+    let flags = at_flags(o.at_flags)?;
     let mask = if o.mask == 0 { DEFAULT_STATX_MASK } else { o.mask };
-    let flags = at_from_wire(o.at_flags);
     // Watched before the file system is read (see `leases`); the errno of a failed lookup is leased too.
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
@@ -39,8 +38,8 @@ pub fn statfs(s: &Session, ctx: &ProcCtx, o: &pb::Statfs) -> Res {
 
 /// faccessat2 (access, faccessat).
 pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
+    let flags = at_flags(o.at_flags)?;
     let mode = libc::c_int::try_from(o.mode).map_err(|_| homeward_proto::Errno::EINVAL)?;
-    let flags = at_from_wire(o.at_flags);
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
     let (lease, deps) = super::lease_lookup(s, &start, &o.path, follow, o.lease);

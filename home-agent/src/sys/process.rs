@@ -105,7 +105,8 @@ pub fn die_by_signal(sig: i32) -> ! {
             libc::raise(sig);
         }
     }
-    exit_now(128 + sig)
+    // Wrapping: any `sig` ends the process, none overflows (`exit_now` keeps the low 8 bits anyway).
+    exit_now(sig.wrapping_add(128))
 }
 
 /// A `pidfd_open(2)` descriptor for child `pid`: signals and waits through it can never reach a process

@@ -90,7 +90,9 @@ async fn xattr(call: &Call<'_>, op: XattrOp, target: Target) -> Outcome {
         _ => return Ok(Action::Value(value)),
     };
     if size > 0 {
-        memory::write_bytes(call.tid, buf, &reply.data[..reply.data.len().min(size as usize)])?;
+        // With a buffer, the value counts the bytes home put in it (at most the buffer).
+        let data = super::read_data(value, &reply, usize::try_from(size).unwrap_or(usize::MAX))?;
+        memory::write_bytes(call.tid, buf, data)?;
     }
     Ok(Action::Value(value))
 }

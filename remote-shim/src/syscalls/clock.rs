@@ -70,7 +70,7 @@ async fn adjtime(call: &Call<'_>, clock: i32, tx_arg: usize) -> Outcome {
 /// This machine's `clock` plus home's offset, in ns; `None` when the clocks agree (the kernel answers).
 fn home_wall_ns(call: &Call<'_>, clock: libc::clockid_t) -> Option<i64> {
     let offset = call.sup.wall_clock_offset();
-    (offset != 0).then(|| crate::sys::clock_ns(clock) + offset)
+    (offset != 0).then(|| crate::sys::clock_ns(clock).saturating_add(offset))
 }
 
 /// clock_gettime of a wall clock (the filter notifies only CLOCK_REALTIME, _COARSE and TAI).

@@ -131,6 +131,10 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
     let ticket = attrs.ticket();
     let op = Op::Getdents(pb::Getdents { handle: h.id, size: size as u64, lease: h.origin().is_some() });
     let (_, reply) = call.home_value(op).await?;
+    if !reply.dirents.iter().all(|e| entry_name(&e.name)) {
+        // Not what any kernel lists (and a name with `/` or `..` would poison the attribute cache).
+        return Err(Errno::EIO);
+    }
     if let Some(origin) = h.origin() {
         // Opened by a leased lookup that still holds: the entries' attributes answer the lookups of
         // `<dir>/<name>` that follow (readdir-plus), depending on the path to the directory and their names.
@@ -182,6 +186,11 @@ fn prefill(
     }
 }
 
+/// Whether a listed name is one a directory can hold: 1 to 255 bytes (`NAME_MAX`), no `/`, no NUL.
+fn entry_name(name: &[u8]) -> bool {
+    (1..=255).contains(&name.len()) && !name.contains(&b'/') && !name.contains(&0)
+}
+
 /// Encodes entries in the kernel's record format, stopping before the first that does not fit in `size`.
 fn encode_dirents(entries: &[pb::Dirent], format: Format, size: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -230,6 +239,10 @@ async fn getcwd(call: &Call<'_>) -> Outcome {
     if bytes.len() as u64 > size {
         return Err(Errno::ERANGE);
     }
+    if len != bytes.len() as i64 {
+        // The value counts the path and its NUL: anything else is a malformed reply.
+        return Err(Errno::EIO);
+    }
     memory::write_bytes(call.tid, call.arg(0), &bytes)?;
     Ok(Action::Value(len))
 }
@@ -256,5 +269,15 @@ mod tests {
         // Only the first fits in 30 bytes.
         assert_eq!(encode_dirents(&entries, Format::Dirent64, 30).len(), 24);
         assert!(encode_dirents(&entries, Format::Dirent64, 10).is_empty());
+    }
+
+    #[test]
+    fn listed_names_are_checked() {
+        assert!(entry_name(b"a") && entry_name(b"..") && entry_name(&[b'n'; 255]));
+        // A reply listing one of these is malformed: a record length would wrap, or the cache be poisoned.
+        let long = [b'n'; 70_000];
+        for bad in [&b""[..], &long[..256], &long[..], &b"a/b"[..], &b"../etc"[..], &b"a\0b"[..]] {
+            assert!(!entry_name(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

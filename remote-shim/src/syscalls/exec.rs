@@ -176,7 +176,7 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
         lease: false,
     };
     let (handle, reply) = call.home_value(Op::Open(open)).await?;
-    let handle = handle as u64;
+    let handle = super::handle_id(handle)?;
     let result = async {
         let stat = reply.stat.unwrap_or_default();
         if stat.mode & libc::S_IFMT != libc::S_IFREG {
@@ -191,10 +191,12 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
             let op =
                 Op::Read(pb::Read { handle, len: memory::MAX_IO as u64, offset: Some(content.len() as i64) });
             let (n, r) = call.home_value(op).await?;
-            if n <= 0 || content.len() as i64 > MAX_PROGRAM {
+            // A count without its data (a hostile or corrupted reply) must not loop here forever.
+            let data = super::read_data(n, &r, memory::MAX_IO)?;
+            if data.is_empty() || content.len() as i64 > MAX_PROGRAM {
                 break;
             }
-            content.extend_from_slice(&r.data);
+            content.extend_from_slice(data);
         }
         Ok((content, stat.mode & 0o777))
     }

@@ -1,7 +1,7 @@
 //! Data calls on forwarded descriptors: read/write and their vector and positional forms, lseek, fsync,
 //! fallocate, copy_file_range, sendfile, splice, ioctl, and mmap of home files.
 
-use super::{simple, Action, Call, Outcome};
+use super::{count, read_data, simple, Action, Call, Outcome};
 use crate::fdtable::{CopyState, Handle};
 use crate::memory::{self, Iov, MAX_IO};
 use crate::supervisor::Supervisor;
@@ -267,7 +267,7 @@ async fn read(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) ->
         memory::probe(call.tid, v.base, v.len.min(len))?;
     }
     let (n, reply) = call.home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset })).await?;
-    memory::scatter(call.tid, iovs, &reply.data)?;
+    memory::scatter(call.tid, iovs, read_data(n, &reply, len)?)?;
     Ok(Action::Value(n))
 }
 
@@ -282,7 +282,9 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
     }
     let len = memory::iov_total(iovs)?;
     let data = memory::gather(call.tid, iovs, len)?;
-    simple(call, Op::Write(pb::Write { handle: h.id, data: data.into(), offset })).await
+    let sent = data.len();
+    let (n, _) = call.home_value(Op::Write(pb::Write { handle: h.id, data: data.into(), offset })).await?;
+    count(n, sent).map(|n| Action::Value(n as i64))
 }
 
 async fn writev(call: &Call<'_>, h: &Handle, offset: Option<i64>) -> Outcome {
@@ -347,12 +349,13 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
     loop {
         let op = Op::Read(pb::Read { handle: h.id, len: MAX_IO as u64, offset: Some(offset) });
         let (n, reply) = call.home_value(op).await?;
-        if n <= 0 {
+        let data = read_data(n, &reply, MAX_IO)?;
+        if data.is_empty() {
             break;
         }
-        std::os::unix::fs::FileExt::write_all_at(&file, &reply.data, offset as u64)
+        std::os::unix::fs::FileExt::write_all_at(&file, data, offset as u64)
             .map_err(|e| Errno::from_io(&e))?;
-        offset += n;
+        offset = offset.checked_add(n).ok_or(Errno::EOVERFLOW)?;
     }
     file.set_len(offset as u64).map_err(|e| Errno::from_io(&e))?;
     if let Some(key) = key.filter(|k| k.size() == offset) {
@@ -393,15 +396,14 @@ async fn transfer(
             out_offset: dst_off,
             len: len as u64,
         };
-        return call.home_value(Op::CopyRange(op)).await.map(|(n, _)| n as usize);
+        return count(call.home_value(Op::CopyRange(op)).await?.0, len);
     }
     let data = match src {
-        Side::Home(h) => call
-            .home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset: src_off }))
-            .await?
-            .1
-            .data
-            .to_vec(),
+        Side::Home(h) => {
+            let op = Op::Read(pb::Read { handle: h.id, len: len as u64, offset: src_off });
+            let (n, reply) = call.home_value(op).await?;
+            read_data(n, &reply, len)?.to_vec()
+        }
         Side::Local(fd) => blocking(move || local_read(&fd, len, src_off)).await?,
     };
     if data.is_empty() {
@@ -409,8 +411,9 @@ async fn transfer(
     }
     match dst {
         Side::Home(h) => {
+            let sent = data.len();
             let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset: dst_off });
-            call.home_value(op).await.map(|(n, _)| n as usize)
+            count(call.home_value(op).await?.0, sent)
         }
         Side::Local(fd) => blocking(move || local_write(&fd, &data, dst_off)).await,
     }

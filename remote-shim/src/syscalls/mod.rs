@@ -304,9 +304,51 @@ pub fn outcome(reply: &CallReply) -> Result<i64, Errno> {
     reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO))
 }
 
+/// A byte count in a reply to a call that moves at most `asked` bytes (read, write, copy): `EIO`, as for a
+/// reply without an outcome, when it is negative or more than was asked, which no kernel answers. So a
+/// hostile or corrupted reply never moves an offset past what the program asked for, or overflows it.
+pub fn count(value: i64, asked: usize) -> Result<usize, Errno> {
+    usize::try_from(value).ok().filter(|&n| n <= asked).ok_or(Errno::EIO)
+}
+
+/// The handle an open's reply names: `EIO` for 0 (which means the cwd in a `Dir`) or a negative value.
+pub fn handle_id(value: i64) -> Result<u64, Errno> {
+    u64::try_from(value).ok().filter(|&h| h != 0).ok_or(Errno::EIO)
+}
+
+/// The bytes a read's reply returns: `EIO` unless its value counts exactly its data, at most `asked`.
+pub fn read_data(value: i64, reply: &CallReply, asked: usize) -> Result<&[u8], Errno> {
+    match count(value, asked)? {
+        n if n == reply.data.len() => Ok(&reply.data),
+        _ => Err(Errno::EIO),
+    }
+}
+
 /// Counts an intercepted call that no family handles (shown by `--stats`).
 fn sup_unhandled(call: &Call<'_>) {
     if let Some(t) = &call.sup.tracer {
         t.unhandled(call.nr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_beyond_the_request_are_malformed() {
+        assert_eq!(count(5, 5), Ok(5));
+        assert_eq!(count(6, 5), Err(Errno::EIO));
+        assert_eq!(count(-1, 5), Err(Errno::EIO));
+        assert_eq!(count(i64::MAX, usize::MAX), Ok(i64::MAX as usize));
+        let reply = |data: &'static [u8]| CallReply { data: data.into(), ..Default::default() };
+        assert_eq!(read_data(3, &reply(b"abc"), 10), Ok(&b"abc"[..]));
+        assert_eq!(read_data(3, &reply(b"abc"), 2), Err(Errno::EIO), "more than asked");
+        assert_eq!(read_data(1, &reply(b""), 10), Err(Errno::EIO), "a count without its data");
+        assert_eq!(read_data(0, &reply(b"abc"), 10), Err(Errno::EIO), "data without its count");
+        assert_eq!(read_data(i64::MIN, &reply(b""), 10), Err(Errno::EIO));
+        assert_eq!(handle_id(7), Ok(7));
+        assert_eq!(handle_id(0), Err(Errno::EIO), "0 is the cwd, never an opened handle");
+        assert_eq!(handle_id(-7), Err(Errno::EIO));
     }
 }

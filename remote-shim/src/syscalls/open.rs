@@ -87,7 +87,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
             attrs.put_leased(key.clone(), Cached::Missing(*e), ticket, &reply);
         }
     }
-    let handle_id = outcome? as u64;
+    let handle_id = super::handle_id(outcome?)?;
     let stat = reply.stat.unwrap_or_default();
     attrs.opened(handle_id, (stat.dev, stat.ino));
     if reply.via_link {
@@ -104,7 +104,8 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     if !reads_only(oflags) && stat.mode & libc::S_IFMT == libc::S_IFREG {
         call.sup.link.attrs.wrote(inode);
     }
-    let content = reply.whole.then_some(reply.data);
+    // Whole content that is not the size opened (a corrupted reply) is no copy: the fill reads it instead.
+    let content = (reply.whole && i64::try_from(reply.data.len()) == Ok(stat.size)).then_some(reply.data);
     install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
         if let Some(origin) = origin {
             h.set_origin(origin);

@@ -2,6 +2,7 @@
 
 mod allow;
 mod fds;
+mod hostile;
 mod paths;
 
 use super::*;
