@@ -97,8 +97,8 @@ impl Limits {
         map.insert(tgid, new);
     }
 
-    /// Thread group `tgid` is ending (`exit_group` of thread `tid`): its children that have no limit of
-    /// their own yet keep its limit once they are orphans.
+    /// A process is ending (`exit_group` of its thread `tid`): its children that have no limit of their own
+    /// yet keep its limit once they are orphans, and its number is forgotten (it may soon be another's).
     pub fn ending(&self, tid: u32) {
         if !self.any_set.load(Ordering::SeqCst) {
             return;
@@ -111,6 +111,7 @@ impl Limits {
                 map.entry(child).or_insert(v);
             }
         }
+        map.remove(&tgid);
     }
 
     /// Forgets processes that no longer run.
