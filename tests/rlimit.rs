@@ -128,6 +128,37 @@ int main(void) {
     waitpid(child, &status, 0);
     report("child_status", status);
     show("parent_after_child");
+
+    /* A child forked before its parent changes the limit keeps the old one, though it made no call yet. */
+    int gate[2], done[2];
+    if (pipe(gate) || pipe(done)) return 1;
+    pid_t early = fork();
+    if (early == 0) {
+        if (read(gate[0], &b, 1) != 1) _exit(1);
+        show("forked_before_change");
+        _exit(0);
+    }
+    struct rlimit later = { 40, 64 };
+    report("change_after_fork", setrlimit(RLIMIT_NOFILE, &later));
+    if (write(gate[1], &b, 1) != 1) return 1;
+    waitpid(early, &status, 0);
+
+    /* An orphan keeps the limit of its parent, which ended before the orphan made a call. */
+    pid_t middle = fork();
+    if (middle == 0) {
+        struct rlimit m = { 24, 48 };
+        report("middle_lower", setrlimit(RLIMIT_NOFILE, &m));
+        if (fork() == 0) {
+            if (read(gate[0], &b, 1) != 1) _exit(1);
+            show("orphan");
+            if (write(done[1], &b, 1) != 1) _exit(1);
+            _exit(0);
+        }
+        _exit(0);
+    }
+    waitpid(middle, &status, 0);
+    if (write(gate[1], &b, 1) != 1 || read(done[0], &b, 1) != 1) return 1;
+    show("parent_at_end");
     return 0;
 }
 "#;
@@ -197,6 +228,9 @@ fn a_lowered_limit_runs_out_of_home_files_as_natively_and_is_inherited() {
         "child_after_prlimit 12 14",
         "exec 12 14\nhome\n",
         "parent_after_child 32 64",
+        "forked_before_change 32 64",
+        "orphan 24 48",
+        "parent_at_end 40 64",
     ] {
         assert!(out.contains(line), "the native run should print {line:?}, so the test is wrong:\n{out}");
     }
