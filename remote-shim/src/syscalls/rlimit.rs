@@ -72,11 +72,16 @@ fn target(call: &Call<'_>, pid: i32) -> Option<Task> {
         return Some(Task { tid: call.tid, tgid: own_tgid(call) });
     }
     let pid = u32::try_from(pid).ok()?;
-    if let Some(local) = sup.procs.local_of_home_pid(pid as i32) {
-        return Some(Task { tid: local, tgid: local });
-    }
+    let home_pid = || sup.procs.local_of_home_pid(pid as i32).map(|local| Task { tid: local, tgid: local });
+    // The same order as `kill`: in the job's namespace its own pids first, then home pids of processes
+    // that could not take theirs; without one, home pids first, then this machine's.
     let tid = if sup.init.in_pid_ns {
-        local_task_of_nspid(call, pid)?
+        match local_task_of_nspid(call, pid) {
+            Some(tid) => tid,
+            None => return home_pid(),
+        }
+    } else if let Some(task) = home_pid() {
+        return Some(task);
     } else if sup.procs.in_job(pid) {
         pid
     } else {
