@@ -213,6 +213,13 @@ pub fn build(range: FdRange, with_clones: bool) -> Result<Vec<libc::sock_filter>
         rules.insert(libc::SYS_gettimeofday, vec![]);
         rules.insert(libc::SYS_time, vec![]);
     }
+    // The limit on open files is virtual (see `limits`): only RLIMIT_NOFILE is notified, every other
+    // resource stays in the kernel.
+    let nofile =
+        |arg: u8| SeccompRule::new(vec![Cond::new(arg, Len::Dword, Op::Eq, u64::from(libc::RLIMIT_NOFILE))?]);
+    rules.insert(libc::SYS_prlimit64, vec![nofile(1)?]);
+    rules.insert(libc::SYS_getrlimit, vec![nofile(0)?]);
+    rules.insert(libc::SYS_setrlimit, vec![nofile(0)?]);
     for (nr, args) in fd_calls() {
         let mut chain = Vec::new();
         for &arg in args {
@@ -262,6 +269,67 @@ mod tests {
         assert!(rets.contains(&libc::SECCOMP_RET_USER_NOTIF));
         assert!(rets.contains(&libc::SECCOMP_RET_ALLOW));
         assert!(!rets.iter().any(|k| k & libc::SECCOMP_RET_ACTION_FULL == libc::SECCOMP_RET_TRAP));
+    }
+
+    /// Runs the filter on one call as the kernel would (the classic BPF subset seccompiler emits) and
+    /// returns the action.
+    fn run(prog: &[libc::sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        let arch = match target_arch() {
+            TargetArch::x86_64 => 0xc000_003e_u32,
+            TargetArch::aarch64 => 0xc000_00b7_u32,
+            _ => unreachable!("no other target"),
+        };
+        let mut data = Vec::new();
+        data.extend((nr as i32).to_ne_bytes());
+        data.extend(arch.to_ne_bytes());
+        data.extend(0u64.to_ne_bytes());
+        for a in args {
+            data.extend(a.to_ne_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            let k = i.k;
+            match i.code as u32 {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    let at = k as usize;
+                    acc = u32::from_ne_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+                }
+                c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => acc &= k,
+                c if c == libc::BPF_JMP | libc::BPF_JA => pc += k as usize,
+                c if c & 0x07 == libc::BPF_JMP => {
+                    let taken = match c & 0xf0 {
+                        libc::BPF_JEQ => acc == k,
+                        libc::BPF_JGT => acc > k,
+                        libc::BPF_JGE => acc >= k,
+                        libc::BPF_JSET => acc & k != 0,
+                        other => panic!("unexpected jump {other:#x}"),
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+                c if c == libc::BPF_RET | libc::BPF_K => return k & libc::SECCOMP_RET_ACTION_FULL,
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_descriptor_limit_is_notified() {
+        let prog = build(RANGE, false).expect("filter builds");
+        let notif = libc::SECCOMP_RET_USER_NOTIF;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let nofile = u64::from(libc::RLIMIT_NOFILE);
+        let cpu = u64::from(libc::RLIMIT_CPU);
+        assert_eq!(run(&prog, libc::SYS_prlimit64, [0, nofile, 0, 1, 0, 0]), notif);
+        assert_eq!(run(&prog, libc::SYS_prlimit64, [0, cpu, 0, 1, 0, 0]), allow);
+        assert_eq!(run(&prog, libc::SYS_getrlimit, [nofile, 1, 0, 0, 0, 0]), notif);
+        assert_eq!(run(&prog, libc::SYS_getrlimit, [cpu, 1, 0, 0, 0, 0]), allow);
+        assert_eq!(run(&prog, libc::SYS_setrlimit, [nofile, 1, 0, 0, 0, 0]), notif);
+        assert_eq!(run(&prog, libc::SYS_setrlimit, [cpu, 1, 0, 0, 0, 0]), allow);
+        // The interpreter agrees with the rest of the filter.
+        assert_eq!(run(&prog, libc::SYS_read, [4100, 0, 0, 0, 0, 0]), notif);
+        assert_eq!(run(&prog, libc::SYS_read, [3, 0, 0, 0, 0, 0]), allow);
     }
 
     #[test]

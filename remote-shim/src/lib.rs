@@ -5,7 +5,7 @@
 //! - [`launch`]: fork, install the filter in the child, pass the listener up, exec the program.
 //! - [`filter`]: the seccomp BPF filter (path calls always, descriptor calls by number range).
 //! - [`supervisor`]: the notification loop; one task per notification; the descriptor collector.
-//! - [`syscalls`]: one module per family (`open`, `stat`, `dir`, `attr`, `io`, `fd`, `exec`).
+//! - [`syscalls`]: one module per family (`open`, `stat`, `dir`, `attr`, `io`, `fd`, `exec`, `rlimit`, ...).
 //! - [`memory`]: the traced program's memory (arguments in, results out, `EFAULT`).
 //! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection;
 //!   the state of a file's content copy in its placeholder.
@@ -13,6 +13,7 @@
 //! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks).
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
+//! - [`limits`]: each process's virtual `RLIMIT_NOFILE` (the kernel's stays above the reserved range).
 //! - [`procs`]: the job's processes and their home identities (cwd and umask live at home per process).
 //! - [`content`]: home files' content cached by version across the job's processes (libraries, reopens).
 //! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
@@ -32,6 +33,7 @@ pub mod fill;
 pub mod filter;
 pub mod jobinit;
 pub mod launch;
+pub mod limits;
 pub mod memory;
 pub mod paths;
 pub mod procs;
@@ -102,6 +104,10 @@ fn choose_range() -> anyhow::Result<FdRange> {
 fn run_job(config: Config) -> anyhow::Result<i32> {
     sys::seccomp::check_notif_sizes()
         .context("this kernel does not offer seccomp user notification (Linux 5.9 or later is needed)")?;
+    // The program's limit on open files is what it would have had natively: remote-shim's, before anything
+    // raised it (the program's process raises the kernel's to cover the range; see `limits`).
+    let (soft, hard) = sys::nofile(0).context("reading RLIMIT_NOFILE")?;
+    let initial_nofile = limits::Nofile { soft, hard };
     let range = choose_range()?;
     let filters = (
         filter::build(range, false).context("building the seccomp filter")?,
@@ -192,6 +198,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
             launched.listener,
             link,
             fdtable::FdTable::new(range),
+            limits::Limits::new(initial_nofile, range),
             paths::PathPolicy::new(&config.local),
             stage,
             tracer,

@@ -251,7 +251,7 @@ impl Procs {
 
 /// Whether a process exists and has not been reaped (a zombie still counts: its end is not yet known to
 /// its parent, and its number is not yet free).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_fields(&s).next() != Some("Z"))
 }
 

@@ -55,6 +55,8 @@ pub struct Supervisor {
     pub link: HomeLink,
     pub fds: FdTable,
     pub procs: Procs,
+    /// The processes' virtual `RLIMIT_NOFILE`.
+    pub limits: crate::limits::Limits,
     pub policy: PathPolicy,
     pub exec: ExecStage,
     pub pumps: Pumps,
@@ -85,6 +87,7 @@ impl Supervisor {
         listener: OwnedFd,
         link: HomeLink,
         fds: FdTable,
+        limits: crate::limits::Limits,
         policy: PathPolicy,
         exec: ExecStage,
         tracer: Option<Tracer>,
@@ -96,6 +99,7 @@ impl Supervisor {
             link,
             fds,
             procs: Procs::default(),
+            limits,
             policy,
             exec,
             pumps: Pumps::default(),
@@ -286,6 +290,7 @@ impl Supervisor {
     pub async fn collect(&self, job: &[u32]) {
         let dead = self.fds.collect(job);
         let mut gone = self.procs.reap();
+        self.limits.reap();
         if self.stopping.load(Ordering::SeqCst) {
             // The job is over: whatever was announced and never seen is gone too.
             gone.extend(self.procs.reap_announced(Duration::ZERO, |_| false));

@@ -120,6 +120,22 @@ pub fn raise_nofile(pid: libc::pid_t, want: u64) -> io::Result<u64> {
     Ok(new.rlim_cur)
 }
 
+/// The `RLIMIT_NOFILE` (soft, hard) of process `pid` (0: this process).
+pub fn nofile(pid: libc::pid_t) -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer; a null new-limit pointer only queries.
+    check(unsafe { libc::prlimit64(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) } as libc::c_long)?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the `RLIMIT_NOFILE` of process `pid` to (soft, hard).
+pub fn set_nofile(pid: libc::pid_t, (soft, hard): (u64, u64)) -> io::Result<()> {
+    let lim = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: `lim` is a valid in-pointer the kernel copies during the call; the old-limit pointer is null.
+    check(unsafe { libc::prlimit64(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) } as libc::c_long)
+        .map(drop)
+}
+
 /// The current umask (read by setting and restoring it).
 pub fn current_umask() -> u32 {
     // SAFETY: umask cannot fail and touches no memory.

@@ -76,6 +76,8 @@ unsafe impl Pod for libc::timespec {}
 unsafe impl Pod for libc::timeval {}
 // SAFETY: as above.
 unsafe impl Pod for libc::utimbuf {}
+// SAFETY: as above.
+unsafe impl Pod for libc::rlimit64 {}
 // SAFETY: a C struct of integers (and padding bit-fields); any bit pattern is a valid value.
 unsafe impl Pod for libc::timex {}
 // SAFETY: plain integers.

@@ -38,6 +38,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
 /// (`close(1); dup(fd)` must give 1) that number is used (see [`below_range`]); otherwise the number is in
 /// the reserved range.
 async fn dup_lowest(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -> Outcome {
+    super::rlimit::room(call, u64::from(min))?;
     let lowest = lowest_free(call.tid, min);
     if lowest <= 2 {
         return below_range(call, h, lowest, cloexec).await;
@@ -95,7 +96,14 @@ async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
         // A local descriptor moved into the range stays local: later calls on it are left to the kernel.
         return Ok(Action::Continue);
     };
-    if old as u32 as u64 == new || call.sup.fds.range.contains(new) {
+    if old as u32 as u64 == new {
+        return Ok(Action::Continue);
+    }
+    if super::rlimit::refusing_soft(call).is_some_and(|soft| new as u32 as u64 >= soft) {
+        // The number is beyond the program's (virtual) limit, as the kernel says.
+        return Err(Errno::EBADF);
+    }
+    if call.sup.fds.range.contains(new) {
         return Ok(Action::Continue);
     }
     if (new as i64) < 0 || new > i32::MAX as u64 {
@@ -121,7 +129,7 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
         }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             let min = call.arg_i32(2);
-            if min < 0 {
+            if min < 0 || super::rlimit::refusing_soft(call).is_some_and(|soft| min as u64 >= soft) {
                 return Err(Errno::EINVAL);
             }
             dup_lowest(call, &h, cmd == libc::F_DUPFD_CLOEXEC, min as u32).await

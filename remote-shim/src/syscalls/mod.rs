@@ -10,6 +10,7 @@ mod fd;
 pub mod io;
 mod open;
 pub mod process;
+mod rlimit;
 pub mod socket;
 mod stat;
 
@@ -279,7 +280,7 @@ macro_rules! first_family {
 
 async fn serve(call: &Call<'_>) -> Outcome {
     let nr = call.nr;
-    first_family!(call, nr, open, stat, dir, attr, io, fd, exec, process, clock, socket);
+    first_family!(call, nr, open, stat, dir, attr, io, fd, exec, process, clock, socket, rlimit);
     tracing::debug!(nr, "intercepted call without a handler: left to the kernel");
     sup_unhandled(call);
     Ok(Action::Continue)

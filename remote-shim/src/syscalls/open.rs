@@ -47,7 +47,10 @@ async fn openat2(call: &Call<'_>) -> Outcome {
 }
 
 async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u32, resolve: u64) -> Outcome {
-    let t = call.target(dirfd, call.path(path_arg)?, 0);
+    let path = call.path(path_arg)?;
+    // The kernel takes the descriptor's number before it looks the path up.
+    super::rlimit::room(call, 0)?;
+    let t = call.target(dirfd, path, 0);
     let (Route::Home(dir), path) = (t.route, t.path) else { return Ok(Action::Continue) };
     // A lookup that creates nothing may be answered by, and feed, the attribute cache.
     let attrs = &call.sup.link.attrs;

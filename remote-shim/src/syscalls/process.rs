@@ -27,6 +27,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         }
         libc::SYS_exit_group => {
             call.sup.procs.set_end(call.tgid(), End::Exited(call.arg_i32(0) & 0xff));
+            call.sup.limits.ending(call.tid);
             Ok(Action::Continue)
         }
         libc::SYS_kill | libc::SYS_rt_sigqueueinfo => kill(call, call.arg_i32(0), 0, call.arg_i32(1)).await,

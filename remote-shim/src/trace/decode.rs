@@ -117,6 +117,9 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
         (libc::SYS_bind, "bind", &[Fd, Ptr, Size]),
         (libc::SYS_clock_gettime, "clock_gettime", &[Int, Ptr]),
         (libc::SYS_connect, "connect", &[Fd, Ptr, Size]),
+        (libc::SYS_prlimit64, "prlimit64", &[Int, Int, Ptr, Ptr]),
+        (libc::SYS_getrlimit, "getrlimit", &[Int, Ptr]),
+        (libc::SYS_setrlimit, "setrlimit", &[Int, Ptr]),
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_open, "open", &[Path, OpenFlags, Mode]),
         #[cfg(target_arch = "x86_64")]
@@ -184,6 +187,7 @@ pub fn family(name: &str) -> &'static str {
         "clock_gettime" | "gettimeofday" | "time" | "clock_settime" | "settimeofday" | "adjtimex"
         | "clock_adjtime" => "clock",
         "bind" | "connect" => "socket",
+        "prlimit64" | "getrlimit" | "setrlimit" => "rlimit",
         n if n.contains("xattr")
             || n.contains("chmod")
             || n.contains("chown")
@@ -333,5 +337,6 @@ mod tests {
             "O_WRONLY|O_CREAT|O_CLOEXEC"
         );
         assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(family(&name(libc::SYS_prlimit64)), "rlimit");
     }
 }
