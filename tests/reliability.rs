@@ -194,3 +194,31 @@ fn sqlite_commits_made_before_home_is_lost_are_all_on_home_disk() {
         assert!(held >= committed, "{committed} commits were reported, {held} are on home's disk");
     });
 }
+
+#[test]
+fn an_idle_job_outlives_a_cut_long_enough_for_home_to_notice() {
+    skip_unless_root!();
+    let hosts = Hosts::with_netns();
+    // Home notices a silent link after its keep-alive ping goes unanswered (30 + 20 s): the session, with
+    // the job's open file, must then wait for the shim rather than close.
+    let script =
+        "exec 3>>log; echo before >&3; echo started > started; sleep 75; echo after >&3 && echo wrote";
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts
+                .cmd(&["sh", "-c", script])
+                .shim_arg("--on-home-loss=wait:120")
+                .timeout(Duration::from_secs(240))
+                .remote()
+        });
+        wait_for("the job starts", Duration::from_secs(30), || hosts.exists("started"));
+        hosts.netns_exec(&["ip", "link", "set", "lo", "down"]).assert_success();
+        std::thread::sleep(Duration::from_secs(58));
+        hosts.netns_exec(&["ip", "link", "set", "lo", "up"]).assert_success();
+        let run = run.join().unwrap();
+        run.assert_success();
+        assert!(run.stdout().contains("wrote"), "{run}");
+        assert_eq!(lines(&hosts.path("log")), ["before", "after"], "{run}");
+        assert!(hosts.agent_log().contains("waiting 120 s"), "home should have noticed the silent link");
+    });
+}

@@ -325,9 +325,9 @@ async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, mut stopped: oneshot::Rec
             (replies, Event { changed, seq, ..Default::default() })
         };
         let (replies, event) = event;
-        if replies.send(Ok(flush_reply(event))).await.is_err() {
-            return;
-        }
+        // A stream that broke loses the report; the stream that resumes the session starts with an event
+        // voiding every lease granted so far (`Leases::resume`), and reports go on to it.
+        let _ = replies.send(Ok(flush_reply(event))).await;
     }
 }
 

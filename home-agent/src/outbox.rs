@@ -21,8 +21,11 @@ pub type Stream = mpsc::Sender<Result<CallReply, Status>>;
 /// Most calls one session runs at once; one more is answered `EAGAIN` (a job with that many threads all
 /// waiting at home is either hostile or broken).
 pub const MAX_RUNNING: usize = 4096;
-/// Most bytes of data (writes) the calls a session runs hold at once; a write beyond is answered `EAGAIN`.
+/// Most bytes of data the calls a session runs hold or ask for at once (writes' data, reads' lengths); a call
+/// beyond is answered `EAGAIN`.
 pub const MAX_RUNNING_BYTES: usize = 512 << 20;
+/// Most bytes of replies a session keeps unacknowledged (a link gone silent) before new calls get `EAGAIN`.
+pub const MAX_KEPT_BYTES: usize = 512 << 20;
 
 #[derive(Default)]
 pub struct Outbox {
@@ -58,6 +61,8 @@ pub enum Admit {
     Run,
     /// Sent again after a break; it runs or ran already.
     Duplicate,
+    /// From a stream another one replaced: ignored.
+    Stale,
     /// The session runs [`MAX_RUNNING`] calls, or calls holding [`MAX_RUNNING_BYTES`], already.
     Busy,
 }
@@ -67,14 +72,23 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers an incoming call holding `bytes` of data, acknowledging what its `ack` covers.
-    pub fn admit(&self, seq: u64, ack: u64, bytes: usize) -> Admit {
+    /// Registers an incoming call holding `bytes` of data (or asking for as many), that came on the stream of
+    /// `generation`, acknowledging what its `ack` covers.
+    pub fn admit(&self, generation: u64, seq: u64, ack: u64, bytes: usize) -> Admit {
         let mut inner = self.lock();
+        if inner.generation != generation || inner.closed {
+            // Read late from a stream a newer one replaced (a retransmission after the break): the shim sent
+            // every call it still waits for on the new stream, and one it no longer waits for ran already.
+            return Admit::Stale;
+        }
         inner.acknowledge(ack);
         if inner.running.contains_key(&seq) || inner.kept_seqs.contains(&seq) {
             return Admit::Duplicate;
         }
-        if inner.running.len() >= MAX_RUNNING || inner.running_bytes + bytes > MAX_RUNNING_BYTES {
+        if inner.running.len() >= MAX_RUNNING
+            || inner.running_bytes + bytes > MAX_RUNNING_BYTES
+            || inner.kept_bytes > MAX_KEPT_BYTES
+        {
             return Admit::Busy;
         }
         inner.running.insert(seq, bytes);
@@ -132,15 +146,20 @@ impl Outbox {
         }
     }
 
-    /// Makes `stream` the current one; the shim has received every message up to `ack`. Returns the
-    /// stream's generation; [`Outbox::resend`] must follow.
-    pub fn attach(&self, stream: Stream, ack: u64) -> u64 {
+    /// Makes `stream` the current one; the shim has received every message up to `ack`. `with` runs in the
+    /// same step (two streams attaching at once cannot interleave it). Returns the stream's generation, or
+    /// `None` when the session is closed; [`Outbox::resend`] must follow.
+    pub fn attach(&self, stream: Stream, ack: u64, with: impl FnOnce()) -> Option<u64> {
         let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        with();
         inner.acknowledge(ack);
         inner.generation += 1;
         inner.stream = Some(stream);
         inner.resuming = true;
-        inner.generation
+        Some(inner.generation)
     }
 
     /// Sends a freshly attached stream `first`, then every kept message, then lets new messages flow.
@@ -199,14 +218,20 @@ impl Outbox {
         }
     }
 
+    /// Closes the outbox if the stream of `generation` is still the current one (0: none ever attached);
+    /// false when another took over. The caller then closes the session.
+    pub fn close_if(&self, generation: u64) -> bool {
+        let mut inner = self.lock();
+        if inner.generation != generation || inner.closed {
+            return false;
+        }
+        inner.close();
+        true
+    }
+
     /// The session is closing: nothing is kept or sent any more.
     pub fn close(&self) {
-        let mut inner = self.lock();
-        inner.closed = true;
-        inner.stream = None;
-        inner.kept.clear();
-        inner.kept_seqs.clear();
-        inner.kept_bytes = 0;
+        self.lock().close();
     }
 
     /// Messages kept and their payload bytes.
@@ -218,6 +243,14 @@ impl Outbox {
 }
 
 impl Inner {
+    fn close(&mut self) {
+        self.closed = true;
+        self.stream = None;
+        self.kept.clear();
+        self.kept_seqs.clear();
+        self.kept_bytes = 0;
+    }
+
     fn finish(&mut self, seq: u64) {
         if let Some(bytes) = self.running.remove(&seq) {
             self.running_bytes -= bytes;
@@ -261,25 +294,32 @@ mod tests {
     async fn a_resumed_stream_gets_what_was_not_acknowledged_in_order() {
         let outbox = Outbox::default();
         let (tx, mut rx) = mpsc::channel(16);
-        let generation = outbox.attach(tx, 0);
+        let generation = outbox.attach(tx, 0, || {}).unwrap();
         outbox.resend(generation, None).await;
         for seq in 1..=3 {
-            assert_eq!(outbox.admit(seq, 0, 0), Admit::Run);
+            assert_eq!(outbox.admit(generation, seq, 0, 0), Admit::Run);
             outbox.send(reply(seq)).await;
         }
         assert_eq!(drain(&mut rx).await, [(1, 1), (2, 2), (3, 3)]);
         // The link breaks; seq 4 finishes meanwhile.
         assert!(outbox.detach(generation));
-        assert_eq!(outbox.admit(4, 1, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, 4, 1, 0), Admit::Run);
         outbox.send(reply(4)).await;
         // Sent again after the break: not run twice.
-        assert_eq!(outbox.admit(2, 1, 0), Admit::Duplicate);
-        assert_eq!(outbox.admit(4, 1, 0), Admit::Duplicate);
+        assert_eq!(outbox.admit(generation, 2, 1, 0), Admit::Duplicate);
+        assert_eq!(outbox.admit(generation, 4, 1, 0), Admit::Duplicate);
         let (tx, mut rx) = mpsc::channel(16);
-        let generation = outbox.attach(tx, 2);
+        let generation = outbox.attach(tx, 2, || {}).unwrap();
         outbox.resend(generation, None).await;
         assert_eq!(drain(&mut rx).await, [(3, 3), (4, 4)]);
-        assert_eq!(outbox.admit(5, 4, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, 5, 4, 0), Admit::Run);
+        // A request read late from the replaced stream is not run.
+        assert_eq!(outbox.admit(generation - 1, 6, 4, 0), Admit::Stale);
+        // Closed only by the stream that is current; then no stream attaches any more.
+        assert!(!outbox.close_if(generation - 1));
+        assert!(outbox.close_if(generation));
+        let (tx, _rx) = mpsc::channel(16);
+        assert_eq!(outbox.attach(tx, 0, || {}), None);
         assert_eq!(outbox.kept().0, 0);
     }
 
@@ -287,22 +327,24 @@ mod tests {
     async fn lease_reports_are_not_kept_and_running_calls_are_bounded() {
         let outbox = Outbox::default();
         let (tx, mut rx) = mpsc::channel(16);
-        let generation = outbox.attach(tx, 0);
+        let generation = outbox.attach(tx, 0, || {}).unwrap();
         outbox.resend(generation, None).await;
         outbox.send(reply(0)).await;
         assert_eq!(drain(&mut rx).await, [(0, 0)]);
         assert_eq!(outbox.kept().0, 0);
         for seq in 1..=MAX_RUNNING as u64 {
-            assert_eq!(outbox.admit(seq, 0, 0), Admit::Run);
+            assert_eq!(outbox.admit(generation, seq, 0, 0), Admit::Run);
         }
-        assert_eq!(outbox.admit(u64::MAX, 0, 0), Admit::Busy);
+        assert_eq!(outbox.admit(generation, u64::MAX, 0, 0), Admit::Busy);
         outbox.abandon(1);
-        assert_eq!(outbox.admit(u64::MAX, 0, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, u64::MAX, 0, 0), Admit::Run);
         let outbox = Outbox::default();
-        assert_eq!(outbox.admit(1, 0, MAX_RUNNING_BYTES), Admit::Run);
-        assert_eq!(outbox.admit(2, 0, 1), Admit::Busy);
-        assert_eq!(outbox.admit(3, 0, 0), Admit::Run);
+        let (tx, _rx) = mpsc::channel(16);
+        let generation = outbox.attach(tx, 0, || {}).unwrap();
+        assert_eq!(outbox.admit(generation, 1, 0, MAX_RUNNING_BYTES), Admit::Run);
+        assert_eq!(outbox.admit(generation, 2, 0, 1), Admit::Busy);
+        assert_eq!(outbox.admit(generation, 3, 0, 0), Admit::Run);
         outbox.abandon(1);
-        assert_eq!(outbox.admit(2, 0, 1), Admit::Run);
+        assert_eq!(outbox.admit(generation, 2, 0, 1), Admit::Run);
     }
 }

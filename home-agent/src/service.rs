@@ -166,7 +166,7 @@ impl Home for HomeService {
             tokio::time::sleep(ATTACH_TIMEOUT).await;
             if session.outbox.generation() == 0 {
                 info!(session = %format_args!("{id:016x}"), "session dropped: no call stream came");
-                close(&sessions, session).await;
+                close(&sessions, &session, 0).await;
             }
         });
         Ok(Response::new(HelloReply { session: id, version: PROTOCOL_VERSION, home_host: self.host.clone() }))
@@ -197,12 +197,15 @@ impl Home for HomeService {
             )));
         }
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-        // Order matters: leases report to the new stream before the outbox numbers anything for it.
-        let forget = resume.map(|_| session.leases.resume(tx.clone()));
-        if resume.is_none() {
-            session.leases.attach(tx.clone());
-        }
-        let generation = session.outbox.attach(tx.clone(), resume.unwrap_or(0));
+        // In one step with the outbox's: leases report to the stream the outbox sends to.
+        let mut forget = None;
+        let generation = session
+            .outbox
+            .attach(tx.clone(), resume.unwrap_or(0), || match resume {
+                Some(_) => forget = Some(session.leases.resume(tx.clone())),
+                None => session.leases.attach(tx.clone()),
+            })
+            .ok_or_else(|| Status::not_found(format!("session {id:016x} is closed")))?;
         if resume.is_some() {
             info!(session = %format_args!("{id:016x}"), generation, "call stream resumed");
         }
@@ -218,12 +221,13 @@ impl Home for HomeService {
 
 /// How a call stream ended.
 enum Ended {
-    /// The shim closed it: the job is over.
+    /// The shim said goodbye: the job is over.
     Closed,
-    /// The client's connection closed or failed (a killed remote-shim, or an old connection of a shim that
+    /// The client's connection failed (a killed remote-shim, or an old connection of a shim that
     /// reconnected): resumed within seconds or never.
     Vanished(String),
-    /// The link went silent (keep-alive pings unanswered): the shim may come back.
+    /// The stream ended without a goodbye (home's keep-alive pings went unanswered and the connection was
+    /// shut down, or the shim gave up an attempt to resume): the shim may come back.
     Silent(String),
 }
 
@@ -238,84 +242,87 @@ async fn run_session(
     generation: u64,
     resume_wait: Duration,
 ) {
+    let mut listening = true;
     let ended = loop {
-        tokio::select! {
-            message = inbound.message() => match message {
-                Ok(Some(request)) => match session.outbox.admit(request.seq, request.ack, data_bytes(&request)) {
-                    Admit::Run => {
-                        tokio::spawn(call(session.clone(), request));
-                    }
-                    Admit::Duplicate => debug!(seq = request.seq, "call sent again after a break: not run twice"),
-                    Admit::Busy => {
-                        warn!(
-                            seq = request.seq,
-                            "the session runs {} calls or holds {} MiB of data already: answering EAGAIN",
-                            crate::outbox::MAX_RUNNING,
-                            crate::outbox::MAX_RUNNING_BYTES >> 20
-                        );
-                        let reply = CallReply { seq: request.seq, outcome: Some(Outcome::errno(Errno(libc::EAGAIN as u16))), ..Default::default() };
-                        session.outbox.send(reply).await;
-                    }
-                },
-                Ok(None) => break Ended::Closed,
-                Err(status) => break classify(&status),
-            },
-            () = tx.closed() => {
-                // The client stopped reading: its request side tells whether it cancelled the stream or its
-                // connection is gone.
-                match tokio::time::timeout(Duration::from_millis(100), inbound.message()).await {
-                    Ok(Err(status)) => break classify(&status),
-                    _ => break Ended::Closed,
-                }
-            },
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = tx.closed(), if listening => {
+                // The client stopped reading: what its request side says next tells why.
+                listening = false;
+                continue;
+            }
+        };
+        match message {
+            Ok(Some(request)) if request.seq == 0 => break Ended::Closed,
+            Ok(Some(request)) => admit(&session, generation, request).await,
+            Ok(None) => break Ended::Silent("the call stream ended without a goodbye".into()),
+            Err(status) => break Ended::Vanished(status_text(&status)),
         }
     };
-    if session.outbox.generation() != generation {
-        debug!("the call stream ended; a newer one took over");
-        return;
-    }
     let wait = match &ended {
         Ended::Closed => {
-            // The client stopped sending: answer what is running unless it stopped listening too.
+            // The job is over: answer what is running unless the client stopped listening too.
             tokio::select! {
                 () = session.outbox.idle() => {}
                 () = tx.closed() => {}
             }
             None
         }
-        Ended::Vanished(cause) => {
-            info!(%cause, "call stream broke; waiting {} s for it to resume", VANISHED_GRACE.as_secs());
-            Some(VANISHED_GRACE)
-        }
-        Ended::Silent(cause) => {
-            info!(%cause, "link went silent; waiting {} s for the stream to resume", resume_wait.as_secs());
-            Some(resume_wait)
-        }
+        Ended::Vanished(cause) => Some((VANISHED_GRACE, cause)),
+        Ended::Silent(cause) => Some((resume_wait, cause)),
     };
-    if let Some(wait) = wait {
+    if let Some((wait, cause)) = wait {
         if !session.outbox.detach(generation) {
+            debug!("the call stream ended; a newer one took over");
             return;
         }
+        info!(%cause, "call stream broke; waiting {} s for a stream to resume the session", wait.as_secs());
         tokio::time::sleep(wait).await;
         if session.outbox.generation() != generation {
             return;
         }
         info!("no stream resumed the session");
     }
-    close(&sessions, session).await;
+    close(&sessions, &session, generation).await;
 }
 
-/// The bytes of data a request carries (held while it runs).
+/// Runs one request of a stream, unless it is a duplicate, stale, or beyond the session's limits.
+async fn admit(session: &Arc<Session>, generation: u64, request: CallRequest) {
+    match session.outbox.admit(generation, request.seq, request.ack, data_bytes(&request)) {
+        Admit::Run => {
+            tokio::spawn(call(session.clone(), request));
+        }
+        Admit::Duplicate => debug!(seq = request.seq, "call sent again after a break: not run twice"),
+        Admit::Stale => debug!(seq = request.seq, "call read late from a replaced stream: ignored"),
+        Admit::Busy => {
+            warn!(
+                seq = request.seq,
+                "the session runs {} calls, or calls holding {} MiB, or keeps {} MiB of replies: answering EAGAIN",
+                crate::outbox::MAX_RUNNING,
+                crate::outbox::MAX_RUNNING_BYTES >> 20,
+                crate::outbox::MAX_KEPT_BYTES >> 20,
+            );
+            let errno = Outcome::errno(Errno(libc::EAGAIN as u16));
+            let reply = CallReply { seq: request.seq, outcome: Some(errno), ..Default::default() };
+            session.outbox.send(reply).await;
+        }
+    }
+}
+
+/// The bytes of data a request carries, or asks for (held while it runs).
 fn data_bytes(request: &CallRequest) -> usize {
+    use homeward_proto::pb::call_request::Op;
+    let asked = |len: u64| usize::try_from(len).unwrap_or(usize::MAX).min(exec::MAX_BUF);
     match &request.op {
-        Some(homeward_proto::pb::call_request::Op::Write(write)) => write.data.len(),
-        Some(homeward_proto::pb::call_request::Op::Xattr(xattr)) => xattr.value.len(),
+        Some(Op::Write(write)) => write.data.len(),
+        Some(Op::Xattr(xattr)) => xattr.value.len(),
+        Some(Op::Read(read)) => asked(read.len),
         _ => 0,
     }
 }
 
-/// Tells a client that went silent from one whose connection closed, by the error its stream ended with.
-fn classify(status: &Status) -> Ended {
+/// A status and its innermost cause, for logs.
+fn status_text(status: &Status) -> String {
     let mut text = status.message().to_string();
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
@@ -325,15 +332,14 @@ fn classify(status: &Status) -> Ended {
         }
         source = cause.source();
     }
-    if text.contains("timed out") || text.contains("timeout") {
-        Ended::Silent(text)
-    } else {
-        Ended::Vanished(text)
-    }
+    text
 }
 
-/// Closes a session for good and forgets it.
-async fn close(sessions: &Sessions, session: Arc<Session>) {
+/// Closes a session for good and forgets it, unless a stream newer than `generation` (0: none) took over.
+async fn close(sessions: &Sessions, session: &Arc<Session>, generation: u64) {
+    if !session.outbox.close_if(generation) {
+        return;
+    }
     lock(sessions).remove(&session.id);
     // Closing descriptors can block (a network file system flushing): not on an async worker.
     let closing = session.clone();

@@ -61,6 +61,12 @@ impl Calls {
         Calls { tx, replies, events: VecDeque::new(), seq: 0 }
     }
 
+    /// Ends the session: goodbye (seq 0), then home ends the stream.
+    async fn goodbye(mut self) {
+        self.tx.send(CallRequest { seq: 0, ..Default::default() }).await.unwrap();
+        while let Ok(Some(_)) = self.replies.message().await {}
+    }
+
     async fn next(&mut self) -> CallReply {
         let next = tokio::time::timeout(Duration::from_secs(10), self.replies.message());
         next.await.expect("nothing came from home within 10 s").unwrap().unwrap()
@@ -254,8 +260,21 @@ async fn deputies_go_when_the_stream_ends() {
     home_kill(pids[3], libc::SIGSTOP);
     assert_eq!(calls.event().await, Event { proc: 4, signal: libc::SIGSTOP, ..Default::default() });
     assert!(pids.iter().all(|&pid| alive(pid)));
-    drop(calls);
+    calls.goodbye().await;
     wait_gone(&pids, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn deputies_go_within_seconds_when_the_stream_breaks() {
+    let mut client = client().await;
+    let mut calls = Calls::open(&mut client).await;
+    let pid = calls.identity(proc(1, 0)).await.0;
+    // No goodbye: home waits a few seconds for a stream that resumes the session, then closes it.
+    drop(calls);
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(alive(pid), "a broken stream is waited for");
+    wait_gone(&[pid], Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

@@ -203,9 +203,10 @@ async fn open_write_close_reaches_home() {
     let missing =
         pb::Stat { dir: Some(Dir { handle: 0 }), path: "nope".into(), at_flags: 0, mask: 0, lease: false };
     assert_eq!(calls.call(4, Op::Stat(missing)).await, Err(Errno::ENOENT));
-    // The client closes its side: the stream ends.
-    drop(calls.tx);
-    assert!(calls.replies.message().await.unwrap().is_none());
+    // The client says goodbye: home closes the session and ends the stream at once.
+    calls.tx.send(CallRequest { seq: 0, ..Default::default() }).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(2), calls.replies.message()).await;
+    assert!(end.expect("the stream ends at once").unwrap().is_none());
 }
 
 #[tokio::test]

@@ -279,8 +279,11 @@ impl HomeLink {
     /// locks and deputies go at once, where a link that merely broke would be waited for).
     pub async fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        // The only sender: dropping it ends the request stream.
-        drop(self.shared.gate.lock().await.tx.take());
+        // Goodbye (seq 0), then the end of the request stream: a stream that just ends is a break to home.
+        let tx = self.shared.gate.lock().await.tx.take();
+        if let Some(tx) = tx {
+            let _ = tx.send(CallRequest { seq: 0, ..Default::default() }).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.lost()).await;
     }
 
@@ -351,6 +354,9 @@ impl Shared {
             })?
             .into_inner();
         let mut gate = self.gate.lock().await;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Break::Final("the session is closed".into()));
+        }
         gate.generation += 1;
         gate.tx = Some(tx.clone());
         let generation = gate.generation;
@@ -422,6 +428,9 @@ impl Shared {
             );
             let started = Instant::now();
             replies = loop {
+                if self.closing.load(Ordering::SeqCst) {
+                    return self.lose("the session is closed".into());
+                }
                 let last = match self.resume().await {
                     Ok(replies) => break replies,
                     Err(Break::Final(cause)) => return self.lose(cause),
