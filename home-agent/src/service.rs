@@ -30,6 +30,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, instrument, warn};
 
+/// Most sessions one agent holds at once (each holds descriptors, a deputy per process, an inotify
+/// instance): one more `Hello` is refused.
+pub const MAX_SESSIONS: usize = 1024;
 /// How long a session waits for its first `Calls` stream after `Hello`.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a session whose client's connection closed waits to be resumed: a remote-shim that was killed
@@ -146,6 +149,12 @@ impl Home for HomeService {
             Duration::from_secs(hello.resume_seconds.into()).clamp(VANISHED_GRACE, MAX_RESUME_WAIT);
         let (id, session) = {
             let mut sessions = lock(&self.sessions);
+            if sessions.len() >= MAX_SESSIONS {
+                warn!("refusing a session: {MAX_SESSIONS} are open");
+                return Err(Status::resource_exhausted(format!(
+                    "home-agent serves {MAX_SESSIONS} sessions already (each job is one): try again when some end"
+                )));
+            }
             let id = loop {
                 let id = sys::random_u64().map_err(|e| Status::internal(format!("getrandom failed: {e}")))?;
                 if id != 0 && !sessions.contains_key(&id) {

@@ -401,3 +401,20 @@ async fn hostile_hellos_get_short_answers() {
     let chatty = HelloRequest { description: "x".repeat(1 << 20), ..hello(&dir.0) };
     assert!(client.hello(authed(chatty, TOKEN)).await.is_ok(), "a long description is cut, not refused");
 }
+
+#[tokio::test]
+async fn one_agent_holds_a_bounded_number_of_sessions() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut opened = 0;
+    let refused = loop {
+        match client.hello(authed(hello(&dir.0), TOKEN)).await {
+            Ok(_) => opened += 1,
+            Err(status) => break status,
+        }
+        assert!(opened <= 100_000, "no limit on sessions");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("sessions already"), "{refused}");
+    assert!(opened >= 1000, "only {opened} sessions");
+}

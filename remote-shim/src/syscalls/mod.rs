@@ -300,9 +300,14 @@ impl Call<'_> {
     }
 }
 
-/// A reply's value or errno (`EIO` when it carries neither: a malformed reply).
+/// A reply's value or errno (`EIO` when it carries neither, or an errno no kernel returns: a malformed reply).
 pub fn outcome(reply: &CallReply) -> Result<i64, Errno> {
-    reply.outcome.as_ref().map(|o| o.to_result()).unwrap_or(Err(Errno::EIO))
+    match reply.outcome.as_ref().map(|o| o.to_result()) {
+        // Not an errno the kernel could return (1 to 4095): a corrupted or hostile reply.
+        Some(Err(e)) if !(1..=4095).contains(&e.raw()) => Err(Errno::EIO),
+        Some(result) => result,
+        None => Err(Errno::EIO),
+    }
 }
 
 /// A byte count in a reply to a call that moves at most `asked` bytes (read, write, copy): `EIO`, as for a
@@ -351,5 +356,15 @@ mod tests {
         assert_eq!(handle_id(7), Ok(7));
         assert_eq!(handle_id(0), Err(Errno::EIO), "0 is the cwd, never an opened handle");
         assert_eq!(handle_id(-7), Err(Errno::EIO));
+    }
+
+    #[test]
+    fn only_errnos_a_kernel_returns_reach_the_program() {
+        let reply = |e: u16| CallReply { outcome: Some(pb::Outcome::errno(Errno(e))), ..Default::default() };
+        assert_eq!(outcome(&reply(2)), Err(Errno::ENOENT));
+        assert_eq!(outcome(&reply(4095)), Err(Errno(4095)));
+        assert_eq!(outcome(&reply(0)), Err(Errno::EIO));
+        assert_eq!(outcome(&reply(4096)), Err(Errno::EIO));
+        assert_eq!(outcome(&CallReply::default()), Err(Errno::EIO));
     }
 }

@@ -57,9 +57,9 @@ async fn home_ids(call: &Call<'_>) -> Result<(i32, i32), Errno> {
 /// (home pid, home ppid) from the reply to `Identity` for a proc whose deputy was just asked for: home's
 /// errno when it could not start one (EAGAIN, as fork would say, when the reply holds no pid).
 pub fn started_deputy(reply: &pb::CallReply) -> Result<(i32, i32), Errno> {
-    match reply.outcome.as_ref().map(|o| o.to_result()) {
-        Some(Ok(pid)) if pid > 0 => Ok((pid as i32, reply.ppid)),
-        Some(Err(errno)) => Err(errno),
+    match super::outcome(reply) {
+        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok((pid as i32, reply.ppid)),
+        Err(errno) if reply.outcome.is_some() => Err(errno),
         _ => Err(Errno::EAGAIN),
     }
 }
