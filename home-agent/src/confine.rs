@@ -329,12 +329,7 @@ impl Allow {
 
     /// The directory `dir` (a path's part before its last component) names from `start`.
     fn parent(&self, start: BorrowedFd<'_>, dir: &[u8], links: &mut u32) -> Result<OwnedFd, Errno> {
-        let fd = self.resolve(start, dir, true, links)?;
-        let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_TYPE)?;
-        if u32::from(sx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
-            return Err(Errno::ENOTDIR);
-        }
-        Ok(fd)
+        directory(self.resolve(start, dir, true, links)?)
     }
 
     /// An `O_PATH` descriptor for the whole of `path` from `start` (a final symbolic link followed when
@@ -371,10 +366,7 @@ impl Allow {
         }
         let fd = self.walk(base, &rest, follow, links)?;
         if trailing {
-            let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_TYPE)?;
-            if u32::from(sx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
-                return Err(Errno::ENOTDIR);
-            }
+            return directory(fd);
         }
         Ok(fd)
     }
@@ -443,6 +435,15 @@ impl Allow {
         }
         Ok(cur)
     }
+}
+
+/// `fd` if it is a directory, else `ENOTDIR`.
+fn directory(fd: OwnedFd) -> Result<OwnedFd, Errno> {
+    let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_TYPE)?;
+    if u32::from(sx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Errno::ENOTDIR);
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl BoundAgent {
         if let Some(tls) = &config.tls {
             server = server
                 .tls_config(tls.server_config())
-                .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+                .map_err(|e| anyhow::anyhow!("{}", homeward_proto::text::error_chain(&e)))
                 .context("the TLS certificate, key or client CA is not usable")?;
         }
         let allow = confine::Allow::new(&config.allow)?;
@@ -187,15 +187,4 @@ impl BoundAgent {
             .await
             .with_context(|| format!("serving on {} failed", self.local_addr))
     }
-}
-
-/// An error and its sources, `: `-separated (tonic's transport error says only "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }

@@ -77,11 +77,7 @@ fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<
         path: path.to_path_buf(),
         source,
     })?;
-    let has_block = String::from_utf8_lossy(&text).lines().any(|line| {
-        line.strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|found| found.ends_with(label))
-    });
+    let has_block = homeward_proto::text::has_pem_block(&text, label);
     if has_block {
         Ok(text)
     } else {

@@ -5,6 +5,7 @@
 //! - [`errno`]: a lossless Linux errno and the value-or-errno [`pb::Outcome`] helpers.
 //! - [`flags`]: conversions between this host's `O_*`/`AT_*` values and the portable wire bits.
 //! - [`stat`]: conversions between `libc::statx`/`libc::statfs` and the wire's `FileStat`/`FsStat`.
+//! - [`text`]: an error with its causes, and the PEM check, for both sides' messages.
 //!
 //! Wire types and their conversions live only here: the shim and the agent share nothing else.
 #![deny(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod effects;
 pub mod errno;
 pub mod flags;
 pub mod stat;
+pub mod text;
 
 /// The generated protocol types and the `Home` service client and server.
 pub mod pb {

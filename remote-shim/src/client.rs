@@ -320,7 +320,8 @@ impl Dial {
             .await
             .map_err(|_| self.unreachable(format!("no answer within {} s", timeout.as_secs())))?
             .map_err(|e| {
-                link_error(&self.link, &e, false).unwrap_or_else(|| self.unreachable(source_chain(&e)))
+                link_error(&self.link, &e, false)
+                    .unwrap_or_else(|| self.unreachable(homeward_proto::text::error_chain(&e)))
             })?;
         Ok(HomeClient::new(channel).max_decoding_message_size(64 << 20))
     }
@@ -562,15 +563,4 @@ fn hint_suffix(hint: &str) -> String {
     } else {
         format!(" ({hint})")
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -117,7 +117,7 @@ impl LinkConfig {
             // rustls checks the client's key against its certificate here.
             Some(tls) => endpoint.tls_config(tls.config()).map_err(|e| LinkError::Tls {
                 addr: self.addr.clone(),
-                cause: format!("the TLS settings are not usable: {}", error_chain(&e)),
+                cause: format!("the TLS settings are not usable: {}", homeward_proto::text::error_chain(&e)),
                 hint: "check the files of --tls-ca, --tls-cert and --tls-key".into(),
             }),
             None => Ok(endpoint),
@@ -131,7 +131,7 @@ impl LinkConfig {
         err: &(dyn std::error::Error + 'static),
         first_call: bool,
     ) -> Option<(String, String)> {
-        let text = error_chain(err);
+        let text = homeward_proto::text::error_chain(err);
         let last = std::iter::successors(Some(err), |e| e.source()).last().map(ToString::to_string);
         let Some(tls) = &self.tls else {
             // A plaintext client meeting a TLS server: the server drops the connection at the HTTP/2
@@ -248,27 +248,12 @@ fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<
         path: path.to_path_buf(),
         source,
     })?;
-    let has_block = String::from_utf8_lossy(&text).lines().any(|line| {
-        line.strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|found| found.ends_with(label))
-    });
+    let has_block = homeward_proto::text::has_pem_block(&text, label);
     if has_block {
         Ok(text)
     } else {
         Err(TransportError::NotPem { what, path: path.to_path_buf(), label })
     }
-}
-
-/// An error and its sources, `: `-separated.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,0 +1,57 @@
+//! Text both sides make for their messages: an error with its causes, and the check that a file is PEM.
+
+/// An error and its sources, `: `-separated (tonic's transport error alone says only "transport error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `text` holds a PEM block whose label ends with `label` (`PRIVATE KEY` matches `RSA PRIVATE KEY`
+/// and `EC PRIVATE KEY`).
+pub fn has_pem_block(text: &[u8], label: &str) -> bool {
+    String::from_utf8_lossy(text).lines().any(|line| {
+        line.strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+            .is_some_and(|found| found.ends_with(label))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_are_found_by_label() {
+        let key = b"junk\n-----BEGIN EC PRIVATE KEY-----\nabc\n-----END EC PRIVATE KEY-----\n";
+        assert!(has_pem_block(key, "PRIVATE KEY"));
+        assert!(!has_pem_block(key, "CERTIFICATE"));
+        assert!(!has_pem_block(b"\x00\xff not pem", "CERTIFICATE"));
+    }
+
+    #[test]
+    fn an_error_chain_names_every_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let outer = Outer(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(
+            error_chain(&outer).starts_with("transport error: Connection refused"),
+            "{}",
+            error_chain(&outer)
+        );
+    }
+}
