@@ -19,7 +19,7 @@ use crate::session::Session;
 use crate::sys;
 use homeward_proto::pb::home_server::Home;
 use homeward_proto::pb::{CallReply, CallRequest, HelloReply, HelloRequest, Outcome};
-use homeward_proto::{Errno, PROTOCOL_VERSION, RESUME_METADATA, SESSION_METADATA};
+use homeward_proto::{Errno, PROTOCOL_VERSION, RESUME_KEY_METADATA, RESUME_METADATA, SESSION_METADATA};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::AsFd;
@@ -53,11 +53,13 @@ const INTERRUPT_EVERY: Duration = Duration::from_millis(10);
 /// The sessions open at home, by id.
 type Sessions = Arc<Mutex<HashMap<u64, Live>>>;
 
-/// A session and how long it may wait for a resumed stream after its link went silent.
+/// A session, how long it may wait for a resumed stream after its link went silent, and the key a
+/// resuming stream must present.
 #[derive(Clone)]
 struct Live {
     session: Arc<Session>,
     resume_wait: Duration,
+    resume_key: u64,
 }
 
 pub struct HomeService {
@@ -147,7 +149,7 @@ impl Home for HomeService {
 
         let resume_wait =
             Duration::from_secs(hello.resume_seconds.into()).clamp(VANISHED_GRACE, MAX_RESUME_WAIT);
-        let (id, session) = {
+        let (id, session, resume_key) = {
             let mut sessions = lock(&self.sessions);
             if sessions.len() >= MAX_SESSIONS {
                 warn!("refusing a session: {MAX_SESSIONS} are open");
@@ -166,8 +168,10 @@ impl Home for HomeService {
                     .with_allow(self.allow.clone())
                     .with_deputies(&hello.description, tokio::runtime::Handle::current()),
             );
-            sessions.insert(id, Live { session: session.clone(), resume_wait });
-            (id, session)
+            let resume_key =
+                sys::random_u64().map_err(|e| Status::internal(format!("getrandom failed: {e}")))?;
+            sessions.insert(id, Live { session: session.clone(), resume_wait, resume_key });
+            (id, session, resume_key)
         };
         info!(session = %format_args!("{id:016x}"), cwd = %shown, "session opened");
         let sessions = self.sessions.clone();
@@ -178,7 +182,12 @@ impl Home for HomeService {
                 close(&sessions, &session, 0).await;
             }
         });
-        Ok(Response::new(HelloReply { session: id, version: PROTOCOL_VERSION, home_host: self.host.clone() }))
+        Ok(Response::new(HelloReply {
+            session: id,
+            version: PROTOCOL_VERSION,
+            home_host: self.host.clone(),
+            resume_key,
+        }))
     }
 
     type CallsStream = ReceiverStream<Result<CallReply, Status>>;
@@ -199,6 +208,15 @@ impl Home for HomeService {
         let live = lock(&self.sessions).get(&id).cloned().ok_or_else(|| {
             Status::not_found(format!("unknown session {id:016x}: it was closed, or home-agent restarted"))
         })?;
+        if resume.is_some() {
+            let key = request.metadata().get(RESUME_KEY_METADATA).map(|v| v.as_bytes()).unwrap_or_default();
+            let expected = format!("{:016x}", live.resume_key);
+            if !crate::auth::constant_time_eq(key, expected.as_bytes()) {
+                return Err(Status::permission_denied(format!(
+                    "`{RESUME_KEY_METADATA}` does not match session {id:016x}'s: only its own shim resumes it"
+                )));
+            }
+        }
         let session = live.session;
         if resume.is_none() && session.outbox.generation() != 0 {
             return Err(Status::failed_precondition(format!(

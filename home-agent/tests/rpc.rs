@@ -4,7 +4,9 @@ use home_agent::{AgentConfig, BoundAgent};
 use homeward_proto::pb::call_request::Op;
 use homeward_proto::pb::home_client::HomeClient;
 use homeward_proto::pb::{self, CallReply, CallRequest, Dir, HelloRequest, Proc};
-use homeward_proto::{flags, Errno, AUTH_METADATA, PROTOCOL_VERSION, RESUME_METADATA, SESSION_METADATA};
+use homeward_proto::{
+    flags, Errno, AUTH_METADATA, PROTOCOL_VERSION, RESUME_KEY_METADATA, RESUME_METADATA, SESSION_METADATA,
+};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
@@ -70,6 +72,8 @@ fn hello(cwd: &std::path::Path) -> HelloRequest {
 /// A session's open call stream.
 struct Calls {
     session: u64,
+    /// What a resuming stream presents.
+    key: u64,
     tx: mpsc::Sender<CallRequest>,
     replies: Streaming<CallReply>,
     /// Sent as every request's `ack`.
@@ -78,14 +82,15 @@ struct Calls {
 
 impl Calls {
     async fn open(client: &mut HomeClient<Channel>, cwd: &std::path::Path) -> Calls {
-        let session = client.hello(authed(hello(cwd), TOKEN)).await.unwrap().into_inner().session;
-        Calls::attach(client, session, None).await.unwrap()
+        let reply = client.hello(authed(hello(cwd), TOKEN)).await.unwrap().into_inner();
+        Calls::attach(client, (reply.session, reply.resume_key), None).await.unwrap()
     }
 
-    /// A call stream for `session`; `resume`: after a break, having received every message up to it.
+    /// A call stream for (session, resume key); `resume`: after a break, having received every message up
+    /// to it.
     async fn attach(
         client: &mut HomeClient<Channel>,
-        session: u64,
+        (session, key): (u64, u64),
         resume: Option<u64>,
     ) -> Result<Calls, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
@@ -93,9 +98,10 @@ impl Calls {
         request.metadata_mut().insert(SESSION_METADATA, session.to_string().parse().unwrap());
         if let Some(ack) = resume {
             request.metadata_mut().insert(RESUME_METADATA, ack.to_string().parse().unwrap());
+            request.metadata_mut().insert(RESUME_KEY_METADATA, format!("{key:016x}").parse().unwrap());
         }
         let replies = client.calls(request).await?.into_inner();
-        Ok(Calls { session, tx, replies, ack: resume.unwrap_or(0) })
+        Ok(Calls { session, key, tx, replies, ack: resume.unwrap_or(0) })
     }
 
     async fn send(&self, seq: u64, op: Op) {
@@ -342,7 +348,7 @@ async fn a_resumed_stream_runs_nothing_twice_and_loses_no_reply() {
     let mut client1 = client(relay.addr).await;
     let mut calls = Calls::open(&mut client1, &dir.0).await;
     // A second stream for an attached session must say it resumes it.
-    let status = Calls::attach(&mut client1, calls.session, None).await.err().unwrap();
+    let status = Calls::attach(&mut client1, (calls.session, calls.key), None).await.err().unwrap();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
 
     let log =
@@ -357,14 +363,17 @@ async fn a_resumed_stream_runs_nothing_twice_and_loses_no_reply() {
     assert_eq!((reply.seq, reply.index), (4, 4));
     calls.send(5, read.clone()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let session = calls.session;
+    let session = (calls.session, calls.key);
     relay.cut();
     drop((calls, client1));
 
     // Resumed, having received messages 1 to 3: the rest comes again, after an event voiding every lease.
     let mut client2 = client(relay.addr).await;
-    let status = Calls::attach(&mut client2, 0x5eed, Some(3)).await.err().unwrap();
+    let status = Calls::attach(&mut client2, (0x5eed, session.1), Some(3)).await.err().unwrap();
     assert_eq!(status.code(), Code::NotFound, "{status}");
+    // The session id alone (home's logs show it) does not let another client take the session over.
+    let status = Calls::attach(&mut client2, (session.0, session.1 ^ 1), Some(3)).await.err().unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
     let mut calls = Calls::attach(&mut client2, session, Some(3)).await.unwrap();
     let forget = calls.reply().await;
     assert!(forget.event.as_ref().is_some_and(|e| e.forget), "{forget:?}");

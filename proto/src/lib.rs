@@ -33,5 +33,8 @@ pub const SESSION_METADATA: &str = "homeward-session";
 /// `CallReply.index` the shim received (decimal).
 pub const RESUME_METADATA: &str = "homeward-resume";
 
+/// gRPC metadata key on a resuming `Calls` stream: the session's `HelloReply.resume_key` (hex).
+pub const RESUME_KEY_METADATA: &str = "homeward-resume-key";
+
 /// gRPC metadata key for the token (`Bearer <token>`).
 pub const AUTH_METADATA: &str = "authorization";

@@ -15,7 +15,7 @@
 //! the supervisor applies the home-loss policy.
 
 use homeward_proto::pb::{self, home_client::HomeClient, CallReply, CallRequest, HelloRequest};
-use homeward_proto::{AUTH_METADATA, RESUME_METADATA, SESSION_METADATA};
+use homeward_proto::{AUTH_METADATA, RESUME_KEY_METADATA, RESUME_METADATA, SESSION_METADATA};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,6 +134,8 @@ struct Dial {
 struct Shared {
     dial: Dial,
     session: u64,
+    /// What a resuming stream presents (`HelloReply.resume_key`).
+    resume_key: u64,
     policy: HomeLoss,
     gate: tokio::sync::Mutex<Gate>,
     pending: Mutex<HashMap<u64, Waiting>>,
@@ -208,6 +210,7 @@ impl HomeLink {
         let shared = Arc::new(Shared {
             dial,
             session: reply.session,
+            resume_key: reply.resume_key,
             policy,
             gate: tokio::sync::Mutex::default(),
             pending: Mutex::default(),
@@ -343,6 +346,9 @@ impl Shared {
         req.metadata_mut().insert(SESSION_METADATA, MetadataValue::from(self.session));
         if let Some(ack) = resume {
             req.metadata_mut().insert(RESUME_METADATA, MetadataValue::from(ack));
+            let key = format!("{:016x}", self.resume_key);
+            req.metadata_mut()
+                .insert(RESUME_KEY_METADATA, key.parse().map_err(|_| Break::Final("bad key".into()))?);
         }
         let replies = client
             .calls(req)
