@@ -2,7 +2,8 @@
 //! client certificates it requires. tonic applies it to every accepted connection, the handshake done on its
 //! own task, before HTTP/2 and before the token check.
 
-use std::path::{Path, PathBuf};
+use homeward_proto::text::read_pem;
+use std::path::Path;
 use std::time::Duration;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -24,14 +25,8 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// Why a TLS file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsFileError {
-    #[error("cannot read the {what} {}: {source}", .path.display())]
-    Read { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("the {what} {} holds no PEM `{label}` block (expected -----BEGIN {label}-----)", .path.display())]
-    NotPem { what: &'static str, path: PathBuf, label: &'static str },
-}
+/// Why a certificate, key or CA file cannot be used.
+pub type TlsFileError = homeward_proto::text::PemFileError;
 
 impl TlsConfig {
     /// From PEM text: the certificate chain (the agent's certificate first), its private key (PKCS#8,
@@ -66,22 +61,6 @@ impl TlsConfig {
             Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
             None => config,
         }
-    }
-}
-
-/// Reads a PEM file that must hold at least one block whose label ends with `label` (`PRIVATE KEY` matches
-/// `RSA PRIVATE KEY` and `EC PRIVATE KEY`).
-fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, TlsFileError> {
-    let text = std::fs::read(path).map_err(|source| TlsFileError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let has_block = homeward_proto::text::has_pem_block(&text, label);
-    if has_block {
-        Ok(text)
-    } else {
-        Err(TlsFileError::NotPem { what, path: path.to_path_buf(), label })
     }
 }
 

@@ -1,4 +1,30 @@
-//! Text both sides make for their messages: an error with its causes, and the check that a file is PEM.
+//! Text both sides make for their messages: an error with its causes, and PEM files (the agent's and the
+//! shim's certificates and keys) read with a clear error.
+
+use std::path::{Path, PathBuf};
+
+/// Why a PEM file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    #[error("cannot read the {what} {}: {source}", .path.display())]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("the {what} {} holds no PEM `{label}` block (expected -----BEGIN {label}-----)", .path.display())]
+    NotPem { what: &'static str, path: PathBuf, label: &'static str },
+}
+
+/// Reads the `what` file at `path`, which must hold at least one PEM block whose label ends with `label`.
+pub fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, PemFileError> {
+    let text = std::fs::read(path).map_err(|source| PemFileError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if has_pem_block(&text, label) {
+        Ok(text)
+    } else {
+        Err(PemFileError::NotPem { what, path: path.to_path_buf(), label })
+    }
+}
 
 /// An error and its sources, `: `-separated (tonic's transport error alone says only "transport error").
 pub fn error_chain(e: &dyn std::error::Error) -> String {

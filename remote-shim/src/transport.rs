@@ -3,7 +3,7 @@
 //! Also the reading of a failed TLS handshake into a cause a user can act on.
 
 use crate::client::LinkError;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Everything needed to open a session at home.
@@ -38,10 +38,8 @@ impl std::fmt::Debug for ClientTls {
 /// Why the link's settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot read the {what} {}: {source}", .path.display())]
-    Read { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("the {what} {} holds no PEM `{label}` block (expected -----BEGIN {label}-----)", .path.display())]
-    NotPem { what: &'static str, path: PathBuf, label: &'static str },
+    #[error(transparent)]
+    File(#[from] homeward_proto::text::PemFileError),
     #[error("--home {0} asks for TLS: pass --tls-ca FILE, the CA that signed home-agent's certificate")]
     NoCa(String),
     #[error("--home {0} asks for plaintext, but TLS options were given: use --home https://…")]
@@ -65,11 +63,11 @@ impl ClientTls {
         domain: Option<String>,
         identity: Option<(&Path, &Path)>,
     ) -> Result<ClientTls, TransportError> {
-        let ca = read_pem("CA file", ca, "CERTIFICATE")?;
+        let ca = homeward_proto::text::read_pem("CA file", ca, "CERTIFICATE")?;
         let identity = match identity {
             Some((cert, key)) => Some((
-                read_pem("client certificate file", cert, "CERTIFICATE")?,
-                read_pem("client key file", key, "PRIVATE KEY")?,
+                homeward_proto::text::read_pem("client certificate file", cert, "CERTIFICATE")?,
+                homeward_proto::text::read_pem("client key file", key, "PRIVATE KEY")?,
             )),
             None => None,
         };
@@ -238,22 +236,6 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
         cur = e.source();
     }
     None
-}
-
-/// Reads a PEM file that must hold at least one block whose label ends with `label` (`PRIVATE KEY` matches
-/// `RSA PRIVATE KEY` and `EC PRIVATE KEY`).
-fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, TransportError> {
-    let text = std::fs::read(path).map_err(|source| TransportError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let has_block = homeward_proto::text::has_pem_block(&text, label);
-    if has_block {
-        Ok(text)
-    } else {
-        Err(TransportError::NotPem { what, path: path.to_path_buf(), label })
-    }
 }
 
 #[cfg(test)]
