@@ -219,7 +219,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
                 .spawn(move || sup.receive_loop(rt_handle))
                 .context("starting the notification thread")?
         };
-        tokio::spawn(sup.clone().collector(init, Duration::from_millis(500)));
+        tokio::spawn(sup.clone().collector(Duration::from_millis(500)));
         tokio::spawn(sup.clone().deliver_events());
         {
             let sup = sup.clone();

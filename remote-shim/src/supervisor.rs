@@ -340,14 +340,15 @@ impl Supervisor {
         }
     }
 
-    /// Collects at once (home ran out of descriptors: some may be held for the job's closed files).
+    /// Collects over the job's processes now (also when home ran out of descriptors: some may be held for
+    /// the job's closed files).
     pub async fn collect_now(&self) {
         let job = crate::launch::job_pids(self.init.pid);
         self.collect(&job).await;
     }
 
     /// Runs [`Supervisor::collect`] every `period` while the job runs, or sooner when asked.
-    pub async fn collector(self: Arc<Self>, root: libc::pid_t, period: Duration) {
+    pub async fn collector(self: Arc<Self>, period: Duration) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(period) => {}
@@ -356,8 +357,7 @@ impl Supervisor {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let job = crate::launch::job_pids(root);
-            self.collect(&job).await;
+            self.collect_now().await;
         }
     }
 }
