@@ -316,6 +316,11 @@ async fn run_session(
 /// Runs one request of a stream, unless it is a duplicate, stale, or beyond the session's limits.
 async fn admit(session: &Arc<Session>, generation: u64, request: CallRequest) {
     match session.outbox.admit(generation, request.seq, request.ack, data_bytes(&request)) {
+        // Written behind: the shim did not wait for it, so nothing read after it may run before it.
+        Admit::Run if request.ordered && !exec::may_block(session, &request) => {
+            let (reply, answer) = run(session.clone(), request).await;
+            tokio::spawn(answer.send(reply));
+        }
         Admit::Run => {
             tokio::spawn(call(session.clone(), request));
         }
@@ -385,10 +390,37 @@ async fn close(sessions: &Sessions, session: &Arc<Session>, generation: u64) {
 
 /// Runs one call (on a blocking thread when it may wait) and sends its reply.
 async fn call(session: Arc<Session>, request: CallRequest) {
-    let leases = session.leases.clone();
-    let outbox = session.outbox.clone();
+    let (reply, answer) = run(session, request).await;
+    answer.send(reply).await;
+}
+
+/// Where a call's reply goes, and what goes before it.
+struct Answer {
+    session: Arc<Session>,
+    seq: u64,
+    changes_files: bool,
+}
+
+impl Answer {
+    /// Sends the reply (`None`: the session closed before the call ran, and nobody is listening). What the
+    /// call changed at home (inotify reports it as it happens) goes out before its reply.
+    async fn send(self, reply: Option<CallReply>) {
+        let outbox = &self.session.outbox;
+        let Some(reply) = reply else { return outbox.abandon(self.seq) };
+        if self.changes_files {
+            if let Some(report) = self.session.leases.report_now() {
+                outbox.send(report).await;
+            }
+        }
+        outbox.send(reply).await;
+    }
+}
+
+/// Runs one call (on a blocking thread when it may wait); its reply, and where to send it.
+async fn run(session: Arc<Session>, request: CallRequest) -> (Option<CallReply>, Answer) {
     let changes_files = request.op.as_ref().is_some_and(|op| !homeward_proto::effects::changes_nothing(op));
     let seq = request.seq;
+    let answer = Answer { session: session.clone(), seq, changes_files };
     let op = exec::op_name(request.op.as_ref());
     let ran = if exec::may_block(&session, &request) {
         tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request)))
@@ -411,8 +443,7 @@ async fn call(session: Arc<Session>, request: CallRequest) {
     };
     let reply = match ran {
         Ok(Some(reply)) => reply,
-        // The session closed before the call ran: nobody is listening.
-        Ok(None) => return outbox.abandon(seq),
+        Ok(None) => return (None, answer),
         Err(err) => {
             // An executor bug: answer rather than leave the program's thread waiting forever.
             error!(seq, op, cause = %err, "executor failed; answering EIO");
@@ -420,11 +451,5 @@ async fn call(session: Arc<Session>, request: CallRequest) {
         }
     };
     debug!(seq, op, outcome = ?reply.outcome.map(|o| o.to_result()), "call done");
-    // What the call changed at home (inotify reports it as it happens) goes out before its reply.
-    if changes_files {
-        if let Some(report) = leases.report_now() {
-            outbox.send(report).await;
-        }
-    }
-    outbox.send(reply).await;
+    (Some(reply), answer)
 }

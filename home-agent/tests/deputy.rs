@@ -75,7 +75,10 @@ impl Calls {
     async fn reply(&mut self, proc: Proc, op: Op) -> CallReply {
         self.seq += 1;
         let seq = self.seq;
-        self.tx.send(CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0 }).await.unwrap();
+        self.tx
+            .send(CallRequest { seq, proc: Some(proc), op: Some(op), ..Default::default() })
+            .await
+            .unwrap();
         loop {
             let reply = self.next().await;
             if reply.seq == 0 {

@@ -105,7 +105,13 @@ impl Calls {
     }
 
     async fn send(&self, seq: u64, op: Op) {
-        let request = CallRequest { seq, proc: Some(Proc { id: 1, parent: 0 }), op: Some(op), ack: self.ack };
+        self.send_as(seq, op, false).await;
+    }
+
+    /// Sends a request; `ordered`: to run before any later one (write-behind).
+    async fn send_as(&self, seq: u64, op: Op, ordered: bool) {
+        let proc = Some(Proc { id: 1, parent: 0 });
+        let request = CallRequest { seq, proc, op: Some(op), ack: self.ack, ordered };
         self.tx.send(request).await.unwrap();
     }
 
@@ -145,6 +151,41 @@ fn open_with_content(path: &str, flags: i32, content_max: u64) -> Op {
         content_max,
         lease: false,
     })
+}
+
+/// Writes sent `ordered` without waiting, each followed at once by a read of the file through another
+/// handle: every read sees every write before it. Home says how much room the file system has.
+#[tokio::test]
+async fn ordered_writes_run_before_any_later_request() {
+    let dir = TempDir::new();
+    let mut client = client(start(Some(TOKEN)).await).await;
+    let mut calls = Calls::open(&mut client, &dir.0).await;
+    calls.send(1, open("log", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)).await;
+    let opened = calls.reply().await;
+    assert!(opened.room > 0, "a local disk reports its room");
+    let writer = opened.outcome.unwrap().to_result().unwrap() as u64;
+    let reader = calls.call(2, open("log", libc::O_RDONLY)).await.unwrap() as u64;
+    let mut seq = 3;
+    for round in 0..200u64 {
+        let data = format!("{round:08}");
+        let write = pb::Write { handle: writer, data: data.clone().into_bytes().into(), offset: None };
+        calls.send_as(seq, Op::Write(write), true).await;
+        let read = pb::Read { handle: reader, len: 64, offset: Some(round as i64 * 8) };
+        calls.send(seq + 1, Op::Read(read)).await;
+        let mut got = std::collections::HashMap::new();
+        for _ in 0..2 {
+            let reply = calls.reply().await;
+            got.insert(reply.seq, reply);
+        }
+        assert_eq!(got[&seq].outcome.unwrap().to_result(), Ok(8));
+        assert!(got[&seq].room > 0);
+        assert_eq!(
+            &got[&(seq + 1)].data[..],
+            data.as_bytes(),
+            "round {round}: the read ran before the write"
+        );
+        seq += 2;
+    }
 }
 
 #[tokio::test]
@@ -225,8 +266,13 @@ async fn wrong_or_missing_token_is_refused_before_anything_happens() {
     assert_eq!(status.code(), Code::Unauthenticated);
 
     let (tx, rx) = mpsc::channel(4);
-    let create =
-        CallRequest { seq: 1, proc: None, op: Some(open("evil", libc::O_WRONLY | libc::O_CREAT)), ack: 0 };
+    let create = CallRequest {
+        seq: 1,
+        proc: None,
+        op: Some(open("evil", libc::O_WRONLY | libc::O_CREAT)),
+        ack: 0,
+        ordered: false,
+    };
     tx.send(create).await.unwrap();
     let mut request = authed(ReceiverStream::new(rx), "wrong");
     request.metadata_mut().insert(SESSION_METADATA, "1".parse().unwrap());

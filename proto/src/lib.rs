@@ -24,7 +24,7 @@ pub mod pb {
 pub use errno::Errno;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// gRPC metadata key that names the session on the `Calls` stream.
 pub const SESSION_METADATA: &str = "homeward-session";

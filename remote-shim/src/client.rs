@@ -257,6 +257,29 @@ impl HomeLink {
 
     /// Sends one call and waits for its reply (across breaks of the link, until home is lost).
     pub async fn call(&self, proc: pb::Proc, op: pb::call_request::Op) -> Result<CallReply, LinkError> {
+        self.start(proc, op, false).await?.await
+    }
+
+    /// Sends one call to run before any call sent after it (`CallRequest.ordered`), without waiting: the
+    /// returned future waits for its reply. Only for calls that run at home without waiting (a write to a
+    /// regular file, an unlock); home runs any other as usual, unordered.
+    pub async fn send_ordered(
+        &self,
+        proc: pb::Proc,
+        op: pb::call_request::Op,
+    ) -> Result<impl std::future::Future<Output = Result<CallReply, LinkError>> + Send + 'static, LinkError>
+    {
+        self.start(proc, op, true).await
+    }
+
+    /// Sends one call; the returned future waits for its reply.
+    async fn start(
+        &self,
+        proc: pb::Proc,
+        op: pb::call_request::Op,
+        ordered: bool,
+    ) -> Result<impl std::future::Future<Output = Result<CallReply, LinkError>> + Send + 'static, LinkError>
+    {
         let shared = &self.shared;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         if shared.lost.load(Ordering::SeqCst) {
@@ -265,7 +288,7 @@ impl HomeLink {
         self.attrs.before_call(proc.id, &op);
         let changed = crate::attrcache::changed_handle(&op);
         let (reply_tx, reply_rx) = oneshot::channel();
-        let request = CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0 };
+        let request = CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0, ordered };
         lock(&shared.pending).insert(seq, Waiting { request, reply: reply_tx, sent_in: 0 });
         // Losing home clears `pending` after setting `lost`: seen here, or the waiter is dropped.
         if shared.lost.load(Ordering::SeqCst) {
@@ -273,9 +296,13 @@ impl HomeLink {
             return Err(shared.lost_error());
         }
         shared.send(seq).await;
-        let reply = reply_rx.await.map_err(|_| shared.lost_error());
-        self.attrs.after_call(changed);
-        reply
+        let shared = shared.clone();
+        let attrs = self.attrs.clone();
+        Ok(async move {
+            let reply = reply_rx.await.map_err(|_| shared.lost_error());
+            attrs.after_call(changed);
+            reply
+        })
     }
 
     /// Ends the session: home answers the calls still running, then closes the session (its handles,

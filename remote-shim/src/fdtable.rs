@@ -47,6 +47,8 @@ pub struct Handle {
     origin: std::sync::OnceLock<Origin>,
     /// The readahead that copies a large file in ([`crate::fill`]).
     fill: std::sync::OnceLock<Arc<crate::fill::Fill>>,
+    /// Writes and unlocks sent without waiting ([`crate::behind`]).
+    pub behind: Arc<crate::behind::Behind>,
     born: u64,
 }
 
@@ -244,6 +246,7 @@ impl FdTable {
             copied_at: std::sync::OnceLock::new(),
             budget: self.copied.clone(),
             charged: AtomicI64::new(0),
+            behind: Arc::default(),
             born: self.generation.load(Ordering::SeqCst),
         }))
     }

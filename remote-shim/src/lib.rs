@@ -18,6 +18,7 @@
 //! - [`content`]: home files' content cached by version across the job's processes (libraries, reopens).
 //! - [`clock`]: home's clock offsets (Cristian's algorithm) and the job's time namespace.
 //! - [`client`]: the gRPC session and call stream to home.
+//! - [`behind`]: write-behind: writes and unlocks sent without waiting, and the errors they owe.
 //! - [`transport`]: how home is reached: address, token, TLS; what a failed handshake means.
 //! - [`trace`]: `--trace` JSON lines, `--stats` table, and `trace-diff`'s comparison.
 //! - [`vdso`]: wall-clock reads routed through the supervisor when home's wall clock differs.
@@ -25,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod attrcache;
+pub mod behind;
 pub mod client;
 pub mod clock;
 pub mod content;

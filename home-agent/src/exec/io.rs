@@ -21,7 +21,34 @@ pub fn read(s: &Session, o: &pb::Read) -> Res {
 pub fn write(s: &Session, o: &pb::Write) -> Res {
     let fd = s.handle(o.handle)?;
     let data = &o.data[..o.data.len().min(MAX_BUF)];
-    done(sys::write(fd.as_fd(), data, o.offset)? as i64)
+    let n = sys::write(fd.as_fd(), data, o.offset)? as i64;
+    Ok(pb::CallReply { room: room(fd.as_fd()), ..value(n) })
+}
+
+/// File systems that report a write's failure (no space, quota) when the write runs, not later: local
+/// disks and memory. On these a write that fits in the free space cannot fail, so the shim may write
+/// behind (see `CallReply.room`).
+const WRITES_FAIL_AT_ONCE: &[libc::c_long] = &[
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // xfs
+    0x9123_683E, // btrfs
+    0x0102_1994, // tmpfs
+    0x8584_58F6, // ramfs
+    0x794C_7630, // overlayfs
+    0xF2F5_2010, // f2fs
+    0x2FC1_2FC1, // zfs
+    0xCA45_1A4E, // bcachefs
+];
+
+/// The bytes free for an unprivileged user on `fd`'s file system when it is one of
+/// [`WRITES_FAIL_AT_ONCE`]; 0 (the shim then waits for every write) otherwise.
+pub fn room(fd: BorrowedFd<'_>) -> u64 {
+    match sys::fstatfs(fd) {
+        Ok(fs) if WRITES_FAIL_AT_ONCE.contains(&(fs.f_type as libc::c_long)) => {
+            fs.f_bavail.saturating_mul(u64::try_from(fs.f_bsize).unwrap_or(0))
+        }
+        _ => 0,
+    }
 }
 
 /// The native `SEEK_*` for a wire whence.

@@ -142,6 +142,12 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
         | Op::ClockRead(_) => false,
         // Run inline non-blocking; a fifo is retried on a blocking thread (`RETRY_BLOCKING`).
         Op::Open(_) => false,
+        // Only a lock that waits for another holder blocks; a query, a try and an unlock answer at once.
+        Op::Lock(o) => {
+            o.cmd == pb::LockCmd::SetWait as i32
+                && o.range.as_ref().is_some_and(|r| r.kind != pb::LockType::Unlock as i32)
+        }
+        Op::Flock(o) => o.operation & (libc::LOCK_NB | libc::LOCK_UN) as u32 == 0,
         // Truncate/fsync/fallocate truncate/fsync/fallocate (the disk), locks, close (a network
         // file system flushing), deputies (Kill may hand an event to a deputy's session stream).
         _ => true,

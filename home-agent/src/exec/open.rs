@@ -78,11 +78,17 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         Some(st) if wants_content(o, flags, kind, st) => whole_content(fd.as_fd(), st),
         _ => None,
     };
+    let room = if kind == libc::S_IFREG && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        super::io::room(fd.as_fd())
+    } else {
+        0
+    };
     let handle = s.insert(fd)?;
     let whole = content.is_some();
     Ok(pb::CallReply {
         stat,
         whole,
+        room,
         via_link,
         lease,
         deps,

@@ -240,6 +240,8 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         proc: Some(Proc { id: proc, parent: 0 }),
         op: Some(op),
         ack: 0,
+        // Odd seqs go as write-behind would send them.
+        ordered: seq % 2 == 1,
     };
     let mut seeds: Vec<(String, Vec<CallRequest>)> = ops
         .into_iter()

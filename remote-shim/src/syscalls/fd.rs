@@ -13,7 +13,11 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_fcntl => fcntl(call).await,
         libc::SYS_flock => match call.handle(0) {
             Some(h) => {
-                simple(call, Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 })).await
+                let op = Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 });
+                match call.arg_i32(1) & !libc::LOCK_NB {
+                    libc::LOCK_UN => unlock_behind(call, &h, op).await,
+                    _ => simple(call, op).await,
+                }
             }
             None => Ok(Action::Continue),
         },
@@ -166,6 +170,9 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
     let range =
         pb::LockRange { kind: kind as i32, whence: whence as i32, start: fl.l_start, len: fl.l_len, pid: 0 };
     let op = Op::Lock(pb::Lock { handle: h.id, cmd: lcmd as i32, ofd, range: Some(range) });
+    if lcmd != pb::LockCmd::Get && kind == pb::LockType::Unlock && unlock_succeeds(&fl) {
+        return unlock_behind(call, h, op).await;
+    }
     let (v, reply) = call.home_value(op).await?;
     if lcmd == pb::LockCmd::Get {
         let got = reply.lock.unwrap_or_default();
@@ -184,6 +191,27 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
         memory::write_pod(call.tid, call.arg(2), &out)?;
     }
     Ok(Action::Value(v))
+}
+
+/// Whether unlocking `fl` cannot fail (the kernel's checks of a `SEEK_SET` range: no negative start, no
+/// overflowing end), so that it may be sent behind.
+fn unlock_succeeds(fl: &libc::flock) -> bool {
+    let (start, len) = (fl.l_start, fl.l_len);
+    fl.l_whence as i32 == libc::SEEK_SET
+        && start >= 0
+        && match len {
+            0 => true,
+            len if len > 0 => start.checked_add(len - 1).is_some(),
+            len => start + len >= 0,
+        }
+}
+
+/// Releases a lock without waiting for home (see [`crate::behind`]): home runs it before any later call,
+/// so whoever waits for the lock at home gets it as soon as it arrives.
+async fn unlock_behind(call: &Call<'_>, h: &Handle, op: Op) -> Outcome {
+    let ticket = h.behind.ticket();
+    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), 0, "lock release")).await?;
+    Ok(Action::Value(0))
 }
 
 /// FIONBIO: sets or clears O_NONBLOCK on the home file.

@@ -77,14 +77,8 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_writev => writev(call, &h, None).await,
         libc::SYS_pwritev | libc::SYS_pwritev2 => writev(call, &h, position(a(3))).await,
         libc::SYS_lseek => lseek(call, &h).await,
-        libc::SYS_fsync | libc::SYS_syncfs => {
-            simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync: false })).await
-        }
-        libc::SYS_fdatasync | libc::SYS_sync_file_range => {
-            simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync: true }))
-                .await
-                .map(|_| Action::Value(0))
-        }
+        libc::SYS_fsync | libc::SYS_syncfs => fsync(call, &h, false).await,
+        libc::SYS_fdatasync | libc::SYS_sync_file_range => fsync(call, &h, true).await,
         libc::SYS_fallocate => {
             let op = pb::Fallocate { handle: h.id, mode: a(1) as u32, offset: a(2) as i64, len: a(3) as i64 };
             simple(call, Op::Fallocate(op)).await
@@ -282,9 +276,41 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
     }
     let len = memory::iov_total(iovs)?;
     let data = memory::gather(call.tid, iovs, len)?;
+    // A write sent behind that failed at home is reported here, as the kernel reports a failed write-back.
+    if let Some(errno) = h.behind.take_owed() {
+        return Err(errno);
+    }
     let sent = data.len();
-    let (n, _) = call.home_value(Op::Write(pb::Write { handle: h.id, data: data.into(), offset })).await?;
+    let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset });
+    if writes_behind(h) && sent > 0 {
+        if let Some(ticket) = h.behind.try_write(sent as u64) {
+            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), sent as i64, "write")).await?;
+            return Ok(Action::Value(sent as i64));
+        }
+    }
+    let (n, reply) = call.home_value(op).await?;
+    if writes_behind(h) {
+        h.behind.set_room(reply.room);
+    }
     count(n, sent).map(|n| Action::Value(n as i64))
+}
+
+/// Whether writes to `h` may go behind (see [`crate::behind`]): a regular file opened for writing.
+fn writes_behind(h: &Handle) -> bool {
+    h.stat.mode & libc::S_IFMT == libc::S_IFREG
+        && h.flags & libc::O_ACCMODE != libc::O_RDONLY
+        && h.flags & libc::O_PATH == 0
+}
+
+/// fsync, fdatasync: after home's answer, the error of a write sent behind that failed, if any.
+async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
+    let synced = simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync })).await;
+    // Home ran every write sent behind before the sync; their replies may still be on the way.
+    h.behind.settle().await;
+    if let Some(errno) = h.behind.take_owed() {
+        return Err(errno);
+    }
+    synced.map(|_| Action::Value(0))
 }
 
 async fn writev(call: &Call<'_>, h: &Handle, offset: Option<i64>) -> Outcome {

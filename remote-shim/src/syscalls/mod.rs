@@ -59,6 +59,8 @@ pub struct Call<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
     pub round_trips: u32,
+    /// Calls sent home without waiting for their replies ([`crate::behind`]).
+    pub behind: u32,
     pub wait_ns: u64,
     pub bytes: u64,
 }
@@ -122,6 +124,40 @@ impl Call<'_> {
                 // The job is about to be killed (see `supervise`). Answering EIO now would let the program
                 // act on a failure that is not its own (print, clean up, go on) in the moment before the
                 // SIGKILL; the call stays unanswered instead and the kill ends it.
+                std::future::pending::<()>().await;
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Sends `op` home to run before any later call, without waiting for it (write-behind, see
+    /// [`crate::behind`]); `done` gets its reply when it comes (`None`: home was lost).
+    pub async fn home_behind(
+        &self,
+        op: Op,
+        done: impl FnOnce(Option<CallReply>) + Send + 'static,
+    ) -> Result<(), Errno> {
+        self.sup.flush_pumps().await;
+        let sent = match &op {
+            Op::Write(w) => w.data.len() as u64,
+            _ => 0,
+        };
+        match self.sup.link.send_ordered(self.proc(), op).await {
+            Ok(reply) => {
+                let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
+                cost.behind += 1;
+                cost.bytes += sent;
+                tokio::spawn(async move { done(reply.await.ok()) });
+                Ok(())
+            }
+            Err(e) => {
+                // Never sent: the call itself fails below.
+                drop(done);
+                self.sup.link_failed(&e);
+                if self.sup.link.policy() == crate::client::HomeLoss::Eio {
+                    return Err(Errno::EIO);
+                }
+                // As in `home_as`: the job is about to be killed.
                 std::future::pending::<()>().await;
                 Err(Errno::EIO)
             }

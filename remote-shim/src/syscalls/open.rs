@@ -109,7 +109,9 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     }
     // Whole content that is not the size opened (a corrupted reply) is no copy: the fill reads it instead.
     let content = (reply.whole && i64::try_from(reply.data.len()) == Ok(stat.size)).then_some(reply.data);
+    let room = reply.room;
     install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
+        h.behind.set_room(room);
         if let Some(origin) = origin {
             h.set_origin(origin);
         }

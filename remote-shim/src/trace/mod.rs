@@ -33,6 +33,8 @@ struct CallStats {
     local: u64,
     errors: u64,
     round_trips: u64,
+    /// Calls sent home without waiting (write-behind).
+    behind: u64,
     bytes: u64,
     /// Time waiting on home per forwarded call, in µs.
     waits: Vec<u64>,
@@ -97,7 +99,7 @@ impl Tracer {
         cost: Cost,
     ) {
         let name = decode::name(nr);
-        let home = cost.round_trips > 0;
+        let home = cost.round_trips > 0 || cost.behind > 0;
         if let Some(stats) = &self.stats {
             let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
             let s = stats.entry(name.clone()).or_default();
@@ -112,6 +114,7 @@ impl Tracer {
                 s.errors += 1;
             }
             s.round_trips += u64::from(cost.round_trips);
+            s.behind += u64::from(cost.behind);
             s.bytes += cost.bytes;
         }
         if let Some(out) = &self.out {
@@ -133,6 +136,7 @@ impl Tracer {
                 "where": if home { "home" } else { "local" },
                 "us": took.as_micros() as u64,
                 "rtt": cost.round_trips,
+                "behind": cost.behind,
             });
             let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(out, "{line}");
@@ -159,6 +163,7 @@ impl Tracer {
         ));
         let (mut t_calls, mut t_home, mut t_local, mut t_err, mut t_wait, mut t_bytes, mut t_rtt) =
             (0, 0, 0, 0, 0u64, 0, 0);
+        let mut t_behind = 0;
         for (name, s) in rows {
             let mut w = s.waits.clone();
             w.sort_unstable();
@@ -183,6 +188,7 @@ impl Tracer {
             t_wait += wait;
             t_bytes += s.bytes;
             t_rtt += s.round_trips;
+            t_behind += s.behind;
         }
         out.push_str(&format!(
             "{:<18} {:>8} {:>8} {:>8} {:>7} {:>10.1} {:>8} {:>8} {:>12}\n",
@@ -200,6 +206,9 @@ impl Tracer {
         out.push_str(&format!("round trips to home: {}\n", t_rtt + bg_rtt));
         if bg_rtt > 0 {
             out.push_str(&format!("  of which by readahead: {bg_rtt} ({bg_bytes} bytes)\n"));
+        }
+        if t_behind > 0 {
+            out.push_str(&format!("calls sent behind (no wait): {t_behind}\n"));
         }
         let mut families: BTreeMap<&str, (u64, u64, u64, u64, u64)> = BTreeMap::new();
         for (name, s) in stats.iter() {

@@ -131,7 +131,7 @@ fn a_blocked_call_of_a_closed_session_is_interrupted() {
             seq: 1,
             proc: None,
             op: Some(Op::Read(pb::Read { handle: h, len: 10, offset: None })),
-            ack: 0,
+            ..Default::default()
         };
         session.run(|| execute(&session, &read))
     });

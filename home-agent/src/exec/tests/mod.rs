@@ -45,7 +45,12 @@ impl Home {
     pub(super) fn reply_as(&self, proc: u64, op: Op) -> CallReply {
         let reply = execute(
             &self.session,
-            &CallRequest { seq: 7, proc: Some(Proc { id: proc, parent: 0 }), op: Some(op), ack: 0 },
+            &CallRequest {
+                seq: 7,
+                proc: Some(Proc { id: proc, parent: 0 }),
+                op: Some(op),
+                ..Default::default()
+            },
         );
         assert_eq!(reply.seq, 7);
         reply

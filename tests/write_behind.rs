@@ -1,0 +1,181 @@
+//! Write-behind (remote-shim/src/behind.rs): writes to a regular file on a roomy local disk at home, and
+//! lock releases, are answered at once and sent without waiting. Every later call of the job still sees
+//! them; a file system short of room gets every write waited for, so its partial counts and `ENOSPC` are
+//! the kernel's; a write that fails at home after all is reported by the file's next `fsync`.
+
+use homeward::{require_tools, skip_unless_root, Hosts};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Writes in small pieces and checks, after each batch, what every other way of looking at the file sees:
+/// another descriptor, `stat`, a child process, an `flock` taken and released around the batch.
+const ORDERED: &str = r#"
+import fcntl, os, subprocess
+w = os.open("out.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+r = os.open("out.txt", os.O_RDONLY)
+total = 0
+for batch in range(20):
+    fcntl.flock(w, fcntl.LOCK_EX)
+    for i in range(100):
+        line = b"%04d-%03d\n" % (batch, i)
+        total += os.write(w, line)
+    fcntl.flock(w, fcntl.LOCK_UN)
+    seen = os.read(r, 1 << 20)
+    assert len(seen) == 900, (batch, len(seen))
+    assert os.stat("out.txt").st_size == total, (batch, os.stat("out.txt").st_size, total)
+    tail = subprocess.run(["tail", "-n", "1", "out.txt"], capture_output=True).stdout
+    assert tail == b"%04d-099\n" % batch, tail
+os.pwrite(w, b"HEAD", 0)
+assert os.pread(r, 4, 0) == b"HEAD"
+os.close(w)
+print("ok", total)
+"#;
+
+/// The stats line counting calls sent behind.
+fn sent_behind(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("calls sent behind (no wait): "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn writes_sent_behind_are_seen_by_every_later_call() {
+    skip_unless_root!();
+    require_tools!("python3", "tail");
+    let hosts = Hosts::start();
+    hosts.write("ordered.py", ORDERED);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "ordered.py"]).shim_arg("--stats").check(&native);
+    assert_eq!(both.remote.stdout(), "ok 18000\n", "{}", both.remote);
+    // 2,000 writes and 20 unlocks went without waiting.
+    let behind = sent_behind(&both.remote.stderr());
+    assert!(behind >= 2020, "only {behind} calls were sent behind:\n{}", both.remote.stderr());
+    let content = hosts.read("out.txt");
+    assert_eq!(content.len(), 18000);
+    assert!(content.starts_with(b"HEAD-000\n0000-001\n"));
+    assert!(content.ends_with(b"0019-099\n"));
+}
+
+/// Writes 10,000-byte pieces until the file system is full, printing each result.
+const FILL: &str = r#"
+import errno, os, sys
+fs = os.statvfs("small")
+if fs.f_blocks * fs.f_frsize > 1 << 20:
+    sys.exit("small/ is not the small file system: not filling it")
+fd = os.open("small/f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+total = 0
+while True:
+    try:
+        n = os.write(fd, b"x" * 10000)
+    except OSError as e:
+        print("error", errno.errorcode[e.errno], "after", total)
+        break
+    total += n
+    if n != 10000:
+        print("short", n)
+try:
+    os.fsync(fd)
+    print("fsync ok")
+except OSError as e:
+    print("fsync", errno.errorcode[e.errno])
+os.close(fd)
+"#;
+
+/// Mounts a 200 KiB tmpfs at `dir`; unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: std::path::PathBuf) -> SmallFs {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=200k", "homeward-small"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mounting a tmpfs at {} failed", dir.display());
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_file_system_gives_the_kernels_counts_and_errno() {
+    skip_unless_root!();
+    require_tools!("python3", "mount");
+    let hosts = Hosts::start();
+    hosts.write("fill.py", FILL);
+    let _home_fs = SmallFs::mount(hosts.path("small"));
+    let remote = hosts.cmd(&["python3", "fill.py"]).remote();
+    remote.assert_success();
+    // Natively, on a file system of the same size (the harness's native copy cannot carry a mount).
+    let native_dir = hosts.scratch().join("native-fill");
+    let _native_fs = SmallFs::mount(native_dir.join("small"));
+    let native = Command::new("python3")
+        .arg(hosts.path("fill.py"))
+        .current_dir(&native_dir)
+        .output()
+        .expect("python3");
+    assert!(native.status.success(), "native run: {}", String::from_utf8_lossy(&native.stderr));
+    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    assert!(native.contains("error ENOSPC"), "native run: {native}");
+    assert_eq!(remote.stdout(), native, "{}", remote);
+}
+
+/// Writes once, waits while home makes the file immutable, writes again, then syncs.
+const IMMUTABLE: &str = r#"
+import errno, os, time
+fd = os.open("locked.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"first\n")
+os.fsync(fd)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.02)
+try:
+    print("write", os.write(fd, b"second\n"))
+except OSError as e:
+    print("write", errno.errorcode[e.errno])
+try:
+    os.fsync(fd)
+    print("fsync ok")
+except OSError as e:
+    print("fsync", errno.errorcode[e.errno])
+try:
+    os.fsync(fd)
+    print("fsync again ok")
+except OSError as e:
+    print("fsync again", errno.errorcode[e.errno])
+"#;
+
+#[test]
+fn a_write_that_fails_at_home_after_all_is_reported_by_fsync() {
+    skip_unless_root!();
+    require_tools!("python3", "chattr");
+    let hosts = Hosts::start();
+    hosts.write("immutable.py", IMMUTABLE);
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "immutable.py"]).remote());
+        let start = Instant::now();
+        while !hosts.exists("ready") {
+            assert!(start.elapsed() < Duration::from_secs(20), "the program never got ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ok = Command::new("chattr").arg("+i").arg(hosts.path("locked.txt")).status().expect("chattr");
+        assert!(ok.success(), "chattr +i failed");
+        hosts.write("go", "");
+        run.join().expect("the remote run")
+    });
+    let _ = Command::new("chattr").arg("-i").arg(hosts.path("locked.txt")).status();
+    remote.assert_success();
+    // Natively the second write fails at once; sent behind, it is told success and the failure comes with
+    // the next fsync, once, as a failed write-back does.
+    assert_eq!(remote.stdout(), "write 7\nfsync EPERM\nfsync again ok\n", "{}", remote);
+    assert!(remote.stderr().contains("failed at home (EPERM)"), "{}", remote);
+    assert_eq!(hosts.read("locked.txt"), b"first\n");
+}
