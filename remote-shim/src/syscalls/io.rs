@@ -327,8 +327,20 @@ async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
         libc::SEEK_HOLE => pb::Whence::Hole,
         _ => return Err(Errno::EINVAL),
     };
-    simple(call, Op::Seek(pb::Seek { handle: h.id, offset: call.arg(1) as i64, whence: whence as i32 })).await
+    let offset = call.arg(1) as i64;
+    let op = Op::Seek(pb::Seek { handle: h.id, offset, whence: whence as i32 });
+    // Seeking a regular file to a place from its start cannot fail (within any file system's size limit),
+    // and its result is that place: sent behind.
+    if whence == pb::Whence::Set && (0..=MAX_SEEK_BEHIND).contains(&offset) && writes_behind(h) {
+        let ticket = h.behind.ticket();
+        call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), offset, "seek")).await?;
+        return Ok(Action::Value(offset));
+    }
+    simple(call, op).await
 }
+
+/// Largest offset a seek sent behind goes to (below every local file system's largest file).
+const MAX_SEEK_BEHIND: i64 = 1 << 40;
 
 async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {
     match call.arg(1) as libc::c_ulong {
