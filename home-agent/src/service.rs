@@ -387,7 +387,6 @@ async fn close(sessions: &Sessions, session: &Arc<Session>, generation: u64) {
 async fn call(session: Arc<Session>, request: CallRequest) {
     let leases = session.leases.clone();
     let outbox = session.outbox.clone();
-    let changes_files = request.op.as_ref().is_some_and(|op| !homeward_proto::effects::changes_nothing(op));
     let seq = request.seq;
     let op = exec::op_name(request.op.as_ref());
     let ran = if exec::may_block(&session, &request) {
@@ -420,11 +419,8 @@ async fn call(session: Arc<Session>, request: CallRequest) {
         }
     };
     debug!(seq, op, outcome = ?reply.outcome.map(|o| o.to_result()), "call done");
-    // What the call changed at home (inotify reports it as it happens) goes out before its reply.
-    if changes_files {
-        if let Some(report) = leases.report_now() {
-            outbox.send(report).await;
-        }
-    }
+    // What changed at home before the reply (the call's own changes, and anyone else's: inotify queues them
+    // as they happen) goes out before it.
+    leases.report_queued(&outbox).await;
     outbox.send(reply).await;
 }

@@ -99,6 +99,14 @@ impl Call<'_> {
 
     /// Forwards one operation to home on behalf of `proc`.
     pub async fn home_as(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
+        // Placeholders opened without home get their home handles first (`lazy`).
+        crate::lazy::before_change(self, proc, &op).await;
+        let op = crate::lazy::resolve(self, proc, op).await?;
+        self.home_resolved(proc, op).await
+    }
+
+    /// [`Call::home_as`] for an operation that names no placeholder opened without home.
+    pub async fn home_resolved(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
         let sent = match &op {
             Op::Write(w) => w.data.len() as u64,
