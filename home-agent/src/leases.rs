@@ -6,7 +6,8 @@
 //! its dependencies, `(watch, name)`: the entry `name` looked up in each watched directory (an empty name:
 //! the directory itself). The watches are in place before the lookup reads the file system, so a change
 //! after that read is always reported. A reader task turns every batch of inotify events into one
-//! `Event { changed, seq }`; the shim drops the answers that depend on a changed entry (or on its
+//! `Event { changed, seq }`, and every call's reply is preceded by the report of what is queued then
+//! (`report_queued`); the shim drops the answers that depend on a changed entry (or on its
 //! directory itself), and refuses answers granted before `seq` that arrive after it. Leases are numbered
 //! with the event counter at grant time.
 //!
