@@ -6,7 +6,8 @@
 //! its dependencies, `(watch, name)`: the entry `name` looked up in each watched directory (an empty name:
 //! the directory itself). The watches are in place before the lookup reads the file system, so a change
 //! after that read is always reported. A reader task turns every batch of inotify events into one
-//! `Event { changed, seq }`; the shim drops the answers that depend on a changed entry (or on its
+//! `Event { changed, seq }`, and every call's reply is preceded by the report of what is queued then
+//! (`report_queued`); the shim drops the answers that depend on a changed entry (or on its
 //! directory itself), and refuses answers granted before `seq` that arrive after it. Leases are numbered
 //! with the event counter at grant time.
 //!
@@ -25,8 +26,10 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 /// What a watched directory reports: anything that changes its entries, their attributes or content, or
-/// the directory itself.
+/// the directory itself. (`IN_CLOSE_WRITE` too: content written through a shared mapping makes no
+/// `IN_MODIFY`, but its file's closing is reported.)
 const WATCH_MASK: u32 = libc::IN_ATTRIB
+    | libc::IN_CLOSE_WRITE
     | libc::IN_CREATE
     | libc::IN_DELETE
     | libc::IN_DELETE_SELF
@@ -45,6 +48,9 @@ const MAX_WATCHES: usize = 16384;
 #[derive(Default)]
 pub struct Leases {
     inner: Mutex<Inner>,
+    /// Held from reading the inotify queue until its report is sent: a reply sent after
+    /// [`Leases::report_queued`] follows every report of the events queued before it.
+    sending: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -131,9 +137,8 @@ impl Leases {
         inner.replies.clone()
     }
 
-    /// Reports at once the changes already queued (a call of the job just made some): sent before that
-    /// call's reply, so the shim never meets its own change undone by a cached answer.
-    pub fn report_now(&self) -> Option<CallReply> {
+    /// Reports at once the changes already queued (see [`Leases::report_queued`]).
+    fn report_now(&self) -> Option<CallReply> {
         let fd = self.lock().watcher.as_ref().map(|(fd, _)| fd.clone())?;
         let (changed, overflow) = sys::inotify_events(fd.as_fd());
         if overflow {
@@ -147,6 +152,19 @@ impl Leases {
         let changed =
             changed.into_iter().map(|(wd, name)| Dep { wd: wd as u32, name: name.into() }).collect();
         Some(flush_reply(Event { changed, seq, ..Default::default() }))
+    }
+
+    /// Sends the reports of every change queued so far to `outbox`, ahead of a reply about to be sent: what
+    /// the job learns from a reply is never older than a change made at home before it (a change another
+    /// channel told it of is seen within the time its report takes).
+    pub async fn report_queued(&self, outbox: &crate::outbox::Outbox) {
+        if self.lock().watcher.is_none() {
+            return;
+        }
+        let _sending = self.sending.lock().await;
+        if let Some(report) = self.report_now() {
+            outbox.send(report).await;
+        }
     }
 
     /// The session is closing: no more leases or reports.
@@ -307,12 +325,14 @@ async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, mut stopped: oneshot::Rec
             _ = &mut stopped => return,
         };
         let Ok(mut ready) = readable else { return };
+        let Some(leases) = leases.upgrade() else { return };
+        // Read and sent as one step with respect to `report_queued`.
+        let _sending = leases.sending.lock().await;
         let (changed, overflow) = sys::inotify_events(afd.get_ref().as_fd());
         if changed.is_empty() && !overflow {
             ready.clear_ready();
             continue;
         }
-        let Some(leases) = leases.upgrade() else { return };
         let event = if overflow {
             debug!("inotify queue overflow: leases stop");
             let Some(replies) = leases.stop() else { return };

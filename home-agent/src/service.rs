@@ -394,33 +394,28 @@ async fn call(session: Arc<Session>, request: CallRequest) {
     answer.send(reply).await;
 }
 
-/// Where a call's reply goes, and what goes before it.
+/// Where a call's reply goes.
 struct Answer {
     session: Arc<Session>,
     seq: u64,
-    changes_files: bool,
 }
 
 impl Answer {
-    /// Sends the reply (`None`: the session closed before the call ran, and nobody is listening). What the
-    /// call changed at home (inotify reports it as it happens) goes out before its reply.
+    /// Sends the reply (`None`: the session closed before the call ran, and nobody is listening). What
+    /// changed at home before it (the call's own changes, and anyone else's: inotify queues them as they
+    /// happen) goes out before it.
     async fn send(self, reply: Option<CallReply>) {
         let outbox = &self.session.outbox;
         let Some(reply) = reply else { return outbox.abandon(self.seq) };
-        if self.changes_files {
-            if let Some(report) = self.session.leases.report_now() {
-                outbox.send(report).await;
-            }
-        }
+        self.session.leases.report_queued(outbox).await;
         outbox.send(reply).await;
     }
 }
 
 /// Runs one call (on a blocking thread when it may wait); its reply, and where to send it.
 async fn run(session: Arc<Session>, request: CallRequest) -> (Option<CallReply>, Answer) {
-    let changes_files = request.op.as_ref().is_some_and(|op| !homeward_proto::effects::changes_nothing(op));
     let seq = request.seq;
-    let answer = Answer { session: session.clone(), seq, changes_files };
+    let answer = Answer { session: session.clone(), seq };
     let op = exec::op_name(request.op.as_ref());
     let ran = if exec::may_block(&session, &request) {
         tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request)))

@@ -30,6 +30,7 @@ impl Errno {
     pub const EXDEV: Errno = Errno(libc::EXDEV as u16);
     pub const ESPIPE: Errno = Errno(libc::ESPIPE as u16);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP as u16);
+    pub const ESTALE: Errno = Errno(libc::ESTALE as u16);
 
     /// The errno of the last failed libc call on this thread.
     pub fn last() -> Errno {

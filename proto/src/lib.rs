@@ -4,6 +4,7 @@
 //! - `pb`: the generated gRPC service and messages (`homeward.proto`).
 //! - [`errno`]: a lossless Linux errno and the value-or-errno [`pb::Outcome`] helpers.
 //! - [`flags`]: conversions between this host's `O_*`/`AT_*` values and the portable wire bits.
+//! - [`handles`]: the handles a request names (for a shim that fills them in late).
 //! - [`stat`]: conversions between `libc::statx`/`libc::statfs` and the wire's `FileStat`/`FsStat`.
 //! - [`text`]: an error with its causes, and the PEM check, for both sides' messages.
 //!
@@ -13,6 +14,7 @@
 pub mod effects;
 pub mod errno;
 pub mod flags;
+pub mod handles;
 pub mod stat;
 pub mod text;
 

@@ -1,5 +1,6 @@
-//! A cache of home files' content for `mmap` and fetched programs: the dynamic loader maps the same
-//! libraries in every process, so each is fetched from home once per job, not once per process.
+//! A cache of home files' content for `mmap`, fetched programs and reopens: the dynamic loader maps the same
+//! libraries in every process, so each is fetched from home once per job, not once per process; and a
+//! version cached here may be opened without home at all (`lazy`).
 //!
 //! Entries are keyed by the file's identity and version at home as seen when it was opened (device, inode,
 //! size, mtime and ctime to the nanosecond): a file changed at home has a new key on its next open
@@ -63,8 +64,16 @@ impl ContentCache {
         }
     }
 
+    /// Whether the content of version `key` is cached.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).entries.contains_key(key)
+    }
+
     /// Remembers `src`'s first `key.size` bytes (copied, so later changes to `src` do not leak in).
     pub fn insert(&self, key: Key, src: &OwnedFd) {
+        if self.contains(&key) {
+            return;
+        }
         let Ok(copy) = crate::sys::memfd(c"homeward-content") else { return };
         if crate::sys::copy_all(src.as_fd(), copy.as_fd(), key.size as u64).is_err() {
             return;

@@ -49,6 +49,8 @@ pub struct Handle {
     fill: std::sync::OnceLock<Arc<crate::fill::Fill>>,
     /// Writes and unlocks sent without waiting ([`crate::behind`]).
     pub behind: Arc<crate::behind::Behind>,
+    /// Opened without home ([`crate::lazy`]): `id` is local, the home handle comes when a call needs it.
+    lazy: Option<crate::lazy::Lazy>,
     born: u64,
 }
 
@@ -189,6 +191,34 @@ impl Handle {
     pub fn inode(&self) -> (u64, u64) {
         (self.stat.dev, self.stat.ino)
     }
+
+    /// How a placeholder opened without home opens its file there ([`crate::lazy`]).
+    pub fn lazy(&self) -> Option<&crate::lazy::Lazy> {
+        self.lazy.as_ref()
+    }
+
+    /// The handle home knows this file by: `id`, or a lazy placeholder's home handle once it has one.
+    pub fn home_handle(&self) -> Option<u64> {
+        match &self.lazy {
+            Some(lazy) => lazy.home(),
+            None => Some(self.id),
+        }
+    }
+
+    /// The id to send home for this handle: its home handle, or (a lazy placeholder not opened at home yet,
+    /// which home will refuse with `EBADF`) its local id.
+    pub fn wire_id(&self) -> u64 {
+        self.home_handle().unwrap_or(self.id)
+    }
+
+    /// The home handle to close now that no process holds the placeholder (none for a lazy placeholder
+    /// never opened at home; one opened after this call is closed by its opener, see [`crate::lazy`]).
+    fn take_for_close(&self) -> Option<u64> {
+        match &self.lazy {
+            Some(lazy) => lazy.take_for_close(),
+            None => Some(self.id),
+        }
+    }
 }
 
 /// Where a placeholder goes: the program behind a notification, and the lowest number it may take.
@@ -212,6 +242,8 @@ pub struct FdTable {
     made: AtomicUsize,
     /// Bytes held by content copies ([`Handle::charge`]).
     copied: Arc<AtomicI64>,
+    /// Local ids given to placeholders opened without home ([`crate::lazy::LAZY_BIT`] set).
+    lazy_ids: AtomicU64,
 }
 
 impl FdTable {
@@ -225,11 +257,33 @@ impl FdTable {
             generation: AtomicU64::new(1),
             made: AtomicUsize::new(0),
             copied: Arc::default(),
+            lazy_ids: AtomicU64::new(0),
         }
     }
 
     /// Creates the placeholder for a handle just opened at home.
     pub fn new_handle(&self, id: u64, flags: i32, stat: FileStat) -> io::Result<Arc<Handle>> {
+        self.make(id, flags, stat, None)
+    }
+
+    /// Creates a placeholder for a file opened without home: a local id, the home handle later.
+    pub fn new_lazy(&self, flags: i32, stat: FileStat, lazy: crate::lazy::Lazy) -> io::Result<Arc<Handle>> {
+        let id = crate::lazy::LAZY_BIT | (self.lazy_ids.fetch_add(1, Ordering::Relaxed) + 1);
+        self.make(id, flags, stat, Some(lazy))
+    }
+
+    /// Every handle some process may hold (lazy placeholders included).
+    pub fn all(&self) -> Vec<Arc<Handle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    fn make(
+        &self,
+        id: u64,
+        flags: i32,
+        stat: FileStat,
+        lazy: Option<crate::lazy::Lazy>,
+    ) -> io::Result<Arc<Handle>> {
         let name = CString::new(format!("{}:{id}", self.nonce)).map_err(io::Error::other)?;
         let memfd = crate::sys::memfd(&name)?;
         self.made.fetch_add(1, Ordering::Relaxed);
@@ -247,6 +301,7 @@ impl FdTable {
             budget: self.copied.clone(),
             charged: AtomicI64::new(0),
             behind: Arc::default(),
+            lazy,
             born: self.generation.load(Ordering::SeqCst),
         }))
     }
@@ -342,7 +397,8 @@ impl FdTable {
     }
 
     /// Forgets the handles that no process in `job` holds any more and that were created before the previous
-    /// scan began (so a handle being installed is never taken for dead). Returns their ids, to close at home.
+    /// scan began (so a handle being installed is never taken for dead). Returns their home handles, to close
+    /// at home.
     pub fn collect(&self, job: &[u32]) -> Vec<u64> {
         self.made.store(0, Ordering::Relaxed);
         let started = self.generation.fetch_add(1, Ordering::SeqCst);
@@ -369,10 +425,7 @@ impl FdTable {
             .filter(|h| h.born < started && !held.contains(&h.id) && h.pins.load(Ordering::SeqCst) == 0)
             .map(|h| h.id)
             .collect();
-        for id in &dead {
-            handles.remove(id);
-        }
-        dead
+        dead.iter().filter_map(|id| handles.remove(id)).filter_map(|h| h.take_for_close()).collect()
     }
 
     /// Handles made since the last collection.

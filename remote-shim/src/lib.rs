@@ -10,6 +10,8 @@
 //! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection;
 //!   the state of a file's content copy in its placeholder.
 //! - [`fill`]: readahead of large files into their placeholders.
+//! - [`lazy`]: read-only opens answered without home (leased attributes, cached content); their home handle
+//!   is opened when a call needs it.
 //! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks).
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
@@ -35,6 +37,7 @@ pub mod fill;
 pub mod filter;
 pub mod jobinit;
 pub mod launch;
+pub mod lazy;
 pub mod limits;
 pub mod memory;
 pub mod paths;

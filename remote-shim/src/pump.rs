@@ -143,7 +143,7 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
         };
         let mut data = &buf[..n];
         while !data.is_empty() {
-            let op = Op::Write(pb::Write { handle: h.id, data: data.to_vec().into(), offset: None });
+            let op = Op::Write(pb::Write { handle: h.wire_id(), data: data.to_vec().into(), offset: None });
             match sup.link.call(proc, op).await.map(|r| r.outcome.map(|o| o.to_result())) {
                 Ok(Some(Ok(w))) if w > 0 => data = &data[(w as usize).min(data.len())..],
                 other => {
@@ -159,7 +159,7 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
 /// Home → program: feeds the file into the pipe until end of file or until the program closes its end.
 async fn feed(sup: &Supervisor, proc: pb::Proc, h: &Handle, pipe: &AsyncFd<std::fs::File>) {
     loop {
-        let op = Op::Read(pb::Read { handle: h.id, len: CHUNK as u64, offset: None });
+        let op = Op::Read(pb::Read { handle: h.wire_id(), len: CHUNK as u64, offset: None });
         let data = match sup.link.call(proc, op).await {
             Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
             _ => return,

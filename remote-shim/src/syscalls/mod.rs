@@ -101,6 +101,14 @@ impl Call<'_> {
 
     /// Forwards one operation to home on behalf of `proc`.
     pub async fn home_as(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
+        // Placeholders opened without home get their home handles first (`lazy`).
+        crate::lazy::before_change(self, proc, &op).await;
+        let op = crate::lazy::resolve(self, proc, op).await?;
+        self.home_resolved(proc, op).await
+    }
+
+    /// [`Call::home_as`] for an operation that names no placeholder opened without home.
+    pub async fn home_resolved(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
         let sent = match &op {
             Op::Write(w) => w.data.len() as u64,
@@ -137,12 +145,15 @@ impl Call<'_> {
         op: Op,
         done: impl FnOnce(Option<CallReply>) + Send + 'static,
     ) -> Result<(), Errno> {
+        let proc = self.proc();
+        crate::lazy::before_change(self, proc, &op).await;
+        let op = crate::lazy::resolve(self, proc, op).await?;
         self.sup.flush_pumps().await;
         let sent = match &op {
             Op::Write(w) => w.data.len() as u64,
             _ => 0,
         };
-        match self.sup.link.send_ordered(self.proc(), op).await {
+        match self.sup.link.send_ordered(proc, op).await {
             Ok(reply) => {
                 let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
                 cost.behind += 1;

@@ -62,6 +62,9 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         if let Some(Cached::Missing(e)) = attrs.get(k) {
             return Err(e);
         }
+        if let Some(answered) = crate::lazy::try_open(call, k, oflags) {
+            return answered;
+        }
     }
     let ticket = attrs.ticket();
     let mark = attrs.change_mark();
@@ -139,10 +142,18 @@ fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, conten
     {
         return;
     }
+    let version = crate::content::Key::of(&h.stat);
     let kept = match content {
-        Some(bytes) => h.keep_content(bytes).is_ok(),
+        Some(bytes) => {
+            let kept = h.keep_content(bytes).is_ok();
+            // Read at home right after the open and checked against a second fstat: this version's content.
+            if let Some(version) = version.filter(|_| kept) {
+                call.sup.content.insert(version, &h.memfd);
+            }
+            kept
+        }
         None => {
-            let cached = crate::content::Key::of(&h.stat).is_some_and(|key| {
+            let cached = version.is_some_and(|key| {
                 let hit = call.sup.content.copy_into(&key, &h.memfd);
                 if hit {
                     h.mark_filled();

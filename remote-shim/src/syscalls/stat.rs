@@ -81,6 +81,10 @@ async fn stat_home(
         {
             return Ok(h.stat);
         }
+        // Opened without home and replaced at home since: the attributes of what the copy holds.
+        if crate::lazy::unreachable(call, h).await {
+            return Ok(h.stat);
+        }
     }
     let attrs = &call.sup.link.attrs;
     let key = call

@@ -1,0 +1,262 @@
+//! Opens answered without home: a plain read-only open of a home regular file whose lookup home has leased
+//! (the attribute cache holds its attributes, `attrcache`) and whose version (device, inode, size, mtime,
+//! ctime) the content cache holds whole gets a placeholder filled from the content cache and no home handle
+//! (a *lazy* placeholder). Reads, seeks and maps are the kernel's, as for any fresh copy, and `fstat` is
+//! answered from the open while the lease holds.
+//!
+//! Why the answer is home's own: the lease says that home reported no change to any directory on the way
+//! nor to the entry since it read those attributes (home's watches report entries' content and attribute
+//! changes too, and send what is queued before every reply); and the content cache holds this version only
+//! because home read it for this job, with the same credentials. Permission changes (mode, owner, ACLs,
+//! security labels) change the ctime, which is part of the version, so home would grant this open as it
+//! granted that read; the leased lookup shows that the directories are still searchable.
+//!
+//! A call that needs the home handle (locks, flags, ioctl, xattrs, attributes changes, reads of a copy gone
+//! stale, a reopen through `/proc/self/fd`...) opens the file at home first, by the absolute path of the
+//! lookup with the original flags ([`resolve`], on every request before it is sent). If home's file there
+//! is another inode (replaced, or the name is gone), the placeholder's file cannot be reached at home: the
+//! copy still serves reads (it is exactly the content opened), `fstat` answers the attributes at open, and
+//! calls that need home fail with `ESTALE`, as NFS answers for a file handle whose file is gone. A file the
+//! job itself is about to unlink or rename over is opened at home first ([`before_change`]), so the job's
+//! own changes never make its descriptors unreachable.
+//!
+//! Lazy placeholders have local ids ([`LAZY_BIT`] set), never sent to home; the collector closes at home
+//! only those that got a home handle.
+
+use crate::attrcache::{Cached, Key};
+use crate::fdtable::{Handle, Origin};
+use crate::syscalls::{Action, Call, Outcome};
+use homeward_proto::pb::{self, call_request::Op};
+use homeward_proto::{flags, Errno};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Set in the local id of a lazy placeholder (home's handles are small counters).
+pub const LAZY_BIT: u64 = 1 << 63;
+
+/// `Lazy::home` once the collector took the placeholder: no home handle may be kept any more.
+const COLLECTED: u64 = u64::MAX;
+
+/// Open flags a lazy open accepts besides `O_RDONLY`: none changes what the open does to a regular file.
+/// (`O_NOFOLLOW` is the lookup's: the attribute cache's key then names the link itself, never a file.)
+const PLAIN: i32 = libc::O_CLOEXEC | libc::O_LARGEFILE | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW;
+
+pub fn is_lazy(id: u64) -> bool {
+    id & LAZY_BIT != 0
+}
+
+/// How a placeholder opened without home opens its file there.
+pub struct Lazy {
+    /// The lookup's absolute path.
+    path: Vec<u8>,
+    /// The program's open flags.
+    flags: i32,
+    /// The home handle (0: not opened at home yet; [`COLLECTED`]).
+    home: AtomicU64,
+    /// Home's file at `path` is another one: the placeholder's cannot be reached at home.
+    gone: AtomicBool,
+    /// One opener at a time.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Lazy {
+    fn new(path: Vec<u8>, flags: i32) -> Lazy {
+        Lazy {
+            path,
+            flags,
+            home: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+            opening: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The home handle, once opened there.
+    pub fn home(&self) -> Option<u64> {
+        Some(self.home.load(Ordering::SeqCst)).filter(|&h| h != 0 && h != COLLECTED)
+    }
+
+    /// The collector took the placeholder: its home handle (if any) to close. One opened later is closed by
+    /// its opener ([`home_handle`]), so each home handle is closed exactly once.
+    pub fn take_for_close(&self) -> Option<u64> {
+        Some(self.home.swap(COLLECTED, Ordering::SeqCst)).filter(|&h| h != 0 && h != COLLECTED)
+    }
+
+    fn gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether an open with `oflags` only reads a regular file and may be answered without home.
+pub fn plain_read(oflags: i32) -> bool {
+    oflags & libc::O_ACCMODE == libc::O_RDONLY && oflags & !(PLAIN | libc::O_ACCMODE) == 0
+}
+
+/// Answers an open of `key` (an absolute lookup, following links as the open does) without home when the
+/// attribute cache and the content cache together vouch for it; `None`: the open goes home.
+pub fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome> {
+    if !plain_read(oflags) || key.proc != 0 || key.mask != 0 || key.path.first() != Some(&b'/') {
+        return None;
+    }
+    let attrs = &call.sup.link.attrs;
+    // Taken before the lookup: a change the job makes to the file from now on makes the copy stale.
+    let mark = attrs.change_mark();
+    let Some(Cached::Found(st)) = attrs.get(key) else { return None };
+    if st.mode & libc::S_IFMT != libc::S_IFREG || st.nlink != 1 {
+        return None;
+    }
+    let version = crate::content::Key::of(&st)?;
+    if !call.sup.content.contains(&version) {
+        return None;
+    }
+    let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(key.path.clone(), oflags)).ok()?;
+    if !h.charge(st.size.max(0)) || !call.sup.content.copy_into(&version, &h.memfd) {
+        return None;
+    }
+    h.mark_filled();
+    h.set_copied_at(mark);
+    h.set_origin(Origin { key: key.clone() });
+    call.sup.handle_made();
+    tracing::trace!(handle = h.id, "open answered without home");
+    Some(call.install(&h, oflags & libc::O_CLOEXEC != 0, 0).map(|fd| Action::Answered(i64::from(fd))))
+}
+
+/// The home handle of `h`, opening a lazy placeholder's file at home (on behalf of `proc`) if it has none
+/// yet: `ESTALE` when home's file at its path is no longer the placeholder's.
+pub async fn home_handle(call: &Call<'_>, proc: pb::Proc, h: &Handle) -> Result<u64, Errno> {
+    let Some(lazy) = h.lazy() else { return Ok(h.id) };
+    let _one = lazy.opening.lock().await;
+    match lazy.home.load(Ordering::SeqCst) {
+        0 => {}
+        COLLECTED => return Err(Errno::EBADF),
+        id => return Ok(id),
+    }
+    if lazy.gone() {
+        return Err(Errno::ESTALE);
+    }
+    let op = Op::Open(pb::Open {
+        dir: Some(pb::Dir { handle: 0 }),
+        path: lazy.path.clone().into(),
+        flags: flags::open_to_wire(lazy.flags),
+        mode: 0,
+        resolve: 0,
+        content_max: 0,
+        lease: false,
+    });
+    let mut reply = call.home_resolved(proc, op.clone()).await?;
+    if matches!(crate::syscalls::outcome(&reply), Err(Errno::EMFILE | Errno::ENFILE)) {
+        // Home may be holding files the job closed and the collector has not closed there yet.
+        call.sup.collect_now().await;
+        reply = call.home_resolved(proc, op).await?;
+    }
+    let id = match crate::syscalls::outcome(&reply).and_then(crate::syscalls::handle_id) {
+        Ok(id) => id,
+        // Home's resources, or home itself: the placeholder's file may still be there.
+        Err(e) if matches!(e, Errno::EMFILE | Errno::ENFILE | Errno::EIO | Errno::ENOMEM | Errno::EAGAIN) => {
+            return Err(e)
+        }
+        Err(_) => {
+            lazy.gone.store(true, Ordering::SeqCst);
+            return Err(Errno::ESTALE);
+        }
+    };
+    let st = reply.stat.unwrap_or_default();
+    if (st.dev, st.ino) != h.inode() {
+        lazy.gone.store(true, Ordering::SeqCst);
+        close(call, proc, id).await;
+        return Err(Errno::ESTALE);
+    }
+    call.sup.link.attrs.opened(id, h.inode());
+    if !h.stat.same_version(&st) {
+        // Changed at home since the lazy open (as `fstat` at home would show): reads go home from now on.
+        h.mark_stale();
+    }
+    if lazy.home.compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        // Nobody holds the placeholder any more and the collector already took it.
+        close(call, proc, id).await;
+        return Err(Errno::EBADF);
+    }
+    tracing::trace!(handle = h.id, home = id, "lazy placeholder opened at home");
+    Ok(id)
+}
+
+async fn close(call: &Call<'_>, proc: pb::Proc, id: u64) {
+    let _ = call.home_resolved(proc, Op::Close(pb::Close { handle: id, more: vec![] })).await;
+}
+
+/// `op` with every lazy placeholder it names replaced by its home handle (opened now if need be).
+pub async fn resolve(call: &Call<'_>, proc: pb::Proc, mut op: Op) -> Result<Op, Errno> {
+    for id in homeward_proto::handles::handles_mut(&mut op) {
+        if is_lazy(*id) {
+            let h = call.sup.fds.get(*id).ok_or(Errno::EBADF)?;
+            *id = home_handle(call, proc, &h).await?;
+        }
+    }
+    Ok(op)
+}
+
+/// Before the job unlinks or renames a name: the lazy placeholders whose path has that name as a component
+/// get their home handles, so they keep naming their file at home whatever the change does to the path.
+pub async fn before_change(call: &Call<'_>, proc: pb::Proc, op: &Op) {
+    let paths: Vec<&[u8]> = match op {
+        Op::Unlink(u) => vec![&u.path],
+        Op::Rename(r) => vec![&r.old_path, &r.new_path],
+        _ => return,
+    };
+    let names: Vec<Option<&[u8]>> = paths.iter().map(|p| last_component(p)).collect();
+    for h in call.sup.fds.all() {
+        let Some(lazy) = h.lazy() else { continue };
+        if lazy.home().is_some() || lazy.gone() || lazy.home.load(Ordering::SeqCst) == COLLECTED {
+            continue;
+        }
+        // A path that does not name its last component (`..`, `/`) may be anything: every placeholder.
+        let hit = names.iter().any(|n| match n {
+            None => true,
+            Some(name) => lazy.path.split(|&b| b == b'/').any(|c| c == *name),
+        });
+        if hit {
+            let _ = home_handle(call, proc, &h).await;
+        }
+    }
+}
+
+/// Whether `h` is a lazy placeholder whose file cannot be reached at home (see the module text).
+pub async fn unreachable(call: &Call<'_>, h: &Handle) -> bool {
+    match h.lazy() {
+        Some(lazy) if lazy.home().is_none() => {
+            matches!(home_handle(call, call.proc(), h).await, Err(Errno::ESTALE)) && lazy.gone()
+        }
+        _ => false,
+    }
+}
+
+fn last_component(path: &[u8]) -> Option<&[u8]> {
+    path.split(|&b| b == b'/').rfind(|c| !c.is_empty() && *c != b".").filter(|c| *c != b"..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_reads_are_answered_without_home() {
+        assert!(plain_read(libc::O_RDONLY));
+        assert!(plain_read(libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK));
+        for other in [
+            libc::O_WRONLY,
+            libc::O_RDWR,
+            libc::O_CREAT,
+            libc::O_TRUNC,
+            libc::O_PATH,
+            libc::O_DIRECTORY,
+            libc::O_NOATIME,
+            libc::O_TMPFILE,
+            libc::O_DIRECT,
+            libc::O_APPEND,
+        ] {
+            assert!(!plain_read(libc::O_RDONLY | other), "{other:#o}");
+        }
+        assert!(is_lazy(LAZY_BIT | 1) && !is_lazy(1));
+        assert_eq!(last_component(b"/a/b/"), Some(&b"b"[..]));
+        assert_eq!(last_component(b"/a/.."), None);
+        assert_eq!(last_component(b"/"), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! Read-only opens answered without home (remote-shim's `lazy`): reopening an unchanged home file costs no
+//! round trip, a change made at home between two opens is always seen, and a descriptor opened that way
+//! still holds locks that home's processes see, and answers `fstat`.
+
+use homeward::{require_tools, skip_or_fail, skip_unless_root, unprivileged_prefix, Hosts, NOBODY};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Opens and reads `data.txt` (by its absolute path) `argv[1]` times.
+const REOPEN: &str = r#"
+import os, sys
+p = os.path.abspath("data.txt")
+for i in range(int(sys.argv[1])):
+    with open(p) as f:
+        assert f.read() == "hello\n"
+print("ok")
+"#;
+
+/// The `openat` lines of a `--trace` file that name `path`, as (round trips, line).
+fn opens_of(trace: &Path, path: &str) -> Vec<(u32, String)> {
+    let text = std::fs::read_to_string(trace).unwrap_or_else(|e| panic!("read {}: {e}", trace.display()));
+    let quoted = format!("\"{path}\"");
+    text.lines()
+        .filter(|l| l.contains("\"call\":\"openat\"") && l.contains(&quoted))
+        .map(|l| {
+            let rtt = l.split("\"rtt\":").nth(1).and_then(|r| r.split([',', '}']).next());
+            (rtt.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no rtt in {l}")), l.to_string())
+        })
+        .collect()
+}
+
+/// `round trips to home: N` from `--stats` output.
+fn round_trips(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("round trips to home: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no round-trip count in:\n{stderr}"))
+}
+
+#[test]
+fn reopening_an_unchanged_file_costs_no_round_trip() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "hello\n");
+    hosts.write("reopen.py", REOPEN);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let run = |n: &str, traced: bool| {
+        let mut cmd = hosts.cmd(&["python3", "reopen.py", n]).shim_arg("--stats");
+        if traced {
+            cmd = cmd.shim_arg("--trace").shim_arg(trace.to_str().expect("a UTF-8 path"));
+        }
+        let run = cmd.remote();
+        run.assert_success();
+        assert_eq!(run.stdout(), "ok\n", "{run}");
+        round_trips(&run.stderr())
+    };
+    let once = run("1", false);
+    let many = run("41", true);
+    // Only the first open goes home: the 40 others (and their fstat, ioctl, reads) are answered here.
+    assert!(many <= once + 3, "41 opens took {many} round trips, one open {once}");
+    let data = hosts.path("data.txt");
+    let opens = opens_of(&trace, data.to_str().expect("a UTF-8 path"));
+    assert_eq!(opens.len(), 41, "{opens:?}");
+    let home: Vec<_> = opens.iter().filter(|(rtt, _)| *rtt > 0).collect();
+    assert_eq!(home.len(), 1, "opens that went home: {home:?}");
+}
+
+/// Shows the file through two opens (the second is answered without home when the first left it leased
+/// and cached), then, for each change the test makes at home, again.
+const CHANGES: &str = r#"
+import errno, os, time
+p = os.path.abspath("data.txt")
+def wait(name):
+    while not os.path.exists(name):
+        time.sleep(0.01)
+    os.remove(name)
+def show(step):
+    try:
+        with open(p) as f:
+            a = f.read()
+        with open(p) as f:
+            b = f.read()
+        print(step, repr(a), a == b)
+    except OSError as e:
+        print(step, errno.errorcode[e.errno])
+show("start")
+for step in ["inplace", "append", "truncate", "renamed", "chmod", "deleted"]:
+    open("ready", "w").close()
+    wait("go")
+    show(step)
+"#;
+
+fn wait_for(hosts: &Hosts, rel: &str) {
+    let start = Instant::now();
+    while !hosts.exists(rel) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_change_at_home_between_two_opens_is_seen() {
+    skip_unless_root!();
+    require_tools!("python3");
+    if unprivileged_prefix().is_none() {
+        skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
+        return;
+    }
+    // The agent runs as nobody, so a file made unreadable is unreadable at home.
+    let hosts = Hosts::builder().unprivileged().start();
+    hosts.mkdir("w");
+    std::os::unix::fs::chown(hosts.path("w"), Some(NOBODY), Some(NOBODY)).expect("chown w");
+    hosts.write("w/data.txt", "hello\n");
+    hosts.write("w/changes.py", CHANGES);
+    let data = hosts.path("w/data.txt");
+    let changes: [&dyn Fn(); 6] = [
+        // In place, same size: only the bytes and the times tell the versions apart.
+        &|| {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&data).expect("open for writing");
+            f.write_all_at(b"HELLO\n", 0).expect("write in place");
+        },
+        &|| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&data).expect("open for appending");
+            f.write_all(b" more\n").expect("append");
+        },
+        &|| std::fs::OpenOptions::new().write(true).open(&data).and_then(|f| f.set_len(3)).expect("truncate"),
+        &|| {
+            hosts.write("w/data.new", "replaced\n");
+            std::fs::rename(hosts.path("w/data.new"), &data).expect("rename over");
+        },
+        &|| hosts.chmod("w/data.txt", 0o600),
+        &|| std::fs::remove_file(&data).expect("delete"),
+    ];
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "changes.py"]).cwd("w").remote());
+        for change in changes {
+            wait_for(&hosts, "w/ready");
+            std::fs::remove_file(hosts.path("w/ready")).expect("remove ready");
+            change();
+            hosts.write("w/go", "");
+        }
+        run.join().expect("the remote run")
+    });
+    remote.assert_success();
+    assert_eq!(
+        remote.stdout(),
+        "start 'hello\\n' True\ninplace 'HELLO\\n' True\nappend 'HELLO\\n more\\n' True\n\
+         truncate 'HEL' True\nrenamed 'replaced\\n' True\nchmod EACCES\ndeleted ENOENT\n",
+        "{remote}"
+    );
+}
+
+/// Opens `data.txt` twice (the second open is answered without home), takes a read lock through the
+/// second descriptor, shows its `fstat`, and holds the lock until told to end.
+const LOCKS: &str = r#"
+import fcntl, os, time
+p = os.path.abspath("data.txt")
+with open(p) as f:
+    f.read()
+fd = os.open(p, os.O_RDONLY)
+st = os.fstat(fd)
+print("fstat", st.st_size, st.st_ino)
+fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 0, 0)
+print("locked")
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0)
+print("fstat again", os.fstat(fd).st_size)
+open("unlocked", "w").close()
+"#;
+
+/// Whether a home process may take a write lock on `path` (without waiting).
+fn home_can_lock(path: &Path) -> bool {
+    let probe = "import fcntl, sys\nf = open(sys.argv[1], 'r+')\ntry:\n    \
+                 fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\nexcept OSError:\n    print('held')\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", probe])
+        .arg(path)
+        .output()
+        .expect("run python3 at home");
+    assert!(out.status.success(), "{out:?}");
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "free" => true,
+        "held" => false,
+        other => panic!("unexpected probe output {other:?}"),
+    }
+}
+
+#[test]
+fn a_lazily_opened_descriptor_holds_locks_home_sees() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("data.txt", "some data\n");
+    hosts.write("locks.py", LOCKS);
+    let data = hosts.path("data.txt");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&data).expect("stat data.txt"));
+    let trace = hosts.user_home().join("trace.jsonl");
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts.cmd(&["python3", "locks.py"]).shim_arg("--trace").shim_arg(trace.to_str().unwrap()).remote()
+        });
+        wait_for(&hosts, "ready");
+        let held = !home_can_lock(&data);
+        hosts.write("go", "");
+        wait_for(&hosts, "unlocked");
+        let freed = home_can_lock(&data);
+        (run.join().expect("the remote run"), held, freed)
+    });
+    let (remote, held, freed) = remote;
+    remote.assert_success();
+    assert_eq!(remote.stdout(), format!("fstat 10 {ino}\nlocked\nfstat again 10\n"), "{remote}");
+    assert!(held, "a home process could take a write lock over the job's read lock:\n{remote}");
+    assert!(freed, "the job's lock was not released at home");
+    let opens = opens_of(&trace, data.to_str().expect("a UTF-8 path"));
+    assert_eq!(opens.len(), 2, "{opens:?}");
+    assert_eq!(opens[1].0, 0, "the second open went home: {}", opens[1].1);
+}
