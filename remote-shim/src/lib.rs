@@ -11,6 +11,7 @@
 //!   the state of a file's content copy in its placeholder.
 //! - [`fill`]: readahead of large files into their placeholders.
 //! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks).
+//! - [`cwds`]: each process's cwd path (getcwd's answer), kept while home's lease on it holds.
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
 //! - [`limits`]: each process's virtual `RLIMIT_NOFILE` (the kernel's stays above the reserved range).
@@ -28,6 +29,7 @@ pub mod attrcache;
 pub mod client;
 pub mod clock;
 pub mod content;
+pub mod cwds;
 pub mod fdtable;
 pub mod fill;
 pub mod filter;
