@@ -10,7 +10,7 @@
 //! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection;
 //!   the state of a file's content copy in its placeholder.
 //! - [`fill`]: readahead of large files into their placeholders.
-//! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks).
+//! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks, cwd paths).
 //! - [`cwds`]: each process's cwd path (getcwd's answer), kept while home's lease on it holds.
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
