@@ -73,6 +73,8 @@ pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 pub const READLINK: u32 = u32::MAX;
 /// `Key::mask` of an `access(mode)` answer: this plus the mode.
 pub const ACCESS: u32 = u32::MAX - 16;
+/// `Key::mask` of a process's cwd path (getcwd's answer): which directory the path names.
+pub const CWD: u32 = u32::MAX - 1;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cached {
@@ -84,6 +86,9 @@ pub enum Cached {
     Link(Vec<u8>),
     /// The access check succeeded.
     Exists,
+    /// The path names this directory (device, inode): a cwd's path, depending only on the entries on the
+    /// way (`CWD`).
+    Names(u64, u64),
 }
 
 /// What the job has changed so far, taken before a call is sent: its answer is stored only if nothing
@@ -310,7 +315,7 @@ impl AttrCache {
                     inner.unnamed_writes = inner.change_seq;
                 }
                 inner.entries.retain(|k, e| {
-                let lasting = matches!(&e.value, Cached::Link(_))
+                let lasting = matches!(&e.value, Cached::Link(_) | Cached::Names(..))
                     || matches!(&e.value, Cached::Missing(x) if *x == Errno::ENOENT || *x == Errno(libc::ENOTDIR as u16));
                     lasting && !k.path.split(|&b| b == b'/').any(|c| c == name)
                 })

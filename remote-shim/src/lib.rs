@@ -12,7 +12,8 @@
 //! - [`fill`]: readahead of large files into their placeholders.
 //! - [`lazy`]: read-only opens answered without home (leased attributes, cached content); their home handle
 //!   is opened when a call needs it.
-//! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks).
+//! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks, cwd paths).
+//! - [`cwds`]: each process's cwd path (getcwd's answer), kept while home's lease on it holds.
 //! - [`pump`]: home files moved below the range (`dup2(fd, 1)`) served through pumped pipes.
 //! - [`paths`]: which paths are local (`/proc`, `/sys`, `/dev`, `--local`).
 //! - [`limits`]: each process's virtual `RLIMIT_NOFILE` (the kernel's stays above the reserved range).
@@ -32,6 +33,7 @@ pub mod behind;
 pub mod client;
 pub mod clock;
 pub mod content;
+pub mod cwds;
 pub mod fdtable;
 pub mod fill;
 pub mod filter;

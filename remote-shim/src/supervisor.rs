@@ -55,6 +55,8 @@ pub struct Supervisor {
     pub link: HomeLink,
     pub fds: FdTable,
     pub procs: Procs,
+    /// The processes' cwd paths, while home's lease on them holds.
+    pub cwds: crate::cwds::Cwds,
     /// The processes' virtual `RLIMIT_NOFILE`.
     pub limits: crate::limits::Limits,
     pub policy: PathPolicy,
@@ -99,6 +101,7 @@ impl Supervisor {
             link,
             fds,
             procs: Procs::default(),
+            cwds: Default::default(),
             limits,
             policy,
             exec,
@@ -309,6 +312,7 @@ impl Supervisor {
 
     /// Tells home that proc `id` ended (`end`): its deputy ends the same way.
     pub async fn forget_proc(&self, id: u64, end: crate::procs::End) {
+        self.cwds.forget(id);
         let root = pb::Proc { id: 0, parent: 0 };
         let _ = self.link.call(root, Op::ForgetProc(pb::ForgetProc { id, end: Some(end.to_wire()) })).await;
     }

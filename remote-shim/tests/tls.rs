@@ -100,8 +100,10 @@ async fn connect(addr: &str, token: Option<&str>, tls: Option<ClientTls>) -> Res
 
 /// Asks home for its cwd: a call through the session's stream.
 async fn getcwd(link: &HomeLink) -> Vec<u8> {
-    let reply =
-        link.call(pb::Proc { id: 1, parent: 0 }, Op::Getcwd(pb::Getcwd { size: 4096 })).await.unwrap();
+    let reply = link
+        .call(pb::Proc { id: 1, parent: 0 }, Op::Getcwd(pb::Getcwd { size: 4096, lease: false }))
+        .await
+        .unwrap();
     reply.data.to_vec()
 }
 

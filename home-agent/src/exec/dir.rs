@@ -129,9 +129,9 @@ pub fn chdir(s: &Session, ctx: &ProcCtx, o: &pb::Chdir) -> Res {
 }
 
 /// getcwd with a buffer of `size` bytes: the value counts the terminating NUL, the data does not.
-pub fn getcwd(ctx: &ProcCtx, o: &pb::Getcwd) -> Res {
+pub fn getcwd(s: &Session, ctx: &ProcCtx, o: &pb::Getcwd) -> Res {
     // A removed cwd: the kernel's getcwd says ENOENT (readlink would say "/path (deleted)").
-    let sx = sys::statx(ctx.cwd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_NLINK)?;
+    let sx = sys::statx(ctx.cwd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_NLINK | libc::STATX_INO)?;
     if sx.stx_nlink == 0 {
         return Err(Errno::ENOENT);
     }
@@ -145,5 +145,40 @@ pub fn getcwd(ctx: &ProcCtx, o: &pb::Getcwd) -> Res {
     if u64::try_from(needed).map_or(true, |n| o.size < n) {
         return Err(Errno::ERANGE);
     }
-    Ok(pb::CallReply { data: path.into(), ..value(needed as i64) })
+    let leased = if o.lease { lease_cwd(s, ctx, &path, &pb::FileStat::from_statx(&sx)) } else { None };
+    let reply = pb::CallReply { data: path.into(), ..value(needed as i64) };
+    Ok(match leased {
+        Some((stat, lease, deps)) => pb::CallReply { stat: Some(stat), lease, deps, ..reply },
+        None => reply,
+    })
+}
+
+/// A lease on `path` naming the cwd `cwd` (getcwd's answer, cached by the shim): a leased lookup of the
+/// path, as `Stat` makes it (watches first, then the lookup), that finds the cwd's very directory. Its
+/// dependencies are the entries on the way only: what the directory holds, or its attributes, does not
+/// change which path names it. Not given to a confined session, whose lookups do not watch the directories
+/// above its allowed ones (a move there changes the cwd's path unseen).
+fn lease_cwd(
+    s: &Session,
+    ctx: &ProcCtx,
+    path: &[u8],
+    cwd: &pb::FileStat,
+) -> Option<(pb::FileStat, u64, Vec<pb::Dep>)> {
+    if s.allow().is_some() {
+        return None;
+    }
+    let lookup = pb::Stat {
+        dir: Some(pb::Dir { handle: 0 }),
+        path: path.to_vec().into(),
+        at_flags: 0,
+        mask: 0,
+        lease: true,
+    };
+    let reply = super::stat::stat(s, ctx, &lookup).ok()?;
+    let found = reply.stat.filter(|_| reply.lease != 0)?;
+    if (found.dev, found.ino) != (cwd.dev, cwd.ino) {
+        return None;
+    }
+    let deps = reply.deps.into_iter().filter(|d| !d.name.is_empty()).collect();
+    Some((found, reply.lease, deps))
 }

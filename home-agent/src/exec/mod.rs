@@ -185,7 +185,7 @@ fn dispatch(s: &Session, ctx: &ProcCtx, op: &Op) -> Res {
         Op::Symlink(o) => dir::symlink(s, ctx, o),
         Op::Getdents(o) => dir::getdents(s, o),
         Op::Chdir(o) => dir::chdir(s, ctx, o),
-        Op::Getcwd(o) => dir::getcwd(ctx, o),
+        Op::Getcwd(o) => dir::getcwd(s, ctx, o),
         Op::Chmod(o) => attr::chmod(s, ctx, o),
         Op::Chown(o) => attr::chown(s, ctx, o),
         Op::Truncate(o) => attr::truncate(s, ctx, o),

@@ -139,7 +139,7 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         ),
         ("chdir", Op::Chdir(Chdir { dir: cwd(), path: path("d") })),
         ("fchdir", Op::Chdir(Chdir { dir: h(2), path: path("") })),
-        ("getcwd", Op::Getcwd(Getcwd { size: 4096 })),
+        ("getcwd", Op::Getcwd(Getcwd { size: 4096, lease: true })),
         ("umask", Op::Umask(Umask { mask: 0o077 })),
         (
             "xattr_set",

@@ -223,28 +223,57 @@ fn encode_dirents(entries: &[pb::Dirent], format: Format, size: usize) -> Vec<u8
 async fn chdir(call: &Call<'_>) -> Outcome {
     let path = call.path(0)?;
     let Route::Home(dir) = call.route(libc::AT_FDCWD, &path) else { return Ok(Action::Continue) };
-    simple(call, Op::Chdir(pb::Chdir { dir: Some(dir), path: path.into() })).await
+    change_cwd(call, Op::Chdir(pb::Chdir { dir: Some(dir), path: path.into() })).await
 }
 
 async fn fchdir(call: &Call<'_>) -> Outcome {
     let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
-    simple(call, Op::Chdir(pb::Chdir { dir: Some(pb::Dir { handle: h.id }), path: Default::default() })).await
+    change_cwd(call, Op::Chdir(pb::Chdir { dir: Some(pb::Dir { handle: h.id }), path: Default::default() }))
+        .await
 }
 
+/// A chdir at home: the process's cwd path is forgotten before it is sent and when it is answered (see
+/// `cwds`).
+async fn change_cwd(call: &Call<'_>, op: Op) -> Outcome {
+    let proc = call.proc().id;
+    call.sup.cwds.changing(proc);
+    let outcome = simple(call, op).await;
+    call.sup.cwds.changing(proc);
+    outcome
+}
+
+/// getcwd: the path home last gave while its lease holds (see `cwds`), else home's answer, leased.
 async fn getcwd(call: &Call<'_>) -> Outcome {
     let size = call.arg(1);
-    let (len, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size })).await?;
-    let mut bytes = reply.data.to_vec();
-    bytes.push(0);
+    let proc = call.proc().id;
+    let attrs = &call.sup.link.attrs;
+    let cached = call.sup.cwds.get(proc, attrs);
+    let bytes = match cached {
+        Some(mut bytes) => {
+            bytes.push(0);
+            bytes
+        }
+        None => {
+            let (ticket, cwd_ticket) = (attrs.ticket(), call.sup.cwds.ticket());
+            let (len, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size, lease: true })).await?;
+            let mut bytes = reply.data.to_vec();
+            bytes.push(0);
+            if len != bytes.len() as i64 {
+                // The value counts the path and its NUL: anything else is a malformed reply.
+                return Err(Errno::EIO);
+            }
+            if let Some(st) = reply.stat.filter(|_| reply.lease != 0 && reply.data.first() == Some(&b'/')) {
+                crate::cwds::lease(attrs, &reply.data, (st.dev, st.ino), ticket, &reply);
+                call.sup.cwds.put(proc, cwd_ticket, reply.data.to_vec(), (st.dev, st.ino));
+            }
+            bytes
+        }
+    };
     if bytes.len() as u64 > size {
         return Err(Errno::ERANGE);
     }
-    if len != bytes.len() as i64 {
-        // The value counts the path and its NUL: anything else is a malformed reply.
-        return Err(Errno::EIO);
-    }
     memory::write_bytes(call.tid, call.arg(0), &bytes)?;
-    Ok(Action::Value(len))
+    Ok(Action::Value(bytes.len() as i64))
 }
 
 #[cfg(test)]

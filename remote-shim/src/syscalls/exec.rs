@@ -11,9 +11,15 @@
 //!   script shows the short name.
 //!
 //! An absolute path that exists on this machine (`/bin/sh`, `/usr/bin/make`) runs the local program.
+//!
+//! A name that is not there (a shell or `make` trying each `$PATH` entry) costs one round trip, then none:
+//! the fetch's open asks home for a lease on the lookup (decision 5), and its `ENOENT` or `ENOTDIR` is kept
+//! in the attribute cache under the key `stat` uses, until home reports a change to what it depends on.
+//! Every other errno (`EACCES`, `ENOEXEC`, ...) still comes from the real exec or the real fetch.
 
 use super::io::fill_placeholder;
 use super::{Action, Call, Outcome, Route};
+use crate::attrcache::{Cached, Key};
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
@@ -112,21 +118,44 @@ async fn exec(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcome 
     if path.first() == Some(&b'/') && is_local_file(&path) {
         return Ok(Action::Continue);
     }
+    // A name home said is not there (and has not reported a change to since): the same answer, at once.
+    let key = call.lookup_key(&dir, &path, at & libc::AT_SYMLINK_NOFOLLOW == 0, 0);
+    if let Some(k) = &key {
+        call.sup.flush_pumps().await;
+        if let Some(Cached::Missing(e)) = call.sup.link.attrs.get(k) {
+            if is_absence(e) {
+                return Err(e);
+            }
+        }
+    }
     if dirfd != libc::AT_FDCWD && path.first() != Some(&b'/') {
         // Relative to a home directory descriptor: stage under a short name.
-        return stage_and_continue(call, dir, &path, at, true).await;
+        return stage_and_continue(call, dir, &path, key, at, true).await;
     }
     let plain_relative = path.first() != Some(&b'/') && !path.split(|&b| b == b'/').any(|c| c == b"..");
-    stage_and_continue(call, dir, &path, at, !plain_relative).await
+    stage_and_continue(call, dir, &path, key, at, !plain_relative).await
+}
+
+/// The lookup errnos that say a name is not there as a file: the same for `stat`, `open` and exec of the
+/// same path, and leased by home.
+fn is_absence(e: Errno) -> bool {
+    e == Errno::ENOENT || e == Errno(libc::ENOTDIR as u16)
 }
 
 fn is_local_file(path: &[u8]) -> bool {
     std::fs::metadata(OsStr::from_bytes(path)).map(|m| m.is_file()).unwrap_or(false)
 }
 
-async fn stage_and_continue(call: &Call<'_>, dir: pb::Dir, path: &[u8], at: i32, short: bool) -> Outcome {
+async fn stage_and_continue(
+    call: &Call<'_>,
+    dir: pb::Dir,
+    path: &[u8],
+    key: Option<Key>,
+    at: i32,
+    short: bool,
+) -> Outcome {
     let nofollow = at & libc::AT_SYMLINK_NOFOLLOW != 0;
-    let (content, mode) = fetch(call, dir, path, nofollow).await?;
+    let (content, mode) = fetch(call, dir, path, key, nofollow).await?;
     let stage = &call.sup.exec;
     let (local, rewrite) = if short {
         let name = stage.next_short_name();
@@ -153,8 +182,15 @@ async fn stage_and_continue(call: &Call<'_>, dir: pb::Dir, path: &[u8], at: i32,
 }
 
 /// Fetches a home program: its bytes and permission bits, with exec's errors (`EACCES` for a directory, a
-/// non-regular file or a file without execute permission at home).
-async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Result<(Vec<u8>, u32), Errno> {
+/// non-regular file or a file without execute permission at home). The open asks for a lease on the lookup
+/// when `key` says it can be cached: a name not there is then kept under `key`.
+async fn fetch(
+    call: &Call<'_>,
+    dir: pb::Dir,
+    path: &[u8],
+    key: Option<Key>,
+    nofollow: bool,
+) -> Result<(Vec<u8>, u32), Errno> {
     let access = pb::Access {
         dir: Some(dir),
         path: path.to_vec().into(),
@@ -173,10 +209,18 @@ async fn fetch(call: &Call<'_>, dir: pb::Dir, path: &[u8], nofollow: bool) -> Re
         mode: 0,
         resolve: 0,
         content_max: 0,
-        lease: false,
+        lease: key.is_some(),
     };
-    let (handle, reply) = call.home_value(Op::Open(open)).await?;
-    let handle = super::handle_id(handle)?;
+    let attrs = &call.sup.link.attrs;
+    let ticket = attrs.ticket();
+    let reply = call.home(Op::Open(open)).await?;
+    let outcome = super::outcome(&reply);
+    if let (Some(key), Err(e)) = (key, outcome) {
+        if is_absence(e) {
+            attrs.put_leased(key, Cached::Missing(e), ticket, &reply);
+        }
+    }
+    let handle = super::handle_id(outcome?)?;
     let result = async {
         let stat = reply.stat.unwrap_or_default();
         if stat.mode & libc::S_IFMT != libc::S_IFREG {

@@ -93,7 +93,10 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         let id = sup.procs.reserve();
         let reply = call.home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity {})).await?;
         // Home could not start a deputy: the fork fails the same way.
-        Some((id, parent.id, started_deputy(&reply)?))
+        let home = started_deputy(&reply)?;
+        // Home copied the parent's state (its cwd) to the child just now, while the parent waits in the fork.
+        sup.cwds.inherit(parent.id, id);
+        Some((id, parent.id, home))
     } else {
         None
     };

@@ -80,7 +80,7 @@ async fn absolute(call: &Call<'_>, path: &[u8]) -> Result<Vec<u8>, Errno> {
     if path.first() == Some(&b'/') {
         return Ok(crate::paths::normalize(path));
     }
-    let (_, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size: 4096 })).await?;
+    let (_, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size: 4096, lease: false })).await?;
     let mut full = reply.data.to_vec();
     full.push(b'/');
     full.extend_from_slice(path);

@@ -153,24 +153,27 @@ fn chdir_and_getcwd() {
     assert_eq!(home.call(chdir("missing")), Err(Errno::ENOENT));
     assert_eq!(home.call(chdir("file")), Err(Errno::ENOTDIR));
     home.call(chdir("sub")).unwrap();
-    let reply = home.reply(Op::Getcwd(pb::Getcwd { size: 4096 }));
+    let reply = home.reply(Op::Getcwd(pb::Getcwd { size: 4096, lease: false }));
     let expected = home.root.join("sub");
     assert_eq!(&reply.data[..], expected.as_os_str().as_bytes());
     assert_eq!(reply.outcome.unwrap().to_result(), Ok(expected.as_os_str().len() as i64 + 1));
     let short = expected.as_os_str().len() as u64;
-    assert_eq!(home.call(Op::Getcwd(pb::Getcwd { size: short })), Err(Errno::ERANGE));
+    assert_eq!(home.call(Op::Getcwd(pb::Getcwd { size: short, lease: false })), Err(Errno::ERANGE));
     home.open("inside", libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap();
     assert!(home.root.join("sub/inside").exists());
     // Process 2 still starts at the session's cwd.
-    let other = home.reply_as(2, Op::Getcwd(pb::Getcwd { size: 4096 }));
+    let other = home.reply_as(2, Op::Getcwd(pb::Getcwd { size: 4096, lease: false }));
     assert_eq!(&other.data[..], home.root.as_os_str().as_bytes());
     // fchdir back through a handle.
     let up = home.open("..", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
     home.call(Op::Chdir(pb::Chdir { dir: Some(Dir { handle: up }), path: Default::default() })).unwrap();
-    assert_eq!(&home.reply(Op::Getcwd(pb::Getcwd { size: 4096 })).data[..], home.root.as_os_str().as_bytes());
+    assert_eq!(
+        &home.reply(Op::Getcwd(pb::Getcwd { size: 4096, lease: false })).data[..],
+        home.root.as_os_str().as_bytes()
+    );
     // A removed cwd.
     home.call(chdir("sub")).unwrap();
     std::fs::remove_file(home.root.join("sub/inside")).unwrap();
     std::fs::remove_dir(home.root.join("sub")).unwrap();
-    assert_eq!(home.call(Op::Getcwd(pb::Getcwd { size: 4096 })), Err(Errno::ENOENT));
+    assert_eq!(home.call(Op::Getcwd(pb::Getcwd { size: 4096, lease: false })), Err(Errno::ENOENT));
 }
