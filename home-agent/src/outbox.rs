@@ -74,7 +74,9 @@ impl Outbox {
 
     /// Registers an incoming call holding `bytes` of data (or asking for as many), that came on the stream of
     /// `generation`, acknowledging what its `ack` covers.
-    pub fn admit(&self, generation: u64, seq: u64, ack: u64, bytes: usize) -> Admit {
+    /// `ordered`: a call the shim sent behind (the program was told it succeeded), run however busy the
+    /// session is (the shim bounds those in flight).
+    pub fn admit(&self, generation: u64, seq: u64, ack: u64, bytes: usize, ordered: bool) -> Admit {
         let mut inner = self.lock();
         if inner.generation != generation || inner.closed {
             // Read late from a stream a newer one replaced (a retransmission after the break): the shim sent
@@ -85,10 +87,10 @@ impl Outbox {
         if inner.running.contains_key(&seq) || inner.kept_seqs.contains(&seq) {
             return Admit::Duplicate;
         }
-        if inner.running.len() >= MAX_RUNNING
+        let over = inner.running.len() >= MAX_RUNNING
             || inner.running_bytes + bytes > MAX_RUNNING_BYTES
-            || inner.kept_bytes > MAX_KEPT_BYTES
-        {
+            || inner.kept_bytes > MAX_KEPT_BYTES;
+        if over && !ordered {
             return Admit::Busy;
         }
         inner.running.insert(seq, bytes);
@@ -297,24 +299,24 @@ mod tests {
         let generation = outbox.attach(tx, 0, || {}).unwrap();
         outbox.resend(generation, None).await;
         for seq in 1..=3 {
-            assert_eq!(outbox.admit(generation, seq, 0, 0), Admit::Run);
+            assert_eq!(outbox.admit(generation, seq, 0, 0, false), Admit::Run);
             outbox.send(reply(seq)).await;
         }
         assert_eq!(drain(&mut rx).await, [(1, 1), (2, 2), (3, 3)]);
         // The link breaks; seq 4 finishes meanwhile.
         assert!(outbox.detach(generation));
-        assert_eq!(outbox.admit(generation, 4, 1, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, 4, 1, 0, false), Admit::Run);
         outbox.send(reply(4)).await;
         // Sent again after the break: not run twice.
-        assert_eq!(outbox.admit(generation, 2, 1, 0), Admit::Duplicate);
-        assert_eq!(outbox.admit(generation, 4, 1, 0), Admit::Duplicate);
+        assert_eq!(outbox.admit(generation, 2, 1, 0, false), Admit::Duplicate);
+        assert_eq!(outbox.admit(generation, 4, 1, 0, false), Admit::Duplicate);
         let (tx, mut rx) = mpsc::channel(16);
         let generation = outbox.attach(tx, 2, || {}).unwrap();
         outbox.resend(generation, None).await;
         assert_eq!(drain(&mut rx).await, [(3, 3), (4, 4)]);
-        assert_eq!(outbox.admit(generation, 5, 4, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, 5, 4, 0, false), Admit::Run);
         // A request read late from the replaced stream is not run.
-        assert_eq!(outbox.admit(generation - 1, 6, 4, 0), Admit::Stale);
+        assert_eq!(outbox.admit(generation - 1, 6, 4, 0, false), Admit::Stale);
         // Closed only by the stream that is current; then no stream attaches any more.
         assert!(!outbox.close_if(generation - 1));
         assert!(outbox.close_if(generation));
@@ -333,18 +335,19 @@ mod tests {
         assert_eq!(drain(&mut rx).await, [(0, 0)]);
         assert_eq!(outbox.kept().0, 0);
         for seq in 1..=MAX_RUNNING as u64 {
-            assert_eq!(outbox.admit(generation, seq, 0, 0), Admit::Run);
+            assert_eq!(outbox.admit(generation, seq, 0, 0, false), Admit::Run);
         }
-        assert_eq!(outbox.admit(generation, u64::MAX, 0, 0), Admit::Busy);
+        assert_eq!(outbox.admit(generation, u64::MAX, 0, 0, false), Admit::Busy);
+        assert_eq!(outbox.admit(generation, u64::MAX - 1, 0, 0, true), Admit::Run, "a call sent behind runs");
         outbox.abandon(1);
-        assert_eq!(outbox.admit(generation, u64::MAX, 0, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, u64::MAX, 0, 0, false), Admit::Run);
         let outbox = Outbox::default();
         let (tx, _rx) = mpsc::channel(16);
         let generation = outbox.attach(tx, 0, || {}).unwrap();
-        assert_eq!(outbox.admit(generation, 1, 0, MAX_RUNNING_BYTES), Admit::Run);
-        assert_eq!(outbox.admit(generation, 2, 0, 1), Admit::Busy);
-        assert_eq!(outbox.admit(generation, 3, 0, 0), Admit::Run);
+        assert_eq!(outbox.admit(generation, 1, 0, MAX_RUNNING_BYTES, false), Admit::Run);
+        assert_eq!(outbox.admit(generation, 2, 0, 1, false), Admit::Busy);
+        assert_eq!(outbox.admit(generation, 3, 0, 0, false), Admit::Run);
         outbox.abandon(1);
-        assert_eq!(outbox.admit(generation, 2, 0, 1), Admit::Run);
+        assert_eq!(outbox.admit(generation, 2, 0, 1, false), Admit::Run);
     }
 }

@@ -315,9 +315,12 @@ async fn run_session(
 
 /// Runs one request of a stream, unless it is a duplicate, stale, or beyond the session's limits.
 async fn admit(session: &Arc<Session>, generation: u64, request: CallRequest) {
-    match session.outbox.admit(generation, request.seq, request.ack, data_bytes(&request)) {
-        // Written behind: the shim did not wait for it, so nothing read after it may run before it.
-        Admit::Run if request.ordered && !exec::may_block(session, &request) => {
+    let (seq, ack, bytes) = (request.seq, request.ack, data_bytes(&request));
+    match session.outbox.admit(generation, seq, ack, bytes, request.ordered) {
+        // Written behind: the shim did not wait for it, so nothing read after it may run before it (the
+        // shim sends behind only calls that do not wait; one that runs on a blocking thread, as a new
+        // process's first call does, is waited for here all the same).
+        Admit::Run if request.ordered => {
             let (reply, answer) = run(session.clone(), request).await;
             tokio::spawn(answer.send(reply));
         }

@@ -18,8 +18,11 @@
 
 use homeward_proto::pb::CallReply;
 use homeward_proto::Errno;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Free space a write sent behind must leave on home's file system, besides the writes in flight.
 pub const MARGIN: u64 = 64 << 20;
@@ -30,8 +33,53 @@ pub const MAX_IN_FLIGHT: u64 = 16 << 20;
 /// Largest write sent behind; larger ones cost few round trips per byte anyway.
 pub const MAX_WRITE: u64 = 1 << 20;
 
+/// How long home's report of a file system's room is trusted: others at home write too.
+pub const ROOM_FRESH: Duration = Duration::from_secs(1);
+
 /// Bytes of the job's writes in flight.
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// Free bytes per home device as home last reported them, less what was sent behind since.
+static ROOMS: Mutex<Option<HashMap<u64, (u64, Instant)>>> = Mutex::new(None);
+
+/// Notes the room home reported (`CallReply.room` of an open for writing or a write) on device `dev`; the
+/// writes still in flight will take their share of it.
+pub fn set_room(dev: u64, room: u64) {
+    let room = room.saturating_sub(IN_FLIGHT.load(Ordering::SeqCst));
+    rooms().get_or_insert_with(HashMap::new).insert(dev, (room, Instant::now()));
+}
+
+/// Takes `len` bytes of device `dev`'s room when it is fresh and leaves [`MARGIN`] free.
+fn take_room(dev: u64, len: u64) -> bool {
+    let mut rooms = rooms();
+    match rooms.get_or_insert_with(HashMap::new).get_mut(&dev) {
+        Some((room, at)) if at.elapsed() < ROOM_FRESH && *room >= len.saturating_add(MARGIN) => {
+            *room -= len;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether home reported room on device `dev` lately (a local file system, see `CallReply.room`).
+pub fn has_room(dev: u64) -> bool {
+    rooms()
+        .get_or_insert_with(HashMap::new)
+        .get(&dev)
+        .is_some_and(|(room, at)| at.elapsed() < ROOM_FRESH && *room >= MARGIN)
+}
+
+/// Forgets device `dev`'s room (a call that wrote there without reporting it: a copy, `fallocate`): the
+/// next write waits and learns it again.
+pub fn forget_room(dev: u64) {
+    if let Some(rooms) = rooms().as_mut() {
+        rooms.remove(&dev);
+    }
+}
+
+fn rooms() -> std::sync::MutexGuard<'static, Option<HashMap<u64, (u64, Instant)>>> {
+    ROOMS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// One handle's calls in flight and what they owe the program.
 #[derive(Default)]
@@ -42,48 +90,55 @@ pub struct Behind {
 
 #[derive(Default)]
 struct Inner {
-    /// Calls sent behind and not answered yet, and the bytes they write.
-    calls: u32,
+    /// Numbers of the calls sent behind and not answered yet, and the bytes they write.
+    open: BTreeSet<u64>,
+    next: u64,
     bytes: u64,
-    /// Free bytes on the file's file system at home as of the last reply, less what was sent since.
-    room: u64,
+    /// No more write-behind for this handle (its flags changed: `O_DIRECT` or `O_SYNC` may be on).
+    off: bool,
     /// The error of a call the program was told succeeded: returned by the next write or sync.
     owed: Option<Errno>,
 }
 
-/// A write sent behind: counted until its reply comes.
+/// A call sent behind: counted until its reply comes.
 pub struct Ticket {
     behind: Arc<Behind>,
+    number: u64,
     bytes: u64,
+    dev: u64,
 }
 
 impl Behind {
-    /// Notes the free room home reported (`CallReply.room` of an open or a write).
-    pub fn set_room(&self, room: u64) {
+    /// Whether a write of `len` bytes to a file on home device `dev` may go behind, and if so counts it as
+    /// sent.
+    pub fn try_write(self: &Arc<Self>, dev: u64, len: u64) -> Option<Ticket> {
         let mut inner = self.lock();
-        inner.room = room.saturating_sub(inner.bytes);
-    }
-
-    /// Whether a write of `len` bytes may go behind, and if so counts it as sent.
-    pub fn try_write(self: &Arc<Self>, len: u64) -> Option<Ticket> {
-        let mut inner = self.lock();
-        if len > MAX_WRITE || inner.room < len.saturating_add(MARGIN) {
+        if inner.off || len > MAX_WRITE {
             return None;
         }
-        if IN_FLIGHT.fetch_add(len, Ordering::SeqCst) + len > MAX_IN_FLIGHT {
+        if IN_FLIGHT.fetch_add(len, Ordering::SeqCst) + len > MAX_IN_FLIGHT || !take_room(dev, len) {
             IN_FLIGHT.fetch_sub(len, Ordering::SeqCst);
             return None;
         }
-        inner.room -= len;
-        inner.calls += 1;
-        inner.bytes += len;
-        Some(Ticket { behind: self.clone(), bytes: len })
+        Some(Self::issue(self, &mut inner, dev, len))
     }
 
-    /// Counts a call without data (an unlock) as sent behind.
+    /// Counts a call without data (an unlock, a seek) as sent behind.
     pub fn ticket(self: &Arc<Self>) -> Ticket {
-        self.lock().calls += 1;
-        Ticket { behind: self.clone(), bytes: 0 }
+        let mut inner = self.lock();
+        Self::issue(self, &mut inner, 0, 0)
+    }
+
+    fn issue(self: &Arc<Self>, inner: &mut Inner, dev: u64, bytes: u64) -> Ticket {
+        inner.next += 1;
+        inner.open.insert(inner.next);
+        inner.bytes += bytes;
+        Ticket { behind: self.clone(), number: inner.next, bytes, dev }
+    }
+
+    /// No more write-behind for this handle (its open flags changed).
+    pub fn stop(&self) {
+        self.lock().off = true;
     }
 
     /// The error a failed call sent behind left, if any; taken once.
@@ -91,11 +146,17 @@ impl Behind {
         self.lock().owed.take()
     }
 
-    /// Waits until every call sent behind has its reply.
-    pub async fn settle(&self) {
+    /// The number of the last call sent behind so far (for [`Behind::settle`]).
+    pub fn mark(&self) -> u64 {
+        self.lock().next
+    }
+
+    /// Waits until every call sent behind up to `mark` has its reply (later ones are not waited for, so a
+    /// steady writer on the same description cannot hold a sync up).
+    pub async fn settle(&self, mark: u64) {
         loop {
             let notified = self.settled.notified();
-            if self.lock().calls == 0 {
+            if self.lock().open.first().is_none_or(|&first| first > mark) {
                 return;
             }
             notified.await;
@@ -120,21 +181,20 @@ impl Ticket {
             },
             None => Some(Errno::EIO),
         };
-        let mut inner = self.behind.lock();
-        if let Some(reply) = reply.filter(|r| r.room != 0 || self.bytes != 0) {
-            inner.room = reply.room.saturating_sub(inner.bytes - self.bytes);
+        if let Some(reply) = reply.filter(|_| self.bytes != 0) {
+            set_room(self.dev, reply.room);
         }
         if let Some(errno) = outcome {
+            self.behind.lock().owed.get_or_insert(errno);
             if reply.is_some() {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "remote-shim: a {what} the program was told succeeded failed at home ({}); the file's next \
                      write or fsync reports it",
                     errno.name()
                 );
             }
-            inner.owed.get_or_insert(errno);
         }
-        drop(inner);
     }
 }
 
@@ -142,63 +202,68 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         IN_FLIGHT.fetch_sub(self.bytes, Ordering::SeqCst);
         let mut inner = self.behind.lock();
-        inner.calls -= 1;
+        inner.open.remove(&self.number);
         inner.bytes -= self.bytes;
-        if inner.calls == 0 {
-            self.behind.settled.notify_waiters();
-        }
+        drop(inner);
+        self.behind.settled.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use homeward_proto::pb::Outcome;
+
+    fn reply(outcome: Outcome, room: u64) -> CallReply {
+        CallReply { outcome: Some(outcome), room, ..Default::default() }
+    }
 
     #[test]
-    fn writes_go_behind_only_with_room_to_spare() {
-        let b = Arc::new(Behind::default());
-        assert!(b.try_write(10).is_none(), "no room known: wait");
-        b.set_room(MARGIN + 100);
-        let t = b.try_write(60).expect("fits");
-        assert!(b.try_write(60).is_none(), "the first write's bytes are spoken for");
-        let ok = CallReply {
-            outcome: Some(homeward_proto::pb::Outcome::value(60)),
-            room: MARGIN + 40,
-            ..Default::default()
-        };
-        t.answered(Some(&ok), 60, "write");
+    fn writes_go_behind_only_with_fresh_room_to_spare() {
+        let (b, dev) = (Arc::new(Behind::default()), 101);
+        assert!(b.try_write(dev, 10).is_none(), "no room known: wait");
+        set_room(dev, MARGIN + 100);
+        let t = b.try_write(dev, 60).expect("fits");
+        let other = Arc::new(Behind::default());
+        assert!(other.try_write(dev, 60).is_none(), "the room is the device's: another handle sees it taken");
+        t.answered(Some(&reply(Outcome::value(60), MARGIN + 40)), 60, "write");
         assert!(b.take_owed().is_none());
-        assert!(b.try_write(40).is_some());
+        assert!(other.try_write(dev, 40).is_some());
+        set_room(dev, 0);
+        assert!(b.try_write(dev, 1).is_none(), "no room reported (a network file system): wait");
+        set_room(dev, u64::MAX);
+        b.stop();
+        assert!(b.try_write(dev, 1).is_none(), "stopped: wait");
     }
 
     #[test]
     fn a_failed_write_is_owed_once() {
-        let b = Arc::new(Behind::default());
-        b.set_room(u64::MAX);
-        let t = b.try_write(8).expect("room");
-        let failed =
-            CallReply { outcome: Some(homeward_proto::pb::Outcome::errno(Errno::EIO)), ..Default::default() };
-        t.answered(Some(&failed), 8, "write");
+        let (b, dev) = (Arc::new(Behind::default()), 102);
+        set_room(dev, u64::MAX);
+        let t = b.try_write(dev, 8).expect("room");
+        t.answered(Some(&reply(Outcome::errno(Errno::EIO), 0)), 8, "write");
         assert_eq!(b.take_owed(), Some(Errno::EIO));
         assert_eq!(b.take_owed(), None);
-        assert!(b.try_write(8).is_none(), "a failed write says nothing of the room: wait");
-        b.set_room(u64::MAX);
-        let short = CallReply { outcome: Some(homeward_proto::pb::Outcome::value(3)), ..Default::default() };
-        b.try_write(8).expect("room").answered(Some(&short), 8, "write");
+        assert!(b.try_write(dev, 8).is_none(), "a failed write says nothing of the room: wait");
+        set_room(dev, u64::MAX);
+        b.try_write(dev, 8).expect("room").answered(Some(&reply(Outcome::value(3), u64::MAX)), 8, "write");
         assert_eq!(b.take_owed(), Some(Errno(libc::ENOSPC as u16)));
     }
 
     #[tokio::test]
-    async fn settle_waits_for_every_reply() {
+    async fn settle_waits_for_the_calls_sent_before_it_only() {
         let b = Arc::new(Behind::default());
-        let t = b.ticket();
+        let first = b.ticket();
+        let mark = b.mark();
+        let later = b.ticket();
         let waiter = tokio::spawn({
             let b = b.clone();
-            async move { b.settle().await }
+            async move { b.settle(mark).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        drop(t);
-        waiter.await.expect("settled");
+        drop(first);
+        waiter.await.expect("settled while a later call is still in flight");
+        drop(later);
     }
 }

@@ -143,6 +143,8 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
         };
         let mut data = &buf[..n];
         while !data.is_empty() {
+            // It takes room home does not report (see `crate::behind`).
+            crate::behind::forget_room(h.stat.dev);
             let op = Op::Write(pb::Write { handle: h.wire_id(), data: data.to_vec().into(), offset: None });
             match sup.link.call(proc, op).await.map(|r| r.outcome.map(|o| o.to_result())) {
                 Ok(Some(Ok(w))) if w > 0 => data = &data[(w as usize).min(data.len())..],

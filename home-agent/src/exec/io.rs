@@ -51,6 +51,11 @@ pub fn room(fd: BorrowedFd<'_>) -> u64 {
     }
 }
 
+/// Whether `fd`'s file system is a local one (see [`WRITES_FAIL_AT_ONCE`]).
+pub fn local(fd: BorrowedFd<'_>) -> bool {
+    sys::fstatfs(fd).is_ok_and(|fs| WRITES_FAIL_AT_ONCE.contains(&(fs.f_type as libc::c_long)))
+}
+
 /// The native `SEEK_*` for a wire whence.
 pub fn whence(w: i32) -> Result<libc::c_int, Errno> {
     Ok(match Whence::try_from(w).map_err(|_| Errno::EINVAL)? {

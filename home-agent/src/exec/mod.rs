@@ -113,6 +113,7 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
             })
             .is_some_and(|sx| matches!(u32::from(sx.stx_mode) & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR))
     };
+    let local = |handle: u64| session.handle(handle).is_ok_and(|fd| io::local(std::os::fd::AsFd::as_fd(&fd)));
     match op {
         Op::Read(o) => !regular(o.handle),
         Op::Write(o) => !regular(o.handle),
@@ -142,12 +143,14 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
         | Op::ClockRead(_) => false,
         // Run inline non-blocking; a fifo is retried on a blocking thread (`RETRY_BLOCKING`).
         Op::Open(_) => false,
-        // Only a lock that waits for another holder blocks; a query, a try and an unlock answer at once.
+        // On a local disk only a lock that waits for another holder blocks; a query, a try and an unlock
+        // answer at once. (On a network file system each is a call to its server.)
         Op::Lock(o) => {
-            o.cmd == pb::LockCmd::SetWait as i32
-                && o.range.as_ref().is_some_and(|r| r.kind != pb::LockType::Unlock as i32)
+            !local(o.handle)
+                || o.cmd == pb::LockCmd::SetWait as i32
+                    && o.range.as_ref().is_some_and(|r| r.kind != pb::LockType::Unlock as i32)
         }
-        Op::Flock(o) => o.operation & (libc::LOCK_NB | libc::LOCK_UN) as u32 == 0,
+        Op::Flock(o) => !local(o.handle) || o.operation & (libc::LOCK_NB | libc::LOCK_UN) as u32 == 0,
         // Truncate/fsync/fallocate truncate/fsync/fallocate (the disk), locks, close (a network
         // file system flushing), deputies (Kill may hand an event to a deputy's session stream).
         _ => true,

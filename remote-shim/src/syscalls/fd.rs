@@ -15,7 +15,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             Some(h) => {
                 let op = Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 });
                 match call.arg_i32(1) & !libc::LOCK_NB {
-                    libc::LOCK_UN => unlock_behind(call, &h, op).await,
+                    libc::LOCK_UN if h.flags & libc::O_PATH == 0 => unlock_behind(call, &h, op).await,
                     _ => simple(call, op).await,
                 }
             }
@@ -125,6 +125,10 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
             Ok(Action::Value(i64::from(flags::open_from_wire(wire as u32) & !libc::O_CLOEXEC)))
         }
         libc::F_SETFL => {
+            if call.arg_i32(2) & libc::O_DIRECT != 0 {
+                // Its writes now have alignment rules home checks: none is sent behind any more.
+                h.behind.stop();
+            }
             simple(
                 call,
                 Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(call.arg_i32(2)) }),
@@ -170,7 +174,11 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
     let range =
         pb::LockRange { kind: kind as i32, whence: whence as i32, start: fl.l_start, len: fl.l_len, pid: 0 };
     let op = Op::Lock(pb::Lock { handle: h.id, cmd: lcmd as i32, ofd, range: Some(range) });
-    if lcmd != pb::LockCmd::Get && kind == pb::LockType::Unlock && unlock_succeeds(&fl) {
+    if lcmd != pb::LockCmd::Get
+        && kind == pb::LockType::Unlock
+        && unlock_succeeds(&fl)
+        && h.flags & libc::O_PATH == 0
+    {
         return unlock_behind(call, h, op).await;
     }
     let (v, reply) = call.home_value(op).await?;
@@ -194,7 +202,8 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
 }
 
 /// Whether unlocking `fl` cannot fail (the kernel's checks of a `SEEK_SET` range: no negative start, no
-/// overflowing end), so that it may be sent behind.
+/// overflowing end; the descriptor must not be `O_PATH`, checked by the caller), so that it may be sent
+/// behind.
 fn unlock_succeeds(fl: &libc::flock) -> bool {
     let (start, len) = (fl.l_start, fl.l_len);
     fl.l_whence as i32 == libc::SEEK_SET

@@ -81,6 +81,8 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_fdatasync | libc::SYS_sync_file_range => fsync(call, &h, true).await,
         libc::SYS_fallocate => {
             let op = pb::Fallocate { handle: h.id, mode: a(1) as u32, offset: a(2) as i64, len: a(3) as i64 };
+            // It takes room home does not report.
+            crate::behind::forget_room(h.stat.dev);
             simple(call, Op::Fallocate(op)).await
         }
         libc::SYS_ioctl => ioctl(call, &h).await,
@@ -282,31 +284,39 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
     }
     let sent = data.len();
     let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset });
-    if writes_behind(h) && sent > 0 {
-        if let Some(ticket) = h.behind.try_write(sent as u64) {
+    // pwritev2's flags (RWF_DSYNC, ...) are not looked at: such a write waits.
+    let ends_near =
+        offset.is_none_or(|o| o.checked_add(sent as i64).is_some_and(|end| end <= MAX_BEHIND_END));
+    if writes_behind(h) && sent > 0 && ends_near && call.nr != libc::SYS_pwritev2 {
+        if let Some(ticket) = h.behind.try_write(h.stat.dev, sent as u64) {
             call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), sent as i64, "write")).await?;
             return Ok(Action::Value(sent as i64));
         }
     }
     let (n, reply) = call.home_value(op).await?;
     if writes_behind(h) {
-        h.behind.set_room(reply.room);
+        crate::behind::set_room(h.stat.dev, reply.room);
     }
     count(n, sent).map(|n| Action::Value(n as i64))
 }
 
-/// Whether writes to `h` may go behind (see [`crate::behind`]): a regular file opened for writing.
+/// Farthest end of a write, or place of a seek, sent behind: below every local file system's largest file.
+const MAX_BEHIND_END: i64 = 1 << 32;
+
+/// Whether writes to `h` may go behind (see [`crate::behind`]): a regular file opened for writing, whose
+/// writes neither wait for the disk (`O_SYNC`, `O_DSYNC`) nor have alignment rules (`O_DIRECT`).
 fn writes_behind(h: &Handle) -> bool {
     h.stat.mode & libc::S_IFMT == libc::S_IFREG
         && h.flags & libc::O_ACCMODE != libc::O_RDONLY
-        && h.flags & libc::O_PATH == 0
+        && h.flags & (libc::O_PATH | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC) == 0
 }
 
 /// fsync, fdatasync: after home's answer, the error of a write sent behind that failed, if any.
 async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
+    let mark = h.behind.mark();
     let synced = simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync })).await;
     // Home ran every write sent behind before the sync; their replies may still be on the way.
-    h.behind.settle().await;
+    h.behind.settle(mark).await;
     if let Some(errno) = h.behind.take_owed() {
         return Err(errno);
     }
@@ -329,18 +339,19 @@ async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
     };
     let offset = call.arg(1) as i64;
     let op = Op::Seek(pb::Seek { handle: h.id, offset, whence: whence as i32 });
-    // Seeking a regular file to a place from its start cannot fail (within any file system's size limit),
-    // and its result is that place: sent behind.
-    if whence == pb::Whence::Set && (0..=MAX_SEEK_BEHIND).contains(&offset) && writes_behind(h) {
+    // Seeking a regular file on a local disk to a place from its start cannot fail (within any such file
+    // system's size limit), and its result is that place: sent behind.
+    if whence == pb::Whence::Set
+        && (0..=MAX_BEHIND_END).contains(&offset)
+        && writes_behind(h)
+        && crate::behind::has_room(h.stat.dev)
+    {
         let ticket = h.behind.ticket();
         call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), offset, "seek")).await?;
         return Ok(Action::Value(offset));
     }
     simple(call, op).await
 }
-
-/// Largest offset a seek sent behind goes to (below every local file system's largest file).
-const MAX_SEEK_BEHIND: i64 = 1 << 40;
 
 async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {
     match call.arg(1) as libc::c_ulong {
@@ -426,6 +437,10 @@ async fn transfer(
     len: usize,
 ) -> Result<usize, Errno> {
     let len = len.min(MAX_IO);
+    if let Side::Home(dst) = &dst {
+        // It takes room home does not report (see `crate::behind`).
+        crate::behind::forget_room(dst.stat.dev);
+    }
     if let (Side::Home(a), Side::Home(b)) = (&src, &dst) {
         let op = pb::CopyRange {
             in_handle: a.id,

@@ -114,7 +114,9 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let content = (reply.whole && i64::try_from(reply.data.len()) == Ok(stat.size)).then_some(reply.data);
     let room = reply.room;
     install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
-        h.behind.set_room(room);
+        if !reads_only(oflags) {
+            crate::behind::set_room(h.stat.dev, room);
+        }
         if let Some(origin) = origin {
             h.set_origin(origin);
         }
