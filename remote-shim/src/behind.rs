@@ -45,7 +45,12 @@ static ROOMS: Mutex<Option<HashMap<u64, (u64, Instant)>>> = Mutex::new(None);
 /// Notes the room home reported (`CallReply.room` of an open for writing or a write) on device `dev`; the
 /// writes still in flight will take their share of it.
 pub fn set_room(dev: u64, room: u64) {
-    let room = room.saturating_sub(IN_FLIGHT.load(Ordering::SeqCst));
+    set_room_besides(dev, room, 0);
+}
+
+/// [`set_room`] from the reply of a write of `own` bytes still counted in flight.
+fn set_room_besides(dev: u64, room: u64, own: u64) {
+    let room = room.saturating_sub(IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(own));
     rooms().get_or_insert_with(HashMap::new).insert(dev, (room, Instant::now()));
 }
 
@@ -182,7 +187,7 @@ impl Ticket {
             None => Some(Errno::EIO),
         };
         if let Some(reply) = reply.filter(|_| self.bytes != 0) {
-            set_room(self.dev, reply.room);
+            set_room_besides(self.dev, reply.room, self.bytes);
         }
         if let Some(errno) = outcome {
             self.behind.lock().owed.get_or_insert(errno);
@@ -226,7 +231,7 @@ mod tests {
         let t = b.try_write(dev, 60).expect("fits");
         let other = Arc::new(Behind::default());
         assert!(other.try_write(dev, 60).is_none(), "the room is the device's: another handle sees it taken");
-        t.answered(Some(&reply(Outcome::value(60), MARGIN + 40)), 60, "write");
+        t.answered(Some(&reply(Outcome::value(60), MARGIN + 1000)), 60, "write");
         assert!(b.take_owed().is_none());
         assert!(other.try_write(dev, 40).is_some());
         set_room(dev, 0);
