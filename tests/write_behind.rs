@@ -179,3 +179,65 @@ fn a_write_that_fails_at_home_after_all_is_reported_by_fsync() {
     assert!(remote.stderr().contains("failed at home (EPERM)"), "{}", remote);
     assert_eq!(hosts.read("locked.txt"), b"first\n");
 }
+
+/// Seeks relative to the offset, reads and writes at it, in the pattern of `as` (read back, seek back,
+/// write), through one description shared with a child and one moved under stdout: every offset and byte
+/// as natively.
+const OFFSETS: &str = r#"
+import os, sys
+fd = os.open("obj.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+out = []
+for i in range(50):
+    os.lseek(fd, 0, os.SEEK_SET)
+    seen = os.read(fd, 4096)
+    out.append(os.lseek(fd, -(len(seen) // 2), os.SEEK_CUR))
+    os.write(fd, b"%03d-" % i * 3)
+    out.append(os.lseek(fd, 0, os.SEEK_CUR))
+    out.append(os.lseek(fd, 7, os.SEEK_CUR))
+    os.write(fd, b"+")
+try:
+    os.lseek(fd, -10**6, os.SEEK_CUR)
+except OSError as e:
+    out.append(e.errno)
+out.append(os.lseek(fd, 0, os.SEEK_CUR))
+pid = os.fork()
+if pid == 0:
+    os.write(fd, b"child")
+    os._exit(0)
+os.waitpid(pid, 0)
+out.append(os.lseek(fd, 0, os.SEEK_CUR))
+out.append(os.lseek(fd, 0, os.SEEK_END))
+saved = os.dup(1)
+os.dup2(fd, 1)
+sys.stdout.write("through stdout\n")
+sys.stdout.flush()
+os.dup2(saved, 1)
+out.append(os.lseek(fd, 0, os.SEEK_CUR))
+os.lseek(fd, 0, os.SEEK_SET)
+data = os.read(fd, 1 << 20)
+print(out)
+print(len(data), data[:40], data[-40:])
+"#;
+
+#[test]
+fn offsets_followed_here_are_the_kernels() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("offsets.py", OFFSETS);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "offsets.py"]).shim_arg("--stats").check(&native);
+    // The seeks relative to a known offset waited for nothing: most waited 0 µs (the p50 column).
+    let lseeks: Vec<f64> = both
+        .remote
+        .stderr()
+        .lines()
+        .find(|l| l.starts_with("lseek "))
+        .map(|l| l.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(
+        lseeks.len() == 8 && lseeks[5] == 0.0,
+        "lseek: calls home local errors ms p50 p99 bytes: {lseeks:?}\n{}",
+        both.remote
+    );
+}

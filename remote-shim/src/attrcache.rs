@@ -298,10 +298,13 @@ impl AttrCache {
             },
             Change::Names(names, parents) => inner.entries.retain(|k, e| {
                 let dir = matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR);
-                // The directories the names are in: their times and link counts change.
+                // The directories the names are in: their times and link counts change. A directory the path
+                // does not name (a name in the cwd) is left to home's report of the change, which comes
+                // before the call's reply (the directory is watched, since its attributes were leased), so
+                // no later call of the job meets the old answer.
                 let parent = dir
                     && match last_component(&k.path) {
-                        Some(c) if c != b".." => parents.as_ref().is_none_or(|p| p.contains(&c)),
+                        Some(c) if c != b".." => parents.as_ref().is_some_and(|p| p.contains(&c)),
                         _ => true,
                     };
                 !parent && !k.path.split(|&b| b == b'/').any(|c| names.contains(&c))

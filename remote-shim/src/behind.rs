@@ -91,6 +91,10 @@ fn rooms() -> std::sync::MutexGuard<'static, Option<HashMap<u64, (u64, Instant)>
 pub struct Behind {
     inner: Mutex<Inner>,
     settled: tokio::sync::Notify,
+    /// Held across every call that moves the description's offset while it is known here (reads, writes
+    /// and seeks at the offset), as the kernel's `f_pos_lock` serializes them: the offset known here is
+    /// then home's at every step.
+    pub order: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -103,6 +107,12 @@ struct Inner {
     off: bool,
     /// The error of a call the program was told succeeded: returned by the next write or sync.
     owed: Option<Errno>,
+    /// The description's offset at home, when known here (see [`Behind::pos`]).
+    pos: Option<i64>,
+    /// The offset is followed ([`Behind::follow_pos`]), or no longer (something moved it that does not
+    /// report where to).
+    follows: bool,
+    untracked: bool,
 }
 
 /// A call sent behind: counted until its reply comes.
@@ -144,6 +154,46 @@ impl Behind {
     /// No more write-behind for this handle (its open flags changed).
     pub fn stop(&self) {
         self.lock().off = true;
+    }
+
+    /// Starts following the description's offset (a regular file just opened for writing, not appending:
+    /// at 0). Reads, writes and seeks at the offset then keep it, under [`Behind::order`], so that a seek
+    /// relative to it needs no round trip.
+    pub fn follow_pos(&self) {
+        let mut inner = self.lock();
+        if !inner.untracked {
+            inner.follows = true;
+            inner.pos = Some(0);
+        }
+    }
+
+    /// Whether the offset is followed: calls that move it must hold [`Behind::order`]. (Once false it
+    /// stays false, and the offset stays unknown.)
+    pub fn follows(&self) -> bool {
+        let inner = self.lock();
+        inner.follows && !inner.untracked
+    }
+
+    /// The offset at home, when known here (take [`Behind::order`] first).
+    pub fn pos(&self) -> Option<i64> {
+        let inner = self.lock();
+        inner.pos.filter(|_| inner.follows && !inner.untracked)
+    }
+
+    /// Notes where the offset is now (`None`: unknown); ignored unless it is followed.
+    pub fn set_pos(&self, pos: Option<i64>) {
+        let mut inner = self.lock();
+        if inner.follows && !inner.untracked {
+            inner.pos = pos;
+        }
+    }
+
+    /// Stops following the offset for good: something moves it that does not report where to (a pump, a
+    /// copy between descriptors, a change of the open flags).
+    pub fn untrack(&self) {
+        let mut inner = self.lock();
+        inner.untracked = true;
+        inner.pos = None;
     }
 
     /// The error a failed call sent behind left, if any; taken once.
@@ -253,6 +303,21 @@ mod tests {
         set_room(dev, u64::MAX);
         b.try_write(dev, 8).expect("room").answered(Some(&reply(Outcome::value(3), u64::MAX)), 8, "write");
         assert_eq!(b.take_owed(), Some(Errno(libc::ENOSPC as u16)));
+    }
+
+    #[test]
+    fn the_offset_is_known_only_while_followed() {
+        let b = Behind::default();
+        b.set_pos(Some(5));
+        assert_eq!(b.pos(), None, "not followed: never known");
+        b.follow_pos();
+        assert_eq!(b.pos(), Some(0));
+        b.set_pos(Some(7));
+        assert_eq!(b.pos(), Some(7));
+        b.untrack();
+        b.set_pos(Some(9));
+        assert_eq!(b.pos(), None, "untracked for good");
+        assert!(!b.follows());
     }
 
     #[tokio::test]

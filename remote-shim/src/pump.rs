@@ -81,6 +81,8 @@ impl Pumps {
 /// Installs a pipe end at `target` in the program for home handle `h`, and starts its pump.
 pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool) -> Outcome {
     let sup = call.sup;
+    // The pump moves the description's offset at home without saying where to.
+    h.behind.untrack();
     let (read_end, write_end) = crate::sys::pipe().map_err(|e| Errno::from_io(&e))?;
     let reading = h.flags & libc::O_ACCMODE == libc::O_RDONLY;
     let (give, keep) = if reading { (read_end, write_end) } else { (write_end, read_end) };

@@ -129,6 +129,8 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
                 // Its writes now have alignment rules home checks: none is sent behind any more.
                 h.behind.stop();
             }
+            // `O_APPEND` may be on now: writes then move the offset to wherever the end is.
+            h.behind.untrack();
             simple(
                 call,
                 Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(call.arg_i32(2)) }),

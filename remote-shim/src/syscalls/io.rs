@@ -262,7 +262,15 @@ async fn read(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) ->
     for v in iovs {
         memory::probe(call.tid, v.base, v.len.min(len))?;
     }
-    let (n, reply) = call.home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset })).await?;
+    // At the description's offset: kept, when it is followed here.
+    let _order =
+        if offset.is_none() && h.behind.follows() { Some(h.behind.order.lock().await) } else { None };
+    let before = if offset.is_none() { h.behind.pos() } else { None };
+    let read = call.home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset })).await;
+    if offset.is_none() {
+        h.behind.set_pos(before.zip(read.as_ref().ok()).map(|(pos, (n, _))| pos + n));
+    }
+    let (n, reply) = read?;
     memory::scatter(call.tid, iovs, read_data(n, &reply, len)?)?;
     Ok(Action::Value(n))
 }
@@ -283,6 +291,10 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
         return Err(errno);
     }
     let sent = data.len();
+    // At the description's offset: kept, when it is followed here.
+    let _order =
+        if offset.is_none() && h.behind.follows() { Some(h.behind.order.lock().await) } else { None };
+    let before = if offset.is_none() { h.behind.pos() } else { None };
     let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset });
     // pwritev2's flags (RWF_DSYNC, ...) are not looked at: such a write waits.
     let ends_near =
@@ -290,10 +302,17 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
     if writes_behind(h) && sent > 0 && ends_near && call.nr != libc::SYS_pwritev2 {
         if let Some(ticket) = h.behind.try_write(h.stat.dev, sent as u64) {
             call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), sent as i64, "write")).await?;
+            if offset.is_none() {
+                h.behind.set_pos(before.map(|pos| pos + sent as i64));
+            }
             return Ok(Action::Value(sent as i64));
         }
     }
-    let (n, reply) = call.home_value(op).await?;
+    let written = call.home_value(op).await;
+    if offset.is_none() {
+        h.behind.set_pos(before.zip(written.as_ref().ok()).map(|(pos, (n, _))| pos + n));
+    }
+    let (n, reply) = written?;
     if writes_behind(h) {
         crate::behind::set_room(h.stat.dev, reply.room);
     }
@@ -338,19 +357,39 @@ async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
         _ => return Err(Errno::EINVAL),
     };
     let offset = call.arg(1) as i64;
-    let op = Op::Seek(pb::Seek { handle: h.id, offset, whence: whence as i32 });
-    // Seeking a regular file on a local disk to a place from its start cannot fail (within any such file
-    // system's size limit), and its result is that place: sent behind.
-    if whence == pb::Whence::Set
-        && (0..=MAX_BEHIND_END).contains(&offset)
-        && writes_behind(h)
-        && crate::behind::has_room(h.stat.dev)
-    {
-        let ticket = h.behind.ticket();
-        call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), offset, "seek")).await?;
-        return Ok(Action::Value(offset));
+    let _order = if h.behind.follows() { Some(h.behind.order.lock().await) } else { None };
+    // Where the seek goes, when that is known here: a place from the start, or from the offset followed.
+    let target = match (whence, h.behind.pos()) {
+        (pb::Whence::Set, _) => Some(offset),
+        (pb::Whence::Cur, Some(pos)) => match pos.checked_add(offset) {
+            Some(target) if target >= 0 => Some(target),
+            // The kernel's answer to a seek before the start; the offset stays.
+            _ => return Err(Errno::EINVAL),
+        },
+        _ => None,
+    };
+    if whence == pb::Whence::Cur && offset == 0 && target.is_some() {
+        // Where the offset is (`ftell`): nothing moves.
+        return Ok(Action::Value(target.unwrap_or_default()));
     }
-    simple(call, op).await
+    // Seeking a regular file on a local disk to a known place cannot fail (within any such file system's
+    // size limit), and its result is that place: sent behind, as a seek from the start.
+    if let Some(target) = target.filter(|t| (0..=MAX_BEHIND_END).contains(t)) {
+        if writes_behind(h) && crate::behind::has_room(h.stat.dev) {
+            let op = Op::Seek(pb::Seek { handle: h.id, offset: target, whence: pb::Whence::Set as i32 });
+            let ticket = h.behind.ticket();
+            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek")).await?;
+            h.behind.set_pos(Some(target));
+            return Ok(Action::Value(target));
+        }
+    }
+    let op = Op::Seek(pb::Seek { handle: h.id, offset, whence: whence as i32 });
+    let moved = simple(call, op).await;
+    h.behind.set_pos(match &moved {
+        Ok(Action::Value(pos)) => Some(*pos),
+        _ => None,
+    });
+    moved
 }
 
 async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {
@@ -440,6 +479,12 @@ async fn transfer(
     if let Side::Home(dst) = &dst {
         // It takes room home does not report (see `crate::behind`).
         crate::behind::forget_room(dst.stat.dev);
+    }
+    // Either side's offset may move without saying where to.
+    for side in [&src, &dst] {
+        if let Side::Home(h) = side {
+            h.behind.untrack();
+        }
     }
     if let (Side::Home(a), Side::Home(b)) = (&src, &dst) {
         let op = pb::CopyRange {
