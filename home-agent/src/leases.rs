@@ -289,6 +289,11 @@ impl Grant<'_> {
                     }
                     rest
                 } else {
+                    // A link to `.` (`/usr/bin/X11 -> .`) ends the walk in `dir` itself: its own attributes
+                    // are the answer.
+                    if components(&target).next().is_none() && todo.is_empty() {
+                        return self.depend(dir, b"").then_some(());
+                    }
                     target
                 };
                 for (k, c) in components(&target).enumerate() {

@@ -225,8 +225,10 @@ impl Behind {
 
 impl Ticket {
     /// Takes home's reply (`None`: home was lost, and under `--on-home-loss eio` the write fails with
-    /// `EIO`) for a call that was to return `expected`: a different outcome is owed to the program.
-    pub fn answered(self, reply: Option<&CallReply>, expected: i64, what: &str) {
+    /// `EIO`) for a call that was to return `expected`: a different outcome is owed to the program. `moved`:
+    /// the call moved the description's offset by what it returned, so the offset followed here (which
+    /// counted `expected`) is no longer home's.
+    pub fn answered(self, reply: Option<&CallReply>, expected: i64, what: &str, moved: bool) {
         let outcome = match reply {
             Some(reply) => match crate::syscalls::outcome(reply) {
                 Ok(v) if v == expected => None,
@@ -240,6 +242,9 @@ impl Ticket {
             set_room_besides(self.dev, reply.room, self.bytes);
         }
         if let Some(errno) = outcome {
+            if moved {
+                self.behind.untrack();
+            }
             self.behind.lock().owed.get_or_insert(errno);
             if reply.is_some() {
                 let _ = writeln!(
@@ -281,7 +286,7 @@ mod tests {
         let t = b.try_write(dev, 60).expect("fits");
         let other = Arc::new(Behind::default());
         assert!(other.try_write(dev, 60).is_none(), "the room is the device's: another handle sees it taken");
-        t.answered(Some(&reply(Outcome::value(60), MARGIN + 1000)), 60, "write");
+        t.answered(Some(&reply(Outcome::value(60), MARGIN + 1000)), 60, "write", false);
         assert!(b.take_owed().is_none());
         assert!(other.try_write(dev, 40).is_some());
         set_room(dev, 0);
@@ -296,12 +301,17 @@ mod tests {
         let (b, dev) = (Arc::new(Behind::default()), 102);
         set_room(dev, u64::MAX);
         let t = b.try_write(dev, 8).expect("room");
-        t.answered(Some(&reply(Outcome::errno(Errno::EIO), 0)), 8, "write");
+        t.answered(Some(&reply(Outcome::errno(Errno::EIO), 0)), 8, "write", false);
         assert_eq!(b.take_owed(), Some(Errno::EIO));
         assert_eq!(b.take_owed(), None);
         assert!(b.try_write(dev, 8).is_none(), "a failed write says nothing of the room: wait");
         set_room(dev, u64::MAX);
-        b.try_write(dev, 8).expect("room").answered(Some(&reply(Outcome::value(3), u64::MAX)), 8, "write");
+        b.try_write(dev, 8).expect("room").answered(
+            Some(&reply(Outcome::value(3), u64::MAX)),
+            8,
+            "write",
+            false,
+        );
         assert_eq!(b.take_owed(), Some(Errno(libc::ENOSPC as u16)));
     }
 
@@ -318,6 +328,12 @@ mod tests {
         b.set_pos(Some(9));
         assert_eq!(b.pos(), None, "untracked for good");
         assert!(!b.follows());
+        let (b, dev) = (Arc::new(Behind::default()), 103);
+        b.follow_pos();
+        set_room(dev, u64::MAX);
+        let short = reply(Outcome::value(3), u64::MAX);
+        b.try_write(dev, 8).expect("room").answered(Some(&short), 8, "write", true);
+        assert_eq!(b.pos(), None, "a write at the offset that came back short: home's offset is not known");
     }
 
     #[tokio::test]

@@ -129,8 +129,10 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
                 // Its writes now have alignment rules home checks: none is sent behind any more.
                 h.behind.stop();
             }
-            // `O_APPEND` may be on now: writes then move the offset to wherever the end is.
-            h.behind.untrack();
+            if call.arg_i32(2) & libc::O_APPEND != 0 {
+                // Writes now move the offset to wherever the end is.
+                h.behind.untrack();
+            }
             simple(
                 call,
                 Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(call.arg_i32(2)) }),
@@ -221,7 +223,7 @@ fn unlock_succeeds(fl: &libc::flock) -> bool {
 /// so whoever waits for the lock at home gets it as soon as it arrives.
 async fn unlock_behind(call: &Call<'_>, h: &Handle, op: Op) -> Outcome {
     let ticket = h.behind.ticket();
-    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), 0, "lock release")).await?;
+    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), 0, "lock release", false)).await?;
     Ok(Action::Value(0))
 }
 

@@ -301,7 +301,11 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
         offset.is_none_or(|o| o.checked_add(sent as i64).is_some_and(|end| end <= MAX_BEHIND_END));
     if writes_behind(h) && sent > 0 && ends_near && call.nr != libc::SYS_pwritev2 {
         if let Some(ticket) = h.behind.try_write(h.stat.dev, sent as u64) {
-            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), sent as i64, "write")).await?;
+            let at_offset = offset.is_none();
+            let done = move |reply: Option<pb::CallReply>| {
+                ticket.answered(reply.as_ref(), sent as i64, "write", at_offset);
+            };
+            call.home_behind(op, done).await?;
             if offset.is_none() {
                 h.behind.set_pos(before.map(|pos| pos + sent as i64));
             }
@@ -378,7 +382,7 @@ async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
         if writes_behind(h) && crate::behind::has_room(h.stat.dev) {
             let op = Op::Seek(pb::Seek { handle: h.id, offset: target, whence: pb::Whence::Set as i32 });
             let ticket = h.behind.ticket();
-            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek")).await?;
+            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek", true)).await?;
             h.behind.set_pos(Some(target));
             return Ok(Action::Value(target));
         }

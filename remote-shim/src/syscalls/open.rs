@@ -116,8 +116,11 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     install_with(call, handle_id, oflags, stat, oflags & libc::O_CLOEXEC != 0, 0, |h| {
         if !reads_only(oflags) {
             crate::behind::set_room(h.stat.dev, room);
-            if h.stat.mode & libc::S_IFMT == libc::S_IFREG && oflags & (libc::O_APPEND | libc::O_PATH) == 0 {
-                // A new description's offset is 0.
+            // A new description's offset is 0; followed on a local disk at home (`room` is reported only
+            // there), where a regular file's offset moves as plain arithmetic says.
+            let plain =
+                h.stat.mode & libc::S_IFMT == libc::S_IFREG && oflags & (libc::O_APPEND | libc::O_PATH) == 0;
+            if plain && room != 0 {
                 h.behind.follow_pos();
             }
         }
