@@ -15,6 +15,7 @@ const PROBE_C: &str = r#"#define _GNU_SOURCE
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -108,6 +109,14 @@ int main(void) {
     close(fd);
     fd = open("dir", O_RDONLY | O_DIRECTORY);
     report("read_directory", read(fd, buf, 1));
+    close(fd);
+
+    /* preadv/pwritev take no -1 for "at the offset" (only the 2 forms do): a negative offset. */
+    fd = open("file2", O_RDWR);
+    struct iovec iov = {buf, 4};
+    report("preadv_minus_one", preadv(fd, &iov, 1, -1));
+    report("pwritev_minus_one", pwritev(fd, &iov, 1, -1));
+    report("preadv2_minus_one", preadv2(fd, &iov, 1, -1, 0));
     close(fd);
 
     /* Permission checks: EACCES/EPERM as an unprivileged user; as root they succeed (and change things,
