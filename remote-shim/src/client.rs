@@ -261,8 +261,8 @@ impl HomeLink {
     }
 
     /// Sends one call to run before any call sent after it (`CallRequest.ordered`), without waiting: the
-    /// returned future waits for its reply. Only for calls that run at home without waiting (a write to a
-    /// regular file, an unlock); home runs any other as usual, unordered.
+    /// returned future waits for its reply. Meant for calls that run at home without waiting (a write to a
+    /// regular file, an unlock, a seek): home's reader waits for each before it reads on.
     pub async fn send_ordered(
         &self,
         proc: pb::Proc,
