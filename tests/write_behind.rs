@@ -241,3 +241,39 @@ fn offsets_followed_here_are_the_kernels() {
         both.remote
     );
 }
+
+/// A file the job emptied and writes is read back from what it wrote (no round trip), until anything else
+/// changes it: another descriptor's write, a truncate, a child's write through the same description.
+const READ_BACK: &str = r#"
+import os
+fd = os.open("shadow.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"abcdef")
+os.lseek(fd, 0, os.SEEK_SET)
+print(os.read(fd, 10), os.lseek(fd, 0, os.SEEK_CUR))
+os.pwrite(fd, b"Z", 10)
+print(os.pread(fd, 20, 0))
+pid = os.fork()
+if pid == 0:
+    os.write(fd, b"child")
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.pread(fd, 20, 0), os.lseek(fd, 0, os.SEEK_CUR))
+other = os.open("shadow.bin", os.O_WRONLY)
+os.pwrite(other, b"XY", 1)
+print(os.pread(fd, 20, 0))
+os.ftruncate(fd, 3)
+print(os.pread(fd, 20, 0))
+os.write(fd, b"+")
+print(os.pread(fd, 20, 0))
+"#;
+
+#[test]
+fn a_file_the_job_emptied_is_read_back_from_its_own_writes() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("read_back.py", READ_BACK);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "read_back.py"]).check(&native);
+    assert!(both.remote.stdout().starts_with("b'abcdef' 6\n"), "{}", both.remote);
+}

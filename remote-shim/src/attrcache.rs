@@ -141,6 +141,10 @@ struct Inner {
     change_seq: u64,
     writes: HashMap<(u64, u64), u64>,
     unnamed_writes: u64,
+    /// Changes to each file through any descriptor or by opening it for writing, and the writes (and syncs)
+    /// through each descriptor: the difference is what others did ([`AttrCache::foreign_mark`]).
+    changes: HashMap<(u64, u64), u64>,
+    own: HashMap<u64, u64>,
 }
 
 impl Inner {
@@ -162,6 +166,21 @@ impl Inner {
         if !kept.is_empty() {
             self.indexed += kept.len();
             self.by_wd.insert(wd, kept);
+        }
+    }
+
+    /// Counts a change to file `inode`, made by writing (or syncing) through descriptor `by`, or otherwise.
+    fn count_change(&mut self, inode: (u64, u64), by: Option<u64>) {
+        if self.changes.len() >= MAX_ENTRIES {
+            // Forgetting the counts is a change to no file in particular: every mark taken before differs.
+            self.changes.clear();
+            self.own.clear();
+            self.change_seq += 1;
+            self.unnamed_writes = self.change_seq;
+        }
+        *self.changes.entry(inode).or_default() += 1;
+        if let Some(handle) = by {
+            *self.own.entry(handle).or_default() += 1;
         }
     }
 
@@ -273,7 +292,11 @@ impl AttrCache {
     pub fn before_call(&self, proc: u64, op: &Op) {
         if homeward_proto::effects::changes_nothing(op) {
             if let Op::Close(c) = op {
-                self.lock().inodes.remove(&c.handle);
+                let mut inner = self.lock();
+                for handle in std::iter::once(&c.handle).chain(&c.more) {
+                    inner.inodes.remove(handle);
+                    inner.own.remove(handle);
+                }
             }
             return;
         }
@@ -283,6 +306,7 @@ impl AttrCache {
             Change::Cwd(p) => inner.entries.retain(|k, _| k.proc != p.unwrap_or(proc)),
             Change::Handle(h) => match inner.inodes.get(&h).copied() {
                 Some(inode) => {
+                    inner.count_change(inode, matches!(op, Op::Write(_) | Op::Fsync(_)).then_some(h));
                     inner.change_seq += 1;
                     let seq = inner.change_seq;
                     inner.writes.insert(inode, seq);
@@ -330,6 +354,7 @@ impl AttrCache {
     /// The job opened file `inode` for writing.
     pub fn wrote(&self, inode: (u64, u64)) {
         let mut inner = self.lock();
+        inner.count_change(inode, None);
         inner.change_seq += 1;
         let seq = inner.change_seq;
         inner.writes.insert(inode, seq);
@@ -348,6 +373,15 @@ impl AttrCache {
             }
             None => inner.unnamed_writes = seq,
         }
+    }
+
+    /// What the job changed in file `inode` other than by writing through `handle`, and in files it cannot
+    /// name: equal marks mean that the file holds what it held, plus the writes made through `handle`.
+    pub fn foreign_mark(&self, inode: (u64, u64), handle: u64) -> (u64, u64) {
+        let inner = self.lock();
+        let all = inner.changes.get(&inode).copied().unwrap_or(0);
+        let own = inner.own.get(&handle).copied().unwrap_or(0);
+        (all.wrapping_sub(own), inner.unnamed_writes)
     }
 
     /// The number of the job's last content change: taken before an open is sent, its copy is fresh only

@@ -113,7 +113,13 @@ struct Inner {
     /// report where to).
     follows: bool,
     untracked: bool,
+    /// The file's content as this description wrote it since it emptied the file at open (see
+    /// [`Behind::start_shadow`]), and the job's other changes to the file then (`foreign_mark`).
+    shadow: Option<(Vec<u8>, (u64, u64))>,
 }
+
+/// Largest content kept in a shadow; a file that grows beyond is read at home.
+pub const MAX_SHADOW: usize = 16 << 20;
 
 /// A call sent behind: counted until its reply comes.
 pub struct Ticket {
@@ -194,6 +200,63 @@ impl Behind {
         let mut inner = self.lock();
         inner.untracked = true;
         inner.pos = None;
+        inner.shadow = None;
+    }
+
+    /// Starts a shadow of the file's content: this description (open for reading and writing) just emptied
+    /// it (`O_TRUNC`), and `mark` is the job's `foreign_mark` for it now. Reads of what the description
+    /// wrote are then answered here while the mark holds (nobody else in the job changed the file), as a
+    /// copy is (decision 4: a home process's change is not seen by a descriptor held open).
+    pub fn start_shadow(&self, mark: (u64, u64)) {
+        let mut inner = self.lock();
+        if !inner.untracked {
+            inner.shadow = Some((Vec::new(), mark));
+        }
+    }
+
+    /// The shadow's bytes at `offset` (at most `len`; fewer at its end), while `mark` (the job's
+    /// `foreign_mark` now) is the one it started with; else the shadow is dropped and `None` returned.
+    pub fn shadow_read(&self, offset: u64, len: usize, mark: (u64, u64)) -> Option<Vec<u8>> {
+        let mut inner = self.lock();
+        match &inner.shadow {
+            Some((data, at)) if *at == mark => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+                Some(data[start..start.saturating_add(len).min(data.len())].to_vec())
+            }
+            Some(_) => {
+                inner.shadow = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Whether a shadow is kept.
+    pub fn has_shadow(&self) -> bool {
+        self.lock().shadow.is_some()
+    }
+
+    /// Writes `bytes` at `offset` into the shadow (`None`: where is not known: the shadow goes).
+    pub fn shadow_write(&self, offset: Option<u64>, bytes: &[u8]) {
+        let mut inner = self.lock();
+        let Some((data, _)) = inner.shadow.as_mut() else { return };
+        let end =
+            offset.and_then(|o| usize::try_from(o).ok()).and_then(|o| Some((o, o.checked_add(bytes.len())?)));
+        match end {
+            Some((start, end)) if end <= MAX_SHADOW => {
+                if data.len() < end {
+                    // A hole reads as zeros, as the kernel's.
+                    data.resize(end, 0);
+                }
+                data[start..end].copy_from_slice(bytes);
+            }
+            _ => inner.shadow = None,
+        }
+    }
+
+    /// Drops the shadow (the file changed in a way it does not follow: a truncate, an allocation).
+    pub fn drop_shadow(&self) {
+        self.lock().shadow = None;
     }
 
     /// The error a failed call sent behind left, if any; taken once.
@@ -334,6 +397,25 @@ mod tests {
         let short = reply(Outcome::value(3), u64::MAX);
         b.try_write(dev, 8).expect("room").answered(Some(&short), 8, "write", true);
         assert_eq!(b.pos(), None, "a write at the offset that came back short: home's offset is not known");
+    }
+
+    #[test]
+    fn a_shadow_holds_what_was_written_while_the_mark_holds() {
+        let b = Behind::default();
+        b.start_shadow((1, 0));
+        b.shadow_write(Some(0), b"hello");
+        b.shadow_write(Some(8), b"world");
+        assert_eq!(b.shadow_read(0, 100, (1, 0)).as_deref(), Some(&b"hello\0\0\0world"[..]));
+        assert_eq!(b.shadow_read(11, 100, (1, 0)).as_deref(), Some(&b"ld"[..]));
+        assert_eq!(b.shadow_read(50, 10, (1, 0)).as_deref(), Some(&b""[..]), "beyond the end: end of file");
+        assert_eq!(b.shadow_read(0, 1, (2, 0)), None, "someone else changed the file");
+        assert!(!b.has_shadow());
+        b.start_shadow((2, 0));
+        b.shadow_write(None, b"x");
+        assert!(!b.has_shadow(), "a write at an unknown place");
+        b.start_shadow((2, 0));
+        b.shadow_write(Some(MAX_SHADOW as u64), b"x");
+        assert!(!b.has_shadow(), "too large");
     }
 
     #[tokio::test]

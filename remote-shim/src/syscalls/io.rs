@@ -269,6 +269,9 @@ async fn read(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) ->
     let _order =
         if offset.is_none() && h.behind.follows() { Some(h.behind.order.lock().await) } else { None };
     let before = if offset.is_none() { h.behind.pos() } else { None };
+    if let Some(outcome) = read_shadow(call, h, iovs, len, offset.or(before), offset.is_none()).await {
+        return outcome;
+    }
     let read = call.home_value(Op::Read(pb::Read { handle: h.id, len: len as u64, offset })).await;
     if offset.is_none() {
         h.behind.set_pos(before.zip(read.as_ref().ok()).map(|(pos, (n, _))| pos + n));
@@ -276,6 +279,41 @@ async fn read(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) ->
     let (n, reply) = read?;
     memory::scatter(call.tid, iovs, read_data(n, &reply, len)?)?;
     Ok(Action::Value(n))
+}
+
+/// A read of what the description itself wrote into the file it emptied (`Behind::start_shadow`), at
+/// `at`: answered here. At the offset (`moves`), the offset moves on, at home too by a seek sent behind;
+/// `None` when the shadow cannot answer.
+async fn read_shadow(
+    call: &Call<'_>,
+    h: &Handle,
+    iovs: &[Iov],
+    len: usize,
+    at: Option<i64>,
+    moves: bool,
+) -> Option<Outcome> {
+    if !h.behind.has_shadow() {
+        return None;
+    }
+    let at = u64::try_from(at?).ok()?;
+    let mark = call.sup.link.attrs.foreign_mark((h.stat.dev, h.stat.ino), h.id);
+    let data = h.behind.shadow_read(at, len, mark)?;
+    let n = data.len() as i64;
+    if moves && n > 0 {
+        let target = at as i64 + n;
+        if !(target <= MAX_BEHIND_END && crate::behind::has_room(h.stat.dev)) {
+            return None;
+        }
+        let op = Op::Seek(pb::Seek { handle: h.id, offset: target, whence: pb::Whence::Set as i32 });
+        let ticket = h.behind.ticket();
+        let sent =
+            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek", true)).await;
+        if let Err(e) = sent {
+            return Some(Err(e));
+        }
+        h.behind.set_pos(Some(target));
+    }
+    Some(memory::scatter(call.tid, iovs, &data).map(|()| Action::Value(n)))
 }
 
 async fn readv(call: &Call<'_>, h: &Handle, offset: Option<i64>) -> Outcome {
@@ -298,7 +336,11 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
     let _order =
         if offset.is_none() && h.behind.follows() { Some(h.behind.order.lock().await) } else { None };
     let before = if offset.is_none() { h.behind.pos() } else { None };
+    // The shadow's copy of the bytes, when there is a shadow.
+    let shadowed = h.behind.has_shadow().then(|| data.clone());
     let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset });
+    // Where the bytes go, for the shadow (`Behind::start_shadow`).
+    let at = offset.or(before).and_then(|o| u64::try_from(o).ok());
     // pwritev2's flags (RWF_DSYNC, ...) are not looked at: such a write waits.
     let ends_near =
         offset.is_none_or(|o| o.checked_add(sent as i64).is_some_and(|end| end <= MAX_BEHIND_END));
@@ -309,6 +351,9 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
                 ticket.answered(reply.as_ref(), sent as i64, "write", at_offset);
             };
             call.home_behind(op, done).await?;
+            if let Some(bytes) = &shadowed {
+                h.behind.shadow_write(at, bytes);
+            }
             if offset.is_none() {
                 h.behind.set_pos(before.map(|pos| pos + sent as i64));
             }
@@ -316,6 +361,14 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
         }
     }
     let written = call.home_value(op).await;
+    match &written {
+        Ok((n, _)) => {
+            if let Some(bytes) = &shadowed {
+                h.behind.shadow_write(at, &bytes[..usize::try_from(*n).unwrap_or(0).min(bytes.len())]);
+            }
+        }
+        Err(_) => h.behind.drop_shadow(),
+    }
     if offset.is_none() {
         h.behind.set_pos(before.zip(written.as_ref().ok()).map(|(pos, (n, _))| pos + n));
     }

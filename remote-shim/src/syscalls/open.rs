@@ -122,6 +122,10 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
                 h.stat.mode & libc::S_IFMT == libc::S_IFREG && oflags & (libc::O_APPEND | libc::O_PATH) == 0;
             if plain && room != 0 {
                 h.behind.follow_pos();
+                // Emptied here and readable: what it holds is what this description writes (`behind`).
+                if oflags & libc::O_ACCMODE == libc::O_RDWR && oflags & libc::O_TRUNC != 0 {
+                    h.behind.start_shadow(call.sup.link.attrs.foreign_mark((h.stat.dev, h.stat.ino), h.id));
+                }
             }
         }
         if let Some(origin) = origin {
