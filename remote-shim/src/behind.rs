@@ -308,7 +308,11 @@ impl Ticket {
             if moved {
                 self.behind.untrack();
             }
-            self.behind.lock().owed.get_or_insert(errno);
+            let mut inner = self.behind.lock();
+            inner.owed.get_or_insert(errno);
+            // The file does not hold what the shadow says any more.
+            inner.shadow = None;
+            drop(inner);
             if reply.is_some() {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -397,6 +401,14 @@ mod tests {
         let short = reply(Outcome::value(3), u64::MAX);
         b.try_write(dev, 8).expect("room").answered(Some(&short), 8, "write", true);
         assert_eq!(b.pos(), None, "a write at the offset that came back short: home's offset is not known");
+        let b = Arc::new(Behind::default());
+        b.start_shadow((0, 0));
+        b.shadow_write(Some(0), b"12345678");
+        b.try_write(dev, 8).expect("room").answered(Some(&short), 8, "pwrite", false);
+        assert!(
+            !b.has_shadow(),
+            "a write that failed at home: the shadow no longer says what the file holds"
+        );
     }
 
     #[test]
