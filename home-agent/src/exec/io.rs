@@ -44,16 +44,18 @@ const WRITES_FAIL_AT_ONCE: &[libc::c_long] = &[
 /// [`WRITES_FAIL_AT_ONCE`]; 0 (the shim then waits for every write) otherwise.
 pub fn room(fd: BorrowedFd<'_>) -> u64 {
     match sys::fstatfs(fd) {
-        Ok(fs) if WRITES_FAIL_AT_ONCE.contains(&(fs.f_type as libc::c_long)) => {
-            fs.f_bavail.saturating_mul(u64::try_from(fs.f_bsize).unwrap_or(0))
-        }
+        Ok(fs) if fails_at_once(&fs) => fs.f_bavail.saturating_mul(u64::try_from(fs.f_bsize).unwrap_or(0)),
         _ => 0,
     }
 }
 
 /// Whether `fd`'s file system is a local one (see [`WRITES_FAIL_AT_ONCE`]).
 pub fn local(fd: BorrowedFd<'_>) -> bool {
-    sys::fstatfs(fd).is_ok_and(|fs| WRITES_FAIL_AT_ONCE.contains(&(fs.f_type as libc::c_long)))
+    sys::fstatfs(fd).is_ok_and(|fs| fails_at_once(&fs))
+}
+
+fn fails_at_once(fs: &libc::statfs) -> bool {
+    WRITES_FAIL_AT_ONCE.contains(&(fs.f_type as libc::c_long))
 }
 
 /// The native `SEEK_*` for a wire whence.

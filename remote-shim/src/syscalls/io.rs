@@ -304,14 +304,9 @@ async fn read_shadow(
         if !(target <= MAX_BEHIND_END && crate::behind::has_room(h.stat.dev)) {
             return None;
         }
-        let op = Op::Seek(pb::Seek { handle: h.id, offset: target, whence: pb::Whence::Set as i32 });
-        let ticket = h.behind.ticket();
-        let sent =
-            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek", true)).await;
-        if let Err(e) = sent {
+        if let Err(e) = seek_behind(call, h, target).await {
             return Some(Err(e));
         }
-        h.behind.set_pos(Some(target));
     }
     Some(memory::scatter(call.tid, iovs, &data).map(|()| Action::Value(n)))
 }
@@ -436,10 +431,7 @@ async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
     // size limit), and its result is that place: sent behind, as a seek from the start.
     if let Some(target) = target.filter(|t| (0..=MAX_BEHIND_END).contains(t)) {
         if writes_behind(h) && crate::behind::has_room(h.stat.dev) {
-            let op = Op::Seek(pb::Seek { handle: h.id, offset: target, whence: pb::Whence::Set as i32 });
-            let ticket = h.behind.ticket();
-            call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek", true)).await?;
-            h.behind.set_pos(Some(target));
+            seek_behind(call, h, target).await?;
             return Ok(Action::Value(target));
         }
     }
@@ -450,6 +442,16 @@ async fn lseek(call: &Call<'_>, h: &Handle) -> Outcome {
         _ => None,
     });
     moved
+}
+
+/// Moves the description's offset at home to `target` (from the start) without waiting, and notes it as
+/// the offset followed here (see `crate::behind`).
+async fn seek_behind(call: &Call<'_>, h: &Handle, target: i64) -> Result<(), Errno> {
+    let op = Op::Seek(pb::Seek { handle: h.id, offset: target, whence: pb::Whence::Set as i32 });
+    let ticket = h.behind.ticket();
+    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), target, "seek", true)).await?;
+    h.behind.set_pos(Some(target));
+    Ok(())
 }
 
 async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {

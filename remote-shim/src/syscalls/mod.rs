@@ -101,19 +101,32 @@ impl Call<'_> {
 
     /// Forwards one operation to home on behalf of `proc`.
     pub async fn home_as(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
-        // Placeholders opened without home get their home handles first (`lazy`).
-        crate::lazy::before_change(self, proc, &op).await;
-        let op = crate::lazy::resolve(self, proc, op).await?;
+        let op = self.resolve(proc, op).await?;
         self.home_resolved(proc, op).await
+    }
+
+    /// `op` with its placeholders opened without home given their home handles first (`lazy`).
+    async fn resolve(&self, proc: pb::Proc, op: Op) -> Result<Op, Errno> {
+        crate::lazy::before_change(self, proc, &op).await;
+        crate::lazy::resolve(self, proc, op).await
+    }
+
+    /// The call's answer when home is lost: `EIO` under `--on-home-loss eio`; otherwise none, ever: the job
+    /// is about to be killed (see `supervise`). Answering EIO then would let the program act on a failure
+    /// that is not its own (print, clean up, go on) in the moment before the SIGKILL; the call stays
+    /// unanswered instead and the kill ends it.
+    async fn home_lost(&self, e: &crate::client::LinkError) -> Errno {
+        self.sup.link_failed(e);
+        if self.sup.link.policy() != crate::client::HomeLoss::Eio {
+            std::future::pending::<()>().await;
+        }
+        Errno::EIO
     }
 
     /// [`Call::home_as`] for an operation that names no placeholder opened without home.
     pub async fn home_resolved(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
-        let sent = match &op {
-            Op::Write(w) => w.data.len() as u64,
-            _ => 0,
-        };
+        let sent = sent_bytes(&op);
         let start = std::time::Instant::now();
         let result = self.sup.link.call(proc, op).await;
         {
@@ -124,17 +137,7 @@ impl Call<'_> {
         }
         match result {
             Ok(reply) => Ok(reply),
-            Err(e) => {
-                self.sup.link_failed(&e);
-                if self.sup.link.policy() == crate::client::HomeLoss::Eio {
-                    return Err(Errno::EIO);
-                }
-                // The job is about to be killed (see `supervise`). Answering EIO now would let the program
-                // act on a failure that is not its own (print, clean up, go on) in the moment before the
-                // SIGKILL; the call stays unanswered instead and the kill ends it.
-                std::future::pending::<()>().await;
-                Err(Errno::EIO)
-            }
+            Err(e) => Err(self.home_lost(&e).await),
         }
     }
 
@@ -146,13 +149,9 @@ impl Call<'_> {
         done: impl FnOnce(Option<CallReply>) + Send + 'static,
     ) -> Result<(), Errno> {
         let proc = self.proc();
-        crate::lazy::before_change(self, proc, &op).await;
-        let op = crate::lazy::resolve(self, proc, op).await?;
+        let op = self.resolve(proc, op).await?;
         self.sup.flush_pumps().await;
-        let sent = match &op {
-            Op::Write(w) => w.data.len() as u64,
-            _ => 0,
-        };
+        let sent = sent_bytes(&op);
         match self.sup.link.send_ordered(proc, op).await {
             Ok(reply) => {
                 let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,15 +161,9 @@ impl Call<'_> {
                 Ok(())
             }
             Err(e) => {
-                // Never sent: the call itself fails below.
+                // Never sent: the call itself fails.
                 drop(done);
-                self.sup.link_failed(&e);
-                if self.sup.link.policy() == crate::client::HomeLoss::Eio {
-                    return Err(Errno::EIO);
-                }
-                // As in `home_as`: the job is about to be killed.
-                std::future::pending::<()>().await;
-                Err(Errno::EIO)
+                Err(self.home_lost(&e).await)
             }
         }
     }
@@ -300,6 +293,14 @@ fn cwd() -> pb::Dir {
 }
 
 /// Serves one notification; returns what to answer and what it cost.
+/// Bytes of data `op` carries home (for `Cost::bytes`).
+fn sent_bytes(op: &Op) -> u64 {
+    match op {
+        Op::Write(w) => w.data.len() as u64,
+        _ => 0,
+    }
+}
+
 pub async fn dispatch(sup: &Supervisor, n: &Notif) -> (Outcome, Cost) {
     let call = Call {
         sup,
