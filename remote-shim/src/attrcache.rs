@@ -222,6 +222,13 @@ impl AttrCache {
         Ticket { generation: self.lock().generation }
     }
 
+    /// To be taken before a call that changes names is sent, for storing the answer home leases after
+    /// that change (an unlink's missing name, a created file): valid only if the call's own change is the
+    /// job's only one meanwhile.
+    pub fn ticket_past_own_change(&self) -> Ticket {
+        Ticket { generation: self.lock().generation + 1 }
+    }
+
     /// Stores `value` for `key`, leased by home as `lease` with dependencies `deps`, for a call sent with
     /// `ticket`; refused when the job changed something since, or home reported a change it depends on.
     pub fn put(&self, key: Key, value: Cached, ticket: Ticket, lease: u64, deps: Vec<Dep>) {
@@ -256,6 +263,7 @@ impl AttrCache {
     pub fn changed(&self, seq: u64, changed: &[pb::Dep]) {
         let mut inner = self.lock();
         for c in changed {
+            tracing::trace!(seq, wd = c.wd, name = %String::from_utf8_lossy(&c.name), "home reports a change");
             let name = c.name.to_vec();
             inner.remove_where(c.wd, |e| voids(&e.deps, c.wd, &name));
             inner.recent.push_back((seq, c.wd, name));

@@ -42,9 +42,11 @@ pub struct Handle {
     /// Bytes of content copies held by all handles, and this handle's share of them.
     budget: Arc<AtomicI64>,
     charged: AtomicI64,
-    /// The leased lookup that opened it, if home leased it: its attributes and a directory's entries are
-    /// cached while the lease holds.
+    /// The lookup that opened it, if home leased it (or it created the file): its attributes and a
+    /// directory's entries are cached while the lease holds.
     origin: std::sync::OnceLock<Origin>,
+    /// Its name no longer finds it at home (`fstat` then asks for the handle's own attributes).
+    pub name_moved: std::sync::atomic::AtomicBool,
     /// The readahead that copies a large file in ([`crate::fill`]).
     fill: std::sync::OnceLock<Arc<crate::fill::Fill>>,
     /// Writes and unlocks sent without waiting ([`crate::behind`]).
@@ -297,6 +299,7 @@ impl FdTable {
             copy: AtomicU8::new(0),
             fill: std::sync::OnceLock::new(),
             origin: std::sync::OnceLock::new(),
+            name_moved: Default::default(),
             copied_at: std::sync::OnceLock::new(),
             budget: self.copied.clone(),
             charged: AtomicI64::new(0),

@@ -27,7 +27,8 @@ pub fn unlink(s: &Session, ctx: &ProcCtx, o: &pb::Unlink) -> Res {
     let flags = at_flags(o.at_flags)?;
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     sys::unlinkat(at.dir.as_fd(), &at.path, flags)?;
-    done(0)
+    let (lease, deps) = super::lease_after(s, &at.start, &o.path, false, o.lease, |found| found.is_none());
+    Ok(pb::CallReply { lease, deps, ..value(0) })
 }
 
 /// renameat2; the RENAME_* flags are the same everywhere and pass as they are.

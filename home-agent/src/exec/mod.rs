@@ -85,6 +85,38 @@ fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: b
     }
 }
 
+/// A lease on looking up `path` from `dir` again after a call changed what it finds (created or removed
+/// the name), when `wanted`: the walk's watches go in place first, then the lookup is made once more
+/// (without following a last symbolic link unless `follow`), and the lease is granted only if `expected`
+/// holds for what it finds (`None`: nothing; else its attributes). Any change after that lookup is
+/// reported, and the change made by the call itself was queued before the grant, so it does not void it.
+/// Not for confined sessions (their lookups resolve beneath the allowed directories, not as a plain walk).
+fn lease_after(
+    s: &Session,
+    dir: &OwnedFd,
+    path: &[u8],
+    follow: bool,
+    wanted: bool,
+    expected: impl FnOnce(Option<&libc::statx>) -> bool,
+) -> (u64, Vec<pb::Dep>) {
+    use std::os::fd::AsFd;
+    if !wanted || s.allow().is_some() {
+        return (0, Vec::new());
+    }
+    let Ok(cpath) = std::ffi::CString::new(path) else { return (0, Vec::new()) };
+    let (lease, deps) = lease_lookup(s, dir, path, follow, true);
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    let found = match crate::sys::statx(dir.as_fd(), &cpath, flags | libc::AT_NO_AUTOMOUNT, libc::STATX_INO) {
+        Ok(sx) => Some(sx),
+        Err(e) if e == Errno::ENOENT => None,
+        Err(_) => return (0, Vec::new()),
+    };
+    if lease == 0 || !expected(found.as_ref()) {
+        return (0, Vec::new());
+    }
+    (lease, deps)
+}
+
 /// A reply carrying only an errno (for executors that return more than the outcome on failure).
 fn failed(e: Errno) -> CallReply {
     CallReply { outcome: Some(Outcome::errno(e)), ..Default::default() }

@@ -37,7 +37,10 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     // file that turns out to be anything but a regular file or directory is opened again on a blocking thread.
     // (An `O_PATH` open never waits.)
     let probing = super::running_inline() && flags & (libc::O_NONBLOCK | libc::O_PATH) == 0;
-    let (lease, deps) = super::lease_lookup(s, &at.start, &o.path, flags & libc::O_NOFOLLOW == 0, o.lease);
+    let follow = flags & libc::O_NOFOLLOW == 0;
+    // A creating open is leased once it made its file (see below): a lease taken before would be voided by
+    // the creation itself.
+    let (lease, deps) = super::lease_lookup(s, &at.start, &o.path, follow, o.lease && !creates);
     let tried = if probing { flags | libc::O_NONBLOCK } else { flags };
     let fd = if let Some(allow) = confined {
         allow.open(&at.start, &o.path, tried, mode, o.resolve)
@@ -62,9 +65,8 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         }
         sys::set_flags(fd.as_fd(), flags & !libc::O_CLOEXEC)?;
     }
-    let stat = sx.map(|sx| FileStat::from_statx(&sx));
     // A creating open that followed a symbolic link made a file under another name: the shim must know.
-    let via_link = creates && flags & libc::O_NOFOLLOW == 0 && {
+    let via_link = creates && follow && {
         let entry = match confined {
             Some(allow) => allow.at(&at.start, &o.path, How::Entry).ok().map(|t| (t.dir, t.path)),
             None => Some((at.dir.clone(), at.path.clone())),
@@ -74,6 +76,27 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
                 .is_ok_and(|l| u32::from(l.stx_mode) & libc::S_IFMT == libc::S_IFLNK)
         })
     };
+    // A regular file opened by a creating open: leased when the path, looked up again with the watches in
+    // place, still finds it; its attributes are then read again, so a change between the two is not missed.
+    let (lease, deps, sx) = match sx {
+        Some(opened) if creates && !via_link && kind == libc::S_IFREG && o.lease => {
+            let same = |found: Option<&libc::statx>| {
+                found.is_some_and(|f| {
+                    (f.stx_ino, f.stx_dev_major, f.stx_dev_minor)
+                        == (opened.stx_ino, opened.stx_dev_major, opened.stx_dev_minor)
+                })
+            };
+            match super::lease_after(s, &at.start, &o.path, follow, true, same) {
+                (0, _) => (0, Vec::new(), Some(opened)),
+                (lease, deps) => match sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK) {
+                    Ok(now) => (lease, deps, Some(now)),
+                    Err(_) => (0, Vec::new(), Some(opened)),
+                },
+            }
+        }
+        sx => (lease, deps, sx),
+    };
+    let stat = sx.map(|sx| FileStat::from_statx(&sx));
     let content = match &stat {
         Some(st) if wants_content(o, flags, kind, st) => whole_content(fd.as_fd(), st),
         _ => None,

@@ -76,8 +76,16 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         ("readlink", Op::Readlink(Readlink { dir: h(2), path: path("s"), size: 64, lease: true })),
         ("mkdir", Op::Mkdir(Mkdir { dir: cwd(), path: path("d/e/m"), mode: 0o755 })),
         ("mknod", Op::Mknod(Mknod { dir: cwd(), path: path("node"), mode: libc::S_IFREG | 0o600, dev: 0 })),
-        ("unlink", Op::Unlink(Unlink { dir: cwd(), path: path("d/a"), at_flags: 0 })),
-        ("rmdir", Op::Unlink(Unlink { dir: h(2), path: path("e"), at_flags: AtFlag::Removedir as u32 })),
+        ("unlink", Op::Unlink(Unlink { dir: cwd(), path: path("d/a"), at_flags: 0, lease: false })),
+        (
+            "rmdir",
+            Op::Unlink(Unlink {
+                dir: h(2),
+                path: path("e"),
+                at_flags: AtFlag::Removedir as u32,
+                lease: false,
+            }),
+        ),
         (
             "rename",
             Op::Rename(Rename {

@@ -60,7 +60,19 @@ async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcom
     let path = call.path(path_arg)?;
     let Route::Home(dir) = call.route(dirfd, &path) else { return Ok(Action::Continue) };
     let at_flags = flags::at_to_wire(at, true);
-    simple(call, Op::Unlink(pb::Unlink { dir: Some(dir), path: path.into(), at_flags })).await
+    // The name is then missing, as lookups that follow a last link or not find it (sqlite's journal,
+    // looked for at every transaction): home leases that answer.
+    let keys: Vec<_> = [false, true].into_iter().filter_map(|f| call.lookup_key(&dir, &path, f, 0)).collect();
+    let attrs = &call.sup.link.attrs;
+    let ticket = attrs.ticket_past_own_change();
+    let lease = !keys.is_empty();
+    let (v, reply) = call
+        .home_value(Op::Unlink(pb::Unlink { dir: Some(dir), path: path.into(), at_flags, lease }))
+        .await?;
+    for key in keys {
+        attrs.put_leased(key, crate::attrcache::Cached::Missing(Errno::ENOENT), ticket, &reply);
+    }
+    Ok(Action::Value(v))
 }
 
 /// Two home names: (directory, path) of the old and of the new name.

@@ -66,11 +66,13 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
             return answered;
         }
     }
+    let created = if creates && resolve == 0 { call.lookup_key(&dir, &path, follow, 0) } else { None };
     let ticket = attrs.ticket();
+    let created_ticket = attrs.ticket_past_own_change();
     let mark = attrs.change_mark();
     let op = Op::Open(pb::Open {
         dir: Some(dir),
-        lease: key.is_some(),
+        lease: key.is_some() || created.is_some(),
         path: path.into(),
         flags: flags::open_to_wire(oflags),
         mode: if oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE {
@@ -102,10 +104,22 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     } else if oflags & libc::O_TRUNC != 0 {
         attrs.forget_inode((stat.dev, stat.ino));
     }
-    let origin = key.filter(|_| reply.lease != 0).map(|key| {
-        attrs.put_leased(key.clone(), Cached::Found(stat), ticket, &reply);
-        crate::fdtable::Origin { key }
-    });
+    let origin = match key.filter(|_| reply.lease != 0) {
+        Some(key) => {
+            attrs.put_leased(key.clone(), Cached::Found(stat), ticket, &reply);
+            Some(crate::fdtable::Origin { key })
+        }
+        // A file created or opened to write is not leased, but a later lookup of its name may find it:
+        // `fstat` is then answered from that lookup while it finds this very inode (`stat::fstat_cached`).
+        // A created file's lease comes from a lookup home made after the creation.
+        None if stat.mode & libc::S_IFMT == libc::S_IFREG => created.map(|key| {
+            if reply.lease != 0 && !reply.via_link {
+                attrs.put_leased(key.clone(), Cached::Found(stat), created_ticket, &reply);
+            }
+            crate::fdtable::Origin { key }
+        }),
+        None => None,
+    };
     let inode = (stat.dev, stat.ino);
     if !reads_only(oflags) && stat.mode & libc::S_IFMT == libc::S_IFREG {
         call.sup.link.attrs.wrote(inode);

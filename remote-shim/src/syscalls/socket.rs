@@ -67,7 +67,7 @@ async fn address(call: &Call<'_>, connect: bool) -> Outcome {
         crate::sys::unix_address_call(sock.as_fd(), &local, false).map_err(|e| Errno::from_io(&e))
     });
     if let Err(e) = bound {
-        let unlink = pb::Unlink { dir: Some(dir), path: path.into(), at_flags: 0 };
+        let unlink = pb::Unlink { dir: Some(dir), path: path.into(), at_flags: 0, lease: false };
         let _ = call.home(Op::Unlink(unlink)).await;
         return Err(e);
     }

@@ -85,6 +85,19 @@ async fn stat_home(
         if crate::lazy::unreachable(call, h).await {
             return Ok(h.stat);
         }
+        if at & libc::AT_EMPTY_PATH != 0 && mask == 0 {
+            let by_name = match fstat_cached(call, h) {
+                Some(st) => Some(st),
+                None => fstat_by_name(call, h).await,
+            };
+            if let Some(st) = by_name {
+                // A new version: the copy taken at open is no longer what the file holds.
+                if !h.stat.same_version(&st) {
+                    h.mark_stale();
+                }
+                return Ok(st);
+            }
+        }
     }
     let attrs = &call.sup.link.attrs;
     let key = call
@@ -125,6 +138,63 @@ async fn stat_home(
         }
     }
     Ok(st)
+}
+
+/// `fstat` of a regular file answered by a leased lookup of the name that opened it, while that lookup
+/// finds this very inode: the lease says home has changed neither the entry nor the file's attributes since
+/// it read them, and the job's own changes to the file dropped the answer before they were sent. (A file
+/// with other names is never cached, so no change can come through a name nobody watches.)
+fn fstat_cached(call: &Call<'_>, h: &crate::fdtable::Handle) -> Option<pb::FileStat> {
+    if h.stat.mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    // The lookup as the open made it, or as a `stat` of the name makes it: any that finds this inode.
+    let opened = &h.origin()?.key;
+    let other = crate::attrcache::Key { follow: !opened.follow, ..opened.clone() };
+    let finds = |key: &crate::attrcache::Key| match call.sup.link.attrs.get(key)? {
+        Cached::Found(st) if (st.dev, st.ino) == (h.stat.dev, h.stat.ino) => Some(st),
+        _ => None,
+    };
+    finds(opened).or_else(|| finds(&other))
+}
+
+/// `fstat` of a regular file opened by an absolute name, asked of home as a leased lookup of that name:
+/// when it finds this very inode, its answer is `fstat`'s, and the next lookups of the name and `fstat`s
+/// of the file are answered here while the lease holds (sqlite's `fstat` then `stat` of its database at
+/// every transaction). `None` when it finds another file or none (renamed, replaced, removed at home): the
+/// handle's `fstat` then goes home as such, now and from then on.
+async fn fstat_by_name(call: &Call<'_>, h: &crate::fdtable::Handle) -> Option<pb::FileStat> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let origin = h.origin()?;
+    if origin.key.proc != 0 || h.stat.mode & libc::S_IFMT != libc::S_IFREG || h.name_moved.load(Relaxed) {
+        return None;
+    }
+    let attrs = &call.sup.link.attrs;
+    let ticket = attrs.ticket();
+    let at = if origin.key.follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    let op = Op::Stat(pb::Stat {
+        dir: Some(pb::Dir { handle: 0 }),
+        path: origin.key.path.clone().into(),
+        at_flags: flags::at_to_wire(at, false),
+        mask: 0,
+        lease: true,
+    });
+    let reply = call.home(op).await.ok()?;
+    let found = super::outcome(&reply).ok().and(reply.stat);
+    match found {
+        Some(st) if (st.dev, st.ino) == (h.stat.dev, h.stat.ino) => {
+            // A regular file, not a link: the lookup that follows a last link finds the same.
+            for follow in [false, true] {
+                let key = crate::attrcache::Key { follow, ..origin.key.clone() };
+                attrs.put_leased(key, Cached::Found(st), ticket, &reply);
+            }
+            Some(st)
+        }
+        _ => {
+            h.name_moved.store(true, Relaxed);
+            None
+        }
+    }
 }
 
 async fn statfs(call: &Call<'_>) -> Outcome {

@@ -87,7 +87,7 @@ fn a_path_outside_is_refused() {
         at_flags: 0,
     };
     assert_eq!(home.call(Op::Link(link)), Err(OUTSIDE));
-    let unlink = pb::Unlink { dir: cwd(), path: secret.into(), at_flags: 0 };
+    let unlink = pb::Unlink { dir: cwd(), path: secret.into(), at_flags: 0, lease: false };
     assert_eq!(home.call(Op::Unlink(unlink)), Err(OUTSIDE));
     // The allowed directory itself can be looked at, but not removed or renamed (its parent is outside).
     assert!(home.call(stat(&abs(&home, ""))).is_ok());
@@ -223,6 +223,7 @@ fn inside_everything_works() {
             dir: cwd(),
             path: p.to_string().into(),
             at_flags: pb::AtFlag::Removedir as u32,
+            lease: false,
         })
     };
     assert_eq!(home.call(rmdir("d/h/")), Err(Errno::ENOTDIR));

@@ -27,7 +27,7 @@ fn unknown_flag_bits_are_einval() {
     let st = pb::Stat { dir: cwd(), path: ".".into(), at_flags: bad_at, mask: 0, lease: false };
     assert_eq!(errno_of(&home, Op::Stat(st)), Errno::EINVAL);
     std::fs::write(home.root.join("f"), b"x").unwrap();
-    let unlink = pb::Unlink { dir: cwd(), path: "f".into(), at_flags: bad_at };
+    let unlink = pb::Unlink { dir: cwd(), path: "f".into(), at_flags: bad_at, lease: false };
     assert_eq!(errno_of(&home, Op::Unlink(unlink)), Errno::EINVAL);
     assert!(home.root.join("f").exists());
     let access = pb::Access { dir: cwd(), path: "f".into(), mode: 0, at_flags: bad_at, lease: false };

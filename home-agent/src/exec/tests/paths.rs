@@ -64,11 +64,12 @@ fn rmdir_and_unlink() {
             dir: cwd(),
             path: path.to_string().into(),
             at_flags: pb::AtFlag::Removedir as u32,
+            lease: false,
         })
     };
     assert_eq!(home.call(rmdir("d")), Err(Errno(libc::ENOTEMPTY as u16)));
     assert_eq!(home.call(rmdir("d/x")), Err(Errno::ENOTDIR));
-    home.call(Op::Unlink(pb::Unlink { dir: cwd(), path: "d/x".into(), at_flags: 0 })).unwrap();
+    home.call(Op::Unlink(pb::Unlink { dir: cwd(), path: "d/x".into(), at_flags: 0, lease: false })).unwrap();
     home.call(rmdir("d")).unwrap();
     assert!(!home.root.join("d").exists());
 }
