@@ -50,8 +50,16 @@ pub struct ContentCache {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Key, Arc<OwnedFd>>,
+    entries: HashMap<Key, Content>,
     total: i64,
+}
+
+/// One version's bytes: a memfd (copied into placeholders inside the kernel), or for the small files a
+/// directory listing brought, the bytes themselves (no descriptor per file).
+#[derive(Clone)]
+enum Content {
+    File(Arc<OwnedFd>),
+    Bytes(Arc<[u8]>),
 }
 
 impl ContentCache {
@@ -59,7 +67,13 @@ impl ContentCache {
     pub fn copy_into(&self, key: &Key, dst: &OwnedFd) -> bool {
         let entry = self.inner.lock().unwrap_or_else(|p| p.into_inner()).entries.get(key).cloned();
         match entry {
-            Some(src) => crate::sys::copy_all(src.as_fd(), dst.as_fd(), key.size as u64).is_ok(),
+            Some(Content::File(src)) => {
+                crate::sys::copy_all(src.as_fd(), dst.as_fd(), key.size as u64).is_ok()
+            }
+            Some(Content::Bytes(bytes)) => {
+                let file = dst.try_clone().map(std::fs::File::from);
+                file.and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)).is_ok()
+            }
             None => false,
         }
     }
@@ -78,12 +92,24 @@ impl ContentCache {
         if crate::sys::copy_all(src.as_fd(), copy.as_fd(), key.size as u64).is_err() {
             return;
         }
+        self.keep(key, Content::File(Arc::new(copy)));
+    }
+
+    /// Remembers `bytes` as the content of version `key` (its size is the key's).
+    pub fn insert_bytes(&self, key: Key, bytes: &[u8]) {
+        if i64::try_from(bytes.len()) != Ok(key.size) || self.contains(&key) {
+            return;
+        }
+        self.keep(key, Content::Bytes(bytes.into()));
+    }
+
+    fn keep(&self, key: Key, content: Content) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.total + key.size > MAX_TOTAL {
             inner.entries.clear();
             inner.total = 0;
         }
-        if inner.entries.insert(key, Arc::new(copy)).is_none() {
+        if inner.entries.insert(key, content).is_none() {
             inner.total += key.size;
         }
     }

@@ -85,29 +85,97 @@ impl Lazy {
     }
 }
 
+/// Whether the job opens the files of the directories it lists (a walk reading every file, `tar`, `grep
+/// -r`), so that listings should bring small files' content along (`Getdents.content_max`) and the opens
+/// that follow need no round trip. A job that only lists and looks up (`ls -l`, `git status`, `find`)
+/// never asks home to read what it will not open.
+#[derive(Default)]
+pub struct Prefetch {
+    /// The directories listed lately (their lookups' keys).
+    listed: std::sync::Mutex<std::collections::VecDeque<Key>>,
+    /// Opens that went home for a file of a directory listed lately.
+    opened: AtomicU64,
+}
+
+/// Directories [`Prefetch`] remembers, and the opens of their files that turn prefetching on.
+const LISTED: usize = 64;
+const OPENS_TO_PREFETCH: u64 = 4;
+
+/// Most bytes of a file a listing brings along.
+pub const LISTED_CONTENT_MAX: u64 = 64 << 10;
+
+impl Prefetch {
+    /// The job listed the directory that `key` looked up.
+    pub fn listed(&self, key: &Key) {
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        if listed.contains(key) {
+            return;
+        }
+        if listed.len() >= LISTED {
+            listed.pop_front();
+        }
+        listed.push_back(key.clone());
+    }
+
+    /// An open of `key` went home.
+    pub fn opened_home(&self, key: &Key) {
+        let Some(slash) = key.path.iter().rposition(|&b| b == b'/') else { return };
+        let parent = &key.path[..slash.max(1)];
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        if listed.iter().any(|d| d.proc == key.proc && d.path.strip_suffix(b"/").unwrap_or(&d.path) == parent)
+        {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What a listing asks home to bring along (`Getdents.content_max`).
+    pub fn content_max(&self) -> u64 {
+        if self.opened.load(Ordering::Relaxed) >= OPENS_TO_PREFETCH {
+            LISTED_CONTENT_MAX
+        } else {
+            0
+        }
+    }
+}
+
 /// Whether an open with `oflags` only reads a regular file and may be answered without home.
 pub fn plain_read(oflags: i32) -> bool {
     oflags & libc::O_ACCMODE == libc::O_RDONLY && oflags & !(PLAIN | libc::O_ACCMODE) == 0
 }
 
-/// Answers an open of `key` (an absolute lookup, following links as the open does) without home when the
-/// attribute cache and the content cache together vouch for it; `None`: the open goes home.
-pub fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome> {
-    if !plain_read(oflags) || key.proc != 0 || key.mask != 0 || key.path.first() != Some(&b'/') {
-        return None;
-    }
-    let attrs = &call.sup.link.attrs;
-    // Taken before the lookup: a change the job makes to the file from now on makes the copy stale.
-    let mark = attrs.change_mark();
-    let Some(Cached::Found(st)) = attrs.get(key) else { return None };
+/// The version of the file the cached lookup `key` finds, when an open of it may be answered here.
+fn cached_version(call: &Call<'_>, key: &Key) -> Option<(pb::FileStat, crate::content::Key)> {
+    let Some(Cached::Found(st)) = call.sup.link.attrs.get(key) else { return None };
     if st.mode & libc::S_IFMT != libc::S_IFREG || st.nlink != 1 {
         return None;
     }
     let version = crate::content::Key::of(&st)?;
-    if !call.sup.content.contains(&version) {
+    call.sup.content.contains(&version).then_some((st, version))
+}
+
+/// Answers an open of `key` (a lookup following links as the open does: absolute, or relative to the
+/// caller's cwd, whose path home then leases, `crate::cwds`) without home when the attribute cache and the
+/// content cache together vouch for it; `None`: the open goes home.
+pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome> {
+    if !plain_read(oflags) || key.mask != 0 {
         return None;
     }
-    let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(key.path.clone(), oflags)).ok()?;
+    cached_version(call, key)?;
+    // Where home opens it if a call needs it: the same file, by an absolute path.
+    let path = if key.proc == 0 {
+        key.path.clone()
+    } else if key.proc == call.proc().id {
+        crate::attrcache::join(&crate::syscalls::dir::leased_cwd(call).await?, &key.path)
+    } else {
+        return None;
+    };
+    if path.first() != Some(&b'/') {
+        return None;
+    }
+    // Taken before the lookup: a change the job makes to the file from now on makes the copy stale.
+    let mark = call.sup.link.attrs.change_mark();
+    let (st, version) = cached_version(call, key)?;
+    let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, oflags)).ok()?;
     if !h.charge(st.size.max(0)) || !call.sup.content.copy_into(&version, &h.memfd) {
         return None;
     }

@@ -65,6 +65,8 @@ pub struct Supervisor {
     pub exec: ExecStage,
     pub pumps: Pumps,
     pub content: crate::content::ContentCache,
+    /// Whether listings bring small files' content along ([`crate::lazy::Prefetch`]).
+    pub prefetch: crate::lazy::Prefetch,
     pub unix_names: crate::syscalls::socket::UnixNames,
     /// `--trace`/`--stats`, when asked for.
     pub tracer: Option<Tracer>,
@@ -109,6 +111,7 @@ impl Supervisor {
             exec,
             pumps: Pumps::default(),
             content: Default::default(),
+            prefetch: Default::default(),
             unix_names: Default::default(),
             tracer,
             home_is_local,

@@ -74,15 +74,59 @@ pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
     let raw = sys::getdents64(fd.as_fd(), size)?;
     let mut dirents = decode_dirents(&raw);
     if lease != 0 {
+        let mut budget = CONTENT_BUDGET;
         for d in &mut dirents {
             let Ok(name) = std::ffi::CString::new(d.name.to_vec()) else { continue };
             let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
             d.stat = sys::statx(fd.as_fd(), &name, flags, super::open::DEFAULT_STATX_MASK)
                 .ok()
                 .map(|sx| pb::FileStat::from_statx(&sx));
+            if let Some(st) = d.stat.as_ref().filter(|st| listed_content_wanted(st, o.content_max, budget)) {
+                if let Some(content) = listed_content(fd.as_fd(), &name, st) {
+                    budget -= content.len();
+                    d.content = content.into();
+                    d.whole = true;
+                }
+            }
         }
     }
     Ok(pb::CallReply { dirents, lease, deps, ..value(raw.len() as i64) })
+}
+
+/// Most bytes of content one listing returns (see `Getdents.content_max`).
+const CONTENT_BUDGET: usize = 1 << 20;
+/// Largest file whose content a listing returns.
+const LISTED_FILE_MAX: u64 = 64 << 10;
+
+/// Whether a listed entry's content goes with the listing: a regular file with one link, small enough
+/// for the request and what is left of the reply's budget.
+fn listed_content_wanted(st: &pb::FileStat, max: u64, budget: usize) -> bool {
+    st.mode & libc::S_IFMT == libc::S_IFREG
+        && st.nlink == 1
+        && u64::try_from(st.size)
+            .is_ok_and(|size| size <= max.min(LISTED_FILE_MAX) && size as usize <= budget)
+}
+
+/// The whole content of the file `name` in `dir` at version `st` (size, times), or `None`: opened without
+/// following a link, without waiting (a fifo put there meanwhile) and without changing its access time
+/// (`O_NOATIME`, refused unless the agent may: then nothing is read), and checked against `st` before and
+/// after the read. An empty file's version says it all.
+fn listed_content(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    st: &pb::FileStat,
+) -> Option<Vec<u8>> {
+    if st.size == 0 {
+        return Some(Vec::new());
+    }
+    let flags = libc::O_RDONLY | libc::O_NOATIME | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let file = sys::openat(dir, name, flags, 0).ok()?;
+    let opened = sys::statx(file.as_fd(), c"", libc::AT_EMPTY_PATH, super::open::DEFAULT_STATX_MASK).ok()?;
+    let opened = pb::FileStat::from_statx(&opened);
+    if (opened.dev, opened.ino) != (st.dev, st.ino) || !opened.same_version(st) {
+        return None;
+    }
+    super::open::whole_content(file.as_fd(), st)
 }
 
 /// Decodes `struct linux_dirent64` records: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8,
@@ -106,6 +150,8 @@ pub fn decode_dirents(buf: &[u8]) -> Vec<pb::Dirent> {
             kind: u32::from(kind),
             name: name.to_vec().into(),
             stat: None,
+            content: Default::default(),
+            whole: false,
         });
         at += reclen;
     }

@@ -129,7 +129,7 @@ fn wants_content(o: &pb::Open, flags: i32, kind: u32, st: &FileStat) -> bool {
 }
 
 /// The file's whole content, if it is unchanged (size, mtime, ctime) from `st` after reading it.
-fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<Vec<u8>> {
+pub fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<Vec<u8>> {
     let size = usize::try_from(st.size).ok()?;
     let mut buf = Vec::with_capacity(size);
     while buf.len() < size {

@@ -201,8 +201,8 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         ("seek_data", Op::Seek(Seek { handle: 3, offset: 0, whence: Whence::Data as i32 })),
         ("fsync", Op::Fsync(Fsync { handle: 1, datasync: true })),
         ("fallocate", Op::Fallocate(Fallocate { handle: 1, mode: 0x01, offset: 0, len: 4096 })),
-        ("getdents", Op::Getdents(Getdents { handle: 2, size: 32768, lease: true })),
-        ("getdents_small", Op::Getdents(Getdents { handle: 2, size: 24, lease: false })),
+        ("getdents", Op::Getdents(Getdents { handle: 2, size: 32768, lease: true, content_max: 0 })),
+        ("getdents_small", Op::Getdents(Getdents { handle: 2, size: 24, lease: false, content_max: 0 })),
         ("get_flags", Op::GetFlags(GetFlags { handle: 1 })),
         (
             "set_flags",
@@ -281,7 +281,7 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
                 Op::Chdir(Chdir { dir: cwd(), path: path("d/e/m") }),
                 op("getcwd"),
                 op("open_create"),
-                Op::Getdents(Getdents { handle: 2, size: 4096, lease: true }),
+                Op::Getdents(Getdents { handle: 2, size: 4096, lease: true, content_max: 0 }),
             ],
         ),
         (

@@ -141,7 +141,12 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
     memory::probe(call.tid, call.arg(1), size)?;
     let attrs = &call.sup.link.attrs;
     let ticket = attrs.ticket();
-    let op = Op::Getdents(pb::Getdents { handle: h.id, size: size as u64, lease: h.origin().is_some() });
+    let lease = h.origin().is_some();
+    let content_max = if lease { call.sup.prefetch.content_max() } else { 0 };
+    if let Some(origin) = h.origin() {
+        call.sup.prefetch.listed(&origin.key);
+    }
+    let op = Op::Getdents(pb::Getdents { handle: h.id, size: size as u64, lease, content_max });
     let (_, reply) = call.home_value(op).await?;
     if !reply.dirents.iter().all(|e| entry_name(&e.name)) {
         // Not what any kernel lists (and a name with `/` or `..` would poison the attribute cache).
@@ -155,6 +160,12 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
             if reply.lease != 0 && h.attributes_leased(attrs) {
                 prefill(attrs, origin, &reply.dirents, ticket, reply.lease, &path, *wd);
             }
+        }
+    }
+    // Small files' content, at the version listed: later opens of them need no round trip (`lazy`).
+    for e in reply.dirents.iter().filter(|e| e.whole) {
+        if let Some(version) = e.stat.as_ref().and_then(crate::content::Key::of) {
+            call.sup.content.insert_bytes(version, &e.content);
         }
     }
     let buf = encode_dirents(&reply.dirents, format, size);
@@ -265,27 +276,43 @@ async fn getcwd(call: &Call<'_>) -> Outcome {
             bytes.push(0);
             bytes
         }
-        None => {
-            let (ticket, cwd_ticket) = (attrs.ticket(), call.sup.cwds.ticket());
-            let (len, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size, lease: true })).await?;
-            let mut bytes = reply.data.to_vec();
-            bytes.push(0);
-            if len != bytes.len() as i64 {
-                // The value counts the path and its NUL: anything else is a malformed reply.
-                return Err(Errno::EIO);
-            }
-            if let Some(st) = reply.stat.filter(|_| reply.lease != 0 && reply.data.first() == Some(&b'/')) {
-                crate::cwds::lease(attrs, &reply.data, (st.dev, st.ino), ticket, &reply);
-                call.sup.cwds.put(proc, cwd_ticket, reply.data.to_vec(), (st.dev, st.ino));
-            }
-            bytes
-        }
+        None => ask_cwd(call, size).await?,
     };
     if bytes.len() as u64 > size {
         return Err(Errno::ERANGE);
     }
     memory::write_bytes(call.tid, call.arg(0), &bytes)?;
     Ok(Action::Value(bytes.len() as i64))
+}
+
+/// Asks home for the calling process's cwd path (with its NUL; `size`: the program's buffer), and keeps it
+/// under home's lease.
+async fn ask_cwd(call: &Call<'_>, size: u64) -> Result<Vec<u8>, Errno> {
+    let attrs = &call.sup.link.attrs;
+    let (ticket, cwd_ticket) = (attrs.ticket(), call.sup.cwds.ticket());
+    let (len, reply) = call.home_value(Op::Getcwd(pb::Getcwd { size, lease: true })).await?;
+    let mut bytes = reply.data.to_vec();
+    bytes.push(0);
+    if len != bytes.len() as i64 {
+        // The value counts the path and its NUL: anything else is a malformed reply.
+        return Err(Errno::EIO);
+    }
+    if let Some(st) = reply.stat.filter(|_| reply.lease != 0 && reply.data.first() == Some(&b'/')) {
+        crate::cwds::lease(attrs, &reply.data, (st.dev, st.ino), ticket, &reply);
+        call.sup.cwds.put(call.proc().id, cwd_ticket, reply.data.to_vec(), (st.dev, st.ino));
+    }
+    Ok(bytes)
+}
+
+/// The calling process's cwd path while home's lease on it holds: kept, or asked of home (`lazy` opens of
+/// relative paths).
+pub async fn leased_cwd(call: &Call<'_>) -> Option<Vec<u8>> {
+    let (proc, attrs) = (call.proc().id, &call.sup.link.attrs);
+    if let Some(path) = call.sup.cwds.get(proc, attrs) {
+        return Some(path);
+    }
+    ask_cwd(call, libc::PATH_MAX as u64).await.ok()?;
+    call.sup.cwds.get(proc, attrs)
 }
 
 #[cfg(test)]
@@ -300,6 +327,8 @@ mod tests {
             kind: 8,
             name: name.as_bytes().to_vec().into(),
             stat: None,
+            content: Default::default(),
+            whole: false,
         };
         let entries = vec![e("a"), e("longer-name")];
         let buf = encode_dirents(&entries, Format::Dirent64, 4096);

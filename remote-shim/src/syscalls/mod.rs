@@ -4,7 +4,7 @@
 mod attr;
 mod attr_xattr;
 mod clock;
-mod dir;
+pub mod dir;
 pub mod exec;
 mod fd;
 pub mod io;

@@ -62,8 +62,11 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         if let Some(Cached::Missing(e)) = attrs.get(k) {
             return Err(e);
         }
-        if let Some(answered) = crate::lazy::try_open(call, k, oflags) {
+        if let Some(answered) = crate::lazy::try_open(call, k, oflags).await {
             return answered;
+        }
+        if crate::lazy::plain_read(oflags) {
+            call.sup.prefetch.opened_home(k);
         }
     }
     let created = if creates && resolve == 0 { call.lookup_key(&dir, &path, follow, 0) } else { None };

@@ -151,7 +151,11 @@ fn out_of_range_numbers_get_the_kernels_errno() {
     assert_eq!(errno_of(&home, Op::Kill(kill)), Errno::EINVAL);
     // A huge listing buffer is capped, not allocated.
     let d = home.open(".", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
-    assert!(home.call(Op::Getdents(pb::Getdents { handle: d, size: u64::MAX, lease: false })).unwrap() > 0);
+    assert!(
+        home.call(Op::Getdents(pb::Getdents { handle: d, size: u64::MAX, lease: false, content_max: 0 }))
+            .unwrap()
+            > 0
+    );
 }
 
 #[test]
@@ -184,7 +188,7 @@ fn unknown_handles_are_ebadf_everywhere() {
         Op::Seek(pb::Seek { handle: h, offset: 0, whence: 0 }),
         Op::Fsync(pb::Fsync { handle: h, datasync: false }),
         Op::Fallocate(pb::Fallocate { handle: h, mode: 0, offset: 0, len: 1 }),
-        Op::Getdents(pb::Getdents { handle: h, size: 4096, lease: true }),
+        Op::Getdents(pb::Getdents { handle: h, size: 4096, lease: true, content_max: 0 }),
         Op::GetFlags(pb::GetFlags { handle: h }),
         Op::SetFlags(pb::SetFlags { handle: h, flags: 0 }),
         Op::Flock(pb::Flock { handle: h, operation: libc::LOCK_SH as u32 }),

@@ -110,19 +110,21 @@ fn getdents_lists_entries() {
     home.open("a", libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap();
     home.call(mkdir("c")).unwrap();
     let dir = home.open(".", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
-    let reply = home.reply(Op::Getdents(pb::Getdents { handle: dir, size: 4096, lease: false }));
+    let reply =
+        home.reply(Op::Getdents(pb::Getdents { handle: dir, size: 4096, lease: false, content_max: 0 }));
     assert!(reply.outcome.unwrap().to_result().unwrap() > 0);
     let mut names: Vec<(Vec<u8>, u32)> = reply.dirents.iter().map(|d| (d.name.to_vec(), d.kind)).collect();
     names.sort();
     let dt_dir = u32::from(libc::DT_DIR);
     let expected = [(&b"."[..], dt_dir), (b"..", dt_dir), (b"a", u32::from(libc::DT_REG)), (b"c", dt_dir)];
     assert_eq!(names, expected.map(|(n, k)| (n.to_vec(), k)));
-    let again = home.reply(Op::Getdents(pb::Getdents { handle: dir, size: 4096, lease: false }));
+    let again =
+        home.reply(Op::Getdents(pb::Getdents { handle: dir, size: 4096, lease: false, content_max: 0 }));
     assert_eq!(again.outcome.unwrap().to_result(), Ok(0));
     assert!(again.dirents.is_empty());
     let tiny = home.open(".", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
     assert_eq!(
-        home.call(Op::Getdents(pb::Getdents { handle: tiny, size: 8, lease: false })),
+        home.call(Op::Getdents(pb::Getdents { handle: tiny, size: 8, lease: false, content_max: 0 })),
         Err(Errno::EINVAL)
     );
 }
