@@ -30,6 +30,9 @@ struct Known {
 #[derive(Default)]
 pub struct Cwds {
     inner: Mutex<Inner>,
+    /// Home refused a lease on a cwd path (a confined session, leases stopped): not asked for again
+    /// unless the program itself calls getcwd.
+    pub refused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]

@@ -300,6 +300,8 @@ async fn ask_cwd(call: &Call<'_>, size: u64) -> Result<Vec<u8>, Errno> {
     if let Some(st) = reply.stat.filter(|_| reply.lease != 0 && reply.data.first() == Some(&b'/')) {
         crate::cwds::lease(attrs, &reply.data, (st.dev, st.ino), ticket, &reply);
         call.sup.cwds.put(call.proc().id, cwd_ticket, reply.data.to_vec(), (st.dev, st.ino));
+    } else if reply.lease == 0 {
+        call.sup.cwds.refused.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(bytes)
 }
@@ -310,6 +312,9 @@ pub async fn leased_cwd(call: &Call<'_>) -> Option<Vec<u8>> {
     let (proc, attrs) = (call.proc().id, &call.sup.link.attrs);
     if let Some(path) = call.sup.cwds.get(proc, attrs) {
         return Some(path);
+    }
+    if call.sup.cwds.refused.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
     }
     ask_cwd(call, libc::PATH_MAX as u64).await.ok()?;
     call.sup.cwds.get(proc, attrs)
