@@ -3,9 +3,11 @@
 //! leased lookup of that name while it finds that very file. Each answer is checked with home changed
 //! behind the program's back (permissions, content, a new file under the name, a removal), and the round
 //! trips saved are counted on sqlite's pattern (create, fstat, unlink and look up a journal, every
-//! transaction).
+//! transaction). Then the cases a review found: a file opened through a symbolic link, lookups through a
+//! directory descriptor when home replaces an ancestor, and access times moved by a read at home.
 
 use homeward::{require_tools, skip_unless_root, Hosts};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -147,9 +149,11 @@ fn sqlites_lookups_of_its_files_are_answered_here() {
     assert!(!hosts.exists("db-journal"));
     let db = hosts.path("db");
     let journal = hosts.path("db-journal");
-    // The journal's absence is leased by each unlink: only the first lookup goes home.
+    // The journal's absence is leased by each unlink: only the first lookup goes home, and those after
+    // the collector closed a removed journal's home handle (its close is reported as a change of the name).
     let (all, home) = stats_of(&trace, journal.to_str().expect("UTF-8"));
-    assert_eq!((all, home), (20, 1), "stat of the journal: (calls, round trips)");
+    assert_eq!(all, 20);
+    assert!(home <= 5, "{home} of 20 stats of the journal went home");
     // The database changes at every transaction (its own write): the fstat after it asks home for the
     // name, and the stat that follows is answered here.
     let (all, home) = stats_of(&trace, db.to_str().expect("UTF-8"));
@@ -179,4 +183,139 @@ fn sqlites_lookups_of_its_files_are_answered_here() {
         checked += 1;
     }
     assert_eq!(checked, 20);
+}
+
+/// `fstat` of a file opened through a symbolic link must not cache the target's attributes as `lstat`'s.
+#[test]
+fn lstat_of_a_link_stays_a_link_after_fstat_of_a_file_opened_through_it() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("file", "abc");
+    hosts.symlink("file", "link");
+    hosts.write(
+        "t.py",
+        r#"
+import os, stat
+p = os.path.abspath("link")
+fd = os.open(p, os.O_RDWR)
+os.write(fd, b"x")
+os.fstat(fd)
+print("lstat is link:", stat.S_ISLNK(os.lstat(p).st_mode))
+"#,
+    );
+    let run = hosts.cmd(&["python3", "t.py"]).remote();
+    run.assert_success();
+    assert_eq!(run.stdout(), "lstat is link: True\n", "{run}");
+}
+
+/// `unlinkat(dirfd, name)` then home replaces an ancestor of the directory: the name's absence, cached
+/// under the directory's path, goes with the directory's lookup.
+#[test]
+fn a_name_unlinked_through_a_directory_descriptor_is_found_again_when_home_replaces_an_ancestor() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.mkdir("x/d");
+    hosts.write("x/d/f", "1");
+    hosts.write(
+        "t.py",
+        r#"
+import os, time
+d = os.path.abspath("x/d")
+dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+os.unlink("f", dir_fd=dfd)
+def show(step):
+    try:
+        os.stat(d + "/f"); print(step, "found")
+    except FileNotFoundError:
+        print(step, "missing")
+show("after unlink")
+open(os.path.abspath("ready"), "w").close()
+while not os.path.exists(os.path.abspath("go")):
+    time.sleep(0.01)
+time.sleep(0.2)
+show("after home replaced x")
+"#,
+    );
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).remote());
+        wait_for(&hosts, "ready");
+        std::fs::rename(hosts.path("x"), hosts.path("x.old")).expect("the test's own step");
+        hosts.mkdir("x/d");
+        hosts.write("x/d/f", "new");
+        hosts.write("go", "");
+        run.join().expect("the test's own step")
+    });
+    remote.assert_success();
+    assert_eq!(remote.stdout(), "after unlink missing\nafter home replaced x found\n", "{remote}");
+}
+
+/// `fstat` after a read at home that moved the access time (relatime: atime older than mtime).
+#[test]
+fn fstat_after_a_read_at_home_shows_the_access_time_it_moved() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write(
+        "t.py",
+        r#"
+import os, time
+p = os.path.abspath("a")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+time.sleep(0.02)
+os.write(fd, b"abc")
+os.fstat(fd)
+time.sleep(0.02)
+os.pread(fd, 3, 0)
+print(os.fstat(fd).st_atime_ns)
+"#,
+    );
+    let run = hosts.cmd(&["python3", "t.py"]).remote();
+    run.assert_success();
+    let home = std::fs::metadata(hosts.path("a")).expect("the test's own step");
+    let home_atime = home.atime() as i128 * 1_000_000_000 + home.atime_nsec() as i128;
+    assert_eq!(run.stdout().trim(), home_atime.to_string(), "{run}");
+}
+
+/// The same for a plain `fstatat(dirfd, missing name)`.
+#[test]
+fn a_lookup_through_a_directory_descriptor_follows_home_replacing_an_ancestor() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.mkdir("x/d");
+    hosts.write(
+        "t.py",
+        r#"
+import os, time
+d = os.path.abspath("x/d")
+dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+def show(step):
+    try:
+        os.stat(d + "/g"); print(step, "found")
+    except FileNotFoundError:
+        print(step, "missing")
+try:
+    os.stat("g", dir_fd=dfd)
+except FileNotFoundError:
+    pass
+open(os.path.abspath("ready"), "w").close()
+while not os.path.exists(os.path.abspath("go")):
+    time.sleep(0.01)
+time.sleep(0.2)
+show("after home replaced x")
+"#,
+    );
+    let remote = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).remote());
+        wait_for(&hosts, "ready");
+        std::fs::rename(hosts.path("x"), hosts.path("x.old")).expect("the test's own step");
+        hosts.mkdir("x/d");
+        hosts.write("x/d/g", "new");
+        hosts.write("go", "");
+        run.join().expect("the test's own step")
+    });
+    remote.assert_success();
+    assert_eq!(remote.stdout(), "after home replaced x found\n", "{remote}");
 }

@@ -63,64 +63,11 @@ struct Inner {
     replies: Option<Replies>,
     /// The directories watched.
     watches: std::collections::HashSet<i32>,
-    /// Watched directories held open, by inode, so that a walk passing them again needs no new
-    /// `inotify_add_watch` (which looks its `/proc/self/fd` path up: a good part of a leased lookup's cost).
-    pinned: Pinned,
     /// Leases were stopped (queue overflow, no inotify, session closed): none is granted again.
     stopped: bool,
     /// Reports numbered by a grant (the changes queued before it) and not sent yet: they go before the
     /// next reply ([`Leases::report_queued`]).
     unsent: Vec<CallReply>,
-}
-
-/// Most watched directories a session holds open ([`Inner::pinned`]), and all sessions together.
-const PIN_PER_SESSION: usize = 1024;
-const PIN_TOTAL: usize = 32768;
-static PINNED_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Watched directories held open: (device major, minor, inode) → (watch, descriptor). Holding the directory
-/// keeps its inode alive, so no other directory can have its number, and keeps its watch in place (a watch
-/// goes when its inode is evicted or its file system unmounted, neither of which can happen while it is
-/// held). A directory removed at home stays watched, reporting changes made through descriptors to it.
-#[derive(Default)]
-struct Pinned(std::collections::HashMap<(u32, u32, u64), (i32, OwnedFd)>);
-
-impl Pinned {
-    fn get(&self, id: &(u32, u32, u64)) -> Option<i32> {
-        self.0.get(id).map(|(wd, _)| *wd)
-    }
-
-    /// Holds `dir`, watched as `wd`, while the session's and the agent's budgets allow.
-    fn pin(&mut self, id: (u32, u32, u64), wd: i32, dir: BorrowedFd<'_>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.0.len() >= PIN_PER_SESSION || PINNED_TOTAL.fetch_add(1, Relaxed) >= PIN_TOTAL {
-            if self.0.len() < PIN_PER_SESSION {
-                PINNED_TOTAL.fetch_sub(1, Relaxed);
-            }
-            return;
-        }
-        match dir.try_clone_to_owned() {
-            Ok(fd) => {
-                if self.0.insert(id, (wd, fd)).is_some() {
-                    PINNED_TOTAL.fetch_sub(1, Relaxed);
-                }
-            }
-            Err(_) => {
-                PINNED_TOTAL.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        PINNED_TOTAL.fetch_sub(self.0.len(), std::sync::atomic::Ordering::Relaxed);
-        self.0.clear();
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        self.clear();
-    }
 }
 
 /// A grant in progress: watches are added under the session's lease lock, so no batch of events is
@@ -183,7 +130,6 @@ impl Leases {
         if overflow {
             inner.stopped = true;
             inner.watcher = None;
-            inner.pinned.clear();
             inner.unsent.push(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
             return None;
         }
@@ -195,40 +141,23 @@ impl Leases {
         Some(Grant { inner, fd, deps: Vec::new() })
     }
 
-    /// The reports numbered by grants and not sent yet, to be sent before anything else.
-    fn take_unsent(&self) -> Vec<CallReply> {
-        std::mem::take(&mut self.lock().unsent)
-    }
-
-    /// Numbers a batch of changes; `None` when nobody listens any more.
-    fn report(&self) -> Option<(u64, Replies)> {
+    /// Every report due now, in order: those numbered by grants and not sent yet, then the changes queued
+    /// (numbered here). Taken and read in one step under the lease lock, so no grant can take queued
+    /// changes in between (they would then go out after a reply that follows them).
+    fn due(&self) -> Vec<CallReply> {
         let mut inner = self.lock();
-        inner.seq += 1;
-        Some((inner.seq, inner.replies.clone()?))
-    }
-
-    /// Stops leasing for good: every answer cached so far is void.
-    fn stop(&self) -> Option<Replies> {
-        let mut inner = self.lock();
-        inner.stopped = true;
-        inner.watcher = None;
-        inner.pinned.clear();
-        inner.replies.clone()
-    }
-
-    /// Reports at once the changes already queued (see [`Leases::report_queued`]).
-    fn report_now(&self) -> Option<CallReply> {
-        let fd = self.lock().watcher.as_ref().map(|(fd, _)| fd.clone())?;
+        let mut due = std::mem::take(&mut inner.unsent);
+        let Some(fd) = inner.watcher.as_ref().map(|(fd, _)| fd.clone()) else { return due };
         let (changed, overflow) = sys::inotify_events(fd.as_fd());
         if overflow {
-            self.stop();
-            return Some(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
+            inner.stopped = true;
+            inner.watcher = None;
+            due.push(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
+        } else if !changed.is_empty() && inner.replies.is_some() {
+            inner.seq += 1;
+            due.push(flush_reply(Event { changed: deps_of(changed), seq: inner.seq, ..Default::default() }));
         }
-        if changed.is_empty() {
-            return None;
-        }
-        let (seq, _) = self.report()?;
-        Some(flush_reply(Event { changed: deps_of(changed), seq, ..Default::default() }))
+        due
     }
 
     /// Sends the reports of every change queued so far to `outbox`, ahead of a reply about to be sent: what
@@ -239,10 +168,7 @@ impl Leases {
             return;
         }
         let _sending = self.sending.lock().await;
-        for report in self.take_unsent() {
-            outbox.send(report).await;
-        }
-        if let Some(report) = self.report_now() {
+        for report in self.due() {
             outbox.send(report).await;
         }
     }
@@ -252,7 +178,6 @@ impl Leases {
         let mut inner = self.lock();
         inner.stopped = true;
         inner.watcher = None;
-        inner.pinned.clear();
         inner.replies = None;
     }
 }
@@ -261,13 +186,6 @@ impl Grant<'_> {
     /// Watches directory `dir`, noting that the answer depends on its entry `name` (empty: on `dir`
     /// itself); false when the watch could not be added (the lease is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
-        let id = sys::statx(dir, c"", libc::AT_EMPTY_PATH, libc::STATX_INO)
-            .ok()
-            .map(|sx| (sx.stx_dev_major, sx.stx_dev_minor, sx.stx_ino));
-        if let Some(wd) = id.and_then(|id| self.inner.pinned.get(&id)) {
-            self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
-            return true;
-        }
         match sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK) {
             // A session watches at most MAX_WATCHES directories (the user's limit is shared with every
             // other program at home); beyond, lookups are simply not leased.
@@ -277,9 +195,6 @@ impl Grant<'_> {
                 false
             }
             Ok(wd) => {
-                if let Some(id) = id {
-                    self.inner.pinned.pin(id, wd, dir);
-                }
                 self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
                 true
             }
@@ -424,28 +339,22 @@ async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, mut stopped: oneshot::Rec
         let Some(leases) = leases.upgrade() else { return };
         // Read and sent as one step with respect to `report_queued`.
         let _sending = leases.sending.lock().await;
-        for report in leases.take_unsent() {
-            let Some(replies) = leases.lock().replies.clone() else { return };
-            let _ = replies.send(Ok(report)).await;
-        }
-        let (changed, overflow) = sys::inotify_events(afd.get_ref().as_fd());
-        if changed.is_empty() && !overflow {
+        let due = leases.due();
+        if due.is_empty() {
             ready.clear_ready();
             continue;
         }
-        let event = if overflow {
-            debug!("inotify queue overflow: leases stop");
-            let Some(replies) = leases.stop() else { return };
-            let _ = replies.send(Ok(flush_reply(Event { flush_epoch: 1, ..Default::default() }))).await;
+        let Some(replies) = leases.lock().replies.clone() else { return };
+        let ended = leases.lock().stopped;
+        for report in due {
+            // A stream that broke loses the report; the stream that resumes the session starts with an
+            // event voiding every lease granted so far (`Leases::resume`), and reports go on to it.
+            let _ = replies.send(Ok(report)).await;
+        }
+        if ended {
+            debug!("leases stopped (inotify queue overflow, or the session closed)");
             return;
-        } else {
-            let Some((seq, replies)) = leases.report() else { return };
-            (replies, Event { changed: deps_of(changed), seq, ..Default::default() })
-        };
-        let (replies, event) = event;
-        // A stream that broke loses the report; the stream that resumes the session starts with an event
-        // voiding every lease granted so far (`Leases::resume`), and reports go on to it.
-        let _ = replies.send(Ok(flush_reply(event))).await;
+        }
     }
 }
 

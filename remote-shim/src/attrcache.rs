@@ -298,6 +298,15 @@ impl AttrCache {
 
     /// Called before every call goes home, with what it may change (see the module text).
     pub fn before_call(&self, proc: u64, op: &Op) {
+        // A read at home may move the file's access time (relatime), which no report tells of.
+        if let Op::Read(r) = op {
+            let mut inner = self.lock();
+            inner.generation += 1;
+            if let Some(inode) = inner.inodes.get(&r.handle).copied() {
+                inner.entries.retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode));
+            }
+            return;
+        }
         if homeward_proto::effects::changes_nothing(op) {
             if let Op::Close(c) = op {
                 let mut inner = self.lock();

@@ -160,7 +160,11 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     if !plain_read(oflags) || key.mask != 0 {
         return None;
     }
-    cached_version(call, key)?;
+    let (_, version) = cached_version(call, key)?;
+    if version.size() > 1 << 20 {
+        // A large copy is made on the runtime, not on the thread that receives notifications.
+        tokio::task::yield_now().await;
+    }
     // Where home opens it if a call needs it: the same file, by an absolute path.
     let path = if key.proc == 0 {
         key.path.clone()

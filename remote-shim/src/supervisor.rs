@@ -219,7 +219,14 @@ impl Supervisor {
                         continue;
                     }
                     let sup = self.clone();
-                    self.start_serving(&rt, Box::pin(async move { sup.serve(notif, order).await }));
+                    let task = Box::pin(async move { sup.serve(notif, order).await });
+                    if syscalls::process::is_clone(i64::from(notif.data.nr)) {
+                        // A clone may wait for the previous one (the job's init, up to a second) before it
+                        // waits for anything else: never on this thread.
+                        rt.spawn(task);
+                    } else {
+                        self.start_serving(&rt, task);
+                    }
                 }
                 // The thread died between notification and receipt, or a signal interrupted us.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => continue,

@@ -126,7 +126,7 @@ fn listed_content(
     if (opened.dev, opened.ino) != (st.dev, st.ino) || !opened.same_version(st) {
         return None;
     }
-    super::open::whole_content(file.as_fd(), st)
+    super::open::whole_content(file.as_fd(), st).map(|(content, _)| content)
 }
 
 /// Decodes `struct linux_dirent64` records: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8,

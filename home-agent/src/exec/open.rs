@@ -96,11 +96,16 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         }
         sx => (lease, deps, sx),
     };
-    let stat = sx.map(|sx| FileStat::from_statx(&sx));
+    let mut stat = sx.map(|sx| FileStat::from_statx(&sx));
+    // The attributes after the read (its access time may have moved), of the same version.
     let content = match &stat {
         Some(st) if wants_content(o, flags, kind, st) => whole_content(fd.as_fd(), st),
         _ => None,
-    };
+    }
+    .map(|(content, after)| {
+        stat = Some(after);
+        content
+    });
     let room = if kind == libc::S_IFREG && flags & libc::O_ACCMODE != libc::O_RDONLY {
         super::io::room(fd.as_fd())
     } else {
@@ -128,8 +133,9 @@ fn wants_content(o: &pb::Open, flags: i32, kind: u32, st: &FileStat) -> bool {
         && u64::try_from(st.size).is_ok_and(|size| size <= o.content_max.min(super::MAX_BUF as u64))
 }
 
-/// The file's whole content, if it is unchanged (size, mtime, ctime) from `st` after reading it.
-pub fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<Vec<u8>> {
+/// The file's whole content, if it is unchanged (size, mtime, ctime) from `st` after reading it, and its
+/// attributes then.
+pub fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<(Vec<u8>, FileStat)> {
     let size = usize::try_from(st.size).ok()?;
     let mut buf = Vec::with_capacity(size);
     while buf.len() < size {
@@ -140,5 +146,5 @@ pub fn whole_content(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Option<V
     }
     let after = sys::statx(fd, c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok()?;
     let after = FileStat::from_statx(&after);
-    after.same_version(st).then_some(buf)
+    after.same_version(st).then_some((buf, after))
 }

@@ -66,11 +66,10 @@ async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcom
     let attrs = &call.sup.link.attrs;
     let ticket = attrs.ticket_past_own_change();
     let lease = !keys.is_empty();
-    let (v, reply) = call
-        .home_value(Op::Unlink(pb::Unlink { dir: Some(dir), path: path.into(), at_flags, lease }))
-        .await?;
+    let op = Op::Unlink(pb::Unlink { dir: Some(dir), path: path.clone().into(), at_flags, lease });
+    let (v, reply) = call.home_value(op).await?;
     for key in keys {
-        attrs.put_leased(key, crate::attrcache::Cached::Missing(Errno::ENOENT), ticket, &reply);
+        call.put_leased(&dir, &path, key, crate::attrcache::Cached::Missing(Errno::ENOENT), ticket, &reply);
     }
     Ok(Action::Value(v))
 }

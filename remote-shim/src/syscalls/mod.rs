@@ -197,6 +197,29 @@ impl Call<'_> {
         crate::attrcache::Key::of(proc, Some(&h.origin()?.key), path, follow, mask)
     }
 
+    /// Stores a leased answer to a lookup of `path` from `dir` under `key` (from [`Call::lookup_key`]). Home
+    /// walked a path relative to a directory handle from that handle: the answer then also depends on the
+    /// lookup that opened the directory (its path may be renamed or replaced at home), and is not stored
+    /// once that lookup's answer is gone.
+    pub fn put_leased(
+        &self,
+        dir: &pb::Dir,
+        path: &[u8],
+        key: crate::attrcache::Key,
+        value: crate::attrcache::Cached,
+        ticket: crate::attrcache::Ticket,
+        reply: &CallReply,
+    ) {
+        let attrs = &self.sup.link.attrs;
+        if dir.handle == 0 || path.first() == Some(&b'/') {
+            return attrs.put_leased(key, value, ticket, reply);
+        }
+        let Some(origin) = self.sup.fds.get(dir.handle).and_then(|h| h.origin().cloned()) else { return };
+        let Some(mut deps) = attrs.deps_of(&origin.key) else { return };
+        deps.extend(crate::attrcache::deps(reply));
+        attrs.put(key, value, ticket, reply.lease, deps);
+    }
+
     /// The forwarded handle behind descriptor argument `i`, if any.
     pub fn handle(&self, i: usize) -> Option<Arc<Handle>> {
         self.fd_handle(self.tid, self.arg(i))

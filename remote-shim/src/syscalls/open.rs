@@ -69,7 +69,11 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
             call.sup.prefetch.opened_home(k);
         }
     }
-    let created = if creates && resolve == 0 { call.lookup_key(&dir, &path, follow, 0) } else { None };
+    // (An `O_TMPFILE` open names the directory, not a file.)
+    let tmpfile = oflags & libc::O_TMPFILE == libc::O_TMPFILE;
+    let created =
+        if creates && !tmpfile && resolve == 0 { call.lookup_key(&dir, &path, follow, 0) } else { None };
+    let (base, looked_up) = (dir, path.clone());
     let ticket = attrs.ticket();
     let created_ticket = attrs.ticket_past_own_change();
     let mark = attrs.change_mark();
@@ -95,7 +99,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let outcome = super::outcome(&reply);
     if let (Some(key), Err(e)) = (&key, &outcome) {
         if *e == Errno::ENOENT {
-            attrs.put_leased(key.clone(), Cached::Missing(*e), ticket, &reply);
+            call.put_leased(&base, &looked_up, key.clone(), Cached::Missing(*e), ticket, &reply);
         }
     }
     let handle_id = super::handle_id(outcome?)?;
@@ -109,15 +113,15 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     }
     let origin = match key.filter(|_| reply.lease != 0) {
         Some(key) => {
-            attrs.put_leased(key.clone(), Cached::Found(stat), ticket, &reply);
+            call.put_leased(&base, &looked_up, key.clone(), Cached::Found(stat), ticket, &reply);
             Some(crate::fdtable::Origin { key })
         }
         // A file created or opened to write is not leased, but a later lookup of its name may find it:
         // `fstat` is then answered from that lookup while it finds this very inode (`stat::fstat_cached`).
         // A created file's lease comes from a lookup home made after the creation.
-        None if stat.mode & libc::S_IFMT == libc::S_IFREG => created.map(|key| {
-            if reply.lease != 0 && !reply.via_link {
-                attrs.put_leased(key.clone(), Cached::Found(stat), created_ticket, &reply);
+        None if stat.mode & libc::S_IFMT == libc::S_IFREG && !reply.via_link => created.map(|key| {
+            if reply.lease != 0 {
+                call.put_leased(&base, &looked_up, key.clone(), Cached::Found(stat), created_ticket, &reply);
             }
             crate::fdtable::Origin { key }
         }),

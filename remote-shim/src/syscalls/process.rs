@@ -42,6 +42,15 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     })
 }
 
+/// Whether `nr` makes a process or thread (served by [`clone`]).
+pub fn is_clone(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if nr == libc::SYS_fork || nr == libc::SYS_vfork {
+        return true;
+    }
+    nr == libc::SYS_clone || nr == libc::SYS_clone3
+}
+
 /// (home pid, home ppid) of the calling process, asked of home once per process.
 async fn home_ids(call: &Call<'_>) -> Result<(i32, i32), Errno> {
     let tgid = call.tgid();

@@ -111,7 +111,7 @@ async fn stat_home(
     let ticket = attrs.ticket();
     let op = Op::Stat(pb::Stat {
         dir: Some(dir),
-        path: path.into(),
+        path: path.clone().into(),
         at_flags: flags::at_to_wire(at, false),
         mask,
         lease: key.is_some(),
@@ -122,10 +122,12 @@ async fn stat_home(
         match &outcome {
             Ok(_) => {
                 if let Some(st) = reply.stat {
-                    attrs.put_leased(key, Cached::Found(st), ticket, &reply);
+                    call.put_leased(&dir, &path, key, Cached::Found(st), ticket, &reply);
                 }
             }
-            Err(e) if *e == Errno::ENOENT => attrs.put_leased(key, Cached::Missing(*e), ticket, &reply),
+            Err(e) if *e == Errno::ENOENT => {
+                call.put_leased(&dir, &path, key, Cached::Missing(*e), ticket, &reply)
+            }
             Err(_) => {}
         }
     }
@@ -183,8 +185,10 @@ async fn fstat_by_name(call: &Call<'_>, h: &crate::fdtable::Handle) -> Option<pb
     let found = super::outcome(&reply).ok().and(reply.stat);
     match found {
         Some(st) if (st.dev, st.ino) == (h.stat.dev, h.stat.ino) => {
-            // A regular file, not a link: the lookup that follows a last link finds the same.
-            for follow in [false, true] {
+            // Found without following a last link, the name is the regular file itself: the lookup that
+            // follows links finds the same. (One that followed says nothing of the name itself.)
+            let follows: &[bool] = if origin.key.follow { &[true] } else { &[false, true] };
+            for &follow in follows {
                 let key = crate::attrcache::Key { follow, ..origin.key.clone() };
                 attrs.put_leased(key, Cached::Found(st), ticket, &reply);
             }
@@ -248,6 +252,7 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
         }
     }
     let ticket = attrs.ticket();
+    let path = t.path.clone();
     let op = Op::Access(pb::Access {
         dir: Some(dir),
         path: t.path.into(),
@@ -270,7 +275,7 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
             Err(_) => None,
         };
         if let Some(value) = value {
-            attrs.put_leased(check, value, ticket, &reply);
+            call.put_leased(&dir, &path, check, value, ticket, &reply);
         }
     }
     outcome.map(Action::Value)
@@ -306,7 +311,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
     let ticket = attrs.ticket();
     let op = Op::Readlink(pb::Readlink {
         dir: Some(dir),
-        path: t.path.into(),
+        path: t.path.clone().into(),
         size: size as u64,
         lease: key.is_some(),
     });
@@ -323,7 +328,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
             Err(_) => None,
         };
         if let Some(value) = value {
-            attrs.put_leased(key, value, ticket, &reply);
+            call.put_leased(&dir, &t.path, key, value, ticket, &reply);
         }
     }
     outcome?;
