@@ -109,6 +109,8 @@ pub fn deps(reply: &pb::CallReply) -> Vec<Dep> {
 struct Entry {
     value: Cached,
     deps: Vec<Dep>,
+    /// For a file's attributes: the job's reads of that file at home when they were stored (`Inner::reads`).
+    reads: u64,
 }
 
 #[derive(Default)]
@@ -128,6 +130,8 @@ struct Inner {
     indexed: usize,
     /// Home's recent reports: (seq, wd, name).
     recent: VecDeque<(u64, u32, Vec<u8>)>,
+    /// Reads of each file the job sent home (by inode).
+    reads: HashMap<(u64, u64), u64>,
     /// Reports up to this seq were forgotten: answers leased before it are refused.
     forgotten: u64,
     /// Home stopped leasing (its event queue overflowed): nothing is stored any more.
@@ -148,6 +152,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether `e` still answers: a file's attributes stored before a read of it the job sent home do not.
+    fn current(&self, e: &Entry) -> bool {
+        match &e.value {
+            Cached::Found(st) => self.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0) == e.reads,
+            _ => true,
+        }
+    }
+
     fn remove_where(&mut self, wd: u32, hit: impl Fn(&Entry) -> bool) {
         let Some(keys) = self.by_wd.remove(&wd) else { return };
         self.indexed -= keys.len();
@@ -188,6 +200,7 @@ impl Inner {
         self.entries.clear();
         self.by_wd.clear();
         self.indexed = 0;
+        self.reads.clear();
     }
 }
 
@@ -202,7 +215,8 @@ impl AttrCache {
     }
 
     pub fn get(&self, key: &Key) -> Option<Cached> {
-        self.lock().entries.get(key).map(|e| e.value.clone())
+        let inner = self.lock();
+        inner.entries.get(key).filter(|e| inner.current(e)).map(|e| e.value.clone())
     }
 
     /// The dependencies of the answer cached for `key`.
@@ -213,8 +227,9 @@ impl AttrCache {
     /// Whether `key` still has a cached answer finding this very version of a file (device, inode, size,
     /// change and modification times).
     pub fn holds(&self, key: &Key, version: &pb::FileStat) -> bool {
-        matches!(self.lock().entries.get(key), Some(Entry { value: Cached::Found(st), .. })
-            if (st.dev, st.ino) == (version.dev, version.ino) && st.same_version(version))
+        let inner = self.lock();
+        matches!(inner.entries.get(key), Some(e @ Entry { value: Cached::Found(st), .. })
+            if (st.dev, st.ino) == (version.dev, version.ino) && st.same_version(version) && inner.current(e))
     }
 
     /// To be taken before a call is sent, for storing its answer.
@@ -251,7 +266,11 @@ impl AttrCache {
                 inner.indexed += 1;
             }
         }
-        inner.entries.insert(key, Entry { value, deps });
+        let reads = match &value {
+            Cached::Found(st) => inner.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0),
+            _ => 0,
+        };
+        inner.entries.insert(key, Entry { value, deps, reads });
     }
 
     /// Stores `value` for `key` under the lease `reply` carries (see [`AttrCache::put`]).
@@ -298,12 +317,16 @@ impl AttrCache {
 
     /// Called before every call goes home, with what it may change (see the module text).
     pub fn before_call(&self, proc: u64, op: &Op) {
-        // A read at home may move the file's access time (relatime), which no report tells of.
+        // A read at home may move the file's access time (relatime), which no report tells of: the
+        // file's cached attributes stored before it are no longer answered.
         if let Op::Read(r) = op {
             let mut inner = self.lock();
-            inner.generation += 1;
             if let Some(inode) = inner.inodes.get(&r.handle).copied() {
-                inner.entries.retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode));
+                inner.generation += 1;
+                if inner.reads.len() >= MAX_ENTRIES {
+                    inner.clear();
+                }
+                *inner.reads.entry(inode).or_default() += 1;
             }
             return;
         }

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 const MAX_ENTRY: i64 = 256 << 20;
 /// Total cached bytes before the cache starts over.
 const MAX_TOTAL: i64 = 2 << 30;
+/// What an entry costs besides its content, as counted against `MAX_TOTAL`.
+const ENTRY_OVERHEAD: i64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -105,12 +107,13 @@ impl ContentCache {
 
     fn keep(&self, key: Key, content: Content) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.total + key.size > MAX_TOTAL {
+        if inner.total + key.size + ENTRY_OVERHEAD > MAX_TOTAL {
             inner.entries.clear();
             inner.total = 0;
         }
+        // Each entry counts its bookkeeping too, so many empty or tiny files stay bounded.
         if inner.entries.insert(key, content).is_none() {
-            inner.total += key.size;
+            inner.total += key.size + ENTRY_OVERHEAD;
         }
     }
 }

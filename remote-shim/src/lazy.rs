@@ -122,8 +122,14 @@ impl Prefetch {
         let Some(slash) = key.path.iter().rposition(|&b| b == b'/') else { return };
         let parent = &key.path[..slash.max(1)];
         let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-        if listed.iter().any(|d| d.proc == key.proc && d.path.strip_suffix(b"/").unwrap_or(&d.path) == parent)
-        {
+        // A listed directory's path without a trailing slash (`/` stays `/`).
+        fn dir(d: &Key) -> &[u8] {
+            match d.path.strip_suffix(b"/") {
+                Some(p) if !p.is_empty() => p,
+                _ => &d.path,
+            }
+        }
+        if listed.iter().any(|d| d.proc == key.proc && dir(d) == parent) {
             self.opened.fetch_add(1, Ordering::Relaxed);
         }
     }

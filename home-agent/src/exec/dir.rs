@@ -74,7 +74,9 @@ pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
     let raw = sys::getdents64(fd.as_fd(), size)?;
     let mut dirents = decode_dirents(&raw);
     if lease != 0 {
-        let mut budget = CONTENT_BUDGET;
+        // Content only from local disks: elsewhere (NFS, FUSE) a read may move access times whatever the
+        // flags, or be slow.
+        let mut budget = if o.content_max > 0 && super::io::local(fd.as_fd()) { CONTENT_BUDGET } else { 0 };
         for d in &mut dirents {
             let Ok(name) = std::ffi::CString::new(d.name.to_vec()) else { continue };
             let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
@@ -101,7 +103,9 @@ const LISTED_FILE_MAX: u64 = 64 << 10;
 /// Whether a listed entry's content goes with the listing: a regular file with one link, small enough
 /// for the request and what is left of the reply's budget.
 fn listed_content_wanted(st: &pb::FileStat, max: u64, budget: usize) -> bool {
-    st.mode & libc::S_IFMT == libc::S_IFREG
+    max > 0
+        && budget > 0
+        && st.mode & libc::S_IFMT == libc::S_IFREG
         && st.nlink == 1
         && u64::try_from(st.size)
             .is_ok_and(|size| size <= max.min(LISTED_FILE_MAX) && size as usize <= budget)
@@ -109,15 +113,17 @@ fn listed_content_wanted(st: &pb::FileStat, max: u64, budget: usize) -> bool {
 
 /// The whole content of the file `name` in `dir` at version `st` (size, times), or `None`: opened without
 /// following a link, without waiting (a fifo put there meanwhile) and without changing its access time
-/// (`O_NOATIME`, refused unless the agent may: then nothing is read), and checked against `st` before and
-/// after the read. An empty file's version says it all.
+/// (`O_NOATIME`, refused unless the agent may: then nothing is read; so the open checks permission even for
+/// an empty file), and checked against `st` before and after the read, with nothing past its size.
 fn listed_content(
     dir: std::os::fd::BorrowedFd<'_>,
     name: &std::ffi::CStr,
     st: &pb::FileStat,
 ) -> Option<Vec<u8>> {
-    if st.size == 0 {
-        return Some(Vec::new());
+    // Changed within the last clock tick: a same-size rewrite in the same tick would keep this version's
+    // key (coarse timestamps) with other bytes.
+    if changed_lately(st) {
+        return None;
     }
     let flags = libc::O_RDONLY | libc::O_NOATIME | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     let file = sys::openat(dir, name, flags, 0).ok()?;
@@ -126,7 +132,17 @@ fn listed_content(
     if (opened.dev, opened.ino) != (st.dev, st.ino) || !opened.same_version(st) {
         return None;
     }
-    super::open::whole_content(file.as_fd(), st).map(|(content, _)| content)
+    let (content, _) = super::open::whole_content(file.as_fd(), st)?;
+    // Nothing past the listed size (a file whose size says nothing of its content: procfs, some FUSE).
+    sys::read(file.as_fd(), 1, Some(st.size)).ok().filter(|more| more.is_empty())?;
+    Some(content)
+}
+
+/// Whether `st`'s last change is within 50 ms of now (the coarse clock lags up to a tick).
+fn changed_lately(st: &pb::FileStat) -> bool {
+    let Ok(now) = sys::clock_ns(libc::CLOCK_REALTIME_COARSE) else { return true };
+    let changed = i128::from(st.ctime_sec) * 1_000_000_000 + i128::from(st.ctime_nsec);
+    i128::from(now) - changed < 50_000_000
 }
 
 /// Decodes `struct linux_dirent64` records: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8,

@@ -148,6 +148,8 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
     let local = |handle: u64| session.handle(handle).is_ok_and(|fd| io::local(std::os::fd::AsFd::as_fd(&fd)));
     match op {
         Op::Read(o) => !regular(o.handle),
+        // A listing that reads files' content (up to a thousand of them) runs on a blocking thread.
+        Op::Getdents(o) => o.lease && o.content_max > 0,
         Op::Write(o) => !regular(o.handle),
         Op::CopyRange(o) => !(regular(o.in_handle) && regular(o.out_handle)),
         Op::Ioctl(o) => !regular(o.handle),
@@ -169,7 +171,6 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
         | Op::Umask(_)
         | Op::Xattr(_)
         | Op::Seek(_)
-        | Op::Getdents(_)
         | Op::GetFlags(_)
         | Op::SetFlags(_)
         | Op::ClockRead(_) => false,
