@@ -40,6 +40,8 @@ struct Inner {
     /// Bumped by every chdir sent or answered.
     epoch: u64,
     by_proc: HashMap<u64, Known>,
+    /// Processes whose cwd path home could not give since their last change of directory.
+    failed: std::collections::HashSet<u64>,
 }
 
 /// Taken before a getcwd is sent: its answer is kept only if no chdir was sent or answered meanwhile.
@@ -86,11 +88,32 @@ impl Cwds {
         let mut inner = self.lock();
         inner.epoch += 1;
         inner.by_proc.remove(&proc);
+        inner.failed.remove(&proc);
     }
 
-    /// `child` starts with the cwd of `parent` (its home state was just copied from its parent's).
-    pub fn inherit(&self, parent: u64, child: u64) {
+    /// Asking home for `proc`'s cwd path failed (its cwd was removed, the path is too long): not asked
+    /// again for `lazy` opens until it changes directory.
+    pub fn failed(&self, proc: u64) {
         let mut inner = self.lock();
+        if inner.failed.len() >= MAX_PROCS {
+            inner.failed.clear();
+        }
+        inner.failed.insert(proc);
+    }
+
+    /// Whether asking home for `proc`'s cwd path failed since its last change of directory.
+    pub fn has_failed(&self, proc: u64) -> bool {
+        self.lock().failed.contains(&proc)
+    }
+
+    /// `child` starts in `parent`'s cwd (home copied it while `ticket` was current): its path is kept
+    /// for the child too, unless a chdir was sent or answered meanwhile (another thread of the parent may
+    /// have moved it; the child then asks home).
+    pub fn inherit(&self, parent: u64, child: u64, ticket: Ticket) {
+        let mut inner = self.lock();
+        if inner.epoch != ticket.0 {
+            return;
+        }
         if let Some(known) = inner.by_proc.get(&parent).cloned() {
             inner.by_proc.insert(child, known);
         }
@@ -98,7 +121,9 @@ impl Cwds {
 
     /// `proc` has ended.
     pub fn forget(&self, proc: u64) {
-        self.lock().by_proc.remove(&proc);
+        let mut inner = self.lock();
+        inner.by_proc.remove(&proc);
+        inner.failed.remove(&proc);
     }
 }
 
@@ -146,8 +171,13 @@ mod tests {
         leased(&attrs, b"/a/d", (1, 10));
         let t = cwds.ticket();
         cwds.put(7, t, b"/a/d".to_vec(), (1, 10));
-        cwds.inherit(7, 9);
+        cwds.inherit(7, 9, cwds.ticket());
         assert_eq!(cwds.get(9, &attrs), Some(b"/a/d".to_vec()));
+        // A chdir between the fork's start and its end at home: the child's cwd is not known here.
+        let forking = cwds.ticket();
+        cwds.changing(8);
+        cwds.inherit(7, 10, forking);
+        assert_eq!(cwds.get(10, &attrs), None, "inherited across a chdir");
         let in_flight = cwds.ticket();
         cwds.changing(7);
         assert_eq!(cwds.get(7, &attrs), None);

@@ -312,10 +312,13 @@ pub async fn leased_cwd(call: &Call<'_>) -> Option<Vec<u8>> {
     if let Some(path) = call.sup.cwds.get(proc, attrs) {
         return Some(path);
     }
-    if call.sup.cwds.refused.load(std::sync::atomic::Ordering::Relaxed) {
+    if call.sup.cwds.refused.load(std::sync::atomic::Ordering::Relaxed) || call.sup.cwds.has_failed(proc) {
         return None;
     }
-    ask_cwd(call, libc::PATH_MAX as u64).await.ok()?;
+    if ask_cwd(call, libc::PATH_MAX as u64).await.is_err() {
+        call.sup.cwds.failed(proc);
+        return None;
+    }
     call.sup.cwds.get(proc, attrs)
 }
 

@@ -100,11 +100,12 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         // The parent's deputy exists before the child's, so home knows whose child it is.
         home_ids(call).await?;
         let id = sup.procs.reserve();
+        let cwd_ticket = sup.cwds.ticket();
         let reply = call.home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity {})).await?;
         // Home could not start a deputy: the fork fails the same way.
         let home = started_deputy(&reply)?;
         // Home copied the parent's state (its cwd) to the child just now, while the parent waits in the fork.
-        sup.cwds.inherit(parent.id, id);
+        sup.cwds.inherit(parent.id, id, cwd_ticket);
         Some((id, parent.id, home))
     } else {
         None
