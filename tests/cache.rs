@@ -4,16 +4,7 @@
 //! a copied file start at the offset the program's reads left.
 
 use homeward::{require_tools, skip_unless_root, Hosts};
-use std::time::{Duration, Instant};
-
-/// Waits (≤ 20 s) until `rel` exists at home, written there by the remote program.
-fn wait_for(hosts: &Hosts, rel: &str) {
-    let start = Instant::now();
-    while !hosts.exists(rel) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::time::Duration;
 
 /// The remote program waits for `go` at home, created by the test after it changed the data.
 const CHANGED_AT_HOME: &str = r#"
@@ -49,11 +40,11 @@ fn a_file_changed_at_home_is_read_anew() {
     hosts.write("script.py", CHANGED_AT_HOME);
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
-        wait_for(&hosts, "ready1");
+        hosts.wait_for("ready1");
         // Same size, so only the times (and the bytes) tell the versions apart.
         hosts.write("data.txt", "version-2\n");
         hosts.write("go1", "");
-        wait_for(&hosts, "ready2");
+        hosts.wait_for("ready2");
         hosts.write("data.txt", "version-3, longer\n");
         hosts.write("go2", "");
         run.join().expect("the remote run")
@@ -192,7 +183,7 @@ fn large_files_are_read_ahead_and_read_anew_after_a_change() {
     hosts.write("script.py", LARGE);
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
-        wait_for(&hosts, "ready");
+        hosts.wait_for("ready");
         hosts.write("big.bin", &v2);
         hosts.write("go", "");
         run.join().expect("the remote run")
@@ -258,7 +249,7 @@ fn cached_lookups_follow_changes_at_home() {
     hosts.write("script.py", LOOKUPS);
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
-        wait_for(&hosts, "ready");
+        hosts.wait_for("ready");
         // Time for the program to look everything up again (into the cache) before home changes.
         std::thread::sleep(Duration::from_millis(1500));
         hosts.write("data.txt", "123456");

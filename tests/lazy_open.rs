@@ -4,7 +4,6 @@
 
 use homeward::{require_tools, skip_or_fail, skip_unless_root, unprivileged_prefix, Hosts, NOBODY};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// Opens and reads `data.txt` (by its absolute path) `argv[1]` times.
 const REOPEN: &str = r#"
@@ -29,15 +28,6 @@ fn opens_of(trace: &Path, path: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// `round trips to home: N` from `--stats` output.
-fn round_trips(stderr: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("round trips to home: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no round-trip count in:\n{stderr}"))
-}
-
 #[test]
 fn reopening_an_unchanged_file_costs_no_round_trip() {
     skip_unless_root!();
@@ -54,7 +44,7 @@ fn reopening_an_unchanged_file_costs_no_round_trip() {
         let run = cmd.remote();
         run.assert_success();
         assert_eq!(run.stdout(), "ok\n", "{run}");
-        round_trips(&run.stderr())
+        run.round_trips()
     };
     let once = run("1", false);
     let many = run("41", true);
@@ -91,14 +81,6 @@ for step in ["inplace", "append", "truncate", "renamed", "chmod", "deleted"]:
     wait("go")
     show(step)
 "#;
-
-fn wait_for(hosts: &Hosts, rel: &str) {
-    let start = Instant::now();
-    while !hosts.exists(rel) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn a_change_at_home_between_two_opens_is_seen() {
@@ -138,7 +120,7 @@ fn a_change_at_home_between_two_opens_is_seen() {
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "changes.py"]).cwd("w").remote());
         for change in changes {
-            wait_for(&hosts, "w/ready");
+            hosts.wait_for("w/ready");
             std::fs::remove_file(hosts.path("w/ready")).expect("remove ready");
             change();
             hosts.write("w/go", "");
@@ -205,10 +187,10 @@ fn a_lazily_opened_descriptor_holds_locks_home_sees() {
         let run = s.spawn(|| {
             hosts.cmd(&["python3", "locks.py"]).shim_arg("--trace").shim_arg(trace.to_str().unwrap()).remote()
         });
-        wait_for(&hosts, "ready");
+        hosts.wait_for("ready");
         let held = !home_can_lock(&data);
         hosts.write("go", "");
-        wait_for(&hosts, "unlocked");
+        hosts.wait_for("unlocked");
         let freed = home_can_lock(&data);
         (run.join().expect("the remote run"), held, freed)
     });

@@ -9,16 +9,6 @@
 use homeward::{require_tools, skip_unless_root, Hosts};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// Waits (≤ 20 s) until `rel` exists at home, written there by the remote program.
-fn wait_for(hosts: &Hosts, rel: &str) {
-    let start = Instant::now();
-    while !hosts.exists(rel) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Creates `db` and a journal it then removes, and shows, after each change the test makes at home, what
 /// `fstat` of the open descriptor, `stat` of the name and `stat` of the journal say (twice: the second
@@ -79,7 +69,7 @@ fn answers_leased_after_the_jobs_changes_follow_changes_at_home() {
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "changes.py"]).remote());
         for change in changes {
-            wait_for(&hosts, "ready");
+            hosts.wait_for("ready");
             std::fs::remove_file(hosts.path("ready")).expect("remove ready");
             change();
             hosts.write("go", "");
@@ -238,15 +228,7 @@ time.sleep(0.2)
 show("after home replaced x")
 "#,
     );
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).remote());
-        wait_for(&hosts, "ready");
-        std::fs::rename(hosts.path("x"), hosts.path("x.old")).expect("the test's own step");
-        hosts.mkdir("x/d");
-        hosts.write("x/d/f", "new");
-        hosts.write("go", "");
-        run.join().expect("the test's own step")
-    });
+    let remote = run_while_home_replaces_x(&hosts, "x/d/f");
     remote.assert_success();
     assert_eq!(remote.stdout(), "after unlink missing\nafter home replaced x found\n", "{remote}");
 }
@@ -278,6 +260,20 @@ print(os.fstat(fd).st_atime_ns)
     assert_eq!(run.stdout().trim(), home_atime.to_string(), "{run}");
 }
 
+/// Runs `t.py` remotely; once it wrote `ready`, home moves `x` away and makes a new `x/d` holding `file`,
+/// then writes `go`.
+fn run_while_home_replaces_x(hosts: &Hosts, file: &str) -> homeward::Run {
+    std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).remote());
+        hosts.wait_for("ready");
+        std::fs::rename(hosts.path("x"), hosts.path("x.old")).expect("the test's own step");
+        hosts.mkdir("x/d");
+        hosts.write(file, "new");
+        hosts.write("go", "");
+        run.join().expect("the test's own step")
+    })
+}
+
 /// The same for a plain `fstatat(dirfd, missing name)`.
 #[test]
 fn a_lookup_through_a_directory_descriptor_follows_home_replacing_an_ancestor() {
@@ -307,15 +303,7 @@ time.sleep(0.2)
 show("after home replaced x")
 "#,
     );
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).remote());
-        wait_for(&hosts, "ready");
-        std::fs::rename(hosts.path("x"), hosts.path("x.old")).expect("the test's own step");
-        hosts.mkdir("x/d");
-        hosts.write("x/d/g", "new");
-        hosts.write("go", "");
-        run.join().expect("the test's own step")
-    });
+    let remote = run_while_home_replaces_x(&hosts, "x/d/g");
     remote.assert_success();
     assert_eq!(remote.stdout(), "after home replaced x found\n", "{remote}");
 }

@@ -5,25 +5,7 @@
 //! what the job only lists.
 
 use homeward::{require_tools, skip_unless_root, Hosts};
-use std::time::{Duration, Instant};
-
-/// Waits (≤ 20 s) until `rel` exists at home, written there by the remote program.
-fn wait_for(hosts: &Hosts, rel: &str) {
-    let start = Instant::now();
-    while !hosts.exists(rel) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `round trips to home: N` from `--stats` output.
-fn round_trips(stderr: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("round trips to home: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no round-trip count in:\n{stderr}"))
-}
+use std::time::Duration;
 
 /// Walks `tree` (relative paths, as `os.walk` gives them) reading every file, then waits for the test to
 /// change `tree/d0/f0` at home and reads it again, by a relative and an absolute path.
@@ -68,10 +50,10 @@ fn files_of_listed_directories_open_without_a_round_trip() {
     assert_eq!(run.stdout(), format!("400 {expected}\n"), "{run}");
     // Without prefetching, each of the 400 opens is a round trip; with it, those of the first listing only
     // (20), besides python's start and the 21 listings (open, two getdents each).
-    let trips = round_trips(&run.stderr());
+    let trips = run.round_trips();
     let baseline = hosts.cmd(&["python3", "-c", "pass"]).shim_arg("--stats").remote();
     baseline.assert_success();
-    let start = round_trips(&baseline.stderr());
+    let start = baseline.round_trips();
     assert!(trips < start + 150, "{trips} round trips (python alone: {start})\n{run}");
 }
 
@@ -83,7 +65,7 @@ fn a_file_changed_at_home_after_its_listing_is_read_anew() {
     make_tree(&hosts);
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "walk.py", "wait"]).remote());
-        wait_for(&hosts, "ready");
+        hosts.wait_for("ready");
         // Same size: only the times tell the versions apart.
         hosts.write("tree/d0/f0", "FILE 0 0\n");
         hosts.write("go", "");

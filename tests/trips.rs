@@ -5,16 +5,6 @@
 
 use homeward::{require_tools, skip_unless_root, Hosts};
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// Waits (≤ 20 s) until `rel` exists at home, written there by the remote program.
-fn wait_for(hosts: &Hosts, rel: &str) {
-    let start = Instant::now();
-    while !hosts.exists(rel) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the program never wrote {rel}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The calls of a `--trace` file naming `call` whose first argument is `arg`: (all, those that went home).
 fn traced(trace: &Path, call: &str, arg: &str) -> (usize, usize) {
@@ -120,7 +110,7 @@ fn a_program_made_at_home_after_a_failed_exec_is_found() {
                 .shim_arg(trace.to_str().unwrap())
                 .remote()
         });
-        wait_for(&hosts, "ready");
+        hosts.wait_for("ready");
         hosts.write_mode("tool", "#!/bin/sh\necho made at home\n", 0o755);
         hosts.write("go", "");
         run.join().expect("the remote run")
@@ -209,10 +199,10 @@ fn getcwd_sees_a_rename_above_and_a_removal_made_at_home() {
     let home = hosts.home().display().to_string();
     let remote = std::thread::scope(|s| {
         let run = s.spawn(|| hosts.cmd(&["python3", "moved.py", &home]).remote());
-        wait_for(&hosts, "ready1");
+        hosts.wait_for("ready1");
         std::fs::rename(hosts.path("top"), hosts.path("renamed")).expect("rename at home");
         hosts.write("go1", "");
-        wait_for(&hosts, "ready2");
+        hosts.wait_for("ready2");
         std::fs::remove_dir(hosts.path("gone")).expect("rmdir at home");
         hosts.write("go2", "");
         run.join().expect("the remote run")

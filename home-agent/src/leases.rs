@@ -70,6 +70,25 @@ struct Inner {
     unsent: Vec<CallReply>,
 }
 
+impl Inner {
+    /// Reads the changes queued on the session's instance `fd` and numbers them as the next batch: its
+    /// report, or the flush that stops leasing when the queue overflowed; `None` when nothing is queued
+    /// (or nobody listens).
+    fn number_queued(&mut self, fd: BorrowedFd<'_>) -> Option<CallReply> {
+        let (changed, overflow) = sys::inotify_events(fd);
+        if overflow {
+            self.stopped = true;
+            self.watcher = None;
+            return Some(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
+        }
+        if changed.is_empty() || self.replies.is_none() {
+            return None;
+        }
+        self.seq += 1;
+        Some(flush_reply(Event { changed: deps_of(changed), seq: self.seq, ..Default::default() }))
+    }
+}
+
 /// A grant in progress: watches are added under the session's lease lock, so no batch of events is
 /// numbered in between.
 pub struct Grant<'a> {
@@ -126,17 +145,11 @@ impl Leases {
         // The changes already queued (often the job's own, made by the calls just before this one) are
         // numbered before the lease, so they do not void it: only a change after this point can have
         // changed the answer the lookup is about to read.
-        let (changed, overflow) = sys::inotify_events(fd.as_fd());
-        if overflow {
-            inner.stopped = true;
-            inner.watcher = None;
-            inner.unsent.push(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
-            return None;
+        if let Some(report) = inner.number_queued(fd.as_fd()) {
+            inner.unsent.push(report);
         }
-        if !changed.is_empty() {
-            inner.seq += 1;
-            let event = Event { changed: deps_of(changed), seq: inner.seq, ..Default::default() };
-            inner.unsent.push(flush_reply(event));
+        if inner.stopped {
+            return None;
         }
         Some(Grant { inner, fd, deps: Vec::new() })
     }
@@ -148,15 +161,7 @@ impl Leases {
         let mut inner = self.lock();
         let mut due = std::mem::take(&mut inner.unsent);
         let Some(fd) = inner.watcher.as_ref().map(|(fd, _)| fd.clone()) else { return due };
-        let (changed, overflow) = sys::inotify_events(fd.as_fd());
-        if overflow {
-            inner.stopped = true;
-            inner.watcher = None;
-            due.push(flush_reply(Event { flush_epoch: 1, ..Default::default() }));
-        } else if !changed.is_empty() && inner.replies.is_some() {
-            inner.seq += 1;
-            due.push(flush_reply(Event { changed: deps_of(changed), seq: inner.seq, ..Default::default() }));
-        }
+        due.extend(inner.number_queued(fd.as_fd()));
         due
     }
 

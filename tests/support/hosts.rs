@@ -274,6 +274,17 @@ impl Hosts {
         std::fs::symlink_metadata(self.path(rel)).is_ok()
     }
 
+    /// Waits (≤ 20 s) until `rel` exists at home, written there by the remote program (a test's step
+    /// marker).
+    #[track_caller]
+    pub fn wait_for(&self, rel: &str) {
+        let start = std::time::Instant::now();
+        while !self.exists(rel) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "the program never wrote {rel}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Sets the modification and access times of everything in the home directory (symlinks themselves
     /// included) to `epoch` seconds, from outside.
     pub fn touch_all(&self, epoch: i64) {

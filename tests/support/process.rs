@@ -76,6 +76,17 @@ impl Run {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
+    /// `round trips to home: N` from remote-shim's `--stats` output.
+    #[track_caller]
+    pub fn round_trips(&self) -> u64 {
+        let stderr = self.stderr();
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("round trips to home: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no round-trip count in:\n{stderr}"))
+    }
+
     /// Panics, printing the whole run, unless it exited 0.
     #[track_caller]
     pub fn assert_success(&self) -> &Self {

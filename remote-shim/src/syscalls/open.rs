@@ -82,11 +82,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         lease: key.is_some() || created.is_some(),
         path: path.into(),
         flags: flags::open_to_wire(oflags),
-        mode: if oflags & libc::O_CREAT != 0 || oflags & libc::O_TMPFILE == libc::O_TMPFILE {
-            mode & 0o7777
-        } else {
-            0
-        },
+        mode: if creates { mode & 0o7777 } else { 0 },
         resolve,
         content_max: if reads_only(oflags) { INLINE_CONTENT_MAX } else { 0 },
     });
