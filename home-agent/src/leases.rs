@@ -2,9 +2,10 @@
 //! check) and a directory's entries for as long as home reports no change to what the answer depends on.
 //!
 //! Granting a lease watches (inotify, one instance per session) every directory the lookup goes through,
-//! following symbolic links and `..` the way the kernel does, and the directory it finds; the reply lists
-//! its dependencies, `(watch, name)`: the entry `name` looked up in each watched directory (an empty name:
-//! the directory itself). The watches are in place before the lookup reads the file system, so a change
+//! following symbolic links and `..` the way the kernel does, and the directory it finds (or the regular
+//! file it finds, when that has several links: a change through another name is reported to that name's
+//! directory only); the reply lists its dependencies, `(watch, name)`: the entry `name` looked up in each
+//! watched directory (an empty name: the directory itself; `.`: the watched file itself). The watches are in place before the lookup reads the file system, so a change
 //! after that read is always reported. A reader task turns every batch of inotify events into one
 //! `Event { changed, seq }`, and every call's reply is preceded by the report of what is queued then
 //! (`report_queued`); the shim drops the answers that depend on a changed entry (or on its
@@ -39,6 +40,10 @@ const WATCH_MASK: u32 = libc::IN_ATTRIB
     | libc::IN_MOVED_FROM
     | libc::IN_MOVED_TO;
 
+/// The name of the dependency on a watched regular file itself (a file with several links): no entry is
+/// named `.` in a lookup's dependencies, and the file's own events (empty name) void it.
+pub const FILE_ITSELF: &[u8] = b".";
+
 /// Most components (links' targets included) a leased lookup walks, and most links it follows (the
 /// kernel's limit).
 const MAX_STEPS: usize = 256;
@@ -61,7 +66,7 @@ struct Inner {
     /// The session's inotify instance, and what stops its reader.
     watcher: Option<(Arc<OwnedFd>, oneshot::Sender<()>)>,
     replies: Option<Replies>,
-    /// The directories watched.
+    /// The directories (and files with several links) watched.
     watches: std::collections::HashSet<i32>,
     /// Leases were stopped (queue overflow, no inotify, session closed): none is granted again.
     stopped: bool,
@@ -95,6 +100,8 @@ pub struct Grant<'a> {
     inner: MutexGuard<'a, Inner>,
     fd: Arc<OwnedFd>,
     deps: Vec<Dep>,
+    /// See [`Grant::entry_only`].
+    entry_only: bool,
 }
 
 impl Leases {
@@ -151,7 +158,7 @@ impl Leases {
         if inner.stopped {
             return None;
         }
-        Some(Grant { inner, fd, deps: Vec::new() })
+        Some(Grant { inner, fd, deps: Vec::new(), entry_only: false })
     }
 
     /// Every report due now, in order: those numbered by grants and not sent yet, then the changes queued
@@ -189,7 +196,8 @@ impl Leases {
 
 impl Grant<'_> {
     /// Watches directory `dir`, noting that the answer depends on its entry `name` (empty: on `dir`
-    /// itself); false when the watch could not be added (the lease is then refused).
+    /// itself; [`FILE_ITSELF`]: `dir` is a regular file); false when the watch could not be added (the lease
+    /// is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
         match sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK) {
             // A session watches at most MAX_WATCHES directories (the user's limit is shared with every
@@ -222,6 +230,13 @@ impl Grant<'_> {
         // A trailing slash (or `/.`) follows a link in the last component whatever the call.
         let follow = follow || path.ends_with(b"/") || path.ends_with(b"/.");
         self.try_walk(start, path, follow, allow).is_some()
+    }
+
+    /// The answer depends on which entry the path names, not on what the entry's file holds (readlink's
+    /// `EINVAL` for a directory): a directory found by name is not watched itself, so files made in it do
+    /// not void the answer.
+    pub fn entry_only(&mut self) {
+        self.entry_only = true;
     }
 
     fn try_walk(
@@ -271,7 +286,7 @@ impl Grant<'_> {
                     return None;
                 }
                 let up = sys::openat(dir, &name, dirflags, 0).ok()?;
-                if todo.is_empty() && !self.depend(up.as_fd(), b"") {
+                if todo.is_empty() && !self.entry_only && !self.depend(up.as_fd(), b"") {
                     return None;
                 }
                 cur = Some(up);
@@ -279,8 +294,8 @@ impl Grant<'_> {
             }
             let last = todo.is_empty();
             let nofollow = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
-            let kind = match sys::statx(dir, &name, nofollow, libc::STATX_TYPE) {
-                Ok(sx) => u32::from(sx.stx_mode) & libc::S_IFMT,
+            let (kind, nlink) = match sys::statx(dir, &name, nofollow, libc::STATX_TYPE | libc::STATX_NLINK) {
+                Ok(sx) => (u32::from(sx.stx_mode) & libc::S_IFMT, sx.stx_nlink),
                 // Missing: the answer depends on `name` in `dir`, which is watched.
                 Err(e) if e == Errno::ENOENT => return Some(()),
                 Err(_) => return None,
@@ -312,13 +327,20 @@ impl Grant<'_> {
                 }
                 continue;
             }
-            // A file (the answer, or ENOTDIR for what follows it) stays so while `dir` keeps the entry.
+            // A file (the answer, or ENOTDIR for what follows it) stays so while `dir` keeps the entry. A
+            // regular file with other names is changed through them without `dir` hearing of it: the answer
+            // then also depends on the file itself, watched ([`FILE_ITSELF`]).
             if kind != libc::S_IFDIR {
+                if last && kind == libc::S_IFREG && nlink > 1 {
+                    let file =
+                        sys::openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0).ok()?;
+                    return self.depend(file.as_fd(), FILE_ITSELF).then_some(());
+                }
                 return Some(());
             }
             let next = sys::openat(dir, &name, dirflags, 0).ok()?;
             // The directory found: its own attributes are part of the answer.
-            if todo.is_empty() && !self.depend(next.as_fd(), b"") {
+            if todo.is_empty() && !self.entry_only && !self.depend(next.as_fd(), b"") {
                 return None;
             }
             cur = Some(next);

@@ -98,8 +98,12 @@ pub struct Ticket {
     generation: u64,
 }
 
-/// A dependency of a leased answer: entry `name` of home's watched directory `wd` (empty: `wd` itself).
+/// A dependency of a leased answer: entry `name` of home's watched directory `wd` (empty: `wd` itself;
+/// [`FILE_ITSELF`]: `wd` watches the regular file found, which has several links).
 pub type Dep = (u32, Vec<u8>);
+
+/// The name of a dependency on a file home watches itself (no entry of a lookup is named `.`).
+pub const FILE_ITSELF: &[u8] = b".";
 
 /// The dependencies a reply's lease lists.
 pub fn deps(reply: &pb::CallReply) -> Vec<Dep> {
@@ -254,8 +258,11 @@ impl AttrCache {
         if inner.recent.iter().any(|(seq, wd, name)| *seq >= lease && voids(&deps, *wd, name)) {
             return;
         }
-        // A file with other names: a change through one of them is not seen under this one.
-        if matches!(&value, Cached::Found(st) if st.nlink > 1 && st.mode & libc::S_IFMT != libc::S_IFDIR) {
+        // A file with other names: a change through one of them is not seen under this one, unless home
+        // watches the file itself (a regular file's dependency named `.`).
+        if matches!(&value, Cached::Found(st) if st.nlink > 1 && st.mode & libc::S_IFMT != libc::S_IFDIR)
+            && !deps.iter().any(|(_, name)| name[..] == *FILE_ITSELF)
+        {
             return;
         }
         if inner.entries.len() >= MAX_ENTRIES || inner.indexed >= 4 * MAX_ENTRIES {
@@ -363,13 +370,14 @@ impl AttrCache {
             Change::Names(names, parents) => inner.entries.retain(|k, e| {
                 let dir = matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR);
                 // The directories the names are in: their times and link counts change. A directory the path
-                // does not name (a name in the cwd) is left to home's report of the change, which comes
-                // before the call's reply (the directory is watched, since its attributes were leased), so
-                // no later call of the job meets the old answer.
+                // does not name (a name in the cwd), or a key that does not name its directory (`..`, `/`),
+                // is left to home's report of the change, which comes before the call's reply (the
+                // directory is watched, since its attributes were leased), so no later call of the job
+                // meets the old answer.
                 let parent = dir
                     && match last_component(&k.path) {
                         Some(c) if c != b".." => parents.as_ref().is_some_and(|p| p.contains(&c)),
-                        _ => true,
+                        _ => false,
                     };
                 !parent && !k.path.split(|&b| b == b'/').any(|c| names.contains(&c))
             }),

@@ -2,7 +2,9 @@
 //! (the attribute cache holds its attributes, `attrcache`) and whose version (device, inode, size, mtime,
 //! ctime) the content cache holds whole gets a placeholder filled from the content cache and no home handle
 //! (a *lazy* placeholder). Reads, seeks and maps are the kernel's, as for any fresh copy, and `fstat` is
-//! answered from the open while the lease holds.
+//! answered from the open while the lease holds. A directory found by a leased lookup at a version home
+//! opened read-only for the job before ([`DirOpens`]) gets a lazy placeholder too (without content: a
+//! listing opens it at home first); glibc opens each locale directory it looks into, then `fstat`s it.
 //!
 //! Why the answer is home's own: the lease says that home reported no change to any directory on the way
 //! nor to the entry since it read those attributes (home's watches report entries' content and attribute
@@ -149,27 +151,74 @@ pub fn plain_read(oflags: i32) -> bool {
     oflags & libc::O_ACCMODE == libc::O_RDONLY && oflags & !(PLAIN | libc::O_ACCMODE) == 0
 }
 
+/// Whether an open with `oflags` only reads a directory (`O_DIRECTORY` allowed) and may be answered
+/// without home.
+pub fn plain_dir_read(oflags: i32) -> bool {
+    plain_read(oflags & !libc::O_DIRECTORY)
+}
+
+/// The directory versions (device, inode, ctime) the job opened read-only at home: a plain open of one of
+/// them, found again at that version by a leased lookup, is answered here. Home allowed that open with the
+/// agent's credentials, and every change of the directory's mode, owner, ACL or label moves its ctime.
+#[derive(Default)]
+pub struct DirOpens(std::sync::Mutex<std::collections::HashSet<(u64, u64, i64, i64)>>);
+
+/// Most directory versions [`DirOpens`] remembers.
+const DIR_OPENS: usize = 4096;
+
+impl DirOpens {
+    fn version(st: &pb::FileStat) -> (u64, u64, i64, i64) {
+        (st.dev, st.ino, st.ctime_sec, st.ctime_nsec)
+    }
+
+    /// Home opened the directory `st` read-only for the job.
+    pub fn opened(&self, st: &pb::FileStat) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= DIR_OPENS {
+            seen.clear();
+        }
+        seen.insert(Self::version(st));
+    }
+
+    fn contains(&self, st: &pb::FileStat) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&Self::version(st))
+    }
+}
+
 /// The version of the file the cached lookup `key` finds, when an open of it may be answered here.
 fn cached_version(call: &Call<'_>, key: &Key) -> Option<(pb::FileStat, crate::content::Key)> {
     let Some(Cached::Found(st)) = call.sup.link.attrs.get(key) else { return None };
-    if st.mode & libc::S_IFMT != libc::S_IFREG || st.nlink != 1 {
+    if st.mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
     let version = crate::content::Key::of(&st)?;
     call.sup.content.contains(&version).then_some((st, version))
 }
 
+/// The directory the cached lookup `key` finds, when home opened it read-only for the job at that version.
+fn cached_dir(call: &Call<'_>, key: &Key) -> Option<pb::FileStat> {
+    let Some(Cached::Found(st)) = call.sup.link.attrs.get(key) else { return None };
+    (st.mode & libc::S_IFMT == libc::S_IFDIR && call.sup.dir_opens.contains(&st)).then_some(st)
+}
+
 /// Answers an open of `key` (a lookup following links as the open does: absolute, or relative to the
 /// caller's cwd, whose path home then leases, `crate::cwds`) without home when the attribute cache and the
-/// content cache together vouch for it; `None`: the open goes home.
+/// content cache together vouch for it (for a directory: the attribute cache and [`DirOpens`]); `None`:
+/// the open goes home.
 pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome> {
-    if !plain_read(oflags) || key.mask != 0 {
+    if !plain_dir_read(oflags) || key.mask != 0 {
         return None;
     }
-    let (_, version) = cached_version(call, key)?;
-    if version.size() > 1 << 20 {
-        // A large copy is made on the runtime, not on the thread that receives notifications.
-        tokio::task::yield_now().await;
+    let dir = cached_dir(call, key).is_some();
+    if !dir {
+        if !plain_read(oflags) {
+            return None;
+        }
+        let (_, version) = cached_version(call, key)?;
+        if version.size() > 1 << 20 {
+            // A large copy is made on the runtime, not on the thread that receives notifications.
+            tokio::task::yield_now().await;
+        }
     }
     // Where home opens it if a call needs it: the same file, by an absolute path.
     let path = if key.proc == 0 {
@@ -181,6 +230,18 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     };
     if path.first() != Some(&b'/') {
         return None;
+    }
+    if dir {
+        // No content: every call on it but `fstat` (answered by the lookup, `syscalls::stat`) opens it at
+        // home first.
+        let st = cached_dir(call, key)?;
+        let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, oflags)).ok()?;
+        h.set_origin(Origin { key: key.clone() });
+        call.sup.handle_made();
+        tracing::trace!(handle = h.id, "directory open answered without home");
+        return Some(
+            call.install(&h, oflags & libc::O_CLOEXEC != 0, 0).map(|fd| Action::Answered(i64::from(fd))),
+        );
     }
     // Taken before the lookup: a change the job makes to the file from now on makes the copy stale.
     let mark = call.sup.link.attrs.change_mark();

@@ -67,6 +67,8 @@ pub struct Supervisor {
     pub content: crate::content::ContentCache,
     /// Whether listings bring small files' content along ([`crate::lazy::Prefetch`]).
     pub prefetch: crate::lazy::Prefetch,
+    /// Directory versions opened read-only at home ([`crate::lazy::DirOpens`]).
+    pub dir_opens: crate::lazy::DirOpens,
     pub unix_names: crate::syscalls::socket::UnixNames,
     /// `--trace`/`--stats`, when asked for.
     pub tracer: Option<Tracer>,
@@ -112,6 +114,7 @@ impl Supervisor {
             pumps: Pumps::default(),
             content: Default::default(),
             prefetch: Default::default(),
+            dir_opens: Default::default(),
             unix_names: Default::default(),
             tracer,
             home_is_local,

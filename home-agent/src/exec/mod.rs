@@ -73,11 +73,31 @@ fn value(v: i64) -> CallReply {
 /// A lease on looking up `path` from `dir` (see `crate::leases`), when `wanted`: its number (0: none) and
 /// dependencies. Taken before the lookup itself reads the file system.
 fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> (u64, Vec<pb::Dep>) {
+    lease_lookup_of(s, dir, path, follow, wanted, false)
+}
+
+/// [`lease_lookup`] for an answer that depends only on which entry the path names
+/// ([`crate::leases::Grant::entry_only`]).
+fn lease_entry_lookup(s: &Session, dir: &OwnedFd, path: &[u8], wanted: bool) -> (u64, Vec<pb::Dep>) {
+    lease_lookup_of(s, dir, path, false, wanted, true)
+}
+
+fn lease_lookup_of(
+    s: &Session,
+    dir: &OwnedFd,
+    path: &[u8],
+    follow: bool,
+    wanted: bool,
+    entry_only: bool,
+) -> (u64, Vec<pb::Dep>) {
     use std::os::fd::AsFd;
     if !wanted || path.is_empty() {
         return (0, Vec::new());
     }
     let Some(mut grant) = s.leases.begin() else { return (0, Vec::new()) };
+    if entry_only {
+        grant.entry_only();
+    }
     if grant.walk(dir.as_fd(), path, follow, s.allow()) {
         grant.finish()
     } else {

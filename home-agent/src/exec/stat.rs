@@ -58,7 +58,8 @@ pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
         _ => 0,
     };
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
-    let (lease, deps) = super::lease_lookup(s, &start, &o.path, false, o.lease);
+    // A link's target, or EINVAL for anything else: which entry the path names, never what it holds.
+    let (lease, deps) = super::lease_entry_lookup(s, &start, &o.path, o.lease);
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: false });
     match at.and_then(|at| sys::readlinkat(at.dir.as_fd(), &at.path, size)) {
         Ok(target) => {

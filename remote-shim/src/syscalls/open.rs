@@ -100,6 +100,9 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     }
     let handle_id = super::handle_id(outcome?)?;
     let stat = reply.stat.unwrap_or_default();
+    if stat.mode & libc::S_IFMT == libc::S_IFDIR && crate::lazy::plain_dir_read(oflags) {
+        call.sup.dir_opens.opened(&stat);
+    }
     attrs.opened(handle_id, (stat.dev, stat.ino));
     if reply.via_link {
         // A file created or emptied where a symbolic link points: under any name.

@@ -81,16 +81,21 @@ async fn stat_home(
         {
             return Ok(h.stat);
         }
+        // The name that opened it still finds it (so it is reachable at home, even if opened without home).
+        let fstat = at & libc::AT_EMPTY_PATH != 0 && mask == 0;
+        if let Some(st) = fstat_cached(call, h).filter(|_| fstat) {
+            // A new version: the copy taken at open is no longer what the file holds.
+            if !h.stat.same_version(&st) {
+                h.mark_stale();
+            }
+            return Ok(st);
+        }
         // Opened without home and replaced at home since: the attributes of what the copy holds.
         if crate::lazy::unreachable(call, h).await {
             return Ok(h.stat);
         }
-        if at & libc::AT_EMPTY_PATH != 0 && mask == 0 {
-            let by_name = match fstat_cached(call, h) {
-                Some(st) => Some(st),
-                None => fstat_by_name(call, h).await,
-            };
-            if let Some(st) = by_name {
+        if fstat {
+            if let Some(st) = fstat_by_name(call, h).await {
                 // A new version: the copy taken at open is no longer what the file holds.
                 if !h.stat.same_version(&st) {
                     h.mark_stale();
@@ -142,12 +147,13 @@ async fn stat_home(
     Ok(st)
 }
 
-/// `fstat` of a regular file answered by a leased lookup of the name that opened it, while that lookup
-/// finds this very inode: the lease says home has changed neither the entry nor the file's attributes since
-/// it read them, and the job's own changes to the file dropped the answer before they were sent. (A file
-/// with other names is never cached, so no change can come through a name nobody watches.)
+/// `fstat` of a regular file or directory answered by a leased lookup of the name that opened it, while
+/// that lookup finds this very inode: the lease says home has changed neither the entry nor the file's
+/// attributes since it read them, and the job's own changes to the file dropped the answer before they
+/// were sent. (A file with other names is cached only while home watches the file itself, so no change
+/// can come through a name nobody watches.)
 fn fstat_cached(call: &Call<'_>, h: &crate::fdtable::Handle) -> Option<pb::FileStat> {
-    if h.stat.mode & libc::S_IFMT != libc::S_IFREG {
+    if !matches!(h.stat.mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
         return None;
     }
     // The lookup as the open made it, or as a `stat` of the name makes it: any that finds this inode.

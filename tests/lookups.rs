@@ -1,0 +1,212 @@
+//! Lookups answered here that once always went home: a file with several names (home watches the file
+//! itself, so a change through a name in a directory the job never looked at still reaches the cache), a
+//! directory opened read-only again at a version home opened for the job (glibc's locale directories),
+//! and readlink of a directory while files come and go in it. Each is checked against changes made at
+//! home behind the program's back, and its round trips are counted in the trace.
+
+use homeward::{require_tools, skip_unless_root, Hosts};
+use std::path::Path;
+
+/// The trace's lines in the order of the calls: (call, first path argument, where it ran).
+fn calls(trace: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(trace).expect("the trace");
+    let mut lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
+    lines.sort_by_key(|l| l["seq"].as_u64());
+    lines
+        .iter()
+        .map(|l| {
+            let path = l["args"]
+                .as_array()
+                .and_then(|a| a.iter().filter_map(|v| v.as_str()).find(|s| s.starts_with('/')))
+                .unwrap_or_default();
+            (
+                l["call"].as_str().unwrap_or_default().into(),
+                path.into(),
+                l["where"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect()
+}
+
+/// Where each call `call` naming `path` ran, in order.
+fn wheres(calls: &[(String, String, String)], call: &str, path: &Path) -> Vec<String> {
+    let path = path.to_str().expect("UTF-8");
+    calls.iter().filter(|(c, p, _)| c == call && p == path).map(|(_, _, w)| w.clone()).collect()
+}
+
+/// Reads and stats `a/f` (which also has the name `b/g` at home) after each change the test makes at home.
+const TWO_NAMES: &str = r#"
+import os, time
+p = os.path.abspath("a/f")
+def show(step):
+    for _ in range(2):
+        with open(p, "rb") as f:
+            data = f.read()
+        st = os.stat(p)
+        print(step, data.decode(), st.st_size, st.st_nlink, oct(st.st_mode & 0o777))
+for step in ["start", "rewritten", "chmod", "unlinked"]:
+    if step != "start":
+        open("ready", "w").close()
+        while not os.path.exists("go"):
+            time.sleep(0.01)
+        os.remove("go")
+    show(step)
+"#;
+
+#[test]
+fn a_file_with_two_names_is_cached_and_follows_changes_through_the_other_name() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("a/f", "v1");
+    hosts.mkdir("b");
+    std::fs::hard_link(hosts.path("a/f"), hosts.path("b/g")).expect("the test's own step");
+    hosts.write("t.py", TWO_NAMES);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let other = hosts.path("b/g");
+    let changes: [&dyn Fn(); 3] = [
+        // In place, through the name in the directory the job never looked at.
+        &|| std::fs::write(&other, "version 2").expect("the test's own step"),
+        &|| hosts.chmod("b/g", 0o600),
+        &|| std::fs::remove_file(&other).expect("the test's own step"),
+    ];
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts
+                .cmd(&["python3", "t.py"])
+                .shim_arg("--trace")
+                .shim_arg(trace.to_str().expect("UTF-8"))
+                .remote()
+        });
+        for change in changes {
+            hosts.wait_for("ready");
+            std::fs::remove_file(hosts.path("ready")).expect("the test's own step");
+            change();
+            hosts.write("go", "");
+        }
+        run.join().expect("the remote run")
+    });
+    run.assert_success();
+    let expected = [
+        "start v1 2 2 0o644",
+        "rewritten version 2 9 2 0o644",
+        "chmod version 2 9 2 0o600",
+        "unlinked version 2 9 1 0o600",
+    ];
+    let expected: String = expected.iter().flat_map(|l| [*l, "\n", *l, "\n"]).collect();
+    assert_eq!(run.stdout(), expected, "{run}");
+    // Each step's second open and stat are answered here: the file was cached although it has two names.
+    let calls = calls(&trace);
+    let opens = wheres(&calls, "openat", &hosts.path("a/f"));
+    let stats = wheres(&calls, "newfstatat", &hosts.path("a/f"));
+    assert_eq!(opens.len(), 8, "{opens:?}");
+    for (i, pair) in opens.chunks(2).enumerate() {
+        assert_eq!(pair[1], "local", "step {i}: the second open went home: {opens:?}");
+    }
+    assert!(stats.iter().filter(|w| *w == "local").count() >= 4, "{stats:?}");
+}
+
+/// Opens the directory `d` read-only and `fstat`s it, twice, after each change the test makes at home, and
+/// lists it through the second descriptor.
+const DIRECTORY: &str = r#"
+import os, time
+d = os.path.abspath("d")
+def show(step):
+    for _ in range(2):
+        fd = os.open(d, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        names = sorted(os.listdir(fd)) if _ else []
+        os.close(fd)
+        print(step, oct(st.st_mode & 0o777), st.st_nlink, names)
+for step in ["start", "chmod", "created"]:
+    if step != "start":
+        open("ready", "w").close()
+        while not os.path.exists("go"):
+            time.sleep(0.01)
+        os.remove("go")
+    show(step)
+"#;
+
+#[test]
+fn a_directory_opened_again_needs_no_round_trip_until_home_changes_it() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("d/x", "x");
+    hosts.chmod("d", 0o755);
+    hosts.write("t.py", DIRECTORY);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let changes: [&dyn Fn(); 2] = [&|| hosts.chmod("d", 0o750), &|| hosts.mkdir("d/sub")];
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts
+                .cmd(&["python3", "t.py"])
+                .shim_arg("--trace")
+                .shim_arg(trace.to_str().expect("UTF-8"))
+                .remote()
+        });
+        for change in changes {
+            hosts.wait_for("ready");
+            std::fs::remove_file(hosts.path("ready")).expect("the test's own step");
+            change();
+            hosts.write("go", "");
+        }
+        run.join().expect("the remote run")
+    });
+    run.assert_success();
+    let expected = "start 0o755 2 []\nstart 0o755 2 ['x']\nchmod 0o750 2 []\nchmod 0o750 2 ['x']\n\
+                    created 0o750 3 []\ncreated 0o750 3 ['sub', 'x']\n";
+    assert_eq!(run.stdout(), expected, "{run}");
+    // The first open of each step goes home (the directory changed), the second is answered here.
+    let opens = wheres(&calls(&trace), "openat", &hosts.path("d"));
+    assert_eq!(opens, ["home", "local", "home", "local", "home", "local"], "{run}");
+}
+
+/// readlink of a directory (EINVAL) depends on the entry, not on what the directory holds: files made in
+/// it do not send the next readlink home; the directory replaced by a link at home does.
+const READLINK: &str = r#"
+import os, time
+d = os.path.abspath("d")
+def show(step):
+    try:
+        print(step, os.readlink(d))
+    except OSError as e:
+        print(step, e.strerror)
+show("start")
+open(os.path.join(d, "new"), "w").close()
+show("file made")
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+show("replaced")
+"#;
+
+#[test]
+fn readlink_of_a_directory_is_answered_while_files_come_and_go_in_it() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.mkdir("d");
+    hosts.mkdir("e");
+    hosts.write("t.py", READLINK);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts
+                .cmd(&["python3", "t.py"])
+                .shim_arg("--trace")
+                .shim_arg(trace.to_str().expect("UTF-8"))
+                .remote()
+        });
+        hosts.wait_for("ready");
+        std::fs::rename(hosts.path("d"), hosts.path("d.old")).expect("the test's own step");
+        hosts.symlink("e", "d");
+        hosts.write("go", "");
+        run.join().expect("the remote run")
+    });
+    run.assert_success();
+    assert_eq!(run.stdout(), "start Invalid argument\nfile made Invalid argument\nreplaced e\n", "{run}");
+    let links = wheres(&calls(&trace), "readlink", &hosts.path("d"));
+    assert_eq!(links, ["home", "local", "home"], "{run}");
+}
