@@ -289,3 +289,46 @@ async fn housekeeping_proc_zero_has_no_deputy() {
     // Forgetting a proc that never called is fine.
     calls.forget(9, None).await;
 }
+
+/// The agent's children whose `comm` is `name`.
+fn children_named(name: &str) -> Vec<i32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c);
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1));
+            comm == Some(name) && ppid == Some(&me)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn deputies_come_from_the_starter_and_by_exec_once_it_is_gone() {
+    let mut client = client().await;
+    let mut calls = Calls::open(&mut client).await;
+    let (first, _) = calls.identity(proc(1, 0)).await;
+    wait_ready(first).await;
+    // The deputy is the agent's child (cloned with CLONE_PARENT by the starter, another child).
+    assert!(children_named("homeward-deputy").contains(&first));
+    let starters = children_named("homeward-starts");
+    assert!(!starters.is_empty(), "no deputy starter among the agent's children");
+    for starter in starters {
+        home_kill(starter, libc::SIGKILL);
+    }
+    // The next deputy is started by exec, and is a deputy in every way.
+    let (second, ppid) = calls.identity(proc(2, 1)).await;
+    assert_eq!(ppid, first);
+    wait_ready(second).await;
+    let cmdline = std::fs::read(format!("/proc/{second}/cmdline")).unwrap();
+    assert!(cmdline.starts_with(b"homeward-deputy[2]: deputy test with a newline\0"), "{cmdline:?}");
+    home_kill(second, libc::SIGUSR1);
+    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGUSR1, ..Default::default() });
+    home_kill(first, libc::SIGUSR2);
+    assert_eq!(calls.event().await, Event { proc: 1, signal: libc::SIGUSR2, ..Default::default() });
+    calls.goodbye().await;
+    wait_gone(&[first, second], Duration::from_secs(5)).await;
+}

@@ -4,7 +4,7 @@
 use super::{cvt, cvt_long, owned};
 use homeward_proto::Errno;
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Sets the calling thread's name (the process's `comm` when called by its only thread), at most 15 bytes.
 pub fn set_name(name: &CStr) {
@@ -102,7 +102,9 @@ pub fn die_by_signal(sig: i32) -> ! {
             libc::sigemptyset(&mut one);
             libc::sigaddset(&mut one, sig);
             libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
-            libc::raise(sig);
+            // To the process (its only thread), not through a thread id a library may have cached: a
+            // deputy may be a raw clone of the starter (`fork_sibling`).
+            libc::kill(libc::getpid(), sig);
         }
     }
     // Wrapping: any `sig` ends the process, none overflows (`exit_now` keeps the low 8 bits anyway).
@@ -177,4 +179,121 @@ pub fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: i32) -> Result<(), Errno
 pub fn process_group() -> libc::pid_t {
     // SAFETY: getpgrp cannot fail and touches no memory.
     unsafe { libc::getpgrp() }
+}
+
+/// A new process whose parent is this process's parent (`clone(CLONE_PARENT)`), sharing nothing: 0 in
+/// the new process, its pid in this one. Only for a single-threaded caller (the deputy starter): the new
+/// process is a copy of the whole address space, and a lock another thread held would stay held in it.
+pub fn fork_sibling() -> Result<libc::pid_t, Errno> {
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a raw clone without CLONE_VM and with a null stack pointer is fork(2) with another parent:
+    // the child continues on its own copy of this stack. The caller is single-threaded, so no lock is held
+    // by a thread the child lacks; the child never relies on a thread id the C library cached (see
+    // `die_by_signal`).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    cvt_long(pid).map(|pid| pid as libc::pid_t)
+}
+
+/// Puts this process in a process group of its own.
+pub fn own_process_group() -> Result<(), Errno> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::setpgid(0, 0) }).map(drop)
+}
+
+/// Makes `fd` this process's descriptor `to` (closing what `to` was).
+pub fn dup_onto(fd: BorrowedFd<'_>, to: i32) -> Result<(), Errno> {
+    // SAFETY: integers only; the kernel closes `to` first if it is open.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), to) }).map(drop)
+}
+
+/// Sends `data` and the descriptor `fd` as one message on a unix socket (`SCM_RIGHTS`).
+pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: `msghdr` is a plain C struct; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // SAFETY: msg_control points to `cbuf`, aligned for cmsghdr and larger than CMSG_SPACE(sizeof(int)), so
+    // CMSG_FIRSTHDR returns a header inside it and CMSG_DATA has room for one int.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
+    }
+    // SAFETY: `msg` and the buffers it points to (the kernel only reads `data`) live until the call returns.
+    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    cvt_long(sent as i64).map(drop)
+}
+
+/// Receives one message of at most `max` bytes and the descriptor it carries, if any (close-on-exec). An
+/// empty message without a descriptor is the peer's end of file.
+pub fn recv_with_fd(sock: BorrowedFd<'_>, max: usize) -> Result<(Vec<u8>, Option<OwnedFd>), Errno> {
+    let mut data = vec![0u8; max];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: `msghdr` is a plain C struct; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points to buffers that live until the call returns and that the kernel fills.
+    let n = cvt_long(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) } as i64)?;
+    data.truncate(n as usize);
+    // SAFETY: the kernel filled `msg`; CMSG_FIRSTHDR returns null or a header inside `cbuf`.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: a non-null header lies within `cbuf` as the kernel wrote it.
+    let fd = if cmsg.is_null()
+        || unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) } != (libc::SOL_SOCKET, libc::SCM_RIGHTS)
+    {
+        None
+    } else {
+        // SAFETY: an SCM_RIGHTS message carries at least one int in its data area; the kernel installed
+        // that descriptor in our table for us alone.
+        Some(unsafe {
+            OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()))
+        })
+    };
+    Ok((data, fd))
+}
+
+/// Replaces what `/proc/self/cmdline` (and `ps`) shows with `title`, within the bytes the arguments took
+/// at exec (`title` is cut to fit): written through `/proc/self/mem`, ending in a NUL followed by spaces, so
+/// that the kernel shows the title alone (a last byte that is not NUL means "the process set its title").
+pub fn set_cmdline(title: &[u8]) -> Result<(), Errno> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| Errno::from_io(&e))?;
+    // Fields after the command's closing parenthesis start at field 3; arg_start and arg_end are 48 and 49.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or(Errno::EIO)?;
+    let mut fields = rest.split_whitespace().skip(48 - 3);
+    let mut next = || fields.next().and_then(|f| f.parse::<u64>().ok()).ok_or(Errno::EIO);
+    let (start, end) = (next()?, next()?);
+    let room = usize::try_from(end.saturating_sub(start)).map_err(|_| Errno::EIO)?;
+    if room < 2 {
+        return Err(Errno(libc::ENOSPC as u16));
+    }
+    let shown = title.len().min(room - 2);
+    let mut area = vec![b' '; room];
+    area[..shown].copy_from_slice(&title[..shown]);
+    area[shown] = 0;
+    let mem =
+        std::fs::OpenOptions::new().write(true).open("/proc/self/mem").map_err(|e| Errno::from_io(&e))?;
+    mem.write_all_at(&area, start).map_err(|e| Errno::from_io(&e))
+}
+
+/// A connected pair of `AF_UNIX` `SOCK_SEQPACKET` sockets (close-on-exec).
+pub fn socketpair_seqpacket() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a live array of two ints the kernel fills.
+    cvt(unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    })?;
+    // SAFETY: the kernel just made both descriptors, which nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
