@@ -210,3 +210,56 @@ fn readlink_of_a_directory_is_answered_while_files_come_and_go_in_it() {
     let links = wheres(&calls(&trace), "readlink", &hosts.path("d"));
     assert_eq!(links, ["home", "local", "home"], "{run}");
 }
+
+/// A directory opened without a round trip (through a symbolic link), then made unreadable by the job
+/// itself under its own name, is still listed through that descriptor (it is opened at home before the
+/// change); made unreadable at home, the next open is refused as home refuses it. The agent runs as
+/// `nobody`, so permissions bind it.
+const UNREADABLE: &str = r#"
+import os, time
+d = os.path.abspath("d")
+link = os.path.abspath("l")
+os.close(os.open(link, os.O_RDONLY))
+fd = os.open(link, os.O_RDONLY)
+os.chmod(d, 0)
+print(sorted(os.listdir(fd)))
+os.chmod(d, 0o755)
+os.close(os.open(d, os.O_RDONLY))
+os.close(fd)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+try:
+    os.open(d, os.O_RDONLY)
+    print("opened")
+except PermissionError as e:
+    print(e.strerror)
+"#;
+
+#[test]
+fn permissions_bind_directories_opened_without_a_round_trip() {
+    skip_unless_root!();
+    require_tools!("python3");
+    if homeward::unprivileged_prefix().is_none() {
+        homeward::skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
+        return;
+    }
+    let hosts = Hosts::builder().unprivileged().start();
+    hosts.mkdir("w/d");
+    hosts.write("w/d/x", "x");
+    hosts.symlink("d", "w/l");
+    hosts.write("w/t.py", UNREADABLE);
+    for dir in ["w", "w/d"] {
+        std::os::unix::fs::chown(hosts.path(dir), Some(homeward::NOBODY), Some(homeward::NOBODY))
+            .expect("the test's own step");
+    }
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).cwd("w").remote());
+        hosts.wait_for("w/ready");
+        hosts.chmod("w/d", 0o300);
+        hosts.write("w/go", "");
+        run.join().expect("the remote run")
+    });
+    run.assert_success();
+    assert_eq!(run.stdout(), "['x']\nPermission denied\n", "{run}");
+}

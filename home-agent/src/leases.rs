@@ -48,7 +48,7 @@ pub const FILE_ITSELF: &[u8] = b".";
 /// kernel's limit).
 const MAX_STEPS: usize = 256;
 const MAX_LINKS: usize = 40;
-/// Most directories a session watches.
+/// Most directories (and files with several links) a session watches.
 const MAX_WATCHES: usize = 16384;
 
 #[derive(Default)]
@@ -222,7 +222,7 @@ impl Grant<'_> {
 
     /// Watches every directory that looking up `path` from `start` goes through (following symbolic links
     /// as the kernel does: a link's directory is watched, its target walked), and the directory it names
-    /// if it is one; false when the answer cannot be leased (a component that cannot be examined, too many
+    /// if it is one (or the regular file, if it has several links; neither under [`Grant::entry_only`]); false when the answer cannot be leased (a component that cannot be examined, too many
     /// links). `follow`: whether a symbolic link as the last component is followed.
     /// Confined (`allow`), the walk never watches a directory outside the allowed ones: an absolute path
     /// starts at its allowed prefix, and a path leaving them is not leased.
@@ -331,7 +331,7 @@ impl Grant<'_> {
             // regular file with other names is changed through them without `dir` hearing of it: the answer
             // then also depends on the file itself, watched ([`FILE_ITSELF`]).
             if kind != libc::S_IFDIR {
-                if last && kind == libc::S_IFREG && nlink > 1 {
+                if last && kind == libc::S_IFREG && nlink > 1 && !self.entry_only {
                     let file =
                         sys::openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0).ok()?;
                     return self.depend(file.as_fd(), FILE_ITSELF).then_some(());

@@ -236,6 +236,14 @@ impl AttrCache {
             if (st.dev, st.ino) == (version.dev, version.ino) && st.same_version(version) && inner.current(e))
     }
 
+    /// [`AttrCache::holds`], whatever the job's reads did to the access time since the answer was stored:
+    /// the lookup still finds that file at that version.
+    pub fn finds(&self, key: &Key, version: &pb::FileStat) -> bool {
+        let inner = self.lock();
+        matches!(inner.entries.get(key), Some(Entry { value: Cached::Found(st), .. })
+            if (st.dev, st.ino) == (version.dev, version.ino) && st.same_version(version))
+    }
+
     /// To be taken before a call is sent, for storing its answer.
     pub fn ticket(&self) -> Ticket {
         Ticket { generation: self.lock().generation }
@@ -245,7 +253,13 @@ impl AttrCache {
     /// that change (an unlink's missing name, a created file): valid only if the call's own change is the
     /// job's only one meanwhile.
     pub fn ticket_past_own_change(&self) -> Ticket {
-        Ticket { generation: self.lock().generation + 1 }
+        self.ticket_past_own_changes(1)
+    }
+
+    /// [`AttrCache::ticket_past_own_change`] for a call that counts as `n` changes of the job (an open that
+    /// creates and empties a file: sent, then its inode forgotten, [`AttrCache::forget_inode`]).
+    pub fn ticket_past_own_changes(&self, n: u64) -> Ticket {
+        Ticket { generation: self.lock().generation + n }
     }
 
     /// Stores `value` for `key`, leased by home as `lease` with dependencies `deps`, for a call sent with
@@ -324,12 +338,21 @@ impl AttrCache {
 
     /// Called before every call goes home, with what it may change (see the module text).
     pub fn before_call(&self, proc: u64, op: &Op) {
-        // A read at home may move the file's access time (relatime), which no report tells of: the
-        // file's cached attributes stored before it are no longer answered.
-        if let Op::Read(r) = op {
+        // A read at home (a listing too) may move the file's access time (relatime), which no report
+        // tells of: the file's cached attributes stored before it are no longer answered. (A listing
+        // counts as one change of the job whatever its handle, see `syscalls::dir::getdents`.)
+        let read = match op {
+            Op::Read(r) => Some(r.handle),
+            Op::Getdents(g) => Some(g.handle),
+            _ => None,
+        };
+        if let Some(handle) = read {
             let mut inner = self.lock();
-            if let Some(inode) = inner.inodes.get(&r.handle).copied() {
+            let inode = inner.inodes.get(&handle).copied();
+            if inode.is_some() || matches!(op, Op::Getdents(_)) {
                 inner.generation += 1;
+            }
+            if let Some(inode) = inode {
                 if inner.reads.len() >= MAX_ENTRIES {
                     inner.clear();
                 }
@@ -396,6 +419,13 @@ impl AttrCache {
                 })
             }
             Change::Anything => inner.clear(),
+        }
+        // A new link raises the link count of a file that other keys may find (through symbolic links),
+        // which home reports to no directory's watch: every cached file's attributes go.
+        if let Op::Link(_) = op {
+            inner.entries.retain(
+                |_, e| !matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT != libc::S_IFDIR),
+            );
         }
     }
 

@@ -26,6 +26,9 @@ pub struct Key {
     size: i64,
     mtime: (i64, i64),
     ctime: (i64, i64),
+    /// Mode, owner and group: a copy is answered for an open only at the permissions home read it with
+    /// (`lazy`), and a change of them within one coarse ctime tick keeps the ctime.
+    access: (u32, u32, u32),
 }
 
 impl Key {
@@ -41,6 +44,7 @@ impl Key {
             size: st.size,
             mtime: (st.mtime_sec, st.mtime_nsec),
             ctime: (st.ctime_sec, st.ctime_nsec),
+            access: (st.mode, st.uid, st.gid),
         })
     }
 }

@@ -171,6 +171,12 @@ impl Handle {
         self.origin.get().is_some_and(|o| attrs.holds(&o.key, &self.stat))
     }
 
+    /// Whether the leased lookup that opened this handle still finds this file at the version opened (its
+    /// access time aside: a directory the job lists is still the one its path names).
+    pub fn origin_finds(&self, attrs: &crate::attrcache::AttrCache) -> bool {
+        self.origin.get().is_some_and(|o| attrs.finds(&o.key, &self.stat))
+    }
+
     /// The fill of this handle, if one was started.
     pub fn fill(&self) -> Option<&crate::fill::Fill> {
         self.fill.get().map(|f| &**f)

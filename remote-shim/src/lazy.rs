@@ -161,14 +161,18 @@ pub fn plain_dir_read(oflags: i32) -> bool {
 /// them, found again at that version by a leased lookup, is answered here. Home allowed that open with the
 /// agent's credentials, and every change of the directory's mode, owner, ACL or label moves its ctime.
 #[derive(Default)]
-pub struct DirOpens(std::sync::Mutex<std::collections::HashSet<(u64, u64, i64, i64)>>);
+pub struct DirOpens(std::sync::Mutex<std::collections::HashSet<DirVersion>>);
+
+/// (device, inode, ctime, mode, owner, group).
+type DirVersion = (u64, u64, i64, i64, u32, u32, u32);
 
 /// Most directory versions [`DirOpens`] remembers.
 const DIR_OPENS: usize = 4096;
 
 impl DirOpens {
-    fn version(st: &pb::FileStat) -> (u64, u64, i64, i64) {
-        (st.dev, st.ino, st.ctime_sec, st.ctime_nsec)
+    /// The mode, owner and group too: a change of them within one coarse ctime tick keeps the ctime.
+    fn version(st: &pb::FileStat) -> DirVersion {
+        (st.dev, st.ino, st.ctime_sec, st.ctime_nsec, st.mode, st.uid, st.gid)
     }
 
     /// Home opened the directory `st` read-only for the job.
@@ -334,13 +338,29 @@ pub async fn resolve(call: &Call<'_>, proc: pb::Proc, mut op: Op) -> Result<Op, 
 
 /// Before the job unlinks or renames a name: the lazy placeholders whose path has that name as a component
 /// get their home handles, so they keep naming their file at home whatever the change does to the path.
+/// A lazy directory needs its home handle for nearly every call (a listing, a lookup relative to it), which
+/// opening it needs read permission for: before any change of names or permissions (a rename through a
+/// symbolic link may move it under any name; a `chmod` may refuse the open), every lazy directory is opened.
 pub async fn before_change(call: &Call<'_>, proc: pb::Proc, op: &Op) {
-    let paths: Vec<&[u8]> = match op {
-        Op::Unlink(u) => vec![&u.path],
-        Op::Rename(r) => vec![&r.old_path, &r.new_path],
+    let (paths, dir): (Vec<&[u8]>, Option<&pb::Dir>) = match op {
+        Op::Unlink(u) => (vec![&u.path], None),
+        Op::Rename(r) => (vec![&r.old_path, &r.new_path], None),
+        Op::Chmod(pb::Chmod { path, dir, .. }) | Op::Chown(pb::Chown { path, dir, .. }) => {
+            (vec![path], dir.as_ref())
+        }
+        Op::Xattr(x) if matches!(x.op(), pb::XattrOp::Set | pb::XattrOp::Remove) => {
+            (vec![&x.path], x.dir.as_ref())
+        }
         _ => return,
     };
-    let names: Vec<Option<&[u8]>> = paths.iter().map(|p| last_component(p)).collect();
+    let every_directory = !matches!(op, Op::Unlink(_));
+    // A change through a descriptor (`fchmod`, an empty path): the placeholders of that file, by inode.
+    let inode = dir
+        .filter(|_| paths.iter().all(|p| p.is_empty()))
+        .and_then(|d| call.sup.fds.get(d.handle))
+        .map(|h| h.inode());
+    let names: Vec<Option<&[u8]>> =
+        paths.iter().filter(|p| !p.is_empty()).map(|p| last_component(p)).collect();
     for h in call.sup.fds.all() {
         let Some(lazy) = h.lazy() else { continue };
         if lazy.home().is_some() || lazy.gone() || lazy.home.load(Ordering::SeqCst) == COLLECTED {
@@ -351,7 +371,8 @@ pub async fn before_change(call: &Call<'_>, proc: pb::Proc, op: &Op) {
             None => true,
             Some(name) => lazy.path.split(|&b| b == b'/').any(|c| c == *name),
         });
-        if hit {
+        let directory = h.stat.mode & libc::S_IFMT == libc::S_IFDIR;
+        if hit || inode == Some(h.inode()) || (directory && every_directory) {
             let _ = home_handle(call, proc, &h).await;
         }
     }

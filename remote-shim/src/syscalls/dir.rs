@@ -139,7 +139,8 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
     let size = (call.arg(2) as u32 as usize).min(memory::MAX_IO);
     memory::probe(call.tid, call.arg(1), size)?;
     let attrs = &call.sup.link.attrs;
-    let ticket = attrs.ticket();
+    // The listing itself counts as one change (it may move the directory's access time, `AttrCache`).
+    let ticket = attrs.ticket_past_own_change();
     let lease = h.origin().is_some();
     let content_max = if lease { call.sup.prefetch.content_max() } else { 0 };
     if let Some(origin) = h.origin() {
@@ -156,7 +157,7 @@ async fn getdents(call: &Call<'_>, format: Format) -> Outcome {
         // `<dir>/<name>` that follow (readdir-plus), depending on the path to the directory and their names.
         let dir = crate::attrcache::deps(&reply);
         if let (Some(path), [(wd, _)]) = (attrs.deps_of(&origin.key), dir.as_slice()) {
-            if reply.lease != 0 && h.attributes_leased(attrs) {
+            if reply.lease != 0 && h.origin_finds(attrs) {
                 prefill(attrs, origin, &reply.dirents, ticket, reply.lease, &path, *wd);
             }
         }

@@ -191,7 +191,7 @@ impl Call<'_> {
             return crate::attrcache::Key::of(proc, None, path, follow, mask);
         }
         let h = self.sup.fds.get(dir.handle)?;
-        if h.stat.mode & libc::S_IFMT != libc::S_IFDIR || !h.attributes_leased(&self.sup.link.attrs) {
+        if h.stat.mode & libc::S_IFMT != libc::S_IFDIR || !h.origin_finds(&self.sup.link.attrs) {
             return None;
         }
         crate::attrcache::Key::of(proc, Some(&h.origin()?.key), path, follow, mask)

@@ -75,7 +75,8 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         if creates && !tmpfile && resolve == 0 { call.lookup_key(&dir, &path, follow, 0) } else { None };
     let (base, looked_up) = (dir, path.clone());
     let ticket = attrs.ticket();
-    let created_ticket = attrs.ticket_past_own_change();
+    // An open that empties the file also forgets its inode's cached attributes once answered (below).
+    let created_ticket = attrs.ticket_past_own_changes(if oflags & libc::O_TRUNC != 0 { 2 } else { 1 });
     let mark = attrs.change_mark();
     let op = Op::Open(pb::Open {
         dir: Some(dir),

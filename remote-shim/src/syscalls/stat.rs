@@ -150,8 +150,8 @@ async fn stat_home(
 /// `fstat` of a regular file or directory answered by a leased lookup of the name that opened it, while
 /// that lookup finds this very inode: the lease says home has changed neither the entry nor the file's
 /// attributes since it read them, and the job's own changes to the file dropped the answer before they
-/// were sent. (A file with other names is cached only while home watches the file itself, so no change
-/// can come through a name nobody watches.)
+/// were sent. (A file with other names is cached only while home watches the file itself, so a change
+/// through a name nobody watches is seen too, unless that name was made after the lookup: Known limits.)
 fn fstat_cached(call: &Call<'_>, h: &crate::fdtable::Handle) -> Option<pb::FileStat> {
     if !matches!(h.stat.mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
         return None;

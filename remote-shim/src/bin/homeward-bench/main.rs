@@ -1,4 +1,5 @@
-//! `homeward-bench [--iterations N] [--runs R] [--markdown FILE] [--no-workloads] [--no-sshfs]`: benchmarks
+//! `homeward-bench [--iterations N] [--runs R] [--markdown FILE] [--no-workloads] [--no-sshfs] [--only TEXT]`:
+//! benchmarks
 //! of forwarded calls and of whole workloads against native, measured in the same run (the machines are
 //! noisy: compare ratios), with the round trips each costs (the deterministic figure).
 //!
@@ -42,6 +43,8 @@ struct Options {
     workloads: bool,
     sshfs: bool,
     markdown: Option<String>,
+    /// Only the workloads whose name contains this text, and no micro-benchmarks.
+    only: Option<String>,
 }
 
 fn main() {
@@ -53,7 +56,7 @@ fn main() {
         println!("{}", run_op(&op, n, &dir));
         return;
     }
-    let mut o = Options { n: 2000, runs: 3, workloads: true, sshfs: true, markdown: None };
+    let mut o = Options { n: 2000, runs: 3, workloads: true, sshfs: true, markdown: None, only: None };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -62,6 +65,7 @@ fn main() {
             "--no-workloads" => o.workloads = false,
             "--no-sshfs" => o.sshfs = false,
             "--markdown" => o.markdown = it.next().cloned(),
+            "--only" => o.only = it.next().cloned(),
             other => {
                 eprintln!("homeward-bench: unknown argument {other}");
                 std::process::exit(2);
@@ -79,7 +83,7 @@ fn main() {
         Home { label: "agent, 1 ms", addr: Some(slow.addr) },
     ];
     let shim = Shim { bin: bins.with_file_name("remote-shim"), token_file: agent.token_file.clone() };
-    let mut table = micro_table(&shim, &homes, &dir, o.n);
+    let mut table = if o.only.is_none() { micro_table(&shim, &homes, &dir, o.n) } else { String::new() };
     if o.workloads {
         table.push('\n');
         table.push_str(&workload_table(&shim, &homes[1..], &dir.join("workloads"), &o));
@@ -465,6 +469,9 @@ fn workload_table(shim: &Shim, homes: &[Home], dir: &Path, o: &Options) -> Strin
     table.push_str(&"---:|".repeat(columns.len() + 1));
     table.push('\n');
     for (name, command, shim_args) in WORKLOADS {
+        if o.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
+            continue;
+        }
         let mut times = vec![Vec::new(); columns.len()];
         let mut trips = 0;
         for _ in 0..o.runs {
