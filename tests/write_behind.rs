@@ -277,3 +277,73 @@ fn a_file_the_job_emptied_is_read_back_from_its_own_writes() {
     let both = hosts.cmd(&["python3", "read_back.py"]).check(&native);
     assert!(both.remote.stdout().starts_with("b'abcdef' 6\n"), "{}", both.remote);
 }
+
+/// sqlite's return to SHARED after a commit (a read lock where the description holds a write lock) and
+/// its `fchown` of each journal to the database's owner: answered at once, sent behind. A read lock
+/// elsewhere still waits for home. Then a home process checks the locks: it may read-lock the downgraded
+/// range, not write-lock it, and write-lock neither the range still held for writing nor the other.
+const DOWNGRADE: &str = r#"
+import fcntl, os, time
+fd = os.open("db", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"x" * 1000)
+fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 10, 200)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 100)
+fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 10, 100)
+st = os.fstat(fd)
+os.fchown(fd, st.st_uid, st.st_gid)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+print("ok")
+"#;
+
+/// Whether a home process gets a lock of `kind` ("sh" or "ex") on `len` bytes at `start` of `path`.
+fn home_may_lock(path: &std::path::Path, kind: &str, start: u32, len: u32) -> bool {
+    let script = format!(
+        "import fcntl, os\nfd = os.open({:?}, os.O_RDWR)\ntry:\n    fcntl.lockf(fd, fcntl.LOCK_{} | fcntl.LOCK_NB, {len}, {start})\n    print('yes')\nexcept OSError:\n    print('no')\n",
+        path.to_str().expect("UTF-8"),
+        kind.to_uppercase()
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().expect("python3 at home");
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[test]
+fn lock_downgrades_and_fchown_to_the_owner_go_behind_and_hold_at_home() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("t.py", DOWNGRADE);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let db = hosts.path("db");
+    let (run, seen) = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts
+                .cmd(&["python3", "t.py"])
+                .shim_arg("--trace")
+                .shim_arg(trace.to_str().expect("UTF-8"))
+                .remote()
+        });
+        hosts.wait_for("ready");
+        let seen = [
+            home_may_lock(&db, "sh", 100, 10),
+            home_may_lock(&db, "ex", 100, 10),
+            home_may_lock(&db, "ex", 150, 10),
+            home_may_lock(&db, "ex", 200, 10),
+        ];
+        hosts.write("go", "");
+        (run.join().expect("the remote run"), seen)
+    });
+    run.assert_success();
+    assert_eq!(seen, [true, false, false, false], "read-lockable, write-lockable: {run}");
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let behind = |call: &str| -> Vec<bool> {
+        text.lines()
+            .filter(|l| l.contains(&format!("\"call\":\"{call}\"")) && l.contains("\"where\":\"home\""))
+            .map(|l| l.contains("\"behind\":1"))
+            .collect()
+    };
+    // The first read lock and the write lock wait for home; the downgrade does not.
+    assert_eq!(behind("fcntl"), [false, false, true], "{text}");
+    assert_eq!(behind("fchown"), [true], "{text}");
+}

@@ -187,6 +187,7 @@ impl Home for HomeService {
             version: PROTOCOL_VERSION,
             home_host: self.host.clone(),
             resume_key,
+            chowns: may_chown(),
         }))
     }
 
@@ -354,6 +355,11 @@ fn data_bytes(request: &CallRequest) -> usize {
         Some(Op::Read(read)) => asked(read.len),
         _ => 0,
     }
+}
+
+/// Whether the agent may change any file's owner (`CAP_CHOWN`, capability 0 of `linux/capability.h`).
+fn may_chown() -> bool {
+    crate::sys::has_capability(0)
 }
 
 /// A status and its innermost cause, for logs.

@@ -116,6 +116,8 @@ struct Inner {
     /// The file's content as this description wrote it since it emptied the file at open (see
     /// [`Behind::start_shadow`]), and the job's other changes to the file then (`foreign_mark`).
     shadow: Option<(Vec<u8>, (u64, u64))>,
+    /// Ranges (start, length; 0: to the end) this description holds write locks on at home, as granted.
+    write_locks: Vec<(i64, i64)>,
 }
 
 /// Largest content kept in a shadow; a file that grows beyond is read at home.
@@ -257,6 +259,31 @@ impl Behind {
     /// Drops the shadow (the file changed in a way it does not follow: a truncate, an allocation).
     pub fn drop_shadow(&self) {
         self.lock().shadow = None;
+    }
+
+    /// Home granted this description a write lock on `len` bytes from `start` (0: to the end).
+    pub fn write_locked(&self, start: i64, len: i64) {
+        self.lock().write_locks.push((start, len));
+    }
+
+    /// Whether this description holds a write lock on all of `len` bytes from `start` (0: to the end): a
+    /// read lock there (a downgrade) then conflicts with nobody's lock and cannot be refused.
+    pub fn holds_write_lock(&self, start: i64, len: i64) -> bool {
+        let end = |start: i64, len: i64| if len == 0 { i64::MAX } else { start.saturating_add(len) };
+        self.lock().write_locks.iter().any(|&(s, l)| s <= start && end(start, len) <= end(s, l))
+    }
+
+    /// A lock change (a read lock or an unlock) on `len` bytes from `start` (`None`: a range not known
+    /// here): the write locks it touches are no longer known to be held.
+    pub fn lock_changed(&self, range: Option<(i64, i64)>) {
+        let end = |start: i64, len: i64| if len == 0 { i64::MAX } else { start.saturating_add(len) };
+        let mut inner = self.lock();
+        match range {
+            Some((start, len)) => {
+                inner.write_locks.retain(|&(s, l)| end(s, l) <= start || end(start, len) <= s)
+            }
+            None => inner.write_locks.clear(),
+        }
     }
 
     /// The error a failed call sent behind left, if any; taken once.

@@ -163,6 +163,8 @@ enum Break {
 pub struct HomeLink {
     session: u64,
     home_host: String,
+    /// The agent may change any file's owner (`HelloReply.chowns`).
+    chowns: bool,
     shared: Arc<Shared>,
     seq: AtomicU64,
     events: Mutex<Option<mpsc::UnboundedReceiver<pb::Event>>>,
@@ -230,6 +232,7 @@ impl HomeLink {
         Ok(HomeLink {
             session: reply.session,
             home_host: reply.home_host,
+            chowns: reply.chowns,
             shared,
             seq: AtomicU64::new(1),
             events: Mutex::new(Some(events_rx)),
@@ -244,6 +247,11 @@ impl HomeLink {
 
     pub fn session(&self) -> u64 {
         self.session
+    }
+
+    /// Whether the agent may change any file's owner and group (`HelloReply.chowns`).
+    pub fn chowns(&self) -> bool {
+        self.chowns
     }
 
     pub fn home_host(&self) -> &str {

@@ -297,3 +297,13 @@ pub fn socketpair_seqpacket() -> Result<(OwnedFd, OwnedFd), Errno> {
     // SAFETY: the kernel just made both descriptors, which nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
+
+/// Whether this process has capability number `cap` in its effective set (`/proc/self/status`, `CapEff`).
+pub fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| cap < 64 && caps & (1 << cap) != 0)
+}

@@ -22,12 +22,7 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         #[cfg(target_arch = "x86_64")]
         libc::SYS_lchown => chown(call, fdcwd, 0, (1, 2), nofollow).await,
         libc::SYS_fchownat => chown(call, call.arg_i32(0), 1, (2, 3), call.arg_i32(4)).await,
-        libc::SYS_fchown => {
-            on_handle(call, |h| {
-                chown_op(h, Vec::new(), call.arg(1) as u32, call.arg(2) as u32, libc::AT_EMPTY_PATH)
-            })
-            .await
-        }
+        libc::SYS_fchown => fchown(call).await,
         libc::SYS_truncate => truncate(call).await,
         libc::SYS_ftruncate => {
             let len = call.arg(1) as i64;
@@ -89,6 +84,31 @@ async fn chown(call: &Call<'_>, dirfd: i32, path_arg: usize, ids: (usize, usize)
     let t = call.target(dirfd, call.path(path_arg)?, at);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     simple(call, chown_op(dir, t.path, call.arg(ids.0) as u32, call.arg(ids.1) as u32, t.at)).await
+}
+
+/// fchown. To the file's own owner and group (each, or -1) as opened, of a regular file opened for
+/// writing, by an agent that may change any owner: nothing refuses it (the open for writing found the file
+/// system writable and the file neither immutable nor append-only, and no quota moves), so the program is
+/// answered at once and the call goes home behind ([`crate::behind`]; sqlite gives each new journal its
+/// database's owner this way, at every transaction). It still takes the set-user-ID bits away and moves
+/// the change time at home, in order.
+async fn fchown(call: &Call<'_>) -> Outcome {
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    let (uid, gid) = (call.arg(1) as u32, call.arg(2) as u32);
+    let op = chown_op(pb::Dir { handle: h.id }, Vec::new(), uid, gid, libc::AT_EMPTY_PATH);
+    let unchanged = |wanted: u32, has: u32| wanted == u32::MAX || wanted == has;
+    let certain = call.sup.link.chowns()
+        && h.stat.mode & libc::S_IFMT == libc::S_IFREG
+        && h.flags & libc::O_ACCMODE != libc::O_RDONLY
+        && h.flags & libc::O_PATH == 0
+        && unchanged(uid, h.stat.uid)
+        && unchanged(gid, h.stat.gid);
+    if !certain {
+        return simple(call, op).await;
+    }
+    let ticket = h.behind.ticket();
+    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), 0, "change of owner", false)).await?;
+    Ok(Action::Value(0))
 }
 
 async fn truncate(call: &Call<'_>) -> Outcome {

@@ -15,7 +15,9 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             Some(h) => {
                 let op = Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 });
                 match call.arg_i32(1) & !libc::LOCK_NB {
-                    libc::LOCK_UN if h.flags & libc::O_PATH == 0 => unlock_behind(call, &h, op).await,
+                    libc::LOCK_UN if h.flags & libc::O_PATH == 0 => {
+                        lock_behind(call, &h, op, "lock release").await
+                    }
                     _ => simple(call, op).await,
                 }
             }
@@ -178,14 +180,30 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
     let range =
         pb::LockRange { kind: kind as i32, whence: whence as i32, start: fl.l_start, len: fl.l_len, pid: 0 };
     let op = Op::Lock(pb::Lock { handle: h.id, cmd: lcmd as i32, ofd, range: Some(range) });
-    if lcmd != pb::LockCmd::Get
-        && kind == pb::LockType::Unlock
-        && unlock_succeeds(&fl)
-        && h.flags & libc::O_PATH == 0
-    {
-        return unlock_behind(call, h, op).await;
+    // A range from the start of the file, as the write locks granted are kept (`Behind::write_locked`).
+    let known =
+        (whence == pb::Whence::Set && fl.l_start >= 0 && fl.l_len >= 0).then_some((fl.l_start, fl.l_len));
+    // A read lock where this description holds a write lock (sqlite's return to SHARED after a commit)
+    // conflicts with nobody and cannot be refused.
+    let downgrade =
+        kind == pb::LockType::Read && known.is_some_and(|(start, len)| h.behind.holds_write_lock(start, len));
+    if lcmd != pb::LockCmd::Get && kind != pb::LockType::Write {
+        h.behind.lock_changed(known);
+    }
+    if lcmd != pb::LockCmd::Get && h.flags & libc::O_PATH == 0 {
+        if kind == pb::LockType::Unlock && unlock_succeeds(&fl) {
+            return lock_behind(call, h, op, "lock release").await;
+        }
+        if downgrade {
+            return lock_behind(call, h, op, "lock downgrade").await;
+        }
     }
     let (v, reply) = call.home_value(op).await?;
+    if let (pb::LockCmd::Set | pb::LockCmd::SetWait, pb::LockType::Write, Some((start, len))) =
+        (lcmd, kind, known)
+    {
+        h.behind.write_locked(start, len);
+    }
     if lcmd == pb::LockCmd::Get {
         let got = reply.lock.unwrap_or_default();
         let mut out = fl;
@@ -219,11 +237,11 @@ fn unlock_succeeds(fl: &libc::flock) -> bool {
         }
 }
 
-/// Releases a lock without waiting for home (see [`crate::behind`]): home runs it before any later call,
-/// so whoever waits for the lock at home gets it as soon as it arrives.
-async fn unlock_behind(call: &Call<'_>, h: &Handle, op: Op) -> Outcome {
+/// Releases (or downgrades) a lock without waiting for home (see [`crate::behind`]): home runs it before
+/// any later call, so whoever waits for the lock at home gets it as soon as it arrives.
+async fn lock_behind(call: &Call<'_>, h: &Handle, op: Op, what: &'static str) -> Outcome {
     let ticket = h.behind.ticket();
-    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), 0, "lock release", false)).await?;
+    call.home_behind(op, move |reply| ticket.answered(reply.as_ref(), 0, what, false)).await?;
     Ok(Action::Value(0))
 }
 
