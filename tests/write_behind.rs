@@ -347,3 +347,72 @@ fn lock_downgrades_and_fchown_to_the_owner_go_behind_and_hold_at_home() {
     assert_eq!(behind("fcntl"), [false, false, true], "{text}");
     assert_eq!(behind("fchown"), [true], "{text}");
 }
+
+/// Creates, writes and removes files: the first two as sqlite does its journal (removed behind; a lookup
+/// right after still asks home, until the reply leases the name's absence), the third after home took the directory's write permission away (its
+/// removal waits for home and fails as home's does). The agent runs as `nobody`, so permissions bind it.
+const REMOVALS: &str = r#"
+import os, time
+d = os.path.abspath("d")
+for name in ["j1", "j2"]:
+    p = os.path.join(d, name)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"journal")
+    os.fchmod(fd, 0o600)
+    os.fsync(fd)
+    os.close(fd)
+    os.unlink(p)
+    print(name, os.path.exists(p))
+p = os.path.join(d, "j3")
+os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o644))
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+try:
+    os.unlink(p)
+    print("j3 removed")
+except PermissionError as e:
+    print("j3", e.strerror)
+"#;
+
+#[test]
+fn names_the_job_created_are_removed_behind_while_home_lets_it() {
+    skip_unless_root!();
+    require_tools!("python3");
+    if homeward::unprivileged_prefix().is_none() {
+        homeward::skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
+        return;
+    }
+    let hosts = Hosts::builder().unprivileged().start();
+    hosts.mkdir("w/d");
+    hosts.write("w/t.py", REMOVALS);
+    for dir in ["w", "w/d"] {
+        std::os::unix::fs::chown(hosts.path(dir), Some(homeward::NOBODY), Some(homeward::NOBODY))
+            .expect("the test's own step");
+    }
+    let trace = hosts.user_home().join("trace.jsonl");
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            hosts
+                .cmd(&["python3", "t.py"])
+                .cwd("w")
+                .shim_arg("--trace")
+                .shim_arg(trace.to_str().expect("UTF-8"))
+                .remote()
+        });
+        hosts.wait_for("w/ready");
+        hosts.chmod("w/d", 0o555);
+        hosts.write("w/go", "");
+        run.join().expect("the remote run")
+    });
+    run.assert_success();
+    assert_eq!(run.stdout(), "j1 False\nj2 False\nj3 Permission denied\n", "{run}");
+    assert!(!hosts.exists("w/d/j1") && !hosts.exists("w/d/j2") && hosts.exists("w/d/j3"));
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let unlinks: Vec<(bool, bool)> = text
+        .lines()
+        .filter(|l| l.contains("\"call\":\"unlink\""))
+        .map(|l| (l.contains("\"behind\":1"), l.contains("\"errno\":\"EACCES\"")))
+        .collect();
+    assert_eq!(unlinks, [(true, false), (true, false), (false, true)], "{text}");
+}

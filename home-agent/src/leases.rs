@@ -90,7 +90,9 @@ impl Inner {
             return None;
         }
         self.seq += 1;
-        Some(flush_reply(Event { changed: deps_of(changed), seq: self.seq, ..Default::default() }))
+        let (written, changed): (Vec<_>, Vec<_>) = changed.into_iter().partition(|(_, _, written)| *written);
+        let (changed, written) = (deps_of(changed), deps_of(written));
+        Some(flush_reply(Event { changed, written, seq: self.seq, ..Default::default() }))
     }
 }
 
@@ -386,8 +388,8 @@ async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, mut stopped: oneshot::Rec
 }
 
 /// Inotify's (watch, name) pairs as the wire's dependencies.
-fn deps_of(changed: Vec<(i32, Vec<u8>)>) -> Vec<Dep> {
-    changed.into_iter().map(|(wd, name)| Dep { wd: wd as u32, name: name.into() }).collect()
+fn deps_of(changed: Vec<(i32, Vec<u8>, bool)>) -> Vec<Dep> {
+    changed.into_iter().map(|(wd, name, _)| Dep { wd: wd as u32, name: name.into() }).collect()
 }
 
 fn flush_reply(event: Event) -> CallReply {

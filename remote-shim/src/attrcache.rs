@@ -75,6 +75,8 @@ pub const READLINK: u32 = u32::MAX;
 pub const ACCESS: u32 = u32::MAX - 16;
 /// `Key::mask` of a process's cwd path (getcwd's answer): which directory the path names.
 pub const CWD: u32 = u32::MAX - 1;
+/// `Key::mask` of a name the job may remove (`Cached::Removable`, without following a last link).
+pub const REMOVABLE: u32 = u32::MAX - 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cached {
@@ -89,6 +91,16 @@ pub enum Cached {
     /// The path names this directory (device, inode): a cwd's path, depending only on the entries on the
     /// way (`CWD`).
     Names(u64, u64),
+    /// The path names a regular file the job created and whose name home said it may remove
+    /// (`CallReply.removable`, `REMOVABLE`): true while nothing on the way changes but the file's content.
+    Removable,
+}
+
+/// A name the job removes without waiting ([`AttrCache::take_removable`]): what its absence depends on,
+/// and home's last report then.
+pub struct Removed {
+    deps: Vec<Dep>,
+    reported: u64,
 }
 
 /// What the job has changed so far, taken before a call is sent: its answer is stored only if nothing
@@ -113,6 +125,8 @@ pub fn deps(reply: &pb::CallReply) -> Vec<Dep> {
 struct Entry {
     value: Cached,
     deps: Vec<Dep>,
+    /// Depends on names alone: writes to the content of what it names (`Event.written`) do not void it.
+    names_only: bool,
     /// For a file's attributes: the job's reads of that file at home when they were stored (`Inner::reads`).
     reads: u64,
 }
@@ -132,8 +146,8 @@ struct Inner {
     by_wd: HashMap<u32, HashSet<Key>>,
     /// Keys in `by_wd`, all sets together.
     indexed: usize,
-    /// Home's recent reports: (seq, wd, name).
-    recent: VecDeque<(u64, u32, Vec<u8>)>,
+    /// Home's recent reports: (seq, wd, name, a write to content only).
+    recent: VecDeque<(u64, u32, Vec<u8>, bool)>,
     /// Reads of each file the job sent home (by inode).
     reads: HashMap<(u64, u64), u64>,
     /// Reports up to this seq were forgotten: answers leased before it are refused.
@@ -265,11 +279,28 @@ impl AttrCache {
     /// Stores `value` for `key`, leased by home as `lease` with dependencies `deps`, for a call sent with
     /// `ticket`; refused when the job changed something since, or home reported a change it depends on.
     pub fn put(&self, key: Key, value: Cached, ticket: Ticket, lease: u64, deps: Vec<Dep>) {
+        self.put_with(key, value, ticket, lease, deps, false);
+    }
+
+    /// [`AttrCache::put`], for an answer that depends on names alone when `names_only` (writes to the
+    /// content of what it names do not void it).
+    pub fn put_with(
+        &self,
+        key: Key,
+        value: Cached,
+        ticket: Ticket,
+        lease: u64,
+        deps: Vec<Dep>,
+        names_only: bool,
+    ) {
         let mut inner = self.lock();
         if lease == 0 || inner.stopped || inner.generation != ticket.generation || lease <= inner.forgotten {
             return;
         }
-        if inner.recent.iter().any(|(seq, wd, name)| *seq >= lease && voids(&deps, *wd, name)) {
+        let voided = |&(seq, wd, ref name, written): &(u64, u32, Vec<u8>, bool)| {
+            seq >= lease && !(written && names_only) && voids(&deps, wd, name)
+        };
+        if inner.recent.iter().any(voided) {
             return;
         }
         // A file with other names: a change through one of them is not seen under this one, unless home
@@ -291,7 +322,7 @@ impl AttrCache {
             Cached::Found(st) => inner.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0),
             _ => 0,
         };
-        inner.entries.insert(key, Entry { value, deps, reads });
+        inner.entries.insert(key, Entry { value, deps, names_only, reads });
     }
 
     /// Stores `value` for `key` under the lease `reply` carries (see [`AttrCache::put`]).
@@ -299,17 +330,19 @@ impl AttrCache {
         self.put(key, value, ticket, reply.lease, deps(reply));
     }
 
-    /// Home reports changes (batch `seq`): the answers depending on them go.
-    pub fn changed(&self, seq: u64, changed: &[pb::Dep]) {
+    /// Home reports changes (batch `seq`; `written`: entries whose content only was written): the answers
+    /// depending on them go (but those on names alone, for `written`).
+    pub fn changed(&self, seq: u64, changed: &[pb::Dep], written: &[pb::Dep]) {
         let mut inner = self.lock();
-        for c in changed {
+        let all = changed.iter().map(|c| (c, false)).chain(written.iter().map(|c| (c, true)));
+        for (c, only_written) in all {
             tracing::trace!(seq, wd = c.wd, name = %String::from_utf8_lossy(&c.name), "home reports a change");
             let name = c.name.to_vec();
-            inner.remove_where(c.wd, |e| voids(&e.deps, c.wd, &name));
-            inner.recent.push_back((seq, c.wd, name));
+            inner.remove_where(c.wd, |e| !(only_written && e.names_only) && voids(&e.deps, c.wd, &name));
+            inner.recent.push_back((seq, c.wd, name, only_written));
         }
         while inner.recent.len() > RECENT {
-            if let Some((seq, _, _)) = inner.recent.pop_front() {
+            if let Some((seq, _, _, _)) = inner.recent.pop_front() {
                 inner.forgotten = inner.forgotten.max(seq);
             }
         }
@@ -359,6 +392,17 @@ impl AttrCache {
                 *inner.reads.entry(inode).or_default() += 1;
             }
             return;
+        }
+        // A change of permissions or flags by path (which may name a directory), or of a file's flags: which
+        // names the job may remove. (Through a descriptor of a directory: `forget_removable`.)
+        let by_path = match op {
+            Op::Chmod(pb::Chmod { path, .. }) | Op::Chown(pb::Chown { path, .. }) => !path.is_empty(),
+            Op::Xattr(x) => !x.path.is_empty(),
+            Op::Ioctl(_) => true,
+            _ => false,
+        };
+        if by_path {
+            self.forget_removable();
         }
         if homeward_proto::effects::changes_nothing(op) {
             if let Op::Close(c) = op {
@@ -479,6 +523,57 @@ impl AttrCache {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.clear();
+    }
+
+    /// The job changes a directory's permissions: no name is known to be removable any more.
+    pub fn forget_removable(&self) {
+        self.lock().entries.retain(|_, e| !matches!(e.value, Cached::Removable));
+    }
+
+    /// Whether the cached answer `key` (a `REMOVABLE` key) says the job may remove that name, `name` being
+    /// its last component: its `unlink` cannot be refused for want of permission. Taken (one unlink per
+    /// creation), and everything that depends on the name goes at once, as home's report of the removal
+    /// would make it go: the unlink is not waited for, so that report may come after the program's next
+    /// call. Returns what to pass to [`AttrCache::removed`] once the unlink is sent.
+    pub fn take_removable(&self, key: &Key, name: &[u8]) -> Option<Removed> {
+        let mut inner = self.lock();
+        let found = match inner.entries.get(key) {
+            Some(Entry { value: Cached::Removable, deps, .. }) => {
+                deps.iter().rev().find(|(_, n)| n[..] == *name).map(|(wd, _)| (*wd, deps.clone()))
+            }
+            _ => None,
+        };
+        let (wd, deps) = found?;
+        inner.entries.remove(key);
+        inner.remove_where(wd, |e| voids(&e.deps, wd, name));
+        let reported = inner.recent.back().map_or(0, |r| r.0);
+        Some(Removed { deps, reported })
+    }
+
+    /// The unlink of a name [`AttrCache::take_removable`] let go behind was sent: the name is missing under
+    /// `keys` (the lookups of it) until home reports a change to it (the removal's own report included; the
+    /// unlink's reply then leases the name's absence anew). Unless such a report came in meanwhile.
+    pub fn removed(&self, removed: Removed, keys: &[Key]) {
+        let mut inner = self.lock();
+        let Removed { deps, reported } = removed;
+        if inner
+            .recent
+            .iter()
+            .any(|(seq, wd, name, written)| *seq > reported && !written && voids(&deps, *wd, name))
+        {
+            return;
+        }
+        for key in keys {
+            for (wd, _) in &deps {
+                if inner.by_wd.entry(*wd).or_default().insert(key.clone()) {
+                    inner.indexed += 1;
+                }
+            }
+            let value = Cached::Missing(Errno::ENOENT);
+            inner
+                .entries
+                .insert(key.clone(), Entry { value, deps: deps.clone(), names_only: true, reads: 0 });
+        }
     }
 
     /// The job changed file `inode` (an open that truncated it): its cached attributes go.

@@ -5,7 +5,7 @@ use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::pb::{self, FileStat};
 use homeward_proto::Errno;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// What `statx` reports for an opened file and for the stat family (mask 0).
 pub const DEFAULT_STATX_MASK: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
@@ -96,6 +96,12 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         }
         sx => (lease, deps, sx),
     };
+    // Checked once the lease's watches are in place: a change after this is reported.
+    let removable = lease != 0
+        && creates
+        && kind == libc::S_IFREG
+        && confined.is_none()
+        && removable(&at.start, &o.path, fd.as_fd());
     let mut stat = sx.map(|sx| FileStat::from_statx(&sx));
     // The attributes after the read (its access time may have moved), of the same version.
     let content = match &stat {
@@ -120,9 +126,40 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         via_link,
         lease,
         deps,
+        removable,
         data: content.unwrap_or_default().into(),
         ..value(handle as i64)
     })
+}
+
+/// Whether this session may remove the name `path` (from `start`) of `file`, which a creating open just
+/// made or opened (`CallReply.removable`): search and write permission on its directory for the agent,
+/// neither the directory nor the file immutable or append-only, and the sticky bit's rule met whoever
+/// owns the file (the directory is the agent's, or the agent has `CAP_FOWNER`): a change of the file's
+/// owner is not one the lease reports (`Event.written`).
+fn removable(start: &OwnedFd, path: &[u8], file: BorrowedFd<'_>) -> bool {
+    const CAP_FOWNER: u32 = 3;
+    // `linux/fs.h`: FS_IMMUTABLE_FL, FS_APPEND_FL.
+    const FIXED: u32 = 0x10 | 0x20;
+    let parent: &[u8] = match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/",
+        Some(i) => &path[..i],
+        None => b".",
+    };
+    let Ok(parent) = std::ffi::CString::new(parent) else { return false };
+    let dirflags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let Ok(dir) = sys::openat(start.as_fd(), &parent, dirflags, 0) else { return false };
+    let unfixed = |fd: BorrowedFd<'_>| sys::inode_flags(fd).is_ok_and(|f| f & FIXED == 0);
+    if !unfixed(dir.as_fd()) || !unfixed(file) {
+        return false;
+    }
+    if sys::faccessat(dir.as_fd(), c".", libc::W_OK | libc::X_OK, libc::AT_EACCESS).is_err() {
+        return false;
+    }
+    let Ok(d) = sys::statx(dir.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_MODE | libc::STATX_UID) else {
+        return false;
+    };
+    u32::from(d.stx_mode) & libc::S_ISVTX == 0 || d.stx_uid == sys::euid() || sys::has_capability(CAP_FOWNER)
 }
 
 fn wants_content(o: &pb::Open, flags: i32, kind: u32, st: &FileStat) -> bool {

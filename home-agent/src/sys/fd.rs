@@ -124,3 +124,15 @@ pub fn ftruncate(fd: BorrowedFd<'_>, length: i64) -> Result<(), Errno> {
     // SAFETY: integers only.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), length) }).map(drop)
 }
+
+/// The inode's flags (`FS_IOC_GETFLAGS`: immutable, append-only, ...); 0 on a file system that has none.
+pub fn inode_flags(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which points at a live c_int.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    match cvt(ret) {
+        Ok(_) => Ok(flags as u32),
+        Err(e) if matches!(e.raw(), libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL) => Ok(0),
+        Err(e) => Err(e),
+    }
+}

@@ -298,6 +298,12 @@ pub fn socketpair_seqpacket() -> Result<(OwnedFd, OwnedFd), Errno> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// This process's effective user id (the one its file system calls run with).
+pub fn euid() -> libc::uid_t {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
 /// Whether this process has capability number `cap` in its effective set (`/proc/self/status`, `CapEff`).
 pub fn has_capability(cap: u32) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -46,7 +46,16 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
 /// Runs `op` on the handle behind descriptor argument 0, or leaves a local descriptor to the kernel.
 async fn on_handle(call: &Call<'_>, op: impl FnOnce(pb::Dir) -> Op) -> Outcome {
     let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    forget_removable_if_dir(call, &h);
     simple(call, op(pb::Dir { handle: h.id })).await
+}
+
+/// A change of a directory's attributes through its descriptor may take away the right to remove names
+/// in it (`AttrCache::take_removable`).
+pub fn forget_removable_if_dir(call: &Call<'_>, h: &crate::fdtable::Handle) {
+    if h.stat.mode & libc::S_IFMT == libc::S_IFDIR {
+        call.sup.link.attrs.forget_removable();
+    }
 }
 
 fn chmod_op(dir: pb::Dir, path: Vec<u8>, mode: u32, at: i32) -> Op {
@@ -94,6 +103,7 @@ async fn chown(call: &Call<'_>, dirfd: i32, path_arg: usize, ids: (usize, usize)
 /// the change time at home, in order.
 async fn fchown(call: &Call<'_>) -> Outcome {
     let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    forget_removable_if_dir(call, &h);
     let (uid, gid) = (call.arg(1) as u32, call.arg(2) as u32);
     let op = chown_op(pb::Dir { handle: h.id }, Vec::new(), uid, gid, libc::AT_EMPTY_PATH);
     let unchanged = |wanted: u32, has: u32| wanted == u32::MAX || wanted == has;

@@ -39,7 +39,12 @@ enum Target {
 async fn xattr(call: &Call<'_>, op: XattrOp, target: Target) -> Outcome {
     let (dir, path, nofollow) = match target {
         Target::Fd => match call.handle(0) {
-            Some(h) => (pb::Dir { handle: h.id }, Vec::new(), false),
+            Some(h) => {
+                if matches!(op, XattrOp::Set | XattrOp::Remove) {
+                    super::attr::forget_removable_if_dir(call, &h);
+                }
+                (pb::Dir { handle: h.id }, Vec::new(), false)
+            }
             None => return Ok(Action::Continue),
         },
         Target::Path(nofollow) => {

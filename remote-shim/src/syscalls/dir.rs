@@ -4,6 +4,7 @@ use super::{simple, Action, Call, Outcome, Route};
 use crate::memory;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
+use std::io::Write;
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     let fdcwd = libc::AT_FDCWD;
@@ -67,11 +68,74 @@ async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcom
     let ticket = attrs.ticket_past_own_change();
     let lease = !keys.is_empty();
     let op = Op::Unlink(pb::Unlink { dir: Some(dir), path: path.clone().into(), at_flags, lease });
+    // A file the job created, whose name home said it may remove, with nothing on the way changed since:
+    // the unlink cannot be refused, so it goes behind (sqlite's journal, at every commit).
+    let removable = keys
+        .first()
+        .filter(|k| !k.follow)
+        .map(|k| crate::attrcache::Key { mask: crate::attrcache::REMOVABLE, ..k.clone() });
+    // The last component as written: a trailing slash (ENOTDIR for a file), `.` or `..` never go behind.
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let plain = !name.is_empty() && name != b"." && name != b"..";
+    if let Some(removed) = removable.filter(|_| at == 0 && plain).and_then(|k| attrs.take_removable(&k, name))
+    {
+        return unlink_behind(call, dir, path, op, keys, ticket, removed).await;
+    }
     let (v, reply) = call.home_value(op).await?;
     for key in keys {
         call.put_leased(&dir, &path, key, crate::attrcache::Cached::Missing(Errno::ENOENT), ticket, &reply);
     }
     Ok(Action::Value(v))
+}
+
+/// Sends an unlink that cannot be refused without waiting (see [`crate::behind`]); when its reply comes, the
+/// name's absence that home leased after it is kept under `keys`. Should it fail after all (a disk error),
+/// remote-shim says so on stderr: no descriptor is left to owe the error to.
+async fn unlink_behind(
+    call: &Call<'_>,
+    dir: pb::Dir,
+    path: Vec<u8>,
+    op: Op,
+    keys: Vec<crate::attrcache::Key>,
+    ticket: crate::attrcache::Ticket,
+    removed: crate::attrcache::Removed,
+) -> Outcome {
+    // Taken now: the directory handle it depends on may be gone by the time the reply comes.
+    let origin = (dir.handle != 0 && path.first() != Some(&b'/'))
+        .then(|| call.sup.fds.get(dir.handle).and_then(|h| call.sup.link.attrs.deps_of(&h.origin()?.key)));
+    let attrs = call.sup.link.attrs.clone();
+    let missing = keys.clone();
+    call.home_behind(op, move |reply| {
+        let Some(reply) = reply else { return };
+        if let Err(e) = super::outcome(&reply) {
+            // The name was said to be missing: nothing cached can be trusted to know better.
+            attrs.forget_all();
+            let _ = writeln!(
+                std::io::stderr(),
+                "remote-shim: an unlink the program was told succeeded failed at home ({})",
+                e.name()
+            );
+            return;
+        }
+        let mut deps = match origin {
+            None => Vec::new(),
+            Some(Some(deps)) => deps,
+            Some(None) => return,
+        };
+        deps.extend(crate::attrcache::deps(&reply));
+        for key in keys {
+            attrs.put(
+                key,
+                crate::attrcache::Cached::Missing(Errno::ENOENT),
+                ticket,
+                reply.lease,
+                deps.clone(),
+            );
+        }
+    })
+    .await?;
+    call.sup.link.attrs.removed(removed, &missing);
+    Ok(Action::Value(0))
 }
 
 /// Two home names: (directory, path) of the old and of the new name.

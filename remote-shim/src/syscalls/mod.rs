@@ -210,14 +210,28 @@ impl Call<'_> {
         ticket: crate::attrcache::Ticket,
         reply: &CallReply,
     ) {
-        let attrs = &self.sup.link.attrs;
-        if dir.handle == 0 || path.first() == Some(&b'/') {
-            return attrs.put_leased(key, value, ticket, reply);
+        if let Some(deps) = self.lease_deps(dir, path, reply) {
+            self.sup.link.attrs.put(key, value, ticket, reply.lease, deps);
         }
-        let Some(origin) = self.sup.fds.get(dir.handle).and_then(|h| h.origin().cloned()) else { return };
-        let Some(mut deps) = attrs.deps_of(&origin.key) else { return };
+    }
+
+    /// What the leased answer `reply` to a lookup of `path` from `dir` depends on: home's dependencies, and
+    /// for a lookup through a directory handle, those of the lookup that opened the directory (`None`
+    /// once that one is gone).
+    pub fn lease_deps(
+        &self,
+        dir: &pb::Dir,
+        path: &[u8],
+        reply: &CallReply,
+    ) -> Option<Vec<crate::attrcache::Dep>> {
+        let mut deps = if dir.handle == 0 || path.first() == Some(&b'/') {
+            Vec::new()
+        } else {
+            let origin = self.sup.fds.get(dir.handle).and_then(|h| h.origin().cloned())?;
+            self.sup.link.attrs.deps_of(&origin.key)?
+        };
         deps.extend(crate::attrcache::deps(reply));
-        attrs.put(key, value, ticket, reply.lease, deps);
+        Some(deps)
     }
 
     /// The forwarded handle behind descriptor argument `i`, if any.
