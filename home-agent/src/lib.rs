@@ -179,6 +179,8 @@ impl BoundAgent {
             // A write carries up to 16 MiB: let it flow without waiting for window updates.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20)
+            // Writes of up to 16 MiB in few frames, not 16 KiB ones.
+            .max_frame_size(1 << 20)
             // A client that vanished without closing is noticed, so its session closes and its locks go.
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

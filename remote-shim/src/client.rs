@@ -353,7 +353,9 @@ impl Dial {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20);
+            .initial_connection_window_size(16 << 20)
+            // Home's replies of file content (2 MiB chunks) in few frames, not 16 KiB ones.
+            .max_frame_size(1 << 20);
         let channel: Channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
             .map_err(|_| self.unreachable(format!("no answer within {} s", timeout.as_secs())))?
