@@ -201,7 +201,12 @@ impl Grant<'_> {
     /// itself; [`FILE_ITSELF`]: `dir` is a regular file); false when the watch could not be added (the lease
     /// is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
-        match sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK) {
+        let started = std::time::Instant::now();
+        let watched = sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK);
+        if started.elapsed() > SLOW_WATCH {
+            keep_watched(dir);
+        }
+        match watched {
             // A session watches at most MAX_WATCHES directories (the user's limit is shared with every
             // other program at home); beyond, lookups are simply not leased.
             Ok(wd) if self.inner.watches.insert(wd) && self.inner.watches.len() > MAX_WATCHES => {
@@ -354,6 +359,36 @@ impl Grant<'_> {
 /// The components of a path, without empty ones and `.`.
 fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec)
+}
+
+/// A directory whose watch takes longer than this to add is kept watched by the agent (`keep_watched`).
+const SLOW_WATCH: std::time::Duration = std::time::Duration::from_millis(1);
+/// Most directories the agent keeps watched.
+const MAX_KEPT: usize = 64;
+
+/// The agent's own inotify instance, watching the directories whose watches were slow to add, and how many.
+static KEPT: Mutex<Option<(OwnedFd, usize)>> = Mutex::new(None);
+
+/// Keeps `dir` watched (for its children's attribute changes, events nobody reads) for the agent's
+/// lifetime. When a directory starts being watched for its children's events, the kernel flags every
+/// child entry it has cached (`fsnotify_set_children_dentry_flags`): on a busy machine `/` or `/tmp` hold
+/// hundreds of thousands of cached names (most of them negative), and the first lease of each session took
+/// 20-30 ms. A directory some watch already covers is not walked again, so only the first session pays.
+/// The kernel's queue of this instance fills up and then drops its events. Such a watch holds no mount
+/// busy (unmounting ends it).
+fn keep_watched(dir: BorrowedFd<'_>) {
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.is_none() {
+        *kept = sys::inotify_init().ok().map(|fd| (fd, 0));
+    }
+    if let Some((fd, count)) = kept.as_mut() {
+        if *count < MAX_KEPT
+            && sys::inotify_watch(fd.as_fd(), dir, libc::IN_ATTRIB | libc::IN_ONLYDIR).is_ok()
+        {
+            *count += 1;
+            debug!(count = *count, "a directory slow to watch is kept watched");
+        }
+    }
 }
 
 /// Reports every batch of events of the session's instance `fd` until `stopped` fires (session closed).
