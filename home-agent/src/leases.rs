@@ -7,7 +7,8 @@
 //! directory only); the reply lists its dependencies, `(watch, name)`: the entry `name` looked up in each
 //! watched directory (an empty name: the directory itself; `.`: the watched file itself). The watches are in place before the lookup reads the file system, so a change
 //! after that read is always reported. A reader task turns every batch of inotify events into one
-//! `Event { changed, seq }`, and every call's reply is preceded by the report of what is queued then
+//! `Event { changed, written, seq }` (`written`: non-directories whose content or attributes only
+//! changed, which leases on names alone ignore), and every call's reply is preceded by the report of what is queued then
 //! (`report_queued`); the shim drops the answers that depend on a changed entry (or on its
 //! directory itself), and refuses answers granted before `seq` that arrive after it. Leases are numbered
 //! with the event counter at grant time, after the grant has numbered the events already queued (the job's

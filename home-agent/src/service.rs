@@ -357,9 +357,12 @@ fn data_bytes(request: &CallRequest) -> usize {
     }
 }
 
-/// Whether the agent may change any file's owner (`CAP_CHOWN`, capability 0 of `linux/capability.h`).
+/// Whether the agent may change any file's owner: `CAP_CHOWN` (capability 0 of `linux/capability.h`) in
+/// the initial user namespace (in another one it covers only the files whose owners it maps).
 fn may_chown() -> bool {
-    crate::sys::has_capability(0)
+    let initial = std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    initial && crate::sys::has_capability(0)
 }
 
 /// A status and its innermost cause, for logs.

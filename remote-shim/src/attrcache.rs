@@ -4,7 +4,7 @@
 //!
 //! Home watches every directory a leased lookup went through and lists the answer's dependencies: an
 //! entry name in a watched directory, or the directory itself (home-agent's `leases`). Its reports of
-//! changes (`Event { changed, seq }`) are applied by the link's reader before any later reply is delivered;
+//! changes (`Event { changed, written, seq }`) are applied by the link's reader before any later reply is delivered;
 //! an answer leased before a change that arrives after its report is refused (a log of recent reports).
 //! The job's own changes go through [`AttrCache::before_call`] before they are sent, and bump a generation,
 //! so an answer that was in flight across that change is not stored. What they drop:
@@ -146,7 +146,7 @@ struct Inner {
     by_wd: HashMap<u32, HashSet<Key>>,
     /// Keys in `by_wd`, all sets together.
     indexed: usize,
-    /// Home's recent reports: (seq, wd, name, a write to content only).
+    /// Home's recent reports: (seq, wd, name, a change of a non-directory's content or attributes only).
     recent: VecDeque<(u64, u32, Vec<u8>, bool)>,
     /// Reads of each file the job sent home (by inode).
     reads: HashMap<(u64, u64), u64>,
@@ -330,7 +330,8 @@ impl AttrCache {
         self.put(key, value, ticket, reply.lease, deps(reply));
     }
 
-    /// Home reports changes (batch `seq`; `written`: entries whose content only was written): the answers
+    /// Home reports changes (batch `seq`; `written`: non-directories whose content or attributes only
+    /// changed): the answers
     /// depending on them go (but those on names alone, for `written`).
     pub fn changed(&self, seq: u64, changed: &[pb::Dep], written: &[pb::Dep]) {
         let mut inner = self.lock();
@@ -553,9 +554,14 @@ impl AttrCache {
     /// The unlink of a name [`AttrCache::take_removable`] let go behind was sent: the name is missing under
     /// `keys` (the lookups of it) until home reports a change to it (the removal's own report included; the
     /// unlink's reply then leases the name's absence anew). Unless such a report came in meanwhile.
-    pub fn removed(&self, removed: Removed, keys: &[Key]) {
+    /// `ticket`: taken before the unlink was sent (`ticket_past_own_change`), so that nothing else the job
+    /// did meanwhile (a `chdir`, for a relative name) and no flush or break of the link is ignored.
+    pub fn removed(&self, removed: Removed, keys: &[Key], ticket: Ticket) {
         let mut inner = self.lock();
         let Removed { deps, reported } = removed;
+        if inner.stopped || inner.generation != ticket.generation || reported < inner.forgotten {
+            return;
+        }
         if inner
             .recent
             .iter()

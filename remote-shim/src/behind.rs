@@ -118,6 +118,9 @@ struct Inner {
     shadow: Option<(Vec<u8>, (u64, u64))>,
     /// Ranges (start, length; 0: to the end) this description holds write locks on at home, as granted.
     write_locks: Vec<(i64, i64)>,
+    /// Lock changes sent so far (read locks and unlocks): a write lock granted is recorded only if none was
+    /// sent while it was asked for (an unlock sent behind meanwhile may have released it).
+    lock_changes: u64,
 }
 
 /// Largest content kept in a shadow; a file that grows beyond is read at home.
@@ -261,9 +264,18 @@ impl Behind {
         self.lock().shadow = None;
     }
 
-    /// Home granted this description a write lock on `len` bytes from `start` (0: to the end).
-    pub fn write_locked(&self, start: i64, len: i64) {
-        self.lock().write_locks.push((start, len));
+    /// The count of lock changes sent so far, taken before a write lock is asked for.
+    pub fn lock_epoch(&self) -> u64 {
+        self.lock().lock_changes
+    }
+
+    /// Home granted this description a write lock on `len` bytes from `start` (0: to the end), asked for
+    /// at lock epoch `epoch`: recorded unless a lock change was sent since.
+    pub fn write_locked(&self, start: i64, len: i64, epoch: u64) {
+        let mut inner = self.lock();
+        if inner.lock_changes == epoch {
+            inner.write_locks.push((start, len));
+        }
     }
 
     /// Whether this description holds a write lock on all of `len` bytes from `start` (0: to the end): a
@@ -278,6 +290,7 @@ impl Behind {
     pub fn lock_changed(&self, range: Option<(i64, i64)>) {
         let end = |start: i64, len: i64| if len == 0 { i64::MAX } else { start.saturating_add(len) };
         let mut inner = self.lock();
+        inner.lock_changes += 1;
         match range {
             Some((start, len)) => {
                 inner.write_locks.retain(|&(s, l)| end(s, l) <= start || end(start, len) <= s)

@@ -96,8 +96,9 @@ async fn chown(call: &Call<'_>, dirfd: i32, path_arg: usize, ids: (usize, usize)
 }
 
 /// fchown. To the file's own owner and group (each, or -1) as opened, of a regular file opened for
-/// writing, by an agent that may change any owner: nothing refuses it (the open for writing found the file
-/// system writable and the file neither immutable nor append-only, and no quota moves), so the program is
+/// writing without `O_APPEND` on a local disk at home (one home reports room for), by an agent that may
+/// change any owner: nothing refuses it (the open for writing without `O_APPEND` found the file system
+/// writable and the file neither immutable nor append-only, and no quota moves), so the program is
 /// answered at once and the call goes home behind ([`crate::behind`]; sqlite gives each new journal its
 /// database's owner this way, at every transaction). It still takes the set-user-ID bits away and moves
 /// the change time at home, in order.
@@ -110,7 +111,8 @@ async fn fchown(call: &Call<'_>) -> Outcome {
     let certain = call.sup.link.chowns()
         && h.stat.mode & libc::S_IFMT == libc::S_IFREG
         && h.flags & libc::O_ACCMODE != libc::O_RDONLY
-        && h.flags & libc::O_PATH == 0
+        && h.flags & (libc::O_PATH | libc::O_APPEND) == 0
+        && crate::behind::has_room(h.stat.dev)
         && unchanged(uid, h.stat.uid)
         && unchanged(gid, h.stat.gid);
     if !certain {

@@ -77,9 +77,10 @@ async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcom
     // The last component as written: a trailing slash (ENOTDIR for a file), `.` or `..` never go behind.
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
     let plain = !name.is_empty() && name != b"." && name != b"..";
-    if let Some(removed) = removable.filter(|_| at == 0 && plain).and_then(|k| attrs.take_removable(&k, name))
-    {
-        return unlink_behind(call, dir, path, op, keys, ticket, removed).await;
+    if let Some(removable) = removable.filter(|_| at == 0 && plain) {
+        if unlink_behind(call, dir, &path, op.clone(), &keys, ticket, &removable, name).await? {
+            return Ok(Action::Value(0));
+        }
     }
     let (v, reply) = call.home_value(op).await?;
     for key in keys {
@@ -88,54 +89,63 @@ async fn unlink(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcom
     Ok(Action::Value(v))
 }
 
-/// Sends an unlink that cannot be refused without waiting (see [`crate::behind`]); when its reply comes, the
-/// name's absence that home leased after it is kept under `keys`. Should it fail after all (a disk error),
-/// remote-shim says so on stderr: no descriptor is left to owe the error to.
+/// Sends an unlink that cannot be refused without waiting (see [`crate::behind`]), if the name is still
+/// removable (`removable`, checked once nothing is left to wait for before sending); when its reply comes,
+/// the name's absence that home leased after it is kept under `keys`. Should it fail after all (a disk
+/// error), remote-shim says so on stderr: no descriptor is left to owe the error to. False: not sent.
+#[allow(clippy::too_many_arguments)]
 async fn unlink_behind(
     call: &Call<'_>,
     dir: pb::Dir,
-    path: Vec<u8>,
+    path: &[u8],
     op: Op,
-    keys: Vec<crate::attrcache::Key>,
+    keys: &[crate::attrcache::Key],
     ticket: crate::attrcache::Ticket,
-    removed: crate::attrcache::Removed,
-) -> Outcome {
+    removable: &crate::attrcache::Key,
+    name: &[u8],
+) -> Result<bool, Errno> {
     // Taken now: the directory handle it depends on may be gone by the time the reply comes.
     let origin = (dir.handle != 0 && path.first() != Some(&b'/'))
         .then(|| call.sup.fds.get(dir.handle).and_then(|h| call.sup.link.attrs.deps_of(&h.origin()?.key)));
     let attrs = call.sup.link.attrs.clone();
-    let missing = keys.clone();
-    call.home_behind(op, move |reply| {
-        let Some(reply) = reply else { return };
-        if let Err(e) = super::outcome(&reply) {
-            // The name was said to be missing: nothing cached can be trusted to know better.
-            attrs.forget_all();
-            let _ = writeln!(
-                std::io::stderr(),
-                "remote-shim: an unlink the program was told succeeded failed at home ({})",
-                e.name()
-            );
-            return;
-        }
-        let mut deps = match origin {
-            None => Vec::new(),
-            Some(Some(deps)) => deps,
-            Some(None) => return,
-        };
-        deps.extend(crate::attrcache::deps(&reply));
-        for key in keys {
-            attrs.put(
-                key,
-                crate::attrcache::Cached::Missing(Errno::ENOENT),
-                ticket,
-                reply.lease,
-                deps.clone(),
-            );
-        }
-    })
-    .await?;
-    call.sup.link.attrs.removed(removed, &missing);
-    Ok(Action::Value(0))
+    let leased = keys.to_vec();
+    let mut removed = None;
+    let sent = call
+        .home_behind_if(
+            op,
+            || {
+                removed = call.sup.link.attrs.take_removable(removable, name);
+                removed.is_some()
+            },
+            move |reply| {
+                let Some(reply) = reply else { return };
+                if let Err(e) = super::outcome(&reply) {
+                    // The name was said to be missing: nothing cached can be trusted to know better.
+                    attrs.forget_all();
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "remote-shim: an unlink the program was told succeeded failed at home ({})",
+                        e.name()
+                    );
+                    return;
+                }
+                let mut deps = match origin {
+                    None => Vec::new(),
+                    Some(Some(deps)) => deps,
+                    Some(None) => return,
+                };
+                deps.extend(crate::attrcache::deps(&reply));
+                for key in leased {
+                    let missing = crate::attrcache::Cached::Missing(Errno::ENOENT);
+                    attrs.put(key, missing, ticket, reply.lease, deps.clone());
+                }
+            },
+        )
+        .await?;
+    if let Some(removed) = removed.filter(|_| sent) {
+        call.sup.link.attrs.removed(removed, keys, ticket);
+    }
+    Ok(sent)
 }
 
 /// Two home names: (directory, path) of the old and of the new name.

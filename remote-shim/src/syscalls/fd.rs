@@ -184,9 +184,11 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
     let known =
         (whence == pb::Whence::Set && fl.l_start >= 0 && fl.l_len >= 0).then_some((fl.l_start, fl.l_len));
     // A read lock where this description holds a write lock (sqlite's return to SHARED after a commit)
-    // conflicts with nobody and cannot be refused.
-    let downgrade =
-        kind == pb::LockType::Read && known.is_some_and(|(start, len)| h.behind.holds_write_lock(start, len));
+    // conflicts with nobody and cannot be refused: on a valid range, by a description that may read.
+    let downgrade = kind == pb::LockType::Read
+        && h.flags & libc::O_ACCMODE != libc::O_WRONLY
+        && unlock_succeeds(&fl)
+        && known.is_some_and(|(start, len)| h.behind.holds_write_lock(start, len));
     if lcmd != pb::LockCmd::Get && kind != pb::LockType::Write {
         h.behind.lock_changed(known);
     }
@@ -195,14 +197,19 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
             return lock_behind(call, h, op, "lock release").await;
         }
         if downgrade {
+            // Never waiting at home (it runs on the stream's reader): were the premise wrong, it would
+            // fail rather than block.
+            let range = Some(range);
+            let op = Op::Lock(pb::Lock { handle: h.id, cmd: pb::LockCmd::Set as i32, ofd, range });
             return lock_behind(call, h, op, "lock downgrade").await;
         }
     }
+    let epoch = h.behind.lock_epoch();
     let (v, reply) = call.home_value(op).await?;
     if let (pb::LockCmd::Set | pb::LockCmd::SetWait, pb::LockType::Write, Some((start, len))) =
         (lcmd, kind, known)
     {
-        h.behind.write_locked(start, len);
+        h.behind.write_locked(start, len, epoch);
     }
     if lcmd == pb::LockCmd::Get {
         let got = reply.lock.unwrap_or_default();

@@ -148,9 +148,24 @@ impl Call<'_> {
         op: Op,
         done: impl FnOnce(Option<CallReply>) + Send + 'static,
     ) -> Result<(), Errno> {
+        self.home_behind_if(op, || true, done).await.map(drop)
+    }
+
+    /// [`Call::home_behind`] if `ready` still says so once everything the call waits for first is done
+    /// (placeholders opened at home, pumps flushed), with no wait between that check and the sending;
+    /// false (nothing sent) otherwise.
+    pub async fn home_behind_if(
+        &self,
+        op: Op,
+        ready: impl FnOnce() -> bool,
+        done: impl FnOnce(Option<CallReply>) + Send + 'static,
+    ) -> Result<bool, Errno> {
         let proc = self.proc();
         let op = self.resolve(proc, op).await?;
         self.sup.flush_pumps().await;
+        if !ready() {
+            return Ok(false);
+        }
         let sent = sent_bytes(&op);
         match self.sup.link.send_ordered(proc, op).await {
             Ok(reply) => {
@@ -158,7 +173,7 @@ impl Call<'_> {
                 cost.behind += 1;
                 cost.bytes += sent;
                 tokio::spawn(async move { done(reply.await.ok()) });
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
                 // Never sent: the call itself fails.

@@ -124,7 +124,7 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
                 call.put_leased(&base, &looked_up, key.clone(), Cached::Found(stat), created_ticket, &reply);
             }
             // The name, not following a last link (it is the file itself), may be removed by the job; with no
-            // other name, its removal changes no other cached answer's link count.
+            // other name (when created), its removal changes no other cached answer's link count.
             let sole = reply.removable && stat.nlink == 1;
             if let Some(deps) = call.lease_deps(&base, &looked_up, &reply).filter(|_| sole) {
                 let name =
