@@ -157,9 +157,10 @@ pub fn plain_dir_read(oflags: i32) -> bool {
     plain_read(oflags & !libc::O_DIRECTORY)
 }
 
-/// The directory versions (device, inode, ctime) the job opened read-only at home: a plain open of one of
-/// them, found again at that version by a leased lookup, is answered here. Home allowed that open with the
-/// agent's credentials, and every change of the directory's mode, owner, ACL or label moves its ctime.
+/// The directory versions (device, inode, ctime, mode, owner, group) the job opened read-only at home: a
+/// plain open of one of them, found again at that version by a leased lookup, is answered here. Home
+/// allowed that open with the agent's credentials, and every change of the directory's mode, owner, ACL or
+/// label moves its ctime (or, within one coarse tick, its mode or owner).
 #[derive(Default)]
 pub struct DirOpens(std::sync::Mutex<std::collections::HashSet<DirVersion>>);
 
