@@ -181,13 +181,7 @@ fn large_files_are_read_ahead_and_read_anew_after_a_change() {
     let (v1, v2) = (big(0), big(1));
     hosts.write("big.bin", &v1);
     hosts.write("script.py", LARGE);
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
-        hosts.wait_for("ready");
-        hosts.write("big.bin", &v2);
-        hosts.write("go", "");
-        run.join().expect("the remote run")
-    });
+    let remote = hosts.cmd(&["python3", "script.py"]).remote_while("", &[&|| hosts.write("big.bin", &v2)]);
     remote.assert_success();
     let expected = format!(
         "tail b'{}'\nend b'{}'\nsha {}\nsha again {}\n",
@@ -247,9 +241,7 @@ fn cached_lookups_follow_changes_at_home() {
     hosts.write("data.txt", "1234");
     hosts.write("sub/deep/x.txt", "x");
     hosts.write("script.py", LOOKUPS);
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "script.py"]).remote());
-        hosts.wait_for("ready");
+    let changes: &dyn Fn() = &|| {
         // Time for the program to look everything up again (into the cache) before home changes.
         std::thread::sleep(Duration::from_millis(1500));
         hosts.write("data.txt", "123456");
@@ -257,9 +249,8 @@ fn cached_lookups_follow_changes_at_home() {
         hosts.write("new.txt", "new!");
         std::fs::rename(hosts.path("sub"), hosts.path("moved")).expect("rename at home");
         hosts.write("moved/deep/y.txt", "y");
-        hosts.write("go", "");
-        run.join().expect("the remote run")
-    });
+    };
+    let remote = hosts.cmd(&["python3", "script.py"]).remote_while("", &[changes]);
     remote.assert_success();
     let out = remote.stdout();
     let before = "before data.txt 0o644 4\nbefore new.txt No such file or directory\n\

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use homeward::{skip_or_fail, skip_unless_root, unprivileged_prefix, Compare, Hosts, Run, Times};
+use homeward::{skip_unless_root, skip_unless_unprivileged, Compare, Hosts, Run, Times};
 
 const PROBE_C: &str = r#"#define _GNU_SOURCE
 #include <errno.h>
@@ -209,10 +209,7 @@ fn errnos_match_native_as_root() {
 #[test]
 fn eacces_and_eperm_match_native_as_an_unprivileged_user() {
     skip_unless_root!();
-    if unprivileged_prefix().is_none() {
-        skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
-        return;
-    }
+    skip_unless_unprivileged!("needs setpriv or runuser to drop privileges for EACCES");
     let hosts = Hosts::builder().unprivileged().start();
     errno_home(&hosts);
     let native = hosts.native_copy();

@@ -2,7 +2,7 @@
 //! round trip, a change made at home between two opens is always seen, and a descriptor opened that way
 //! still holds locks that home's processes see, and answers `fstat`.
 
-use homeward::{require_tools, skip_or_fail, skip_unless_root, unprivileged_prefix, Hosts, NOBODY};
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, Hosts};
 use std::path::Path;
 
 /// Opens and reads `data.txt` (by its absolute path) `argv[1]` times.
@@ -86,14 +86,11 @@ for step in ["inplace", "append", "truncate", "renamed", "chmod", "deleted"]:
 fn a_change_at_home_between_two_opens_is_seen() {
     skip_unless_root!();
     require_tools!("python3");
-    if unprivileged_prefix().is_none() {
-        skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
-        return;
-    }
+    skip_unless_unprivileged!("needs setpriv or runuser to drop privileges for EACCES");
     // The agent runs as nobody, so a file made unreadable is unreadable at home.
     let hosts = Hosts::builder().unprivileged().start();
     hosts.mkdir("w");
-    std::os::unix::fs::chown(hosts.path("w"), Some(NOBODY), Some(NOBODY)).expect("chown w");
+    hosts.chown_to_nobody("w");
     hosts.write("w/data.txt", "hello\n");
     hosts.write("w/changes.py", CHANGES);
     let data = hosts.path("w/data.txt");
@@ -117,16 +114,7 @@ fn a_change_at_home_between_two_opens_is_seen() {
         &|| hosts.chmod("w/data.txt", 0o600),
         &|| std::fs::remove_file(&data).expect("delete"),
     ];
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "changes.py"]).cwd("w").remote());
-        for change in changes {
-            hosts.wait_for("w/ready");
-            std::fs::remove_file(hosts.path("w/ready")).expect("remove ready");
-            change();
-            hosts.write("w/go", "");
-        }
-        run.join().expect("the remote run")
-    });
+    let remote = hosts.cmd(&["python3", "changes.py"]).cwd("w").remote_while("w", &changes);
     remote.assert_success();
     assert_eq!(
         remote.stdout(),

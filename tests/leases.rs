@@ -66,16 +66,7 @@ fn answers_leased_after_the_jobs_changes_follow_changes_at_home() {
         },
         &|| std::fs::remove_file(&db).expect("remove"),
     ];
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "changes.py"]).remote());
-        for change in changes {
-            hosts.wait_for("ready");
-            std::fs::remove_file(hosts.path("ready")).expect("remove ready");
-            change();
-            hosts.write("go", "");
-        }
-        run.join().expect("the remote run")
-    });
+    let remote = hosts.cmd(&["python3", "changes.py"]).remote_while("", &changes);
     remote.assert_success();
     let expected = [
         "start True 3 0o644 (True, '0o644', 3) ENOENT",
@@ -263,15 +254,12 @@ print(os.fstat(fd).st_atime_ns)
 /// Runs `t.py` remotely; once it wrote `ready`, home moves `x` away and makes a new `x/d` holding `file`,
 /// then writes `go`.
 fn run_while_home_replaces_x(hosts: &Hosts, file: &str) -> homeward::Run {
-    std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).remote());
-        hosts.wait_for("ready");
+    let replace: &dyn Fn() = &|| {
         std::fs::rename(hosts.path("x"), hosts.path("x.old")).expect("the test's own step");
         hosts.mkdir("x/d");
         hosts.write(file, "new");
-        hosts.write("go", "");
-        run.join().expect("the test's own step")
-    })
+    };
+    hosts.cmd(&["python3", "t.py"]).remote_while("", &[replace])
 }
 
 /// The same for a plain `fstatat(dirfd, missing name)`.

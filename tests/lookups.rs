@@ -4,7 +4,7 @@
 //! and readlink of a directory while files come and go in it. Each is checked against changes made at
 //! home behind the program's back, and its round trips are counted in the trace.
 
-use homeward::{require_tools, skip_unless_root, Hosts};
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, Hosts};
 use std::path::Path;
 
 /// The trace's lines in the order of the calls: (call, first path argument, where it ran).
@@ -71,22 +71,11 @@ fn a_file_with_two_names_is_cached_and_follows_changes_through_the_other_name() 
         &|| hosts.chmod("b/g", 0o600),
         &|| std::fs::remove_file(&other).expect("the test's own step"),
     ];
-    let run = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            hosts
-                .cmd(&["python3", "t.py"])
-                .shim_arg("--trace")
-                .shim_arg(trace.to_str().expect("UTF-8"))
-                .remote()
-        });
-        for change in changes {
-            hosts.wait_for("ready");
-            std::fs::remove_file(hosts.path("ready")).expect("the test's own step");
-            change();
-            hosts.write("go", "");
-        }
-        run.join().expect("the remote run")
-    });
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &changes);
     run.assert_success();
     let expected = [
         "start v1 2 2 0o644",
@@ -138,22 +127,11 @@ fn a_directory_opened_again_needs_no_round_trip_until_home_changes_it() {
     hosts.write("t.py", DIRECTORY);
     let trace = hosts.user_home().join("trace.jsonl");
     let changes: [&dyn Fn(); 2] = [&|| hosts.chmod("d", 0o750), &|| hosts.mkdir("d/sub")];
-    let run = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            hosts
-                .cmd(&["python3", "t.py"])
-                .shim_arg("--trace")
-                .shim_arg(trace.to_str().expect("UTF-8"))
-                .remote()
-        });
-        for change in changes {
-            hosts.wait_for("ready");
-            std::fs::remove_file(hosts.path("ready")).expect("the test's own step");
-            change();
-            hosts.write("go", "");
-        }
-        run.join().expect("the remote run")
-    });
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &changes);
     run.assert_success();
     let expected = "start 0o755 2 []\nstart 0o755 2 ['x']\nchmod 0o750 2 []\nchmod 0o750 2 ['x']\n\
                     created 0o750 3 []\ncreated 0o750 3 ['sub', 'x']\n";
@@ -191,20 +169,15 @@ fn readlink_of_a_directory_is_answered_while_files_come_and_go_in_it() {
     hosts.mkdir("e");
     hosts.write("t.py", READLINK);
     let trace = hosts.user_home().join("trace.jsonl");
-    let run = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            hosts
-                .cmd(&["python3", "t.py"])
-                .shim_arg("--trace")
-                .shim_arg(trace.to_str().expect("UTF-8"))
-                .remote()
-        });
-        hosts.wait_for("ready");
+    let replace: &dyn Fn() = &|| {
         std::fs::rename(hosts.path("d"), hosts.path("d.old")).expect("the test's own step");
         hosts.symlink("e", "d");
-        hosts.write("go", "");
-        run.join().expect("the remote run")
-    });
+    };
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &[replace]);
     run.assert_success();
     assert_eq!(run.stdout(), "start Invalid argument\nfile made Invalid argument\nreplaced e\n", "{run}");
     let links = wheres(&calls(&trace), "readlink", &hosts.path("d"));
@@ -240,26 +213,15 @@ except PermissionError as e:
 fn permissions_bind_directories_opened_without_a_round_trip() {
     skip_unless_root!();
     require_tools!("python3");
-    if homeward::unprivileged_prefix().is_none() {
-        homeward::skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
-        return;
-    }
+    skip_unless_unprivileged!("needs setpriv or runuser to drop privileges for EACCES");
     let hosts = Hosts::builder().unprivileged().start();
     hosts.mkdir("w/d");
     hosts.write("w/d/x", "x");
     hosts.symlink("d", "w/l");
     hosts.write("w/t.py", UNREADABLE);
-    for dir in ["w", "w/d"] {
-        std::os::unix::fs::chown(hosts.path(dir), Some(homeward::NOBODY), Some(homeward::NOBODY))
-            .expect("the test's own step");
-    }
-    let run = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "t.py"]).cwd("w").remote());
-        hosts.wait_for("w/ready");
-        hosts.chmod("w/d", 0o300);
-        hosts.write("w/go", "");
-        run.join().expect("the remote run")
-    });
+    hosts.chown_to_nobody("w");
+    hosts.chown_to_nobody("w/d");
+    let run = hosts.cmd(&["python3", "t.py"]).cwd("w").remote_while("w", &[&|| hosts.chmod("w/d", 0o300)]);
     run.assert_success();
     assert_eq!(run.stdout(), "['x']\nPermission denied\n", "{run}");
 }

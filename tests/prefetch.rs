@@ -63,14 +63,9 @@ fn a_file_changed_at_home_after_its_listing_is_read_anew() {
     require_tools!("python3");
     let hosts = Hosts::start();
     make_tree(&hosts);
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| hosts.cmd(&["python3", "walk.py", "wait"]).remote());
-        hosts.wait_for("ready");
-        // Same size: only the times tell the versions apart.
-        hosts.write("tree/d0/f0", "FILE 0 0\n");
-        hosts.write("go", "");
-        run.join().expect("the remote run")
-    });
+    // Same size: only the times tell the versions apart.
+    let rewrite: &dyn Fn() = &|| hosts.write("tree/d0/f0", "FILE 0 0\n");
+    let remote = hosts.cmd(&["python3", "walk.py", "wait"]).remote_while("", &[rewrite]);
     remote.assert_success();
     assert!(
         remote.stdout().ends_with("b'FILE 0 0\\n' b'FILE 0 0\\n'\nb'FILE 0 0\\n' b'file 0 1\\n'\n"),

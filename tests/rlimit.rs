@@ -5,7 +5,7 @@
 //! The test process lowers its own soft limit to 1024 first (a common default), below the reserved range's
 //! end, so both runs start with a soft limit that remote-shim must raise for its placeholders.
 
-use homeward::{skip_or_fail, skip_unless_root, unprivileged_prefix, Compare, Hosts};
+use homeward::{skip_unless_root, skip_unless_unprivileged, Compare, Hosts};
 
 const PROBE_C: &str = r#"#define _GNU_SOURCE
 #include <errno.h>
@@ -241,10 +241,7 @@ fn a_lowered_limit_runs_out_of_home_files_as_natively_and_is_inherited() {
 #[test]
 fn an_unprivileged_job_sees_the_same_limits() {
     skip_unless_root!();
-    if unprivileged_prefix().is_none() {
-        skip_or_fail("needs setpriv or runuser to drop privileges");
-        return;
-    }
+    skip_unless_unprivileged!("needs setpriv or runuser to drop privileges");
     lower_own_soft_limit();
     let hosts = Hosts::builder().unprivileged().start();
     probe_home(&hosts);

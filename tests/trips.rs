@@ -102,19 +102,12 @@ fn a_program_made_at_home_after_a_failed_exec_is_found() {
     hosts.write("appears.sh", APPEARS);
     let home = hosts.home().display().to_string();
     let trace = hosts.scratch().join("appears.jsonl");
-    let remote = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            hosts
-                .cmd(&["sh", "appears.sh", &home])
-                .shim_arg("--trace")
-                .shim_arg(trace.to_str().unwrap())
-                .remote()
-        });
-        hosts.wait_for("ready");
-        hosts.write_mode("tool", "#!/bin/sh\necho made at home\n", 0o755);
-        hosts.write("go", "");
-        run.join().expect("the remote run")
-    });
+    let make_tool: &dyn Fn() = &|| hosts.write_mode("tool", "#!/bin/sh\necho made at home\n", 0o755);
+    let remote = hosts
+        .cmd(&["sh", "appears.sh", &home])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().unwrap())
+        .remote_while("", &[make_tool]);
     remote.assert_success();
     assert_eq!(remote.stdout(), "before 127\nagain 127\nmade at home\nafter 0\n", "{remote}");
     // The second failure was answered from the cache, and the lease's report dropped it.

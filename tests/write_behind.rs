@@ -3,7 +3,7 @@
 //! them; a file system short of room gets every write waited for, so its partial counts and `ENOSPC` are
 //! the kernel's; a write that fails at home after all is reported by the file's next `fsync`.
 
-use homeward::{require_tools, skip_unless_root, Hosts};
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, Hosts};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -379,32 +379,19 @@ except PermissionError as e:
 fn names_the_job_created_are_removed_behind_while_home_lets_it() {
     skip_unless_root!();
     require_tools!("python3");
-    if homeward::unprivileged_prefix().is_none() {
-        homeward::skip_or_fail("needs setpriv or runuser to drop privileges for EACCES");
-        return;
-    }
+    skip_unless_unprivileged!("needs setpriv or runuser to drop privileges for EACCES");
     let hosts = Hosts::builder().unprivileged().start();
     hosts.mkdir("w/d");
     hosts.write("w/t.py", REMOVALS);
-    for dir in ["w", "w/d"] {
-        std::os::unix::fs::chown(hosts.path(dir), Some(homeward::NOBODY), Some(homeward::NOBODY))
-            .expect("the test's own step");
-    }
+    hosts.chown_to_nobody("w");
+    hosts.chown_to_nobody("w/d");
     let trace = hosts.user_home().join("trace.jsonl");
-    let run = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            hosts
-                .cmd(&["python3", "t.py"])
-                .cwd("w")
-                .shim_arg("--trace")
-                .shim_arg(trace.to_str().expect("UTF-8"))
-                .remote()
-        });
-        hosts.wait_for("w/ready");
-        hosts.chmod("w/d", 0o555);
-        hosts.write("w/go", "");
-        run.join().expect("the remote run")
-    });
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .cwd("w")
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("w", &[&|| hosts.chmod("w/d", 0o555)]);
     run.assert_success();
     assert_eq!(run.stdout(), "j1 False\nj2 False\nj3 Permission denied\n", "{run}");
     assert!(!hosts.exists("w/d/j1") && !hosts.exists("w/d/j2") && hosts.exists("w/d/j3"));

@@ -188,16 +188,7 @@ impl Starter {
     fn start() -> io::Result<Starter> {
         let (ours, theirs) = seqpacket_pair()?;
         let title = format!("homeward-starts{}", " ".repeat(STARTER_TITLE_ROOM));
-        let child = Command::new(program())
-            .arg0(title)
-            .arg(STARTER)
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .env_clear()
-            .current_dir("/")
-            .process_group(0)
-            .spawn()?;
+        let child = start_program(&title, STARTER, theirs)?;
         Ok(Starter { requests: ours, child })
     }
 
@@ -255,37 +246,35 @@ pub fn spawn(name: &str) -> io::Result<Spawned> {
             None => None,
         }
     };
-    if let Some((pid, control)) = cloned {
-        return match sys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Spawned { pid, pidfd, control }),
-            Err(e) => Err(io::Error::from_raw_os_error(e.raw())),
-        };
+    let (pid, control) = match cloned {
+        Some(cloned) => cloned,
+        None => {
+            let (control, theirs) = UnixStream::pair()?;
+            let child = start_program(name, MARKER, OwnedFd::from(theirs))?;
+            // Not waited for through `child`: the deputies module reaps it by its pidfd. Dropping `Child`
+            // neither waits nor kills.
+            (child.id() as i32, control)
+        }
+    };
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Spawned { pid, pidfd, control }),
+        // Only if it already died and someone else reaped it (a `waitpid(-1)` in the embedding process);
+        // dropping `control` then ends whatever is left of it.
+        Err(e) => Err(io::Error::from_raw_os_error(e.raw())),
     }
-    spawn_by_exec(name)
 }
 
-fn spawn_by_exec(name: &str) -> io::Result<Spawned> {
-    let (control, theirs) = UnixStream::pair()?;
-    let child = Command::new(program())
-        .arg0(name)
-        .arg(MARKER)
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
+/// Starts this program (see [`set_program`]) as `arg0` with the single argument `marker` and `stdin` as its
+/// standard input: no environment, `/` as its cwd, in a process group of its own, output to nowhere.
+fn start_program(arg0: &str, marker: &str, stdin: OwnedFd) -> io::Result<std::process::Child> {
+    Command::new(program())
+        .arg0(arg0)
+        .arg(marker)
+        .stdin(Stdio::from(stdin))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .env_clear()
         .current_dir("/")
         .process_group(0)
-        .spawn()?;
-    let pid = child.id() as i32;
-    // Not waited for through `child`: the deputies module reaps it by its pidfd. Dropping `Child` neither
-    // waits nor kills.
-    drop(child);
-    match sys::pidfd_open(pid) {
-        Ok(pidfd) => Ok(Spawned { pid, pidfd, control }),
-        Err(e) => {
-            // Only if it already died and someone else reaped it (a `waitpid(-1)` in the embedding process).
-            drop(control);
-            Err(io::Error::from_raw_os_error(e.raw()))
-        }
-    }
+        .spawn()
 }

@@ -170,6 +170,32 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether a report numbered `from` or later voids an answer depending on `deps` (on names alone:
+    /// `names_only`, which writes to content do not void).
+    fn voided_since(&self, from: u64, deps: &[Dep], names_only: bool) -> bool {
+        self.recent.iter().any(|(seq, wd, name, written)| {
+            *seq >= from && !(*written && names_only) && voids(deps, *wd, name)
+        })
+    }
+
+    /// Stores `value` for `key`, indexed by the watches of `deps` (the whole cache starts over when it has
+    /// grown past its bounds).
+    fn insert(&mut self, key: Key, value: Cached, deps: Vec<Dep>, names_only: bool) {
+        if self.entries.len() >= MAX_ENTRIES || self.indexed >= 4 * MAX_ENTRIES {
+            self.clear();
+        }
+        for (wd, _) in &deps {
+            if self.by_wd.entry(*wd).or_default().insert(key.clone()) {
+                self.indexed += 1;
+            }
+        }
+        let reads = match &value {
+            Cached::Found(st) => self.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0),
+            _ => 0,
+        };
+        self.entries.insert(key, Entry { value, deps, names_only, reads });
+    }
+
     /// Whether `e` still answers: a file's attributes stored before a read of it the job sent home do not.
     fn current(&self, e: &Entry) -> bool {
         match &e.value {
@@ -297,10 +323,7 @@ impl AttrCache {
         if lease == 0 || inner.stopped || inner.generation != ticket.generation || lease <= inner.forgotten {
             return;
         }
-        let voided = |&(seq, wd, ref name, written): &(u64, u32, Vec<u8>, bool)| {
-            seq >= lease && !(written && names_only) && voids(&deps, wd, name)
-        };
-        if inner.recent.iter().any(voided) {
+        if inner.voided_since(lease, &deps, names_only) {
             return;
         }
         // A file with other names: a change through one of them is not seen under this one, unless home
@@ -310,19 +333,7 @@ impl AttrCache {
         {
             return;
         }
-        if inner.entries.len() >= MAX_ENTRIES || inner.indexed >= 4 * MAX_ENTRIES {
-            inner.clear();
-        }
-        for (wd, _) in &deps {
-            if inner.by_wd.entry(*wd).or_default().insert(key.clone()) {
-                inner.indexed += 1;
-            }
-        }
-        let reads = match &value {
-            Cached::Found(st) => inner.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0),
-            _ => 0,
-        };
-        inner.entries.insert(key, Entry { value, deps, names_only, reads });
+        inner.insert(key, value, deps, names_only);
     }
 
     /// Stores `value` for `key` under the lease `reply` carries (see [`AttrCache::put`]).
@@ -562,23 +573,11 @@ impl AttrCache {
         if inner.stopped || inner.generation != ticket.generation || reported < inner.forgotten {
             return;
         }
-        if inner
-            .recent
-            .iter()
-            .any(|(seq, wd, name, written)| *seq > reported && !written && voids(&deps, *wd, name))
-        {
+        if inner.voided_since(reported + 1, &deps, true) {
             return;
         }
         for key in keys {
-            for (wd, _) in &deps {
-                if inner.by_wd.entry(*wd).or_default().insert(key.clone()) {
-                    inner.indexed += 1;
-                }
-            }
-            let value = Cached::Missing(Errno::ENOENT);
-            inner
-                .entries
-                .insert(key.clone(), Entry { value, deps: deps.clone(), names_only: true, reads: 0 });
+            inner.insert(key.clone(), Cached::Missing(Errno::ENOENT), deps.clone(), true);
         }
     }
 

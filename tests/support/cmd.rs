@@ -135,6 +135,25 @@ impl<'h> Cmd<'h> {
         self.finish(Side::Remote, argv)
     }
 
+    /// Runs under `remote-shim` (as [`Cmd::remote`]) while home changes behind the program's back: each time
+    /// the program writes `ready` in the home directory's `dir` (`""`: the home directory itself), the
+    /// marker is removed, the next of `changes` is made, and `go` is written there.
+    #[track_caller]
+    pub fn remote_while(&self, dir: &str, changes: &[&dyn Fn()]) -> Run {
+        let hosts = self.hosts;
+        let marker = |name: &str| if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        std::thread::scope(|s| {
+            let run = s.spawn(|| self.remote());
+            for change in changes {
+                hosts.wait_for(&marker("ready"));
+                std::fs::remove_file(hosts.path(&marker("ready"))).expect("removing the ready marker");
+                change();
+                hosts.write(&marker("go"), "");
+            }
+            run.join().expect("the remote run")
+        })
+    }
+
     /// Runs natively in `native`, which is bind-mounted over the home directory's path.
     #[track_caller]
     pub fn native(&self, native: &NativeCopy) -> Run {

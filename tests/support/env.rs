@@ -149,6 +149,18 @@ macro_rules! require_tools {
     };
 }
 
+/// Returns from the calling test, with the reason `why` printed, unless programs can be run as `nobody`
+/// ([`unprivileged_prefix`]). In CI (`CI=true`) it fails instead.
+#[macro_export]
+macro_rules! skip_unless_unprivileged {
+    ($why:expr) => {
+        if $crate::unprivileged_prefix().is_none() {
+            $crate::skip_or_fail($why);
+            return;
+        }
+    };
+}
+
 /// The command prefix that runs a program as `nobody` (uid and gid [`NOBODY`], no supplementary groups):
 /// `setpriv`, else `runuser`; `None` when neither exists or the tests do not run as root.
 pub fn unprivileged_prefix() -> Option<Vec<String>> {

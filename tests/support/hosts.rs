@@ -263,6 +263,13 @@ impl Hosts {
         set_mode(&self.path(rel), mode);
     }
 
+    /// Gives a path in the home directory to `nobody` (user and group), for an unprivileged agent.
+    pub fn chown_to_nobody(&self, rel: &str) {
+        let path = self.path(rel);
+        std::os::unix::fs::chown(&path, Some(crate::NOBODY), Some(crate::NOBODY))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+
     /// Reads a file of the home directory, from outside.
     pub fn read(&self, rel: &str) -> Vec<u8> {
         let path = self.path(rel);

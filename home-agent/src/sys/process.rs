@@ -304,12 +304,17 @@ pub fn euid() -> libc::uid_t {
     unsafe { libc::geteuid() }
 }
 
-/// Whether this process has capability number `cap` in its effective set (`/proc/self/status`, `CapEff`).
+/// Whether this process has capability number `cap` in its effective set (`/proc/self/status`, `CapEff`,
+/// read once: the agent never changes its capabilities).
 pub fn has_capability(cap: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
-        .is_some_and(|caps| cap < 64 && caps & (1 << cap) != 0)
+    static EFFECTIVE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let caps = *EFFECTIVE.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+            .unwrap_or(0)
+    });
+    cap < 64 && caps & (1 << cap) != 0
 }

@@ -105,8 +105,7 @@ async fn unlink_behind(
     name: &[u8],
 ) -> Result<bool, Errno> {
     // Taken now: the directory handle it depends on may be gone by the time the reply comes.
-    let origin = (dir.handle != 0 && path.first() != Some(&b'/'))
-        .then(|| call.sup.fds.get(dir.handle).and_then(|h| call.sup.link.attrs.deps_of(&h.origin()?.key)));
+    let origin = call.origin_deps(&dir, path);
     let attrs = call.sup.link.attrs.clone();
     let leased = keys.to_vec();
     let mut removed = None;
@@ -129,11 +128,7 @@ async fn unlink_behind(
                     );
                     return;
                 }
-                let mut deps = match origin {
-                    None => Vec::new(),
-                    Some(Some(deps)) => deps,
-                    Some(None) => return,
-                };
+                let Some(mut deps) = origin else { return };
                 deps.extend(crate::attrcache::deps(&reply));
                 for key in leased {
                     let missing = crate::attrcache::Cached::Missing(Errno::ENOENT);

@@ -239,14 +239,20 @@ impl Call<'_> {
         path: &[u8],
         reply: &CallReply,
     ) -> Option<Vec<crate::attrcache::Dep>> {
-        let mut deps = if dir.handle == 0 || path.first() == Some(&b'/') {
-            Vec::new()
-        } else {
-            let origin = self.sup.fds.get(dir.handle).and_then(|h| h.origin().cloned())?;
-            self.sup.link.attrs.deps_of(&origin.key)?
-        };
+        let mut deps = self.origin_deps(dir, path)?;
         deps.extend(crate::attrcache::deps(reply));
         Some(deps)
+    }
+
+    /// What an answer to a lookup of `path` from `dir` depends on besides home's dependencies: nothing for
+    /// an absolute path or one from the cwd, the lookup that opened the directory for a path from a
+    /// directory handle (`None` once that one is gone).
+    pub fn origin_deps(&self, dir: &pb::Dir, path: &[u8]) -> Option<Vec<crate::attrcache::Dep>> {
+        if dir.handle == 0 || path.first() == Some(&b'/') {
+            return Some(Vec::new());
+        }
+        let origin = self.sup.fds.get(dir.handle).and_then(|h| h.origin().cloned())?;
+        self.sup.link.attrs.deps_of(&origin.key)
     }
 
     /// The forwarded handle behind descriptor argument `i`, if any.
