@@ -225,3 +225,114 @@ fn permissions_bind_directories_opened_without_a_round_trip() {
     run.assert_success();
     assert_eq!(run.stdout(), "['x']\nPermission denied\n", "{run}");
 }
+
+/// Lookups of names relative to the cwd, by the program and by a child, before and after home renames a
+/// directory above the cwd and makes a new file where the old path led.
+const FROM_THE_CWD: &str = r#"
+import os, subprocess, sys, time
+os.getcwd()
+old = os.path.abspath("a")
+def show(step):
+    print(step, os.stat("a").st_size, sorted(os.listdir(".")))
+    child = "import os; print(os.stat('a').st_size, os.stat('./a').st_size, os.readlink('b'))"
+    sys.stdout.flush()
+    subprocess.run([sys.executable, "-c", child], check=True)
+show("start")
+open("../../ready", "w").close()
+while not os.path.exists("../../go"):
+    time.sleep(0.01)
+show("moved")
+print(os.stat(old).st_size)
+"#;
+
+#[test]
+fn lookups_from_the_cwd_are_shared_by_processes_and_follow_the_cwd_when_home_moves_it() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("w/d/a", "old");
+    hosts.symlink("a", "w/d/b");
+    hosts.write("w/d/t.py", FROM_THE_CWD);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let moved: &dyn Fn() = &|| {
+        std::fs::rename(hosts.path("w"), hosts.path("w2")).expect("the test's own step");
+        hosts.write("w/d/a", "new file");
+    };
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .cwd("w/d")
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &[moved]);
+    run.assert_success();
+    let expected = "start 3 ['a', 'b', 't.py']\n3 3 a\nmoved 3 ['a', 'b', 't.py']\n3 3 a\n8\n";
+    assert_eq!(run.stdout(), expected, "{run}");
+    // The child's lookups of the names the program looked up and listed were answered here, before the move.
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let mut lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
+    lines.sort_by_key(|l| l["seq"].as_u64());
+    let relative: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| {
+            let args = l["args"].as_array();
+            args.is_some_and(|a| a.iter().any(|v| matches!(v.as_str(), Some("a" | "./a" | "b"))))
+        })
+        .map(|l| {
+            (l["call"].as_str().unwrap_or_default().into(), l["where"].as_str().unwrap_or_default().into())
+        })
+        .collect();
+    // (The program's own may be too: python lists the script's directory at start. A link's target is not
+    // known from the listing: its readlink goes home.)
+    let before: Vec<&str> = relative.iter().skip(1).take(3).map(|(_, w)| w.as_str()).collect();
+    assert_eq!(before, ["local", "local", "home"], "{relative:?}\n{run}");
+}
+
+/// readlink of a file the program created (EINVAL: not a link), while the program writes to it, and after
+/// home replaced it by a link.
+const CREATED: &str = r#"
+import os, time
+def show(step):
+    try:
+        print(step, os.readlink("n"))
+    except OSError as e:
+        print(step, e.strerror)
+with open("n", "w") as f:
+    show("created")
+    f.write("data")
+show("written")
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+show("replaced")
+"#;
+
+#[test]
+fn readlink_of_a_created_file_is_answered_until_home_changes_the_name() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("t.py", CREATED);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let replace: &dyn Fn() = &|| {
+        std::fs::remove_file(hosts.path("n")).expect("the test's own step");
+        hosts.symlink("t.py", "n");
+    };
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &[replace]);
+    run.assert_success();
+    assert_eq!(run.stdout(), "created Invalid argument\nwritten Invalid argument\nreplaced t.py\n", "{run}");
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let mut lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
+    lines.sort_by_key(|l| l["seq"].as_u64());
+    let links: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["call"] == "readlink" && l["args"][0] == "n")
+        .filter_map(|l| l["where"].as_str())
+        .collect();
+    assert_eq!(links, ["local", "local", "home"], "{run}");
+}

@@ -15,8 +15,9 @@
 //!   attributes of the directories it is in (their times and link counts change);
 //! - a rename, or anything else: the whole cache.
 //!
-//! Keys: an absolute path is looked up the same from every process; a relative one belongs to its process
-//! (relative to that process's cwd) and is forgotten when the process changes directory.
+//! Keys: an absolute path is looked up the same from every process; a relative one is keyed under the
+//! cwd's path while home leases that path (`Call::lookup_key`), else it belongs to its process (relative to
+//! that process's cwd) and is forgotten when the process changes directory.
 
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
@@ -40,8 +41,10 @@ pub struct Key {
 }
 
 impl Key {
-    /// The key of a lookup of `path` by `proc`: from its cwd, or (`base`) from a directory that process
-    /// opened by a leased lookup; `None` when such a lookup is not cached (an empty path).
+    /// The key of a lookup of `path` by `proc`: from its cwd, or (`base`) from a directory named by a
+    /// leased lookup (one the process opened, or its cwd's path); `None` when such a lookup is not cached
+    /// (an empty path). Below `base`, leading `./` go, and `.` alone is `base`'s directory itself (found
+    /// through any link its path ends in).
     pub fn of(proc: u64, base: Option<&Key>, path: &[u8], follow: bool, mask: u32) -> Option<Key> {
         if path.is_empty() {
             return None;
@@ -49,10 +52,18 @@ impl Key {
         if path.first() == Some(&b'/') {
             return Some(Key { proc: 0, path: path.to_vec(), follow, mask });
         }
-        match base {
-            None => Some(Key { proc, path: path.to_vec(), follow, mask }),
-            Some(base) => Some(Key { proc: base.proc, path: join(&base.path, path), follow, mask }),
+        let Some(base) = base else { return Some(Key { proc, path: path.to_vec(), follow, mask }) };
+        let mut rest = path;
+        while let Some(r) = rest.strip_prefix(b"./") {
+            rest = r;
+            while let Some(r) = rest.strip_prefix(b"/") {
+                rest = r;
+            }
         }
+        if rest.is_empty() || rest == b"." {
+            return Some(Key { proc: base.proc, path: base.path.clone(), follow: true, mask });
+        }
+        Some(Key { proc: base.proc, path: join(&base.path, rest), follow, mask })
     }
 }
 
@@ -672,5 +683,30 @@ fn change_of(op: &Op) -> Change<'_> {
         Op::Symlink(s) => names(&[&s.path]),
         Op::Link(l) => names(&[&l.old_path, &l.new_path]),
         _ => Change::Anything,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_below_a_base_drop_leading_dots() {
+        let base = Key { proc: 0, path: b"/w/d".to_vec(), follow: false, mask: 0 };
+        let of = |path: &[u8], follow| Key::of(7, Some(&base), path, follow, 0).expect("a key");
+        assert_eq!(of(b"a", false).path, b"/w/d/a");
+        assert_eq!(of(b"./a", false).path, b"/w/d/a");
+        assert_eq!(of(b".//./a/./b", false).path, b"/w/d/a/./b");
+        assert_eq!(of(b"../a", false).path, b"/w/d/../a");
+        // `.` is the directory itself, found through any link the base's path ends in.
+        for dot in [&b"."[..], b"./", b"././"] {
+            assert_eq!(of(dot, false), Key { follow: true, ..base.clone() });
+        }
+        assert_eq!(Key::of(7, None, b"a", false, 0).map(|k| k.proc), Some(7));
+        assert_eq!(
+            Key::of(7, Some(&base), b"/x", false, 0).map(|k| (k.proc, k.path)),
+            Some((0, b"/x".to_vec()))
+        );
+        assert_eq!(Key::of(7, Some(&base), b"", false, 0), None);
     }
 }

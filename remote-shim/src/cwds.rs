@@ -49,7 +49,7 @@ struct Inner {
 pub struct Ticket(u64);
 
 /// The attribute cache's key for the lease on `path` naming a cwd.
-fn key(path: &[u8]) -> Key {
+pub fn key(path: &[u8]) -> Key {
     Key { proc: 0, path: path.to_vec(), follow: true, mask: CWD }
 }
 

@@ -105,7 +105,7 @@ async fn unlink_behind(
     name: &[u8],
 ) -> Result<bool, Errno> {
     // Taken now: the directory handle it depends on may be gone by the time the reply comes.
-    let origin = call.origin_deps(&dir, path);
+    let origin = keys.first().and_then(|key| call.origin_deps(&dir, path, key));
     let attrs = call.sup.link.attrs.clone();
     let leased = keys.to_vec();
     let mut removed = None;
@@ -256,6 +256,12 @@ fn prefill(
     path_deps: &[crate::attrcache::Dep],
     wd: u32,
 ) {
+    // The path to the directory, but not the directory's own attributes, which every entry made or removed
+    // in it changes: an entry depends on its own name. (A change of the directory's permissions is
+    // reported to the directory itself, with no name, which voids everything depending on it, and to the
+    // directory it is in, under its name.)
+    let entry_deps: Vec<_> =
+        path_deps.iter().filter(|(w, name)| !(*w == wd && name.is_empty())).cloned().collect();
     for e in entries {
         let Some(st) = e.stat else { continue };
         // A subdirectory's own attributes (mtime, link count) change with its entries, which the watch on
@@ -271,7 +277,7 @@ fn prefill(
                 continue;
             }
             let key = crate::attrcache::Key { proc: origin.key.proc, path: path.clone(), follow, mask: 0 };
-            let mut deps = path_deps.to_vec();
+            let mut deps = entry_deps.clone();
             deps.push((wd, e.name.to_vec()));
             attrs.put(key, crate::attrcache::Cached::Found(st), ticket, lease, deps);
         }

@@ -191,7 +191,9 @@ impl Call<'_> {
     }
 
     /// The attribute cache's key for a lookup of `path` from `dir` (the cwd, or a directory handle opened
-    /// by a leased lookup that still holds), or `None` when it is not cached.
+    /// by a leased lookup that still holds), or `None` when it is not cached. A path from the cwd is keyed
+    /// under the cwd's path while home leases that path (`cwds`), so the job's processes share the
+    /// answers and those of absolute lookups and listings of the same names; otherwise it is the process's own.
     pub fn lookup_key(
         &self,
         dir: &pb::Dir,
@@ -202,8 +204,11 @@ impl Call<'_> {
         let proc = self.proc().id;
         // A trailing slash (or `/.`) follows a link in the last component whatever the call.
         let follow = follow || path.ends_with(b"/") || path.ends_with(b"/.");
-        if dir.handle == 0 || path.first() == Some(&b'/') {
+        if path.first() == Some(&b'/') {
             return crate::attrcache::Key::of(proc, None, path, follow, mask);
+        }
+        if dir.handle == 0 {
+            return crate::attrcache::Key::of(proc, self.cwd_base(proc).as_ref(), path, follow, mask);
         }
         let h = self.sup.fds.get(dir.handle)?;
         if h.stat.mode & libc::S_IFMT != libc::S_IFDIR || !h.origin_finds(&self.sup.link.attrs) {
@@ -212,10 +217,16 @@ impl Call<'_> {
         crate::attrcache::Key::of(proc, Some(&h.origin()?.key), path, follow, mask)
     }
 
+    /// The key of `proc`'s cwd as a lookup of its path, while home leases that path.
+    fn cwd_base(&self, proc: u64) -> Option<crate::attrcache::Key> {
+        let path = self.sup.cwds.get(proc, &self.sup.link.attrs)?;
+        Some(crate::attrcache::Key { proc: 0, path, follow: true, mask: 0 })
+    }
+
     /// Stores a leased answer to a lookup of `path` from `dir` under `key` (from [`Call::lookup_key`]). Home
-    /// walked a path relative to a directory handle from that handle: the answer then also depends on the
-    /// lookup that opened the directory (its path may be renamed or replaced at home), and is not stored
-    /// once that lookup's answer is gone.
+    /// walked a path relative to a directory handle or the cwd from there: the answer then also depends on
+    /// the lookup that opened the directory, or on the lease of the cwd's path (either may be renamed or
+    /// replaced at home), and is not stored once that one is gone.
     pub fn put_leased(
         &self,
         dir: &pb::Dir,
@@ -225,31 +236,45 @@ impl Call<'_> {
         ticket: crate::attrcache::Ticket,
         reply: &CallReply,
     ) {
-        if let Some(deps) = self.lease_deps(dir, path, reply) {
+        if let Some(deps) = self.lease_deps(dir, path, &key, reply) {
             self.sup.link.attrs.put(key, value, ticket, reply.lease, deps);
         }
     }
 
-    /// What the leased answer `reply` to a lookup of `path` from `dir` depends on: home's dependencies, and
-    /// for a lookup through a directory handle, those of the lookup that opened the directory (`None`
-    /// once that one is gone).
+    /// What the leased answer `reply` to a lookup of `path` from `dir`, kept under `key`, depends on:
+    /// home's dependencies and [`Call::origin_deps`].
     pub fn lease_deps(
         &self,
         dir: &pb::Dir,
         path: &[u8],
+        key: &crate::attrcache::Key,
         reply: &CallReply,
     ) -> Option<Vec<crate::attrcache::Dep>> {
-        let mut deps = self.origin_deps(dir, path)?;
+        let mut deps = self.origin_deps(dir, path, key)?;
         deps.extend(crate::attrcache::deps(reply));
         Some(deps)
     }
 
-    /// What an answer to a lookup of `path` from `dir` depends on besides home's dependencies: nothing for
-    /// an absolute path or one from the cwd, the lookup that opened the directory for a path from a
+    /// What an answer to a lookup of `path` from `dir`, kept under `key`, depends on besides home's
+    /// dependencies: nothing for an absolute path (or one from the cwd under the process's own key), the
+    /// lease on the cwd's path for one from the cwd under that path (`None` once it is gone, or names
+    /// another path than `key` was made with), the lookup that opened the directory for a path from a
     /// directory handle (`None` once that one is gone).
-    pub fn origin_deps(&self, dir: &pb::Dir, path: &[u8]) -> Option<Vec<crate::attrcache::Dep>> {
-        if dir.handle == 0 || path.first() == Some(&b'/') {
+    pub fn origin_deps(
+        &self,
+        dir: &pb::Dir,
+        path: &[u8],
+        key: &crate::attrcache::Key,
+    ) -> Option<Vec<crate::attrcache::Dep>> {
+        if path.first() == Some(&b'/') || (dir.handle == 0 && key.proc != 0) {
             return Some(Vec::new());
+        }
+        if dir.handle == 0 {
+            let base = self.cwd_base(self.proc().id)?;
+            if crate::attrcache::Key::of(0, Some(&base), path, key.follow, key.mask)?.path != key.path {
+                return None;
+            }
+            return self.sup.link.attrs.deps_of(&crate::cwds::key(&base.path));
         }
         let origin = self.sup.fds.get(dir.handle).and_then(|h| h.origin().cloned())?;
         self.sup.link.attrs.deps_of(&origin.key)

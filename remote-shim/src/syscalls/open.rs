@@ -123,13 +123,19 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
             if reply.lease != 0 {
                 call.put_leased(&base, &looked_up, key.clone(), Cached::Found(stat), created_ticket, &reply);
             }
-            // The name, not following a last link (it is the file itself), may be removed by the job; with no
-            // other name (when created), its removal changes no other cached answer's link count.
-            let sole = reply.removable && stat.nlink == 1;
-            if let Some(deps) = call.lease_deps(&base, &looked_up, &reply).filter(|_| sole) {
-                let name =
-                    crate::attrcache::Key { follow: false, mask: crate::attrcache::REMOVABLE, ..key.clone() };
-                attrs.put_with(name, Cached::Removable, created_ticket, reply.lease, deps, true);
+            // The name, not following a last link, is the file itself: `readlink` of it is `EINVAL` until
+            // the name changes (what the file holds does not matter: depends on names alone). The job may
+            // remove it; with no other name (when created), its removal changes no other cached answer's
+            // link count.
+            if let Some(deps) = call.lease_deps(&base, &looked_up, &key, &reply) {
+                let entry = |mask| crate::attrcache::Key { follow: false, mask, ..key.clone() };
+                let not_link = Cached::Missing(Errno::EINVAL);
+                let readlink = entry(crate::attrcache::READLINK);
+                attrs.put_with(readlink, not_link, created_ticket, reply.lease, deps.clone(), true);
+                if reply.removable && stat.nlink == 1 {
+                    let removable = entry(crate::attrcache::REMOVABLE);
+                    attrs.put_with(removable, Cached::Removable, created_ticket, reply.lease, deps, true);
+                }
             }
             crate::fdtable::Origin { key }
         }),
