@@ -191,3 +191,60 @@ fn a_lazily_opened_descriptor_holds_locks_home_sees() {
     assert_eq!(opens.len(), 2, "{opens:?}");
     assert_eq!(opens[1].0, 0, "the second open went home: {}", opens[1].1);
 }
+
+/// Opens of one unchanged file answered without home share its copy: each is a description of its own
+/// (offsets, flags, locks), as native opens are.
+const SHARED: &str = r#"
+import fcntl, os, subprocess, sys
+p = os.path.abspath("lib.bin")
+with open(p, "rb") as f:
+    f.read()
+a = os.open(p, os.O_RDONLY)
+b = os.open(p, os.O_RDONLY)
+print(os.read(a, 4), os.read(b, 2), os.read(a, 2))
+c = os.dup(a)
+print(os.read(c, 2), os.read(a, 2), os.lseek(b, 0, os.SEEK_CUR), os.lseek(a, 0, os.SEEK_CUR))
+fcntl.flock(b, fcntl.LOCK_EX)
+try:
+    fcntl.flock(os.open(p, os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("second lock taken")
+except BlockingIOError:
+    print("second lock refused")
+child = f"""import fcntl, os
+fd = os.open({p!r}, os.O_RDONLY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    print("child locked", os.read(fd, 3))
+except BlockingIOError:
+    print("child refused", os.read(fd, 3))
+"""
+sys.stdout.flush()
+subprocess.run([sys.executable, "-c", child], check=True)
+fcntl.flock(b, fcntl.LOCK_UN)
+subprocess.run([sys.executable, "-c", child], check=True)
+fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_NONBLOCK)
+nonblock = lambda fd: bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+print(nonblock(a), nonblock(b), os.read(a, 2), os.read(b, 2))
+print(os.fstat(a).st_size, os.fstat(b).st_size, os.fstat(c).st_size, os.read(b, 100))
+"#;
+
+#[test]
+fn opens_sharing_a_copy_are_descriptions_of_their_own() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("lib.bin", "0123456789abcdefghij");
+    hosts.write("shared.py", SHARED);
+    let native = hosts.native_copy();
+    let trace = hosts.user_home().join("trace.jsonl");
+    let cmd =
+        hosts.cmd(&["python3", "shared.py"]).shim_arg("--trace").shim_arg(trace.to_str().expect("UTF-8"));
+    let both = cmd.check_with(&native, &homeward::Compare::new());
+    let run = &both.remote;
+    assert!(run.stdout().contains("second lock refused\nchild refused"), "{run}");
+    // The opens after the first were answered here.
+    let path = hosts.path("lib.bin");
+    let opens = opens_of(&trace, path.to_str().expect("a UTF-8 path"));
+    let home = opens.iter().filter(|(rtt, _)| *rtt > 0).count();
+    assert!(opens.len() >= 5 && home <= 2, "{opens:?}");
+}

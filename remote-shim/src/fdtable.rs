@@ -53,7 +53,11 @@ pub struct Handle {
     pub behind: Arc<crate::behind::Behind>,
     /// Opened without home ([`crate::lazy`]): `id` is local, the home handle comes when a call needs it.
     lazy: Option<crate::lazy::Lazy>,
-    born: u64,
+    /// Shared by the opens of one version ([`FdTable::shared`]): each open is a description of its own of
+    /// the memfd, which the supervisor's `memfd` is not.
+    shared: std::sync::atomic::AtomicBool,
+    /// The collection during which it was made, or last given to a new open (see [`FdTable::collect`]).
+    born: AtomicU64,
 }
 
 /// How a handle was opened: by a lookup that home leased.
@@ -221,6 +225,11 @@ impl Handle {
 
     /// The home handle to close now that no process holds the placeholder (none for a lazy placeholder
     /// never opened at home; one opened after this call is closed by its opener, see [`crate::lazy`]).
+    /// Whether opens share this placeholder ([`FdTable::share`]): each has its own description of the memfd.
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
+    }
+
     fn take_for_close(&self) -> Option<u64> {
         match &self.lazy {
             Some(lazy) => lazy.take_for_close(),
@@ -252,6 +261,17 @@ pub struct FdTable {
     copied: Arc<AtomicI64>,
     /// Local ids given to placeholders opened without home ([`crate::lazy::LAZY_BIT`] set).
     lazy_ids: AtomicU64,
+    /// Placeholders opened without home that later opens of the same version share ([`SharedKey`]).
+    shared: Mutex<HashMap<SharedKey, u64>>,
+}
+
+/// What the opens sharing one placeholder have in common: the version (so the content), the open flags but
+/// close-on-exec (home's flags, should it open the file), and the lookup (home's path to it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedKey {
+    pub version: crate::content::Key,
+    pub flags: i32,
+    pub lookup: crate::attrcache::Key,
 }
 
 impl FdTable {
@@ -266,6 +286,7 @@ impl FdTable {
             made: AtomicUsize::new(0),
             copied: Arc::default(),
             lazy_ids: AtomicU64::new(0),
+            shared: Mutex::default(),
         }
     }
 
@@ -311,7 +332,8 @@ impl FdTable {
             charged: AtomicI64::new(0),
             behind: Arc::default(),
             lazy,
-            born: self.generation.load(Ordering::SeqCst),
+            shared: Default::default(),
+            born: AtomicU64::new(self.generation.load(Ordering::SeqCst)),
         }))
     }
 
@@ -334,6 +356,18 @@ impl FdTable {
         slot: Slot,
         handle: &Arc<Handle>,
     ) -> io::Result<i32> {
+        self.install_description(listener, slot, handle, handle.memfd.as_fd())
+    }
+
+    /// [`FdTable::install`] of `description`, an open file of `handle`'s memfd (a shared placeholder's own
+    /// description, [`Handle::is_shared`]).
+    pub fn install_description(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        slot: Slot,
+        handle: &Arc<Handle>,
+        description: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<i32> {
         let Slot { notif_id, tid, tgid, min, cloexec } = slot;
         let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
         let start = min.max(self.range.base);
@@ -354,7 +388,7 @@ impl FdTable {
             .unwrap_or_else(|p| p.into_inner())
             .insert(handle.id, handle.clone())
             .is_none();
-        match seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), free, cloexec, true) {
+        match seccomp::add_fd(listener, notif_id, description, free, cloexec, true) {
             Ok(fd) => {
                 hints.insert(tgid, free + 1);
                 Ok(fd)
@@ -380,6 +414,39 @@ impl FdTable {
     ) -> io::Result<i32> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
         seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, true)
+    }
+
+    /// Puts `handle`'s placeholder over descriptor `target` of the program that made notification `notif_id`
+    /// (whose offset it takes), without answering the notification: that descriptor now stands for
+    /// `handle`.
+    pub fn replace(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        target: u32,
+        handle: &Arc<Handle>,
+        cloexec: bool,
+    ) -> io::Result<()> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
+        seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, false).map(drop)
+    }
+
+    /// The placeholder opens of `key` share, if one is kept: given to a new open, it is not collected in the
+    /// collection under way.
+    pub fn shared(&self, key: &SharedKey) -> Option<Arc<Handle>> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let id = *self.shared.lock().unwrap_or_else(|p| p.into_inner()).get(key)?;
+        let h = handles.get(&id)?.clone();
+        h.born.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
+        Some(h)
+    }
+
+    /// Makes `handle` the placeholder later opens of `key` share (it is registered, not installed).
+    pub fn share(&self, key: SharedKey, handle: &Arc<Handle>) {
+        handle.shared.store(true, Ordering::SeqCst);
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.insert(handle.id, handle.clone());
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).insert(key, handle.id);
     }
 
     /// The handle with home id `id`, while some process holds it.
@@ -431,10 +498,18 @@ impl FdTable {
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         let dead: Vec<u64> = handles
             .values()
-            .filter(|h| h.born < started && !held.contains(&h.id) && h.pins.load(Ordering::SeqCst) == 0)
+            .filter(|h| {
+                h.born.load(Ordering::SeqCst) < started
+                    && !held.contains(&h.id)
+                    && h.pins.load(Ordering::SeqCst) == 0
+            })
             .map(|h| h.id)
             .collect();
-        dead.iter().filter_map(|id| handles.remove(id)).filter_map(|h| h.take_for_close()).collect()
+        let dead: Vec<Arc<Handle>> = dead.iter().filter_map(|id| handles.remove(id)).collect();
+        if dead.iter().any(|h| h.is_shared()) {
+            self.shared.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, id| handles.contains_key(id));
+        }
+        dead.iter().filter_map(|h| h.take_for_close()).collect()
     }
 
     /// Handles made since the last collection.

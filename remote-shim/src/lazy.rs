@@ -30,6 +30,7 @@ use crate::fdtable::{Handle, Origin};
 use crate::syscalls::{Action, Call, Outcome};
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Set in the local id of a lazy placeholder (home's handles are small counters).
@@ -84,6 +85,13 @@ impl Lazy {
 
     fn gone(&self) -> bool {
         self.gone.load(Ordering::SeqCst)
+    }
+
+    /// How another open of the same file opens it at home (a placeholder no longer shared, [`unshare`]).
+    fn again(&self) -> Lazy {
+        let lazy = Lazy::new(self.path.clone(), self.flags);
+        lazy.gone.store(self.gone(), Ordering::SeqCst);
+        lazy
     }
 }
 
@@ -251,6 +259,16 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     // Taken before the lookup: a change the job makes to the file from now on makes the copy stale.
     let mark = call.sup.link.attrs.change_mark();
     let (st, version) = cached_version(call, key)?;
+    let cloexec = oflags & libc::O_CLOEXEC != 0;
+    let shared = crate::fdtable::SharedKey { version, flags: oflags & !libc::O_CLOEXEC, lookup: key.clone() };
+    // Another open of this version already made the copy: this open is a description of its own of it.
+    if let Some(h) = call.sup.fds.shared(&shared) {
+        let fresh = call.sup.fds.copy_of(&h, &call.sup.link.attrs) == crate::fdtable::CopyState::Fresh;
+        if fresh && h.stat == st && h.copied_at().is_some_and(|m| m <= mark) {
+            tracing::trace!(handle = h.id, "open answered without home, sharing a copy");
+            return Some(call.install(&h, cloexec, 0).map(|fd| Action::Answered(i64::from(fd))));
+        }
+    }
     let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, oflags)).ok()?;
     if !h.charge(st.size.max(0)) || !call.sup.content.copy_into(&version, &h.memfd) {
         return None;
@@ -258,9 +276,60 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     h.mark_filled();
     h.set_copied_at(mark);
     h.set_origin(Origin { key: key.clone() });
+    call.sup.fds.share(shared, &h);
     call.sup.handle_made();
     tracing::trace!(handle = h.id, "open answered without home");
-    Some(call.install(&h, oflags & libc::O_CLOEXEC != 0, 0).map(|fd| Action::Answered(i64::from(fd))))
+    Some(call.install(&h, cloexec, 0).map(|fd| Action::Answered(i64::from(fd))))
+}
+
+/// The placeholder behind the caller's descriptor argument `fd_arg` as a handle of its own, before a call
+/// that changes what the description is at home (its flags, its locks, a pump reading at home's offset):
+/// `h` itself unless opens share it ([`crate::fdtable::FdTable::share`]); otherwise a copy of the content
+/// with the same origin and state is put over that descriptor at its offset, and its own home handle comes
+/// when needed. (Other descriptors of the same description, made by `dup` or inherited by a child, stay
+/// with the shared placeholder: Known limits.)
+pub fn unshare(
+    call: &Call<'_>,
+    h: &std::sync::Arc<Handle>,
+    fd_arg: usize,
+) -> Result<std::sync::Arc<Handle>, Errno> {
+    if !h.is_shared() {
+        return Ok(h.clone());
+    }
+    let fd = call.arg(fd_arg) as u32;
+    let lazy = h.lazy().ok_or(Errno::EIO)?;
+    let (pos, cloexec) = description_state(call.tid, fd).ok_or(Errno::EBADF)?;
+    let private = call.sup.fds.new_lazy(h.flags, h.stat, lazy.again()).map_err(|e| Errno::from_io(&e))?;
+    let size = u64::try_from(h.stat.size).unwrap_or(0);
+    let _ = private.charge(h.stat.size.max(0));
+    crate::sys::copy_all(h.memfd.as_fd(), private.memfd.as_fd(), size).map_err(|e| Errno::from_io(&e))?;
+    crate::sys::lseek(private.memfd.as_fd(), pos, libc::SEEK_SET).map_err(|e| Errno::from_io(&e))?;
+    private.mark_filled();
+    if h.copy() == crate::fdtable::CopyState::Stale {
+        private.mark_stale();
+    }
+    if let Some(mark) = h.copied_at() {
+        private.set_copied_at(mark);
+    }
+    if let Some(origin) = h.origin() {
+        private.set_origin(origin.clone());
+    }
+    call.sup
+        .fds
+        .replace(call.sup.listener.as_fd(), call.id, fd, &private, cloexec)
+        .map_err(|e| Errno::from_io(&e))?;
+    call.sup.handle_made();
+    tracing::trace!(shared = h.id, handle = private.id, "placeholder no longer shared");
+    Ok(private)
+}
+
+/// The offset and close-on-exec flag of descriptor `fd` of thread `tid` (`/proc/TID/fdinfo`).
+fn description_state(tid: u32, fd: u32) -> Option<(i64, bool)> {
+    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")).ok()?;
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let pos = field("pos:")?.parse().ok()?;
+    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
+    Some((pos, flags & libc::O_CLOEXEC != 0))
 }
 
 /// The home handle of `h`, opening a lazy placeholder's file at home (on behalf of `proc`) if it has none

@@ -11,8 +11,9 @@ use std::sync::Arc;
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     Some(match nr {
         libc::SYS_fcntl => fcntl(call).await,
-        libc::SYS_flock => match call.handle(0) {
-            Some(h) => {
+        libc::SYS_flock => match call.handle(0).map(|h| crate::lazy::unshare(call, &h, 0)) {
+            Some(Err(e)) => Err(e),
+            Some(Ok(h)) => {
                 let op = Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 });
                 match call.arg_i32(1) & !libc::LOCK_NB {
                     libc::LOCK_UN if h.flags & libc::O_PATH == 0 => {
@@ -49,6 +50,13 @@ async fn dup_lowest(call: &Call<'_>, h: &Arc<Handle>, cloexec: bool, min: u32) -
     if lowest <= 2 {
         return below_range(call, h, lowest, cloexec).await;
     }
+    if h.is_shared() {
+        // The program's own description, not a new one.
+        let description = call.local_fd(call.arg_i32(0))?;
+        return call
+            .install_description(h, description.as_fd(), cloexec, min)
+            .map(|fd| Action::Answered(i64::from(fd)));
+    }
     call.install(h, cloexec, min).map(|fd| Action::Answered(i64::from(fd)))
 }
 
@@ -63,6 +71,8 @@ async fn below_range(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: boo
             .map(|fd| Action::Answered(i64::from(fd)))
             .map_err(|e| Errno::from_io(&e));
     }
+    // The pump reads at home's offset: a handle of its own.
+    let h = &crate::lazy::unshare(call, h, 0)?;
     if h.copy() != crate::fdtable::CopyState::None {
         // The description's offset lives in the placeholder (a content copy): the pump reads at home, from
         // there. (Reads through the pump do not move the placeholder's offset afterwards.)
@@ -119,8 +129,22 @@ async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
 }
 
 async fn fcntl(call: &Call<'_>) -> Outcome {
-    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
+    let Some(mut h) = call.handle(0) else { return Ok(Action::Continue) };
     let cmd = call.arg_i32(1);
+    // Changes of the description at home (its flags, its locks) are its own, not those of every open
+    // sharing its placeholder.
+    if matches!(
+        cmd,
+        libc::F_SETFL
+            | libc::F_GETLK
+            | libc::F_SETLK
+            | libc::F_SETLKW
+            | libc::F_OFD_GETLK
+            | libc::F_OFD_SETLK
+            | libc::F_OFD_SETLKW
+    ) {
+        h = crate::lazy::unshare(call, &h, 0)?;
+    }
     match cmd {
         libc::F_GETFL => {
             let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle: h.id })).await?;

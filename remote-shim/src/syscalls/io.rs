@@ -454,7 +454,7 @@ async fn seek_behind(call: &Call<'_>, h: &Handle, target: i64) -> Result<(), Err
     Ok(())
 }
 
-async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {
+async fn ioctl(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
     match call.arg(1) as libc::c_ulong {
         libc::FIONREAD => {
             let (n, _) = call
@@ -467,7 +467,8 @@ async fn ioctl(call: &Call<'_>, h: &Handle) -> Outcome {
         libc::FIOCLEX | libc::FIONCLEX => Ok(Action::Continue),
         libc::FIONBIO => {
             let on: i32 = memory::read_pod(call.tid, call.arg(2))?;
-            super::fd::set_nonblock(call, h, on != 0).await
+            let h = crate::lazy::unshare(call, h, 0)?;
+            super::fd::set_nonblock(call, &h, on != 0).await
         }
         // Home files are regular files, directories and fifos: terminal and device requests fail as there.
         _ => Err(Errno::ENOTTY),

@@ -157,8 +157,11 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
                 h.stat.mode & libc::S_IFMT == libc::S_IFREG && oflags & (libc::O_APPEND | libc::O_PATH) == 0;
             if plain && room != 0 {
                 h.behind.follow_pos();
-                // Emptied here and readable: what it holds is what this description writes (`behind`).
-                if oflags & libc::O_ACCMODE == libc::O_RDWR && oflags & libc::O_TRUNC != 0 {
+                // Emptied here (or made empty: a creating open that found nothing in it) and readable: what
+                // it holds is what this description writes (`behind`; sqlite's journal).
+                let emptied =
+                    oflags & libc::O_TRUNC != 0 || (oflags & libc::O_CREAT != 0 && h.stat.size == 0);
+                if oflags & libc::O_ACCMODE == libc::O_RDWR && emptied {
                     h.behind.start_shadow(call.sup.link.attrs.foreign_mark((h.stat.dev, h.stat.ino), h.id));
                 }
             }
