@@ -195,7 +195,7 @@ fn a_lazily_opened_descriptor_holds_locks_home_sees() {
 /// Opens of one unchanged file answered without home share its copy: each is a description of its own
 /// (offsets, flags, locks), as native opens are.
 const SHARED: &str = r#"
-import fcntl, os, subprocess, sys
+import fcntl, os, subprocess, sys, time
 p = os.path.abspath("lib.bin")
 with open(p, "rb") as f:
     f.read()
@@ -226,6 +226,18 @@ fcntl.fcntl(a, fcntl.F_SETFL, fcntl.fcntl(a, fcntl.F_GETFL) | os.O_NONBLOCK)
 nonblock = lambda fd: bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
 print(nonblock(a), nonblock(b), os.read(a, 2), os.read(b, 2))
 print(os.fstat(a).st_size, os.fstat(b).st_size, os.fstat(c).st_size, os.read(b, 100))
+# A lock a child takes through the descriptor it inherited is the description's: it stays when the child
+# ends (a shell's `exec 9<file; flock 9`), past a collection of what nobody holds.
+d = os.open(p, os.O_RDONLY)
+take = f"import fcntl; fcntl.flock({d}, fcntl.LOCK_EX)"
+subprocess.run([sys.executable, "-c", take], pass_fds=[d], check=True)
+time.sleep(1.2)
+try:
+    fcntl.flock(os.open(p, os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("taken after the child")
+except BlockingIOError:
+    print("held after the child")
+os.close(d)
 "#;
 
 #[test]
@@ -242,6 +254,7 @@ fn opens_sharing_a_copy_are_descriptions_of_their_own() {
     let both = cmd.check_with(&native, &homeward::Compare::new());
     let run = &both.remote;
     assert!(run.stdout().contains("second lock refused\nchild refused"), "{run}");
+    assert!(run.stdout().ends_with("held after the child\n"), "{run}");
     // The opens after the first were answered here.
     let path = hosts.path("lib.bin");
     let opens = opens_of(&trace, path.to_str().expect("a UTF-8 path"));

@@ -242,8 +242,9 @@ fn offsets_followed_here_are_the_kernels() {
     );
 }
 
-/// A file the job emptied and writes is read back from what it wrote (no round trip), until anything else
-/// changes it: another descriptor's write, a truncate, a child's write through the same description.
+/// A file the job emptied (or made empty by creating it) and writes is read back from what it wrote (no
+/// round trip), until anything else changes it: another descriptor's write, a truncate, a child's write
+/// through the same description.
 const READ_BACK: &str = r#"
 import os
 fd = os.open("shadow.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -265,6 +266,13 @@ os.ftruncate(fd, 3)
 print(os.pread(fd, 20, 0))
 os.write(fd, b"+")
 print(os.pread(fd, 20, 0))
+# Made empty by a creating open (sqlite's journal), then one that found content (read at home).
+made = os.open("created.bin", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(made, b"journal")
+print(os.pread(made, 8, 0), os.pread(made, 8, 7), os.lseek(made, 0, os.SEEK_CUR))
+found = os.open("shadow.bin", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(found, b"Q")
+print(os.pread(found, 20, 0))
 "#;
 
 #[test]

@@ -325,6 +325,15 @@ async fn admit(session: &Arc<Session>, generation: u64, request: CallRequest) {
             let (reply, answer) = run(session.clone(), request).await;
             tokio::spawn(answer.send(reply));
         }
+        // A call that cannot wait runs here, on the stream's reader, before the next request is read: no
+        // task to start and wake (on the development VM each wake-up of another worker thread cost more than
+        // the call). One that meets something that may wait after all (a fifo) goes on a blocking thread.
+        Admit::Run if !exec::may_block(session, &request) => match run_here(session, request) {
+            Ok((reply, answer)) => answer.send(reply).await,
+            Err(request) => {
+                tokio::spawn(call(session.clone(), *request));
+            }
+        },
         Admit::Run => {
             tokio::spawn(call(session.clone(), request));
         }
@@ -426,28 +435,52 @@ impl Answer {
 
 /// Runs one call (on a blocking thread when it may wait); its reply, and where to send it.
 async fn run(session: Arc<Session>, request: CallRequest) -> (Option<CallReply>, Answer) {
-    let seq = request.seq;
-    let answer = Answer { session: session.clone(), seq };
-    let op = exec::op_name(request.op.as_ref());
-    let ran = if exec::may_block(&session, &request) {
-        tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request)))
-            .await
-            .map_err(|e| e.to_string())
-    } else {
-        // Caught like spawn_blocking catches it: an executor bug is answered, never left hanging.
-        let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            session.run(|| exec::inline(|| exec::execute(&session, &request)))
-        }));
-        match inline {
-            Ok(Some(reply)) if reply.outcome.is_some_and(|o| o.to_result() == Err(exec::RETRY_BLOCKING)) => {
-                tokio::task::spawn_blocking(move || session.run(|| exec::execute(&session, &request)))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Ok(reply) => Ok(reply),
-            Err(_) => Err("the executor panicked".to_string()),
+    if !exec::may_block(&session, &request) {
+        match run_here(&session, request) {
+            Ok(ran) => return ran,
+            Err(request) => return run_blocking(session, *request).await,
         }
+    }
+    run_blocking(session, request).await
+}
+
+/// Runs a call that cannot wait on this thread; `Err` (the request back) when it met something that may
+/// wait after all (`RETRY_BLOCKING`: an open that met a fifo), to be run on a blocking thread.
+fn run_here(
+    session: &Arc<Session>,
+    request: CallRequest,
+) -> Result<(Option<CallReply>, Answer), Box<CallRequest>> {
+    // Caught like spawn_blocking catches it: an executor bug is answered, never left hanging.
+    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        session.run(|| exec::inline(|| exec::execute(session, &request)))
+    }));
+    let ran = match inline {
+        Ok(Some(reply)) if reply.outcome.is_some_and(|o| o.to_result() == Err(exec::RETRY_BLOCKING)) => {
+            return Err(Box::new(request));
+        }
+        Ok(reply) => Ok(reply),
+        Err(_) => Err("the executor panicked".to_string()),
     };
+    Ok(finish(session.clone(), request.seq, exec::op_name(request.op.as_ref()), ran))
+}
+
+/// Runs a call on a blocking thread.
+async fn run_blocking(session: Arc<Session>, request: CallRequest) -> (Option<CallReply>, Answer) {
+    let (seq, op, runner) = (request.seq, exec::op_name(request.op.as_ref()), session.clone());
+    let ran = tokio::task::spawn_blocking(move || runner.run(|| exec::execute(&runner, &request)))
+        .await
+        .map_err(|e| e.to_string());
+    finish(session, seq, op, ran)
+}
+
+/// A call's reply (`EIO` for an executor that failed), and where to send it.
+fn finish(
+    session: Arc<Session>,
+    seq: u64,
+    op: &'static str,
+    ran: Result<Option<CallReply>, String>,
+) -> (Option<CallReply>, Answer) {
+    let answer = Answer { session, seq };
     let reply = match ran {
         Ok(Some(reply)) => reply,
         Ok(None) => return (None, answer),

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 /// One open file description at home, as the shim knows it.
 pub struct Handle {
     pub id: u64,
-    /// The placeholder's open file: the same description is installed in every program slot for this handle.
+    /// The placeholder's open file: the same description is installed in every program slot for this handle
+    /// (for a shared one, each open is a description of its own of this memfd: [`Handle::is_shared`]).
     pub memfd: OwnedFd,
     /// Native open flags it was opened with.
     pub flags: i32,
@@ -56,8 +57,22 @@ pub struct Handle {
     /// Shared by the opens of one version ([`FdTable::shared`]): each open is a description of its own of
     /// the memfd, which the supervisor's `memfd` is not.
     shared: std::sync::atomic::AtomicBool,
+    /// The descriptions of a shared placeholder that have a home handle of their own (their flags and
+    /// locks at home).
+    descriptions: Mutex<Vec<Arc<Description>>>,
     /// The collection during which it was made, or last given to a new open (see [`FdTable::collect`]).
     born: AtomicU64,
+}
+
+/// One of the program's descriptions of a shared placeholder, with a home handle of its own: what the
+/// description is at home (its flags, its record locks and `flock`) is its own, not every open's.
+pub struct Description {
+    /// The program's description itself (taken with `pidfd_getfd`), to tell it from the others (`kcmp`).
+    pub description: OwnedFd,
+    /// How it is opened at home, and its home handle once it is.
+    pub lazy: crate::lazy::Lazy,
+    /// The collection during which it was made.
+    born: u64,
 }
 
 /// How a handle was opened: by a lookup that home leased.
@@ -230,11 +245,37 @@ impl Handle {
         self.shared.load(Ordering::SeqCst)
     }
 
-    fn take_for_close(&self) -> Option<u64> {
-        match &self.lazy {
-            Some(lazy) => lazy.take_for_close(),
-            None => Some(self.id),
-        }
+    /// The record of the program's description behind descriptor `fd` of thread `tid`, if it has one.
+    pub fn description(&self, tid: u32, fd: i32) -> Option<Arc<Description>> {
+        let descriptions = self.descriptions.lock().unwrap_or_else(|p| p.into_inner());
+        descriptions
+            .iter()
+            .find(|d| crate::sys::tracee::same_description(d.description.as_fd(), tid, fd).unwrap_or(false))
+            .cloned()
+    }
+
+    /// Keeps a record of `description` (one of the program's), opened at home as `lazy` says.
+    pub fn add_description(
+        &self,
+        table: &FdTable,
+        description: OwnedFd,
+        lazy: crate::lazy::Lazy,
+    ) -> Arc<Description> {
+        let born = table.generation.load(Ordering::SeqCst);
+        let record = Arc::new(Description { description, lazy, born });
+        self.descriptions.lock().unwrap_or_else(|p| p.into_inner()).push(record.clone());
+        record
+    }
+
+    /// The home handles to close when nobody holds this placeholder any more.
+    fn take_for_close(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = match &self.lazy {
+            Some(lazy) => lazy.take_for_close().into_iter().collect(),
+            None => vec![self.id],
+        };
+        let descriptions = std::mem::take(&mut *self.descriptions.lock().unwrap_or_else(|p| p.into_inner()));
+        ids.extend(descriptions.iter().filter_map(|d| d.lazy.take_for_close()));
+        ids
     }
 }
 
@@ -333,6 +374,7 @@ impl FdTable {
             behind: Arc::default(),
             lazy,
             shared: Default::default(),
+            descriptions: Mutex::default(),
             born: AtomicU64::new(self.generation.load(Ordering::SeqCst)),
         }))
     }
@@ -479,6 +521,19 @@ impl FdTable {
         self.made.store(0, Ordering::Relaxed);
         let started = self.generation.fetch_add(1, Ordering::SeqCst);
         let mut held: HashSet<u64> = HashSet::new();
+        // The descriptions of shared placeholders that some process still holds (by address of the record).
+        let mut held_descriptions: HashSet<usize> = HashSet::new();
+        let with_descriptions: HashMap<u64, Vec<Arc<Description>>> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|h| h.is_shared())
+            .filter_map(|h| {
+                let d = h.descriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                (!d.is_empty()).then_some((h.id, d))
+            })
+            .collect();
         for pid in job {
             let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
             for entry in dir.flatten() {
@@ -491,6 +546,13 @@ impl FdTable {
                 if let Ok(link) = std::fs::read_link(entry.path()) {
                     if let Some(id) = self.parse_placeholder(link.as_os_str().as_encoded_bytes()) {
                         held.insert(id);
+                        for d in with_descriptions.get(&id).into_iter().flatten() {
+                            let same =
+                                crate::sys::tracee::same_description(d.description.as_fd(), *pid, n as i32);
+                            if same.unwrap_or(false) {
+                                held_descriptions.insert(Arc::as_ptr(d) as usize);
+                            }
+                        }
                     }
                 }
             }
@@ -509,7 +571,21 @@ impl FdTable {
         if dead.iter().any(|h| h.is_shared()) {
             self.shared.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, id| handles.contains_key(id));
         }
-        dead.iter().filter_map(|h| h.take_for_close()).collect()
+        let mut closing: Vec<u64> = dead.iter().flat_map(|h| h.take_for_close()).collect();
+        // Descriptions of placeholders still held that nobody holds any more: their flags and locks at home
+        // go as the kernel's go when a description's last descriptor closes.
+        for id in with_descriptions.keys() {
+            let Some(h) = handles.get(id) else { continue };
+            let mut descriptions = h.descriptions.lock().unwrap_or_else(|p| p.into_inner());
+            descriptions.retain(|d| {
+                let keep = d.born >= started || held_descriptions.contains(&(Arc::as_ptr(d) as usize));
+                if !keep {
+                    closing.extend(d.lazy.take_for_close());
+                }
+                keep
+            });
+        }
+        closing
     }
 
     /// Handles made since the last collection.

@@ -88,7 +88,7 @@ impl Lazy {
     }
 
     /// How another open of the same file opens it at home (a placeholder no longer shared, [`unshare`]).
-    fn again(&self) -> Lazy {
+    pub fn again(&self) -> Lazy {
         let lazy = Lazy::new(self.path.clone(), self.flags);
         lazy.gone.store(self.gone(), Ordering::SeqCst);
         lazy
@@ -233,6 +233,8 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
             tokio::task::yield_now().await;
         }
     }
+    // A lookup that follows a last link whatever the flags say (`.`, a trailing slash): so does home's open.
+    let home_flags = if key.follow { oflags & !libc::O_NOFOLLOW } else { oflags };
     // Where home opens it if a call needs it: the same file, by an absolute path.
     let path = if key.proc == 0 {
         key.path.clone()
@@ -248,7 +250,7 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
         // No content: every call on it but `fstat` (answered by the lookup, `syscalls::stat`) opens it at
         // home first.
         let st = cached_dir(call, key)?;
-        let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, oflags)).ok()?;
+        let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, home_flags)).ok()?;
         h.set_origin(Origin { key: key.clone() });
         call.sup.handle_made();
         tracing::trace!(handle = h.id, "directory open answered without home");
@@ -265,30 +267,65 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     if let Some(h) = call.sup.fds.shared(&shared) {
         let fresh = call.sup.fds.copy_of(&h, &call.sup.link.attrs) == crate::fdtable::CopyState::Fresh;
         if fresh && h.stat == st && h.copied_at().is_some_and(|m| m <= mark) {
+            // (A description the supervisor cannot make: the open goes home.)
+            let description = reopen(&h)?;
             tracing::trace!(handle = h.id, "open answered without home, sharing a copy");
-            return Some(call.install(&h, cloexec, 0).map(|fd| Action::Answered(i64::from(fd))));
+            let installed = call.install_description(&h, description.as_fd(), cloexec, 0);
+            return Some(installed.map(|fd| Action::Answered(i64::from(fd))));
         }
     }
-    let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, oflags)).ok()?;
+    let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, home_flags)).ok()?;
     if !h.charge(st.size.max(0)) || !call.sup.content.copy_into(&version, &h.memfd) {
         return None;
     }
     h.mark_filled();
     h.set_copied_at(mark);
     h.set_origin(Origin { key: key.clone() });
+    let description = reopen(&h)?;
     call.sup.fds.share(shared, &h);
     call.sup.handle_made();
     tracing::trace!(handle = h.id, "open answered without home");
-    Some(call.install(&h, cloexec, 0).map(|fd| Action::Answered(i64::from(fd))))
+    let installed = call.install_description(&h, description.as_fd(), cloexec, 0);
+    Some(installed.map(|fd| Action::Answered(i64::from(fd))))
 }
 
-/// The placeholder behind the caller's descriptor argument `fd_arg` as a handle of its own, before a call
-/// that changes what the description is at home (its flags, its locks, a pump reading at home's offset):
-/// `h` itself unless opens share it ([`crate::fdtable::FdTable::share`]); otherwise a copy of the content
-/// with the same origin and state is put over that descriptor at its offset, and its own home handle comes
+/// A new read-only description of `h`'s placeholder memfd (one open of a shared copy).
+fn reopen(h: &Handle) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::File::open(format!("/proc/self/fd/{}", h.memfd.as_raw_fd())).ok()
+}
+
+/// The home handle that stands for the program's description behind descriptor argument `fd_arg` in calls
+/// that act on the description at home (its flags, its record locks, `flock`): `h`'s own (to be resolved
+/// as any), unless opens share `h` ([`crate::fdtable::FdTable::share`]); then each description has a
+/// record of its own ([`crate::fdtable::Description`], told apart with `kcmp`, so `dup`s and children
+/// share it as they share the description), opened at home on first need: by reopening `h`'s home handle
+/// when it has one (it holds the file whatever became of its name), else by its path. A description
+/// without a record has the flags it was opened with and holds no lock, as `h`'s handle: a call that only
+/// reads them, or releases locks (`changes`: false), uses that.
+pub async fn description_handle(
+    call: &Call<'_>,
+    h: &std::sync::Arc<Handle>,
+    fd_arg: usize,
+    changes: bool,
+) -> Result<u64, Errno> {
+    let Some(lazy) = h.lazy().filter(|_| h.is_shared()) else { return Ok(h.id) };
+    let fd = call.arg_i32(fd_arg);
+    let record = match h.description(call.tid, fd) {
+        Some(record) => record,
+        None if !changes => return Ok(h.id),
+        None => h.add_description(&call.sup.fds, call.local_fd(fd)?, lazy.again()),
+    };
+    let proc = call.proc();
+    open_lazy(call, proc, h, &record.lazy, lazy.home()).await
+}
+
+/// The placeholder behind the caller's descriptor argument `fd_arg` as a handle of its own, before a pump
+/// reads at home's offset for it: `h` itself unless opens share it; otherwise a copy of the content with
+/// the same origin and state is put over that descriptor at its offset, and its own home handle comes
 /// when needed. (Other descriptors of the same description, made by `dup` or inherited by a child, stay
 /// with the shared placeholder: Known limits.)
-pub fn unshare(
+pub async fn unshare(
     call: &Call<'_>,
     h: &std::sync::Arc<Handle>,
     fd_arg: usize,
@@ -298,6 +335,14 @@ pub fn unshare(
     }
     let fd = call.arg(fd_arg) as u32;
     let lazy = h.lazy().ok_or(Errno::EIO)?;
+    // One thread at a time, and only while the number still stands for `h` (another thread may have
+    // closed it and reused the number meanwhile).
+    let _one = lazy.opening.lock().await;
+    match call.sup.fds.lookup(call.tid, u64::from(fd)) {
+        Some(now) if now.id == h.id => {}
+        Some(now) => return Ok(now),
+        None => return Err(Errno::EBADF),
+    }
     let (pos, cloexec) = description_state(call.tid, fd).ok_or(Errno::EBADF)?;
     let private = call.sup.fds.new_lazy(h.flags, h.stat, lazy.again()).map_err(|e| Errno::from_io(&e))?;
     let size = u64::try_from(h.stat.size).unwrap_or(0);
@@ -336,6 +381,19 @@ fn description_state(tid: u32, fd: u32) -> Option<(i64, bool)> {
 /// yet: `ESTALE` when home's file at its path is no longer the placeholder's.
 pub async fn home_handle(call: &Call<'_>, proc: pb::Proc, h: &Handle) -> Result<u64, Errno> {
     let Some(lazy) = h.lazy() else { return Ok(h.id) };
+    open_lazy(call, proc, h, lazy, None).await
+}
+
+/// The home handle of `lazy` (`h`'s, or one of its descriptions'), opening `h`'s file at home if it has
+/// none yet: by reopening home handle `via` (one of the same file, which holds it whatever became of its
+/// name) when given, else by its path.
+async fn open_lazy(
+    call: &Call<'_>,
+    proc: pb::Proc,
+    h: &Handle,
+    lazy: &Lazy,
+    via: Option<u64>,
+) -> Result<u64, Errno> {
     let _one = lazy.opening.lock().await;
     match lazy.home.load(Ordering::SeqCst) {
         0 => {}
@@ -345,9 +403,13 @@ pub async fn home_handle(call: &Call<'_>, proc: pb::Proc, h: &Handle) -> Result<
     if lazy.gone() {
         return Err(Errno::ESTALE);
     }
+    let (dir, path) = match via {
+        Some(handle) => (pb::Dir { handle }, Vec::new()),
+        None => (pb::Dir { handle: 0 }, lazy.path.clone()),
+    };
     let op = Op::Open(pb::Open {
-        dir: Some(pb::Dir { handle: 0 }),
-        path: lazy.path.clone().into(),
+        dir: Some(dir),
+        path: path.into(),
         flags: flags::open_to_wire(lazy.flags),
         mode: 0,
         resolve: 0,

@@ -53,6 +53,19 @@ pub fn pidfd_getfd(pidfd: std::os::fd::BorrowedFd<'_>, target_fd: i32) -> io::Re
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Whether our descriptor `ours` and descriptor `theirs` of thread `tid` are the same open file
+/// description (`kcmp` with `KCMP_FILE`).
+pub fn same_description(ours: std::os::fd::BorrowedFd<'_>, tid: u32, theirs: i32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    const KCMP_FILE: libc::c_long = 0;
+    let me = std::process::id() as libc::c_long;
+    let (fd1, fd2) = (ours.as_raw_fd() as libc::c_long, theirs as libc::c_long);
+    // SAFETY: kcmp takes integers only.
+    let order =
+        check(unsafe { libc::syscall(libc::SYS_kcmp, me, tid as libc::c_long, KCMP_FILE, fd1, fd2) })?;
+    Ok(order == 0)
+}
+
 /// Plain-data kernel structs that may be copied to and from the traced program as raw bytes.
 ///
 /// # Safety

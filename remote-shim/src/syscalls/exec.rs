@@ -217,7 +217,8 @@ async fn fetch(
     let outcome = super::outcome(&reply);
     if let (Some(key), Err(e)) = (key, outcome) {
         if is_absence(e) {
-            attrs.put_leased(key, Cached::Missing(e), ticket, &reply);
+            // (Relative to a directory or the cwd, it also depends on the lookup of that one.)
+            call.put_leased(&dir, path, key, Cached::Missing(e), ticket, &reply);
         }
     }
     let handle = super::handle_id(outcome?)?;

@@ -11,10 +11,15 @@ use std::sync::Arc;
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     Some(match nr {
         libc::SYS_fcntl => fcntl(call).await,
-        libc::SYS_flock => match call.handle(0).map(|h| crate::lazy::unshare(call, &h, 0)) {
-            Some(Err(e)) => Err(e),
-            Some(Ok(h)) => {
-                let op = Op::Flock(pb::Flock { handle: h.id, operation: call.arg(1) as u32 });
+        libc::SYS_flock => match call.handle(0) {
+            Some(h) => {
+                // The lock is the description's: its own home handle when opens share the placeholder.
+                let takes = call.arg_i32(1) & !libc::LOCK_NB != libc::LOCK_UN;
+                let handle = match crate::lazy::description_handle(call, &h, 0, takes).await {
+                    Ok(handle) => handle,
+                    Err(e) => return Some(Err(e)),
+                };
+                let op = Op::Flock(pb::Flock { handle, operation: call.arg(1) as u32 });
                 match call.arg_i32(1) & !libc::LOCK_NB {
                     libc::LOCK_UN if h.flags & libc::O_PATH == 0 => {
                         lock_behind(call, &h, op, "lock release").await
@@ -72,7 +77,7 @@ async fn below_range(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: boo
             .map_err(|e| Errno::from_io(&e));
     }
     // The pump reads at home's offset: a handle of its own.
-    let h = &crate::lazy::unshare(call, h, 0)?;
+    let h = &crate::lazy::unshare(call, h, 0).await?;
     if h.copy() != crate::fdtable::CopyState::None {
         // The description's offset lives in the placeholder (a content copy): the pump reads at home, from
         // there. (Reads through the pump do not move the placeholder's offset afterwards.)
@@ -129,25 +134,14 @@ async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
 }
 
 async fn fcntl(call: &Call<'_>) -> Outcome {
-    let Some(mut h) = call.handle(0) else { return Ok(Action::Continue) };
+    let Some(h) = call.handle(0) else { return Ok(Action::Continue) };
     let cmd = call.arg_i32(1);
-    // Changes of the description at home (its flags, its locks) are its own, not those of every open
-    // sharing its placeholder.
-    if matches!(
-        cmd,
-        libc::F_SETFL
-            | libc::F_GETLK
-            | libc::F_SETLK
-            | libc::F_SETLKW
-            | libc::F_OFD_GETLK
-            | libc::F_OFD_SETLK
-            | libc::F_OFD_SETLKW
-    ) {
-        h = crate::lazy::unshare(call, &h, 0)?;
-    }
+    // The description's flags and locks at home: its own home handle when opens share the placeholder.
+    let description = |changes| crate::lazy::description_handle(call, &h, 0, changes);
     match cmd {
         libc::F_GETFL => {
-            let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle: h.id })).await?;
+            let handle = description(false).await?;
+            let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle })).await?;
             Ok(Action::Value(i64::from(flags::open_from_wire(wire as u32) & !libc::O_CLOEXEC)))
         }
         libc::F_SETFL => {
@@ -159,11 +153,9 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
                 // Writes now move the offset to wherever the end is.
                 h.behind.untrack();
             }
-            simple(
-                call,
-                Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(call.arg_i32(2)) }),
-            )
-            .await
+            let handle = description(true).await?;
+            simple(call, Op::SetFlags(pb::SetFlags { handle, flags: flags::open_to_wire(call.arg_i32(2)) }))
+                .await
         }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             let min = call.arg_i32(2);
@@ -172,14 +164,26 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
             }
             dup_lowest(call, &h, cmd == libc::F_DUPFD_CLOEXEC, min as u32).await
         }
-        libc::F_GETLK | libc::F_SETLK | libc::F_SETLKW => lock(call, &h, cmd, false).await,
-        libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => lock(call, &h, cmd, true).await,
+        libc::F_GETLK
+        | libc::F_SETLK
+        | libc::F_SETLKW
+        | libc::F_OFD_GETLK
+        | libc::F_OFD_SETLK
+        | libc::F_OFD_SETLKW => {
+            let ofd = matches!(cmd, libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW);
+            // Only a lock taken makes the description's own record (asking or releasing changes nothing).
+            let fl: libc::flock = memory::read_pod(call.tid, call.arg(2))?;
+            let takes =
+                !matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) && fl.l_type as i32 != libc::F_UNLCK;
+            lock(call, &h, description(takes).await?, cmd, ofd).await
+        }
         // F_GETFD/F_SETFD (close-on-exec lives in the program's table) and the rest act on the placeholder.
         _ => Ok(Action::Continue),
     }
 }
 
-async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
+/// A record lock by the description whose home handle is `handle` (`h`'s, or its own, `lazy::description_handle`).
+async fn lock(call: &Call<'_>, h: &Handle, handle: u64, cmd: i32, ofd: bool) -> Outcome {
     let fl: libc::flock = memory::read_pod(call.tid, call.arg(2))?;
     let kind = match fl.l_type as i32 {
         libc::F_RDLCK => pb::LockType::Read,
@@ -203,7 +207,7 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
     };
     let range =
         pb::LockRange { kind: kind as i32, whence: whence as i32, start: fl.l_start, len: fl.l_len, pid: 0 };
-    let op = Op::Lock(pb::Lock { handle: h.id, cmd: lcmd as i32, ofd, range: Some(range) });
+    let op = Op::Lock(pb::Lock { handle, cmd: lcmd as i32, ofd, range: Some(range) });
     // A range from the start of the file, as the write locks granted are kept (`Behind::write_locked`).
     let known =
         (whence == pb::Whence::Set && fl.l_start >= 0 && fl.l_len >= 0).then_some((fl.l_start, fl.l_len));
@@ -224,7 +228,7 @@ async fn lock(call: &Call<'_>, h: &Handle, cmd: i32, ofd: bool) -> Outcome {
             // Never waiting at home (it runs on the stream's reader): were the premise wrong, it would
             // fail rather than block.
             let range = Some(range);
-            let op = Op::Lock(pb::Lock { handle: h.id, cmd: pb::LockCmd::Set as i32, ofd, range });
+            let op = Op::Lock(pb::Lock { handle, cmd: pb::LockCmd::Set as i32, ofd, range });
             return lock_behind(call, h, op, "lock downgrade").await;
         }
     }
@@ -276,16 +280,16 @@ async fn lock_behind(call: &Call<'_>, h: &Handle, op: Op, what: &'static str) ->
     Ok(Action::Value(0))
 }
 
-/// FIONBIO: sets or clears O_NONBLOCK on the home file.
-pub async fn set_nonblock(call: &Call<'_>, h: &Handle, on: bool) -> Outcome {
-    let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle: h.id })).await?;
+/// FIONBIO: sets or clears O_NONBLOCK on the home file (`handle`: the description's, see [`lock`]).
+pub async fn set_nonblock(call: &Call<'_>, handle: u64, on: bool) -> Outcome {
+    let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle })).await?;
     let mut native = flags::open_from_wire(wire as u32);
     if on {
         native |= libc::O_NONBLOCK;
     } else {
         native &= !libc::O_NONBLOCK;
     }
-    simple(call, Op::SetFlags(pb::SetFlags { handle: h.id, flags: flags::open_to_wire(native) }))
+    simple(call, Op::SetFlags(pb::SetFlags { handle, flags: flags::open_to_wire(native) }))
         .await
         .map(|_| Action::Value(0))
 }

@@ -467,8 +467,8 @@ async fn ioctl(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
         libc::FIOCLEX | libc::FIONCLEX => Ok(Action::Continue),
         libc::FIONBIO => {
             let on: i32 = memory::read_pod(call.tid, call.arg(2))?;
-            let h = crate::lazy::unshare(call, h, 0)?;
-            super::fd::set_nonblock(call, &h, on != 0).await
+            let handle = crate::lazy::description_handle(call, h, 0, true).await?;
+            super::fd::set_nonblock(call, handle, on != 0).await
         }
         // Home files are regular files, directories and fifos: terminal and device requests fail as there.
         _ => Err(Errno::ENOTTY),

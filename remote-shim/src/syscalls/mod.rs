@@ -20,7 +20,7 @@ use crate::supervisor::Supervisor;
 use crate::sys::seccomp::Notif;
 use homeward_proto::pb::{self, call_request::Op, CallReply};
 use homeward_proto::Errno;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 /// What to tell the kernel about an intercepted call.
@@ -84,13 +84,8 @@ impl Call<'_> {
     }
 
     /// Installs a placeholder for `h` in the calling program and answers the call with its number.
-    /// Installs `h`'s placeholder for a new open (one shared by opens gets a description of its own).
+    /// Installs `h`'s placeholder (its memfd's description, the supervisor's own).
     pub fn install(&self, h: &Arc<Handle>, cloexec: bool, min: u32) -> Result<i32, Errno> {
-        if h.is_shared() {
-            let path = format!("/proc/self/fd/{}", h.memfd.as_raw_fd());
-            let description = std::fs::File::open(path).map_err(|e| Errno::from_io(&e))?;
-            return self.install_description(h, description.as_fd(), cloexec, min);
-        }
         let slot = crate::fdtable::Slot { notif_id: self.id, tid: self.tid, tgid: self.tgid(), min, cloexec };
         self.sup.fds.install(self.sup.listener.as_fd(), slot, h).map_err(|e| Errno::from_io(&e))
     }
