@@ -336,3 +336,57 @@ fn readlink_of_a_created_file_is_answered_until_home_changes_the_name() {
         .collect();
     assert_eq!(links, ["local", "local", "home"], "{run}");
 }
+
+/// Access checks for writing a directory, answered here while files come and go in it, and after home
+/// remounts it read-only (which no watch reports: home watches its mount table).
+const WRITABLE: &str = r#"
+import os, time
+d = os.path.abspath("d")
+def show(step):
+    print(step, os.access(d, os.W_OK), os.access(d, os.R_OK | os.W_OK | os.X_OK))
+show("start")
+open(os.path.join(d, "new"), "w").close()
+show("file made")
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+show("read-only")
+"#;
+
+/// Undoes the test's bind mount, however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn access_for_writing_is_answered_until_home_remounts_read_only() {
+    skip_unless_root!();
+    require_tools!("python3", "mount", "umount");
+    let hosts = Hosts::start();
+    hosts.mkdir("d");
+    hosts.write("t.py", WRITABLE);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let d = hosts.path("d");
+    let _unmount = Unmount(d.clone());
+    let remount: &dyn Fn() = &|| {
+        let mount = |args: &[&str]| {
+            let ok = std::process::Command::new("mount").args(args).arg(&d).arg(&d).status();
+            assert!(ok.is_ok_and(|s| s.success()), "mount {args:?} failed");
+        };
+        mount(&["--bind"]);
+        mount(&["-o", "remount,bind,ro"]);
+    };
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &[remount]);
+    run.assert_success();
+    assert_eq!(run.stdout(), "start True True\nfile made True True\nread-only False False\n", "{run}");
+    let checks = wheres(&calls(&trace), "access", &d);
+    assert_eq!(checks, ["home", "home", "local", "local", "home", "home"], "{run}");
+}

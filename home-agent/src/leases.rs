@@ -105,6 +105,8 @@ pub struct Grant<'a> {
     deps: Vec<Dep>,
     /// See [`Grant::entry_only`].
     entry_only: bool,
+    /// See [`Grant::directory_by_entry`].
+    directory_by_entry: bool,
 }
 
 impl Leases {
@@ -161,7 +163,7 @@ impl Leases {
         if inner.stopped {
             return None;
         }
-        Some(Grant { inner, fd, deps: Vec::new(), entry_only: false })
+        Some(Grant { inner, fd, deps: Vec::new(), entry_only: false, directory_by_entry: false })
     }
 
     /// Every report due now, in order: those numbered by grants and not sent yet, then the changes queued
@@ -185,6 +187,24 @@ impl Leases {
         let _sending = self.sending.lock().await;
         for report in self.due() {
             outbox.send(report).await;
+        }
+    }
+
+    /// The mounts at home changed (which no watch reports: a file system mounted over a directory, one made
+    /// read-only): every lease granted so far is void. The report goes out at once, in order with the
+    /// others.
+    pub async fn mounts_changed(&self) {
+        let _sending = self.sending.lock().await;
+        let (report, replies) = {
+            let mut inner = self.lock();
+            if inner.stopped || inner.replies.is_none() {
+                return;
+            }
+            inner.seq += 1;
+            (flush_reply(Event { seq: inner.seq, forget: true, ..Default::default() }), inner.replies.clone())
+        };
+        if let Some(replies) = replies {
+            let _ = replies.send(Ok(report)).await;
         }
     }
 
@@ -245,6 +265,13 @@ impl Grant<'_> {
     /// not void the answer.
     pub fn entry_only(&mut self) {
         self.entry_only = true;
+    }
+
+    /// The answer depends on a directory found by name only through its own attributes (an access check):
+    /// a change of them is reported under its name to the directory it is in, which the walk watches, so
+    /// it is not watched itself, and files made in it do not void the answer.
+    pub fn directory_by_entry(&mut self) {
+        self.directory_by_entry = true;
     }
 
     fn try_walk(
@@ -348,7 +375,11 @@ impl Grant<'_> {
             }
             let next = sys::openat(dir, &name, dirflags, 0).ok()?;
             // The directory found: its own attributes are part of the answer.
-            if todo.is_empty() && !self.entry_only && !self.depend(next.as_fd(), b"") {
+            if todo.is_empty()
+                && !self.entry_only
+                && !self.directory_by_entry
+                && !self.depend(next.as_fd(), b"")
+            {
                 return None;
             }
             cur = Some(next);

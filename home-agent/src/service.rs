@@ -78,8 +78,36 @@ impl HomeService {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "home".to_string());
-        HomeService { sessions: Arc::default(), host, allow }
+        let sessions: Sessions = Arc::default();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(watch_mounts(Arc::downgrade(&sessions)));
+        }
+        HomeService { sessions, host, allow }
     }
+}
+
+/// Whether home's mounts are watched ([`watch_mounts`]): only then are access checks for writing leased,
+/// since a file system remounted read-only changes them without any watch reporting it.
+pub static MOUNTS_WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Voids every session's leases whenever home's mount table changes (`/proc/self/mountinfo` polls as
+/// priority data then): a mount over a directory, or a file system made read-only, changes lookups and
+/// access checks without any watch reporting it.
+async fn watch_mounts(sessions: std::sync::Weak<Mutex<HashMap<u64, Live>>>) {
+    let Ok(file) = std::fs::File::open("/proc/self/mountinfo") else { return };
+    let Ok(mounts) = crate::sys::async_fd_priority(file) else { return };
+    MOUNTS_WATCHED.store(true, std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let Ok(mut ready) = mounts.ready(tokio::io::Interest::PRIORITY).await else { break };
+        ready.clear_ready();
+        let Some(sessions) = sessions.upgrade() else { break };
+        let live: Vec<Arc<Session>> = lock(&sessions).values().map(|l| l.session.clone()).collect();
+        debug!(sessions = live.len(), "home's mounts changed: every lease is void");
+        for session in live {
+            session.leases.mounts_changed().await;
+        }
+    }
+    MOUNTS_WATCHED.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The session id named by the `homeward-session` metadata (decimal, or hex with `0x`).
@@ -328,12 +356,14 @@ async fn admit(session: &Arc<Session>, generation: u64, request: CallRequest) {
         // A call that cannot wait runs here, on the stream's reader, before the next request is read: no
         // task to start and wake (on the development VM each wake-up of another worker thread cost more than
         // the call). One that meets something that may wait after all (a fifo) goes on a blocking thread.
-        Admit::Run if !exec::may_block(session, &request) => match run_here(session, request) {
-            Ok((reply, answer)) => answer.send(reply).await,
-            Err(request) => {
-                tokio::spawn(call(session.clone(), *request));
+        Admit::Run if quick(&request) && !exec::may_block(session, &request) => {
+            match run_here(session, request) {
+                Ok((reply, answer)) => answer.send(reply).await,
+                Err(request) => {
+                    tokio::spawn(call(session.clone(), *request));
+                }
             }
-        },
+        }
         Admit::Run => {
             tokio::spawn(call(session.clone(), request));
         }
@@ -351,6 +381,20 @@ async fn admit(session: &Arc<Session>, generation: u64, request: CallRequest) {
             let reply = CallReply { seq: request.seq, outcome: Some(errno), ..Default::default() };
             session.outbox.send(reply).await;
         }
+    }
+}
+
+/// Whether a call is one the stream's reader runs itself (when it cannot wait): a lookup, a small read or
+/// write, a change of names or attributes; not a transfer of more than 64 KiB or a listing, which run on
+/// tasks of their own, so that the session's other calls go on meanwhile on the other workers.
+fn quick(request: &CallRequest) -> bool {
+    use homeward_proto::pb::call_request::Op;
+    const SMALL: u64 = 64 << 10;
+    match &request.op {
+        Some(Op::Read(read)) => read.len <= SMALL,
+        Some(Op::Write(write)) => write.data.len() as u64 <= SMALL,
+        Some(Op::CopyRange(_) | Op::Getdents(_)) => false,
+        _ => true,
     }
 }
 

@@ -59,9 +59,17 @@ pub struct Handle {
     shared: std::sync::atomic::AtomicBool,
     /// The descriptions of a shared placeholder that have a home handle of their own (their flags and
     /// locks at home).
-    descriptions: Mutex<Vec<Arc<Description>>>,
+    descriptions: Mutex<Descriptions>,
     /// The collection during which it was made, or last given to a new open (see [`FdTable::collect`]).
     born: AtomicU64,
+}
+
+/// The records of a shared placeholder's descriptions.
+#[derive(Default)]
+struct Descriptions {
+    list: Vec<Arc<Description>>,
+    /// The collector took the placeholder: no record is made any more (its home handle would never close).
+    collected: bool,
 }
 
 /// One of the program's descriptions of a shared placeholder, with a home handle of its own: what the
@@ -73,6 +81,14 @@ pub struct Description {
     pub lazy: crate::lazy::Lazy,
     /// The collection during which it was made.
     born: u64,
+}
+
+impl Description {
+    /// Whether descriptor `fd` of thread `tid` is this description (`kcmp`; one that cannot be told is
+    /// not: placeholders are shared only where `kcmp` works, [`crate::sys::tracee::kcmp_works`]).
+    fn is(&self, tid: u32, fd: i32) -> bool {
+        crate::sys::tracee::same_description(self.description.as_fd(), tid, fd).unwrap_or(false)
+    }
 }
 
 /// How a handle was opened: by a lookup that home leased.
@@ -245,26 +261,46 @@ impl Handle {
         self.shared.load(Ordering::SeqCst)
     }
 
-    /// The record of the program's description behind descriptor `fd` of thread `tid`, if it has one.
-    pub fn description(&self, tid: u32, fd: i32) -> Option<Arc<Description>> {
-        let descriptions = self.descriptions.lock().unwrap_or_else(|p| p.into_inner());
-        descriptions
-            .iter()
-            .find(|d| crate::sys::tracee::same_description(d.description.as_fd(), tid, fd).unwrap_or(false))
-            .cloned()
+    fn descriptions(&self) -> std::sync::MutexGuard<'_, Descriptions> {
+        self.descriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps a record of `description` (one of the program's), opened at home as `lazy` says.
-    pub fn add_description(
+    /// The record of the program's description behind descriptor `fd` of thread `tid`, if it has one.
+    pub fn description(&self, tid: u32, fd: i32) -> Option<Arc<Description>> {
+        let descriptions = self.descriptions();
+        descriptions.list.iter().find(|d| d.is(tid, fd)).cloned()
+    }
+
+    /// The record of the program's description behind descriptor `fd` of thread `tid`, made if it has none
+    /// (`take`: that description, `lazy`: how it opens at home); looked for and made in one step, so two
+    /// calls through one description at once make one record.
+    pub fn description_or_add(
         &self,
         table: &FdTable,
-        description: OwnedFd,
-        lazy: crate::lazy::Lazy,
-    ) -> Arc<Description> {
+        tid: u32,
+        fd: i32,
+        take: impl FnOnce() -> Result<OwnedFd, homeward_proto::Errno>,
+        lazy: impl FnOnce() -> crate::lazy::Lazy,
+    ) -> Result<Arc<Description>, homeward_proto::Errno> {
+        let mut descriptions = self.descriptions();
+        if let Some(found) = descriptions.list.iter().find(|d| d.is(tid, fd)) {
+            return Ok(found.clone());
+        }
+        if descriptions.collected {
+            return Err(homeward_proto::Errno::EBADF);
+        }
         let born = table.generation.load(Ordering::SeqCst);
-        let record = Arc::new(Description { description, lazy, born });
-        self.descriptions.lock().unwrap_or_else(|p| p.into_inner()).push(record.clone());
-        record
+        let record = Arc::new(Description { description: take()?, lazy: lazy(), born });
+        descriptions.list.push(record.clone());
+        Ok(record)
+    }
+
+    /// Takes the record of the description behind descriptor `fd` of thread `tid` away from this
+    /// placeholder (the descriptor gets a placeholder of its own, which keeps the record's home handle).
+    pub fn take_description(&self, tid: u32, fd: i32) -> Option<Arc<Description>> {
+        let mut descriptions = self.descriptions();
+        let i = descriptions.list.iter().position(|d| d.is(tid, fd))?;
+        Some(descriptions.list.remove(i))
     }
 
     /// The home handles to close when nobody holds this placeholder any more.
@@ -273,8 +309,9 @@ impl Handle {
             Some(lazy) => lazy.take_for_close().into_iter().collect(),
             None => vec![self.id],
         };
-        let descriptions = std::mem::take(&mut *self.descriptions.lock().unwrap_or_else(|p| p.into_inner()));
-        ids.extend(descriptions.iter().filter_map(|d| d.lazy.take_for_close()));
+        let mut descriptions = self.descriptions();
+        descriptions.collected = true;
+        ids.extend(std::mem::take(&mut descriptions.list).iter().filter_map(|d| d.lazy.take_for_close()));
         ids
     }
 }
@@ -530,7 +567,7 @@ impl FdTable {
             .values()
             .filter(|h| h.is_shared())
             .filter_map(|h| {
-                let d = h.descriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let d = h.descriptions().list.clone();
                 (!d.is_empty()).then_some((h.id, d))
             })
             .collect();
@@ -547,9 +584,10 @@ impl FdTable {
                     if let Some(id) = self.parse_placeholder(link.as_os_str().as_encoded_bytes()) {
                         held.insert(id);
                         for d in with_descriptions.get(&id).into_iter().flatten() {
+                            // (One that cannot be told, say a process exiting, counts as held.)
                             let same =
                                 crate::sys::tracee::same_description(d.description.as_fd(), *pid, n as i32);
-                            if same.unwrap_or(false) {
+                            if same.unwrap_or(true) {
                                 held_descriptions.insert(Arc::as_ptr(d) as usize);
                             }
                         }
@@ -576,8 +614,8 @@ impl FdTable {
         // go as the kernel's go when a description's last descriptor closes.
         for id in with_descriptions.keys() {
             let Some(h) = handles.get(id) else { continue };
-            let mut descriptions = h.descriptions.lock().unwrap_or_else(|p| p.into_inner());
-            descriptions.retain(|d| {
+            let mut descriptions = h.descriptions();
+            descriptions.list.retain(|d| {
                 let keep = d.born >= started || held_descriptions.contains(&(Arc::as_ptr(d) as usize));
                 if !keep {
                     closing.extend(d.lazy.take_for_close());

@@ -262,9 +262,11 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     let mark = call.sup.link.attrs.change_mark();
     let (st, version) = cached_version(call, key)?;
     let cloexec = oflags & libc::O_CLOEXEC != 0;
+    // Shared only where the descriptions sharing a copy can be told apart (`kcmp`).
+    let sharing = crate::sys::tracee::kcmp_works();
     let shared = crate::fdtable::SharedKey { version, flags: oflags & !libc::O_CLOEXEC, lookup: key.clone() };
     // Another open of this version already made the copy: this open is a description of its own of it.
-    if let Some(h) = call.sup.fds.shared(&shared) {
+    if let Some(h) = call.sup.fds.shared(&shared).filter(|_| sharing) {
         let fresh = call.sup.fds.copy_of(&h, &call.sup.link.attrs) == crate::fdtable::CopyState::Fresh;
         if fresh && h.stat == st && h.copied_at().is_some_and(|m| m <= mark) {
             // (A description the supervisor cannot make: the open goes home.)
@@ -281,6 +283,11 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
     h.mark_filled();
     h.set_copied_at(mark);
     h.set_origin(Origin { key: key.clone() });
+    if !sharing {
+        call.sup.handle_made();
+        tracing::trace!(handle = h.id, "open answered without home");
+        return Some(call.install(&h, cloexec, 0).map(|fd| Action::Answered(i64::from(fd))));
+    }
     let description = reopen(&h)?;
     call.sup.fds.share(shared, &h);
     call.sup.handle_made();
@@ -314,7 +321,7 @@ pub async fn description_handle(
     let record = match h.description(call.tid, fd) {
         Some(record) => record,
         None if !changes => return Ok(h.id),
-        None => h.add_description(&call.sup.fds, call.local_fd(fd)?, lazy.again()),
+        None => h.description_or_add(&call.sup.fds, call.tid, fd, || call.local_fd(fd), || lazy.again())?,
     };
     let proc = call.proc();
     open_lazy(call, proc, h, &record.lazy, lazy.home()).await
@@ -330,17 +337,34 @@ pub async fn unshare(
     h: &std::sync::Arc<Handle>,
     fd_arg: usize,
 ) -> Result<std::sync::Arc<Handle>, Errno> {
-    if !h.is_shared() {
-        return Ok(h.clone());
-    }
     let fd = call.arg(fd_arg) as u32;
+    let mut h = h.clone();
+    // The number may stand for another placeholder by now (another thread closed it and the number was
+    // reused): that one is the descriptor's.
+    for _ in 0..4 {
+        if !h.is_shared() {
+            return Ok(h);
+        }
+        match unshare_once(call, &h, fd).await? {
+            Ok(private) => return Ok(private),
+            Err(now) => h = now,
+        }
+    }
+    Err(Errno::EBADF)
+}
+
+/// [`unshare`] of descriptor `fd` while it stands for `h`; `Err(now)` when it stands for `now` instead.
+async fn unshare_once(
+    call: &Call<'_>,
+    h: &std::sync::Arc<Handle>,
+    fd: u32,
+) -> Result<Result<std::sync::Arc<Handle>, std::sync::Arc<Handle>>, Errno> {
     let lazy = h.lazy().ok_or(Errno::EIO)?;
-    // One thread at a time, and only while the number still stands for `h` (another thread may have
-    // closed it and reused the number meanwhile).
+    // One thread at a time, and only while the number still stands for `h`.
     let _one = lazy.opening.lock().await;
     match call.sup.fds.lookup(call.tid, u64::from(fd)) {
         Some(now) if now.id == h.id => {}
-        Some(now) => return Ok(now),
+        Some(now) => return Ok(Err(now)),
         None => return Err(Errno::EBADF),
     }
     let (pos, cloexec) = description_state(call.tid, fd).ok_or(Errno::EBADF)?;
@@ -359,13 +383,19 @@ pub async fn unshare(
     if let Some(origin) = h.origin() {
         private.set_origin(origin.clone());
     }
+    // The description's own record (its flags and locks at home) goes with it: its home handle is the new
+    // placeholder's (registered by `replace`, so the collector closes it).
+    let own = h.take_description(call.tid, fd as i32).and_then(|record| record.lazy.take_for_close());
+    if let (Some(home), Some(mine)) = (own, private.lazy()) {
+        mine.home.store(home, Ordering::SeqCst);
+    }
     call.sup
         .fds
         .replace(call.sup.listener.as_fd(), call.id, fd, &private, cloexec)
         .map_err(|e| Errno::from_io(&e))?;
     call.sup.handle_made();
     tracing::trace!(shared = h.id, handle = private.id, "placeholder no longer shared");
-    Ok(private)
+    Ok(Ok(private))
 }
 
 /// The offset and close-on-exec flag of descriptor `fd` of thread `tid` (`/proc/TID/fdinfo`).
@@ -403,14 +433,15 @@ async fn open_lazy(
     if lazy.gone() {
         return Err(Errno::ESTALE);
     }
-    let (dir, path) = match via {
-        Some(handle) => (pb::Dir { handle }, Vec::new()),
-        None => (pb::Dir { handle: 0 }, lazy.path.clone()),
+    // (Reopened through a handle, home opens a magic link: not with `O_NOFOLLOW`.)
+    let (dir, path, oflags) = match via {
+        Some(handle) => (pb::Dir { handle }, Vec::new(), lazy.flags & !libc::O_NOFOLLOW),
+        None => (pb::Dir { handle: 0 }, lazy.path.clone(), lazy.flags),
     };
     let op = Op::Open(pb::Open {
         dir: Some(dir),
         path: path.into(),
-        flags: flags::open_to_wire(lazy.flags),
+        flags: flags::open_to_wire(oflags),
         mode: 0,
         resolve: 0,
         content_max: 0,

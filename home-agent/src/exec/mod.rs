@@ -73,13 +73,36 @@ fn value(v: i64) -> CallReply {
 /// A lease on looking up `path` from `dir` (see `crate::leases`), when `wanted`: its number (0: none) and
 /// dependencies. Taken before the lookup itself reads the file system.
 fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> (u64, Vec<pb::Dep>) {
-    lease_lookup_of(s, dir, path, follow, wanted, false)
+    lease_lookup_of(s, dir, path, follow, wanted, Scope::Answer)
+}
+
+/// [`lease_lookup`] for an access check, which depends on a directory found by name only through its
+/// attributes ([`crate::leases::Grant::directory_by_entry`]).
+fn lease_access_lookup(
+    s: &Session,
+    dir: &OwnedFd,
+    path: &[u8],
+    follow: bool,
+    wanted: bool,
+) -> (u64, Vec<pb::Dep>) {
+    lease_lookup_of(s, dir, path, follow, wanted, Scope::Attributes)
+}
+
+/// What a leased answer depends on, of what the walk finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Everything the answer shows: a directory found is watched itself.
+    Answer,
+    /// The attributes of what it finds: a directory found is watched through the entry naming it.
+    Attributes,
+    /// Which entry the path names ([`crate::leases::Grant::entry_only`]).
+    Entry,
 }
 
 /// [`lease_lookup`] for an answer that depends only on which entry the path names
 /// ([`crate::leases::Grant::entry_only`]).
 fn lease_entry_lookup(s: &Session, dir: &OwnedFd, path: &[u8], wanted: bool) -> (u64, Vec<pb::Dep>) {
-    lease_lookup_of(s, dir, path, false, wanted, true)
+    lease_lookup_of(s, dir, path, false, wanted, Scope::Entry)
 }
 
 fn lease_lookup_of(
@@ -88,15 +111,17 @@ fn lease_lookup_of(
     path: &[u8],
     follow: bool,
     wanted: bool,
-    entry_only: bool,
+    scope: Scope,
 ) -> (u64, Vec<pb::Dep>) {
     use std::os::fd::AsFd;
     if !wanted || path.is_empty() {
         return (0, Vec::new());
     }
     let Some(mut grant) = s.leases.begin() else { return (0, Vec::new()) };
-    if entry_only {
-        grant.entry_only();
+    match scope {
+        Scope::Answer => {}
+        Scope::Attributes => grant.directory_by_entry(),
+        Scope::Entry => grant.entry_only(),
     }
     if grant.walk(dir.as_fd(), path, follow, s.allow()) {
         grant.finish()

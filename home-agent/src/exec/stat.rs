@@ -42,7 +42,10 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
     let mode = libc::c_int::try_from(o.mode).map_err(|_| homeward_proto::Errno::EINVAL)?;
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
-    let (lease, deps) = super::lease_lookup(s, &start, &o.path, follow, o.lease);
+    // Writing also depends on how the file system is mounted: leased only while home's mounts are watched.
+    let watched = crate::service::MOUNTS_WATCHED.load(std::sync::atomic::Ordering::SeqCst);
+    let wanted = o.lease && (mode & libc::W_OK == 0 || watched);
+    let (lease, deps) = super::lease_access_lookup(s, &start, &o.path, follow, wanted);
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow });
     match at.and_then(|at| sys::faccessat(at.dir.as_fd(), &at.path, mode, flags)) {
         Ok(()) => Ok(pb::CallReply { lease, deps, ..value(0) }),

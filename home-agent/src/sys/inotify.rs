@@ -20,6 +20,15 @@ pub fn inotify_watch(instance: BorrowedFd<'_>, target: BorrowedFd<'_>, mask: u32
     cvt(unsafe { libc::inotify_add_watch(instance.as_raw_fd(), path.as_ptr(), mask) })
 }
 
+/// Registers a descriptor we own with the tokio reactor, for priority data (`/proc/self/mountinfo`
+/// reports a change of the mount table so).
+pub fn async_fd_priority<T: AsRawFd>(fd: T) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: as in `async_fd`: `fd` owns its descriptor and moves into the `AsyncFd`, which deregisters
+    // it before it closes.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::PRIORITY) }
+        .map_err(|e| e.into_parts().1)
+}
+
 /// Registers a non-blocking descriptor we own with the tokio reactor, for reading.
 pub fn async_fd<T: AsRawFd>(fd: T) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
     // SAFETY: `fd` owns (or shares ownership of) its descriptor and moves into the `AsyncFd`, so the

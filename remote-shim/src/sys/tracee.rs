@@ -66,6 +66,17 @@ pub fn same_description(ours: std::os::fd::BorrowedFd<'_>, tid: u32, theirs: i32
     Ok(order == 0)
 }
 
+/// Whether `kcmp` tells descriptions apart here (`CONFIG_KCMP`, and no policy refusing it): asked once.
+pub fn kcmp_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let Ok(null) = std::fs::File::open("/dev/null") else { return false };
+        let tid = std::process::id();
+        same_description(std::os::fd::AsFd::as_fd(&null), tid, std::os::fd::AsRawFd::as_raw_fd(&null))
+            .unwrap_or(false)
+    })
+}
+
 /// Plain-data kernel structs that may be copied to and from the traced program as raw bytes.
 ///
 /// # Safety

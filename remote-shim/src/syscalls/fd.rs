@@ -14,8 +14,12 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_flock => match call.handle(0) {
             Some(h) => {
                 // The lock is the description's: its own home handle when opens share the placeholder.
-                let takes = call.arg_i32(1) & !libc::LOCK_NB != libc::LOCK_UN;
-                let handle = match crate::lazy::description_handle(call, &h, 0, takes).await {
+                let unlock = call.arg_i32(1) & !libc::LOCK_NB == libc::LOCK_UN;
+                if unlock && !has_record(call, &h) {
+                    // A description of a shared copy with no record of its own holds no lock.
+                    return Some(Ok(Action::Value(0)));
+                }
+                let handle = match crate::lazy::description_handle(call, &h, 0, !unlock).await {
                     Ok(handle) => handle,
                     Err(e) => return Some(Err(e)),
                 };
@@ -173,13 +177,25 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
             let ofd = matches!(cmd, libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW);
             // Only a lock taken makes the description's own record (asking or releasing changes nothing).
             let fl: libc::flock = memory::read_pod(call.tid, call.arg(2))?;
-            let takes =
-                !matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) && fl.l_type as i32 != libc::F_UNLCK;
+            let asks = matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK);
+            let kind = fl.l_type as i32;
+            let valid = unlock_succeeds(&fl) && !(ofd && fl.l_pid != 0);
+            if !asks && kind == libc::F_UNLCK && valid && !has_record(call, &h) {
+                // A description of a shared copy with no record of its own holds no lock.
+                return Ok(Action::Value(0));
+            }
+            let takes = !asks && matches!(kind, libc::F_RDLCK | libc::F_WRLCK);
             lock(call, &h, description(takes).await?, cmd, ofd).await
         }
         // F_GETFD/F_SETFD (close-on-exec lives in the program's table) and the rest act on the placeholder.
         _ => Ok(Action::Continue),
     }
+}
+
+/// Whether the caller's descriptor argument 0 is a description with a home handle of its own: any but one
+/// of a shared copy without a record ([`crate::lazy::description_handle`]).
+fn has_record(call: &Call<'_>, h: &Handle) -> bool {
+    !h.is_shared() || h.description(call.tid, call.arg_i32(0)).is_some()
 }
 
 /// A record lock by the description whose home handle is `handle` (`h`'s, or its own, `lazy::description_handle`).

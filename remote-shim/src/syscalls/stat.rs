@@ -233,18 +233,14 @@ async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     call.sup.flush_pumps().await;
     // A missing file is missing whatever the mode; otherwise an access check answered before (it depends
-    // on the file's attributes, leased, and the agent's credentials, fixed). Not for W_OK, which also
-    // depends on how the file system is mounted.
+    // on the file's attributes, leased, and the agent's credentials, fixed; for W_OK also on how the file
+    // system is mounted: home leases that only while it watches its mounts, whose changes void every lease).
     let attrs = &call.sup.link.attrs;
     let follow = t.at & libc::AT_SYMLINK_NOFOLLOW == 0;
-    let keys = if mode & libc::W_OK as u32 == 0 {
-        call.lookup_key(&dir, &t.path, follow, 0).map(|stat| {
-            let check = Key { mask: crate::attrcache::ACCESS + mode, ..stat.clone() };
-            (stat, check)
-        })
-    } else {
-        None
-    };
+    let keys = call.lookup_key(&dir, &t.path, follow, 0).map(|stat| {
+        let check = Key { mask: crate::attrcache::ACCESS + mode, ..stat.clone() };
+        (stat, check)
+    });
     if let Some((stat, check)) = &keys {
         match attrs.get(stat) {
             Some(Cached::Found(_)) if mode == libc::F_OK as u32 => return Ok(Action::Value(0)),
