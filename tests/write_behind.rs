@@ -1,7 +1,8 @@
 //! Write-behind (remote-shim/src/behind.rs): writes to a regular file on a roomy local disk at home, and
 //! lock releases, are answered at once and sent without waiting. Every later call of the job still sees
 //! them; a file system short of room gets every write waited for, so its partial counts and `ENOSPC` are
-//! the kernel's; a write that fails at home after all is reported by the file's next `fsync`.
+//! the kernel's (tests/mounts.rs, which mounts a small file system); a write that fails at home after all
+//! is reported by the file's next `fsync`.
 
 use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, Hosts};
 use std::process::Command;
@@ -56,76 +57,6 @@ fn writes_sent_behind_are_seen_by_every_later_call() {
     assert_eq!(content.len(), 18000);
     assert!(content.starts_with(b"HEAD-000\n0000-001\n"));
     assert!(content.ends_with(b"0019-099\n"));
-}
-
-/// Writes 10,000-byte pieces until the file system is full, printing each result.
-const FILL: &str = r#"
-import errno, os, sys
-fs = os.statvfs("small")
-if fs.f_blocks * fs.f_frsize > 1 << 20:
-    sys.exit("small/ is not the small file system: not filling it")
-fd = os.open("small/f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-total = 0
-while True:
-    try:
-        n = os.write(fd, b"x" * 10000)
-    except OSError as e:
-        print("error", errno.errorcode[e.errno], "after", total)
-        break
-    total += n
-    if n != 10000:
-        print("short", n)
-try:
-    os.fsync(fd)
-    print("fsync ok")
-except OSError as e:
-    print("fsync", errno.errorcode[e.errno])
-os.close(fd)
-"#;
-
-/// Mounts a 200 KiB tmpfs at `dir`; unmounted when dropped.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(dir: std::path::PathBuf) -> SmallFs {
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=200k", "homeward-small"])
-            .arg(&dir)
-            .status()
-            .expect("mount");
-        assert!(ok.success(), "mounting a tmpfs at {} failed", dir.display());
-        SmallFs(dir)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-#[test]
-fn a_full_file_system_gives_the_kernels_counts_and_errno() {
-    skip_unless_root!();
-    require_tools!("python3", "mount");
-    let hosts = Hosts::start();
-    hosts.write("fill.py", FILL);
-    let _home_fs = SmallFs::mount(hosts.path("small"));
-    let remote = hosts.cmd(&["python3", "fill.py"]).remote();
-    remote.assert_success();
-    // Natively, on a file system of the same size (the harness's native copy cannot carry a mount).
-    let native_dir = hosts.scratch().join("native-fill");
-    let _native_fs = SmallFs::mount(native_dir.join("small"));
-    let native = Command::new("python3")
-        .arg(hosts.path("fill.py"))
-        .current_dir(&native_dir)
-        .output()
-        .expect("python3");
-    assert!(native.status.success(), "native run: {}", String::from_utf8_lossy(&native.stderr));
-    let native = String::from_utf8_lossy(&native.stdout).into_owned();
-    assert!(native.contains("error ENOSPC"), "native run: {native}");
-    assert_eq!(remote.stdout(), native, "{}", remote);
 }
 
 /// Writes once, waits while home makes the file immutable, writes again, then syncs.

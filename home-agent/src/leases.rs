@@ -269,7 +269,8 @@ impl Grant<'_> {
 
     /// The answer depends on a directory found by name only through its own attributes (an access check):
     /// a change of them is reported under its name to the directory it is in, which the walk watches, so
-    /// it is not watched itself, and files made in it do not void the answer.
+    /// it is not watched itself, and files made in it do not void the answer. (Unless it is the root of a
+    /// mounted file system, whose changes reach its own watch only: `/tmp` as a tmpfs.)
     pub fn directory_by_entry(&mut self) {
         self.directory_by_entry = true;
     }
@@ -329,12 +330,19 @@ impl Grant<'_> {
             }
             let last = todo.is_empty();
             let nofollow = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
-            let (kind, nlink) = match sys::statx(dir, &name, nofollow, libc::STATX_TYPE | libc::STATX_NLINK) {
-                Ok(sx) => (u32::from(sx.stx_mode) & libc::S_IFMT, sx.stx_nlink),
-                // Missing: the answer depends on `name` in `dir`, which is watched.
-                Err(e) if e == Errno::ENOENT => return Some(()),
-                Err(_) => return None,
-            };
+            let (kind, nlink, mount_root) =
+                match sys::statx(dir, &name, nofollow, libc::STATX_TYPE | libc::STATX_NLINK) {
+                    Ok(sx) => {
+                        // The root of a mounted file system (unknown: taken as one) reports changes of its own
+                        // attributes to its own watch only, never to the directory it is mounted on.
+                        let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+                        let mount_root = sx.stx_attributes_mask & root == 0 || sx.stx_attributes & root != 0;
+                        (u32::from(sx.stx_mode) & libc::S_IFMT, sx.stx_nlink, mount_root)
+                    }
+                    // Missing: the answer depends on `name` in `dir`, which is watched.
+                    Err(e) if e == Errno::ENOENT => return Some(()),
+                    Err(_) => return None,
+                };
             if kind == libc::S_IFLNK && (!last || follow) {
                 links += 1;
                 let target = sys::readlinkat(dir, &name, libc::PATH_MAX as usize).ok()?;
@@ -375,11 +383,8 @@ impl Grant<'_> {
             }
             let next = sys::openat(dir, &name, dirflags, 0).ok()?;
             // The directory found: its own attributes are part of the answer.
-            if todo.is_empty()
-                && !self.entry_only
-                && !self.directory_by_entry
-                && !self.depend(next.as_fd(), b"")
-            {
+            let by_entry = self.directory_by_entry && !mount_root;
+            if todo.is_empty() && !self.entry_only && !by_entry && !self.depend(next.as_fd(), b"") {
                 return None;
             }
             cur = Some(next);

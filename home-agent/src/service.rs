@@ -86,9 +86,14 @@ impl HomeService {
     }
 }
 
-/// Whether home's mounts are watched ([`watch_mounts`]): only then are access checks for writing leased,
-/// since a file system remounted read-only changes them without any watch reporting it.
-pub static MOUNTS_WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How many [`watch_mounts`] watch home's mounts: only then are access checks for writing leased, since a
+/// file system remounted read-only changes them without any watch reporting it.
+static MOUNT_WATCHERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether home's mounts are watched (see [`MOUNT_WATCHERS`]).
+pub fn mounts_watched() -> bool {
+    MOUNT_WATCHERS.load(std::sync::atomic::Ordering::SeqCst) > 0
+}
 
 /// Voids every session's leases whenever home's mount table changes (`/proc/self/mountinfo` polls as
 /// priority data then): a mount over a directory, or a file system made read-only, changes lookups and
@@ -96,18 +101,19 @@ pub static MOUNTS_WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::At
 async fn watch_mounts(sessions: std::sync::Weak<Mutex<HashMap<u64, Live>>>) {
     let Ok(file) = std::fs::File::open("/proc/self/mountinfo") else { return };
     let Ok(mounts) = crate::sys::async_fd_priority(file) else { return };
-    MOUNTS_WATCHED.store(true, std::sync::atomic::Ordering::SeqCst);
+    MOUNT_WATCHERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     loop {
         let Ok(mut ready) = mounts.ready(tokio::io::Interest::PRIORITY).await else { break };
         ready.clear_ready();
         let Some(sessions) = sessions.upgrade() else { break };
         let live: Vec<Arc<Session>> = lock(&sessions).values().map(|l| l.session.clone()).collect();
         debug!(sessions = live.len(), "home's mounts changed: every lease is void");
+        // Each on its own task: a session whose link is slow must not hold back the others' reports.
         for session in live {
-            session.leases.mounts_changed().await;
+            tokio::spawn(async move { session.leases.mounts_changed().await });
         }
     }
-    MOUNTS_WATCHED.store(false, std::sync::atomic::Ordering::SeqCst);
+    MOUNT_WATCHERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The session id named by the `homeward-session` metadata (decimal, or hex with `0x`).

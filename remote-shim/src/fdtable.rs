@@ -295,12 +295,19 @@ impl Handle {
         Ok(record)
     }
 
-    /// Takes the record of the description behind descriptor `fd` of thread `tid` away from this
-    /// placeholder (the descriptor gets a placeholder of its own, which keeps the record's home handle).
-    pub fn take_description(&self, tid: u32, fd: i32) -> Option<Arc<Description>> {
-        let mut descriptions = self.descriptions();
-        let i = descriptions.list.iter().position(|d| d.is(tid, fd))?;
-        Some(descriptions.list.remove(i))
+    /// Whether descriptor `fd` of thread `tid` may be a description with a record: one that is, or one
+    /// that cannot be told from a record's (`kcmp` failed: the process is exiting, or no longer dumpable).
+    pub fn may_have_description(&self, tid: u32, fd: i32) -> bool {
+        let descriptions = self.descriptions();
+        descriptions
+            .list
+            .iter()
+            .any(|d| crate::sys::tracee::same_description(d.description.as_fd(), tid, fd).unwrap_or(true))
+    }
+
+    /// Forgets `record` (its home handle now belongs to another placeholder, which closes it).
+    pub fn give_up_description(&self, record: &Arc<Description>) {
+        self.descriptions().list.retain(|d| !Arc::ptr_eq(d, record));
     }
 
     /// The home handles to close when nobody holds this placeholder any more.

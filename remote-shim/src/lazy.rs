@@ -383,16 +383,22 @@ async fn unshare_once(
     if let Some(origin) = h.origin() {
         private.set_origin(origin.clone());
     }
-    // The description's own record (its flags and locks at home) goes with it: its home handle is the new
-    // placeholder's (registered by `replace`, so the collector closes it).
-    let own = h.take_description(call.tid, fd as i32).and_then(|record| record.lazy.take_for_close());
-    if let (Some(home), Some(mine)) = (own, private.lazy()) {
+    // The description's own record (its flags and locks at home) goes with it: its home handle becomes the
+    // new placeholder's (registered by `replace`, so the collector closes it), once that is in place.
+    let record = h.description(call.tid, fd as i32);
+    let mine = private.lazy().ok_or(Errno::EIO)?;
+    if let Some(home) = record.as_ref().and_then(|r| r.lazy.home()) {
         mine.home.store(home, Ordering::SeqCst);
     }
-    call.sup
-        .fds
-        .replace(call.sup.listener.as_fd(), call.id, fd, &private, cloexec)
-        .map_err(|e| Errno::from_io(&e))?;
+    if let Err(e) = call.sup.fds.replace(call.sup.listener.as_fd(), call.id, fd, &private, cloexec) {
+        // The descriptor still is the shared description, which keeps its record.
+        mine.home.store(0, Ordering::SeqCst);
+        return Err(Errno::from_io(&e));
+    }
+    if let Some(record) = record {
+        h.give_up_description(&record);
+        let _ = record.lazy.take_for_close();
+    }
     call.sup.handle_made();
     tracing::trace!(shared = h.id, handle = private.id, "placeholder no longer shared");
     Ok(Ok(private))

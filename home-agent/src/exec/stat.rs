@@ -43,7 +43,7 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
     // Writing also depends on how the file system is mounted: leased only while home's mounts are watched.
-    let watched = crate::service::MOUNTS_WATCHED.load(std::sync::atomic::Ordering::SeqCst);
+    let watched = crate::service::mounts_watched();
     let wanted = o.lease && (mode & libc::W_OK == 0 || watched);
     let (lease, deps) = super::lease_access_lookup(s, &start, &o.path, follow, wanted);
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow });

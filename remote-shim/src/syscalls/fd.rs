@@ -195,7 +195,7 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
 /// Whether the caller's descriptor argument 0 is a description with a home handle of its own: any but one
 /// of a shared copy without a record ([`crate::lazy::description_handle`]).
 fn has_record(call: &Call<'_>, h: &Handle) -> bool {
-    !h.is_shared() || h.description(call.tid, call.arg_i32(0)).is_some()
+    !h.is_shared() || h.may_have_description(call.tid, call.arg_i32(0))
 }
 
 /// A record lock by the description whose home handle is `handle` (`h`'s, or its own, `lazy::description_handle`).
