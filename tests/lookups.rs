@@ -4,16 +4,12 @@
 //! and readlink of a directory while files come and go in it. Each is checked against changes made at
 //! home behind the program's back, and its round trips are counted in the trace.
 
-use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, Hosts};
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, Hosts};
 use std::path::Path;
 
 /// The trace's lines in the order of the calls: (call, first path argument, where it ran).
 fn calls(trace: &Path) -> Vec<(String, String, String)> {
-    let text = std::fs::read_to_string(trace).expect("the trace");
-    let mut lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
-    lines.sort_by_key(|l| l["seq"].as_u64());
-    lines
+    trace_lines(trace)
         .iter()
         .map(|l| {
             let path = l["args"]
@@ -268,10 +264,7 @@ fn lookups_from_the_cwd_are_shared_by_processes_and_follow_the_cwd_when_home_mov
     let expected = "start 3 ['a', 'b', 't.py']\n3 3 a\nmoved 3 ['a', 'b', 't.py']\n3 3 a\n8\n";
     assert_eq!(run.stdout(), expected, "{run}");
     // The child's lookups of the names the program looked up and listed were answered here, before the move.
-    let text = std::fs::read_to_string(&trace).expect("the trace");
-    let mut lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
-    lines.sort_by_key(|l| l["seq"].as_u64());
+    let lines = trace_lines(&trace);
     let relative: Vec<(String, String)> = lines
         .iter()
         .filter(|l| {
@@ -325,10 +318,7 @@ fn readlink_of_a_created_file_is_answered_until_home_changes_the_name() {
         .remote_while("", &[replace]);
     run.assert_success();
     assert_eq!(run.stdout(), "created Invalid argument\nwritten Invalid argument\nreplaced t.py\n", "{run}");
-    let text = std::fs::read_to_string(&trace).expect("the trace");
-    let mut lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
-    lines.sort_by_key(|l| l["seq"].as_u64());
+    let lines = trace_lines(&trace);
     let links: Vec<&str> = lines
         .iter()
         .filter(|l| l["call"] == "readlink" && l["args"][0] == "n")

@@ -3,17 +3,13 @@
 //! In a test binary of their own: a mount voids the leases of every agent on this machine, which would
 //! disturb the round trips other tests count.
 
-use homeward::{require_tools, skip_unless_root, Hosts};
+use homeward::{require_tools, skip_unless_root, trace_lines, Hosts};
 use std::process::Command;
 
 /// Where each `access` of `path` ran, in the order of the calls.
 fn access_wheres(trace: &std::path::Path, path: &std::path::Path) -> Vec<String> {
-    let text = std::fs::read_to_string(trace).expect("the trace");
-    let mut lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).expect("a JSON trace line")).collect();
-    lines.sort_by_key(|l| l["seq"].as_u64());
     let path = path.to_str().expect("UTF-8");
-    lines
+    trace_lines(trace)
         .iter()
         .filter(|l| l["call"] == "access" && l["args"][0] == path)
         .map(|l| l["where"].as_str().unwrap_or_default().to_string())

@@ -54,6 +54,7 @@ mod compare;
 mod env;
 mod hosts;
 mod process;
+mod trace;
 mod tree;
 
 pub use agent::{Agent, AGENT_START_TIMEOUT};
@@ -66,4 +67,5 @@ pub use env::{
 };
 pub use hosts::{Hosts, HostsBuilder, NativeCopy};
 pub use process::{run, run_with, Run, Side, DEFAULT_TIMEOUT};
+pub use trace::trace_lines;
 pub use tree::{assert_same_tree, Entry, Kind, Times, Tree};
