@@ -239,6 +239,11 @@ try:
 except BlockingIOError:
     print("held after the child")
 os.close(d)
+# Moved below the range (a pipe the supervisor fills from home), at the description's offset.
+e = os.open(p, os.O_RDONLY)
+os.read(e, 3)
+os.dup2(e, 0)
+print(sys.stdin.buffer.read(4))
 "#;
 
 #[test]
@@ -255,7 +260,7 @@ fn opens_sharing_a_copy_are_descriptions_of_their_own() {
     let both = cmd.check_with(&native, &homeward::Compare::new());
     let run = &both.remote;
     assert!(run.stdout().contains("second lock refused\nchild refused"), "{run}");
-    assert!(run.stdout().ends_with("held after the child\n"), "{run}");
+    assert!(run.stdout().ends_with("held after the child\nb'3456'\n"), "{run}");
     // The opens after the first were answered here.
     let path = hosts.path("lib.bin");
     let opens = opens_of(&trace, path.to_str().expect("a UTF-8 path"));

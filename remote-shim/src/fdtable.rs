@@ -310,6 +310,16 @@ impl Handle {
         self.descriptions().list.retain(|d| !Arc::ptr_eq(d, record));
     }
 
+    /// Takes `record` back ([`Handle::give_up_description`] undone), unless the placeholder was collected
+    /// meanwhile (a descriptor being replaced when nobody held it: its home handle then stays open at home
+    /// until the session ends).
+    pub fn restore_description(&self, record: Arc<Description>) {
+        let mut descriptions = self.descriptions();
+        if !descriptions.collected {
+            descriptions.list.push(record);
+        }
+    }
+
     /// The home handles to close when nobody holds this placeholder any more.
     fn take_for_close(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = match &self.lazy {

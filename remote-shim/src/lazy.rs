@@ -385,18 +385,24 @@ async fn unshare_once(
     }
     // The description's own record (its flags and locks at home) goes with it: its home handle becomes the
     // new placeholder's (registered by `replace`, so the collector closes it), once that is in place.
+    // (Taken off `h` first, so the collector never closes it in between.)
     let record = h.description(call.tid, fd as i32);
     let mine = private.lazy().ok_or(Errno::EIO)?;
-    if let Some(home) = record.as_ref().and_then(|r| r.lazy.home()) {
-        mine.home.store(home, Ordering::SeqCst);
+    if let Some(record) = &record {
+        h.give_up_description(record);
+        if let Some(home) = record.lazy.home() {
+            mine.home.store(home, Ordering::SeqCst);
+        }
     }
     if let Err(e) = call.sup.fds.replace(call.sup.listener.as_fd(), call.id, fd, &private, cloexec) {
         // The descriptor still is the shared description, which keeps its record.
         mine.home.store(0, Ordering::SeqCst);
+        if let Some(record) = record {
+            h.restore_description(record);
+        }
         return Err(Errno::from_io(&e));
     }
     if let Some(record) = record {
-        h.give_up_description(&record);
         let _ = record.lazy.take_for_close();
     }
     call.sup.handle_made();
