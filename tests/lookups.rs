@@ -4,32 +4,7 @@
 //! and readlink of a directory while files come and go in it. Each is checked against changes made at
 //! home behind the program's back, and its round trips are counted in the trace.
 
-use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, Hosts};
-use std::path::Path;
-
-/// The trace's lines in the order of the calls: (call, first path argument, where it ran).
-fn calls(trace: &Path) -> Vec<(String, String, String)> {
-    trace_lines(trace)
-        .iter()
-        .map(|l| {
-            let path = l["args"]
-                .as_array()
-                .and_then(|a| a.iter().filter_map(|v| v.as_str()).find(|s| s.starts_with('/')))
-                .unwrap_or_default();
-            (
-                l["call"].as_str().unwrap_or_default().into(),
-                path.into(),
-                l["where"].as_str().unwrap_or_default().into(),
-            )
-        })
-        .collect()
-}
-
-/// Where each call `call` naming `path` ran, in order.
-fn wheres(calls: &[(String, String, String)], call: &str, path: &Path) -> Vec<String> {
-    let path = path.to_str().expect("UTF-8");
-    calls.iter().filter(|(c, p, _)| c == call && p == path).map(|(_, _, w)| w.clone()).collect()
-}
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, trace_wheres, Hosts};
 
 /// Reads and stats `a/f` (which also has the name `b/g` at home) after each change the test makes at home.
 const TWO_NAMES: &str = r#"
@@ -82,9 +57,8 @@ fn a_file_with_two_names_is_cached_and_follows_changes_through_the_other_name() 
     let expected: String = expected.iter().flat_map(|l| [*l, "\n", *l, "\n"]).collect();
     assert_eq!(run.stdout(), expected, "{run}");
     // Each step's second open and stat are answered here: the file was cached although it has two names.
-    let calls = calls(&trace);
-    let opens = wheres(&calls, "openat", &hosts.path("a/f"));
-    let stats = wheres(&calls, "newfstatat", &hosts.path("a/f"));
+    let opens = trace_wheres(&trace, "openat", &hosts.path("a/f"));
+    let stats = trace_wheres(&trace, "newfstatat", &hosts.path("a/f"));
     assert_eq!(opens.len(), 8, "{opens:?}");
     for (i, pair) in opens.chunks(2).enumerate() {
         assert_eq!(pair[1], "local", "step {i}: the second open went home: {opens:?}");
@@ -133,7 +107,7 @@ fn a_directory_opened_again_needs_no_round_trip_until_home_changes_it() {
                     created 0o750 3 []\ncreated 0o750 3 ['sub', 'x']\n";
     assert_eq!(run.stdout(), expected, "{run}");
     // The first open of each step goes home (the directory changed), the second is answered here.
-    let opens = wheres(&calls(&trace), "openat", &hosts.path("d"));
+    let opens = trace_wheres(&trace, "openat", &hosts.path("d"));
     assert_eq!(opens, ["home", "local", "home", "local", "home", "local"], "{run}");
 }
 
@@ -176,7 +150,7 @@ fn readlink_of_a_directory_is_answered_while_files_come_and_go_in_it() {
         .remote_while("", &[replace]);
     run.assert_success();
     assert_eq!(run.stdout(), "start Invalid argument\nfile made Invalid argument\nreplaced e\n", "{run}");
-    let links = wheres(&calls(&trace), "readlink", &hosts.path("d"));
+    let links = trace_wheres(&trace, "readlink", &hosts.path("d"));
     assert_eq!(links, ["home", "local", "home"], "{run}");
 }
 

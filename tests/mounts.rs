@@ -3,18 +3,8 @@
 //! In a test binary of their own: a mount voids the leases of every agent on this machine, which would
 //! disturb the round trips other tests count.
 
-use homeward::{require_tools, skip_unless_root, trace_lines, Hosts};
+use homeward::{require_tools, skip_unless_root, trace_wheres, Hosts};
 use std::process::Command;
-
-/// Where each `access` of `path` ran, in the order of the calls.
-fn access_wheres(trace: &std::path::Path, path: &std::path::Path) -> Vec<String> {
-    let path = path.to_str().expect("UTF-8");
-    trace_lines(trace)
-        .iter()
-        .filter(|l| l["call"] == "access" && l["args"][0] == path)
-        .map(|l| l["where"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
 
 /// Access checks for writing a directory, answered here while files come and go in it, and after home
 /// remounts it read-only (which no watch reports: home watches its mount table).
@@ -66,7 +56,7 @@ fn access_for_writing_is_answered_until_home_remounts_read_only() {
         .remote_while("", &[remount]);
     run.assert_success();
     assert_eq!(run.stdout(), "start True True\nfile made True True\nread-only False False\n", "{run}");
-    let checks = access_wheres(&trace, &d);
+    let checks = trace_wheres(&trace, "access", &d);
     assert_eq!(checks, ["home", "home", "local", "local", "home", "home"], "{run}");
 }
 

@@ -508,8 +508,7 @@ impl FdTable {
         handle: &Arc<Handle>,
         cloexec: bool,
     ) -> io::Result<i32> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
-        seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, true)
+        self.put_at(listener, notif_id, target, handle, cloexec, true)
     }
 
     /// Puts `handle`'s placeholder over descriptor `target` of the program that made notification `notif_id`
@@ -523,8 +522,22 @@ impl FdTable {
         handle: &Arc<Handle>,
         cloexec: bool,
     ) -> io::Result<()> {
+        self.put_at(listener, notif_id, target, handle, cloexec, false).map(drop)
+    }
+
+    /// Registers `handle` and puts its placeholder at `target`, answering the notification with that number
+    /// when `answer`.
+    fn put_at(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        target: u32,
+        handle: &Arc<Handle>,
+        cloexec: bool,
+        answer: bool,
+    ) -> io::Result<i32> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
-        seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, false).map(drop)
+        seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer)
     }
 
     /// The placeholder opens of `key` share, if one is kept: given to a new open, it is not collected in the
@@ -655,6 +668,15 @@ impl FdTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The offset and open flags of descriptor `fd` of thread `tid` (`/proc/TID/fdinfo/FD`).
+pub fn fd_info(tid: u32, fd: u64) -> Option<(u64, i32)> {
+    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{}", fd as u32)).ok()?;
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let pos = field("pos:")?.parse().ok()?;
+    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
+    Some((pos, flags))
 }
 
 /// The target of `/proc/TID/fd/FD`, if the descriptor exists.

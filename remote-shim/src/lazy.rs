@@ -318,10 +318,13 @@ pub async fn description_handle(
 ) -> Result<u64, Errno> {
     let Some(lazy) = h.lazy().filter(|_| h.is_shared()) else { return Ok(h.id) };
     let fd = call.arg_i32(fd_arg);
-    let record = match h.description(call.tid, fd) {
-        Some(record) => record,
-        None if !changes => return Ok(h.id),
-        None => h.description_or_add(&call.sup.fds, call.tid, fd, || call.local_fd(fd), || lazy.again())?,
+    let record = if changes {
+        h.description_or_add(&call.sup.fds, call.tid, fd, || call.local_fd(fd), || lazy.again())?
+    } else {
+        match h.description(call.tid, fd) {
+            Some(record) => record,
+            None => return Ok(h.id),
+        }
     };
     let proc = call.proc();
     open_lazy(call, proc, h, &record.lazy, lazy.home()).await
@@ -367,7 +370,8 @@ async fn unshare_once(
         Some(now) => return Ok(Err(now)),
         None => return Err(Errno::EBADF),
     }
-    let (pos, cloexec) = description_state(call.tid, fd).ok_or(Errno::EBADF)?;
+    let (pos, flags) = crate::fdtable::fd_info(call.tid, u64::from(fd)).ok_or(Errno::EBADF)?;
+    let (pos, cloexec) = (i64::try_from(pos).map_err(|_| Errno::EOVERFLOW)?, flags & libc::O_CLOEXEC != 0);
     let private = call.sup.fds.new_lazy(h.flags, h.stat, lazy.again()).map_err(|e| Errno::from_io(&e))?;
     let size = u64::try_from(h.stat.size).unwrap_or(0);
     let _ = private.charge(h.stat.size.max(0));
@@ -408,15 +412,6 @@ async fn unshare_once(
     call.sup.handle_made();
     tracing::trace!(shared = h.id, handle = private.id, "placeholder no longer shared");
     Ok(Ok(private))
-}
-
-/// The offset and close-on-exec flag of descriptor `fd` of thread `tid` (`/proc/TID/fdinfo`).
-fn description_state(tid: u32, fd: u32) -> Option<(i64, bool)> {
-    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")).ok()?;
-    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let pos = field("pos:")?.parse().ok()?;
-    let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
-    Some((pos, flags & libc::O_CLOEXEC != 0))
 }
 
 /// The home handle of `h`, opening a lazy placeholder's file at home (on behalf of `proc`) if it has none

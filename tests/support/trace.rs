@@ -10,3 +10,18 @@ pub fn trace_lines(trace: &Path) -> Vec<serde_json::Value> {
     lines.sort_by_key(|l| l["seq"].as_u64());
     lines
 }
+
+/// Where each call `call` whose first absolute path argument is `path` ran (`home`, `local`), in the order
+/// of the calls.
+pub fn trace_wheres(trace: &Path, call: &str, path: &Path) -> Vec<String> {
+    let path = path.to_str().expect("a UTF-8 path");
+    trace_lines(trace)
+        .iter()
+        .filter(|l| l["call"] == call)
+        .filter(|l| {
+            let args = l["args"].as_array();
+            args.and_then(|a| a.iter().filter_map(|v| v.as_str()).find(|s| s.starts_with('/'))) == Some(path)
+        })
+        .map(|l| l["where"].as_str().unwrap_or_default().to_string())
+        .collect()
+}

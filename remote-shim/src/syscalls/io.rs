@@ -139,8 +139,7 @@ pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Opti
 
 /// The file offset of descriptor `fd` of thread `tid` (from `/proc/TID/fdinfo`).
 fn fd_offset(tid: u32, fd: u64) -> Option<u64> {
-    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{}", fd as u32)).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("pos:")).and_then(|v| v.trim().parse().ok())
+    crate::fdtable::fd_info(tid, fd).map(|(pos, _)| pos)
 }
 
 /// The bytes `[start, end)` of the file a call on a copy being filled needs; the whole file when that
