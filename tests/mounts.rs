@@ -1,10 +1,18 @@
 //! Tests that mount file systems at home: a change of home's mount table (a directory remounted read-only)
 //! voids every lease, since no watch reports it; a file system short of room gets every write waited for.
-//! In a test binary of their own: a mount voids the leases of every agent on this machine, which would
-//! disturb the round trips other tests count.
+//! In a test binary of their own, one test at a time: a mount voids the leases of every agent on this
+//! machine, which would disturb the round trips other tests count.
 
 use homeward::{require_tools, skip_unless_root, trace_wheres, Hosts};
 use std::process::Command;
+
+/// Held by each test for its whole run: one test's mount would void the leases whose round trips another
+/// counts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Access checks for writing a directory, answered here while files come and go in it, and after home
 /// remounts it read-only (which no watch reports: home watches its mount table).
@@ -34,6 +42,7 @@ impl Drop for Unmount {
 #[test]
 fn access_for_writing_is_answered_until_home_remounts_read_only() {
     skip_unless_root!();
+    let _alone = one_at_a_time();
     require_tools!("python3", "mount", "umount");
     let hosts = Hosts::start();
     hosts.mkdir("d");
@@ -110,6 +119,7 @@ impl Drop for SmallFs {
 #[test]
 fn a_full_file_system_gives_the_kernels_counts_and_errno() {
     skip_unless_root!();
+    let _alone = one_at_a_time();
     require_tools!("python3", "mount");
     let hosts = Hosts::start();
     hosts.write("fill.py", FILL);
