@@ -300,3 +300,56 @@ fn readlink_of_a_created_file_is_answered_until_home_changes_the_name() {
         .collect();
     assert_eq!(links, ["local", "local", "home"], "{run}");
 }
+
+/// A file written and synced through a descriptor opened by an absolute name (sqlite's database): the
+/// sync leases the name again, so the next `fstat` is answered here with the attributes the writes left;
+/// a change at home afterwards is seen by the next `fstat`.
+const SYNCED: &str = r#"
+import os, time
+p = os.path.abspath("db")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+for step in range(3):
+    os.pwrite(fd, b"x" * 4096, step * 4096)
+    os.fdatasync(fd)
+    st = os.fstat(fd)
+    print(step, st.st_size, os.stat(p).st_size)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+print("home appended", os.fstat(fd).st_size)
+"#;
+
+#[test]
+fn fstat_after_a_sync_is_answered_by_the_name_leased_again() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("t.py", SYNCED);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let append: &dyn Fn() = &|| {
+        use std::io::Write;
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(hosts.path("db")).expect("the test's own step");
+        f.write_all(b"home").expect("the test's own step");
+    };
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &[append]);
+    run.assert_success();
+    assert_eq!(run.stdout(), "0 4096 4096\n1 8192 8192\n2 12288 12288\nhome appended 12292\n", "{run}");
+    // Each fstat after a sync is answered here; the one after home's change goes home.
+    let lines = trace_lines(&trace);
+    let db = lines
+        .iter()
+        .find(|l| l["call"] == "openat" && l["args"][1].as_str().is_some_and(|p| p.ends_with("/db")))
+        .and_then(|l| l["result"].as_i64())
+        .expect("the open of db in the trace");
+    let fstats: Vec<String> = lines
+        .iter()
+        .filter(|l| l["call"] == "newfstatat" && l["args"][0].as_i64() == Some(db))
+        .map(|l| l["where"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(fstats[fstats.len() - 4..], ["local", "local", "local", "home"], "{fstats:?}\n{run}");
+}

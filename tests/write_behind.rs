@@ -4,7 +4,7 @@
 //! the kernel's (tests/mounts.rs, which mounts a small file system); a write that fails at home after all
 //! is reported by the file's next `fsync`.
 
-use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, Hosts};
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, Hosts};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -197,10 +197,13 @@ os.ftruncate(fd, 3)
 print(os.pread(fd, 20, 0))
 os.write(fd, b"+")
 print(os.pread(fd, 20, 0))
-# Made empty by a creating open (sqlite's journal), then one that found content (read at home).
+# Made empty by a creating open (sqlite's journal, given to its owner: attributes only), then one that
+# found content (read at home).
 made = os.open("created.bin", os.O_RDWR | os.O_CREAT, 0o644)
+st = os.fstat(made)
+os.fchown(made, st.st_uid, st.st_gid)
 os.write(made, b"journal")
-print(os.pread(made, 8, 0), os.pread(made, 8, 7), os.lseek(made, 0, os.SEEK_CUR))
+print(os.pread(made, 8, 0), os.pread(made, 8, 7), os.pread(made, 8, 512), os.lseek(made, 0, os.SEEK_CUR))
 found = os.open("shadow.bin", os.O_RDWR | os.O_CREAT, 0o644)
 os.write(found, b"Q")
 print(os.pread(found, 20, 0))
@@ -213,8 +216,26 @@ fn a_file_the_job_emptied_is_read_back_from_its_own_writes() {
     let hosts = Hosts::start();
     hosts.write("read_back.py", READ_BACK);
     let native = hosts.native_copy();
-    let both = hosts.cmd(&["python3", "read_back.py"]).check(&native);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let both = hosts
+        .cmd(&["python3", "read_back.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .check(&native);
     assert!(both.remote.stdout().starts_with("b'abcdef' 6\n"), "{}", both.remote);
+    // The created file's three reads (its content, its end, past its end) are answered here.
+    let lines = trace_lines(&trace);
+    let made = lines
+        .iter()
+        .find(|l| l["call"] == "openat" && l["args"][1].as_str().is_some_and(|p| p.ends_with("created.bin")))
+        .and_then(|l| l["result"].as_i64())
+        .expect("the open of created.bin in the trace");
+    let reads: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["call"] == "pread64" && l["args"][0].as_i64() == Some(made))
+        .map(|l| l["where"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(reads, ["local", "local", "local"], "{}", both.remote);
 }
 
 /// sqlite's return to SHARED after a commit (a read lock where the description holds a write lock) and

@@ -174,8 +174,8 @@ struct Inner {
     change_seq: u64,
     writes: HashMap<(u64, u64), u64>,
     unnamed_writes: u64,
-    /// Changes to each file through any descriptor or by opening it for writing, and the writes (and syncs)
-    /// through each descriptor: the difference is what others did ([`AttrCache::foreign_mark`]).
+    /// Changes to each file's content through any descriptor or by opening it for writing, and the writes
+    /// (and syncs) through each descriptor: the difference is what others did ([`AttrCache::foreign_mark`]).
     changes: HashMap<(u64, u64), u64>,
     own: HashMap<u64, u64>,
 }
@@ -443,7 +443,12 @@ impl AttrCache {
             Change::Cwd(p) => inner.entries.retain(|k, _| k.proc != p.unwrap_or(proc)),
             Change::Handle(h) => match inner.inodes.get(&h).copied() {
                 Some(inode) => {
-                    inner.count_change(inode, matches!(op, Op::Write(_) | Op::Fsync(_)).then_some(h));
+                    // Attributes alone (sqlite's `fchown` of its new journal) leave the content as it was.
+                    let attributes_only =
+                        matches!(op, Op::Chmod(_) | Op::Chown(_) | Op::Utimens(_) | Op::Xattr(_));
+                    if !attributes_only {
+                        inner.count_change(inode, matches!(op, Op::Write(_) | Op::Fsync(_)).then_some(h));
+                    }
                     inner.change_seq += 1;
                     let seq = inner.change_seq;
                     inner.writes.insert(inode, seq);

@@ -1,9 +1,10 @@
 //! Read, Write, Seek, Fsync, Fallocate, CopyRange, Ioctl.
 
+use super::open::DEFAULT_STATX_MASK;
 use super::{done, value, Res, MAX_BUF};
-use crate::session::Session;
+use crate::session::{ProcCtx, Session};
 use crate::sys;
-use homeward_proto::pb::{self, IoctlOp, Whence};
+use homeward_proto::pb::{self, FileStat, IoctlOp, Whence};
 use homeward_proto::Errno;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -76,9 +77,30 @@ pub fn seek(s: &Session, o: &pb::Seek) -> Res {
 }
 
 /// fsync or fdatasync.
-pub fn fsync(s: &Session, o: &pb::Fsync) -> Res {
-    sys::fsync(s.handle(o.handle)?.as_fd(), o.datasync)?;
-    done(0)
+pub fn fsync(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
+    let fd = s.handle(o.handle)?;
+    sys::fsync(fd.as_fd(), o.datasync)?;
+    if o.lease_path.first() != Some(&b'/') {
+        return done(0);
+    }
+    // The name that opened the file, looked up again under a lease: granted when it finds this file.
+    let Ok(synced) = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_INO) else {
+        return done(0);
+    };
+    let same = |found: Option<&libc::statx>| {
+        found.is_some_and(|f| {
+            (f.stx_ino, f.stx_dev_major, f.stx_dev_minor)
+                == (synced.stx_ino, synced.stx_dev_major, synced.stx_dev_minor)
+        })
+    };
+    match super::lease_after(s, &ctx.cwd, &o.lease_path, o.lease_follow, true, same) {
+        (0, _) => done(0),
+        // Read once the watches are in place: a change after this is reported.
+        (lease, deps) => match sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK) {
+            Ok(now) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&now)), lease, deps, ..value(0) }),
+            Err(_) => done(0),
+        },
+    }
 }
 
 /// fallocate; the FALLOC_FL_* bits are the same everywhere.

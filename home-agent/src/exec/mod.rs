@@ -276,7 +276,7 @@ fn dispatch(s: &Session, ctx: &ProcCtx, op: &Op) -> Res {
         Op::Read(o) => io::read(s, o),
         Op::Write(o) => io::write(s, o),
         Op::Seek(o) => io::seek(s, o),
-        Op::Fsync(o) => io::fsync(s, o),
+        Op::Fsync(o) => io::fsync(s, ctx, o),
         Op::Fallocate(o) => io::fallocate(s, o),
         Op::CopyRange(o) => io::copy_range(s, o),
         Op::Ioctl(o) => io::ioctl(s, o),

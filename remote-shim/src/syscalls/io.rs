@@ -387,13 +387,30 @@ fn writes_behind(h: &Handle) -> bool {
 /// fsync, fdatasync: after home's answer, the error of a write sent behind that failed, if any.
 async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
     let mark = h.behind.mark();
-    let synced = simple(call, Op::Fsync(pb::Fsync { handle: h.id, datasync })).await;
+    // A regular file opened by an absolute name: home looks that name up again once synced, so the next
+    // `fstat` (sqlite's, at every transaction) finds the attributes the job's writes left.
+    let origin = h
+        .origin()
+        .filter(|o| o.key.proc == 0 && h.stat.mode & libc::S_IFMT == libc::S_IFREG)
+        .filter(|_| !h.name_moved.load(std::sync::atomic::Ordering::Relaxed));
+    let ticket = call.sup.link.attrs.ticket_past_own_change();
+    let op = pb::Fsync {
+        handle: h.id,
+        datasync,
+        lease_path: origin.map(|o| o.key.path.clone()).unwrap_or_default().into(),
+        lease_follow: origin.is_some_and(|o| o.key.follow),
+    };
+    let synced = call.home_value(Op::Fsync(op)).await;
     // Home ran every write sent behind before the sync; their replies may still be on the way.
     h.behind.settle(mark).await;
     if let Some(errno) = h.behind.take_owed() {
         return Err(errno);
     }
-    synced.map(|_| Action::Value(0))
+    let (_, reply) = synced?;
+    if let (Some(origin), Some(st)) = (origin, reply.stat.filter(|st| (st.dev, st.ino) == h.inode())) {
+        super::stat::put_found_by_name(call, &origin.key, st, ticket, &reply);
+    }
+    Ok(Action::Value(0))
 }
 
 async fn writev(call: &Call<'_>, h: &Handle, offset: Option<i64>) -> Outcome {

@@ -191,19 +191,31 @@ async fn fstat_by_name(call: &Call<'_>, h: &crate::fdtable::Handle) -> Option<pb
     let found = super::outcome(&reply).ok().and(reply.stat);
     match found {
         Some(st) if (st.dev, st.ino) == (h.stat.dev, h.stat.ino) => {
-            // Found without following a last link, the name is the regular file itself: the lookup that
-            // follows links finds the same. (One that followed says nothing of the name itself.)
-            let follows: &[bool] = if origin.key.follow { &[true] } else { &[false, true] };
-            for &follow in follows {
-                let key = crate::attrcache::Key { follow, ..origin.key.clone() };
-                attrs.put_leased(key, Cached::Found(st), ticket, &reply);
-            }
+            put_found_by_name(call, &origin.key, st, ticket, &reply);
             Some(st)
         }
         _ => {
             h.name_moved.store(true, Relaxed);
             None
         }
+    }
+}
+
+/// Stores `st`, a regular file that the leased lookup `key` (the name that opened it) found, under
+/// `reply`'s lease.
+pub fn put_found_by_name(
+    call: &Call<'_>,
+    key: &crate::attrcache::Key,
+    st: pb::FileStat,
+    ticket: crate::attrcache::Ticket,
+    reply: &pb::CallReply,
+) {
+    // Found without following a last link, the name is the regular file itself: the lookup that follows
+    // links finds the same. (One that followed says nothing of the name itself.)
+    let follows: &[bool] = if key.follow { &[true] } else { &[false, true] };
+    for &follow in follows {
+        let key = crate::attrcache::Key { follow, ..key.clone() };
+        call.sup.link.attrs.put_leased(key, Cached::Found(st), ticket, reply);
     }
 }
 
