@@ -199,7 +199,11 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         ("pwrite", Op::Write(Write { handle: 1, data: path("far"), offset: Some(1 << 30) })),
         ("seek", Op::Seek(Seek { handle: 1, offset: -2, whence: Whence::End as i32 })),
         ("seek_data", Op::Seek(Seek { handle: 3, offset: 0, whence: Whence::Data as i32 })),
-        ("fsync", Op::Fsync(Fsync { handle: 1, datasync: true })),
+        ("fsync", Op::Fsync(Fsync { handle: 1, datasync: true, ..Default::default() })),
+        (
+            "fsync_lease",
+            Op::Fsync(Fsync { handle: 1, datasync: false, lease_path: path("/tmp/../etc"), lease_follow: true }),
+        ),
         ("fallocate", Op::Fallocate(Fallocate { handle: 1, mode: 0x01, offset: 0, len: 4096 })),
         ("getdents", Op::Getdents(Getdents { handle: 2, size: 32768, lease: true, content_max: 0 })),
         ("getdents_small", Op::Getdents(Getdents { handle: 2, size: 24, lease: false, content_max: 0 })),

@@ -186,7 +186,7 @@ fn unknown_handles_are_ebadf_everywhere() {
         Op::Read(pb::Read { handle: h, len: 1, offset: None }),
         Op::Write(pb::Write { handle: h, data: b"x".to_vec().into(), offset: None }),
         Op::Seek(pb::Seek { handle: h, offset: 0, whence: 0 }),
-        Op::Fsync(pb::Fsync { handle: h, datasync: false }),
+        Op::Fsync(pb::Fsync { handle: h, datasync: false, ..Default::default() }),
         Op::Fallocate(pb::Fallocate { handle: h, mode: 0, offset: 0, len: 1 }),
         Op::Getdents(pb::Getdents { handle: h, size: 4096, lease: true, content_max: 0 }),
         Op::GetFlags(pb::GetFlags { handle: h }),
