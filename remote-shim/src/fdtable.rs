@@ -358,6 +358,8 @@ pub struct FdTable {
     lazy_ids: AtomicU64,
     /// Placeholders opened without home that later opens of the same version share ([`SharedKey`]).
     shared: Mutex<HashMap<SharedKey, u64>>,
+    /// Descriptors recently read through copies ([`crate::readers`]).
+    pub readers: crate::readers::Readers,
 }
 
 /// What the opens sharing one placeholder have in common: the version (so the content), the open flags but
@@ -382,6 +384,7 @@ impl FdTable {
             copied: Arc::default(),
             lazy_ids: AtomicU64::new(0),
             shared: Mutex::default(),
+            readers: Default::default(),
         }
     }
 
@@ -586,6 +589,7 @@ impl FdTable {
     /// at home.
     pub fn collect(&self, job: &[u32]) -> Vec<u64> {
         self.made.store(0, Ordering::Relaxed);
+        self.readers.clear();
         let started = self.generation.fetch_add(1, Ordering::SeqCst);
         let mut held: HashSet<u64> = HashSet::new();
         // The descriptions of shared placeholders that some process still holds (by address of the record).

@@ -10,6 +10,7 @@
 //! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection;
 //!   the state of a file's content copy in its placeholder.
 //! - [`fill`]: readahead of large files into their placeholders.
+//! - [`readers`]: descriptors recently read through copies, recognised without `/proc`.
 //! - [`lazy`]: read-only opens answered without home (leased attributes, cached content); their home handle
 //!   is opened when a call needs it.
 //! - [`attrcache`]: leased lookup answers (attributes, missing names, links, access checks, cwd paths).
@@ -45,6 +46,7 @@ pub mod memory;
 pub mod paths;
 pub mod procs;
 pub mod pump;
+pub mod readers;
 pub mod supervisor;
 pub mod sys;
 pub mod syscalls;

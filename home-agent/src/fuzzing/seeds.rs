@@ -202,7 +202,12 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         ("fsync", Op::Fsync(Fsync { handle: 1, datasync: true, ..Default::default() })),
         (
             "fsync_lease",
-            Op::Fsync(Fsync { handle: 1, datasync: false, lease_path: path("/tmp/../etc"), lease_follow: true }),
+            Op::Fsync(Fsync {
+                handle: 1,
+                datasync: false,
+                lease_path: path("/tmp/../etc"),
+                lease_follow: true,
+            }),
         ),
         ("fallocate", Op::Fallocate(Fallocate { handle: 1, mode: 0x01, offset: 0, len: 4096 })),
         ("getdents", Op::Getdents(Getdents { handle: 2, size: 32768, lease: true, content_max: 0 })),

@@ -110,6 +110,9 @@ fn served_by_copy(nr: i64, arg2: i32) -> bool {
     }
 }
 
+/// Copies larger than this are read in many calls: their descriptors are remembered ([`crate::readers`]).
+const READ_IN_MANY_CALLS: i64 = 256 << 10;
+
 /// The handle of a read-family call that its placeholder's copy serves right now without waiting (see
 /// `Supervisor::serve_from_copy`); `None` sends the call down the full path.
 pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Option<Arc<Handle>> {
@@ -118,14 +121,25 @@ pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Opti
     if !served_by_copy(nr, args[2] as i32) || !sup.fds.range.contains(fd) {
         return None;
     }
-    let h = sup.fds.lookup(tid, fd)?;
+    let (h, at) = match sup.fds.readers.get(tid, fd) {
+        Some(known) => known,
+        None => {
+            let h = sup.fds.lookup(tid, fd)?;
+            // A file read in many calls, or one still being filled (whose reads need the offset).
+            if h.stat.size > READ_IN_MANY_CALLS || h.copy() == CopyState::Filling {
+                sup.fds.readers.remember(tid, sup.procs.tgid_of(tid), fd, h)
+            } else {
+                (h, None)
+            }
+        }
+    };
     match sup.fds.copy_of(&h, &sup.link.attrs) {
         CopyState::Fresh => Some(h),
         CopyState::Filling => {
             let (start, end) = match nr {
                 libc::SYS_pread64 => (args[3], args[3].saturating_add(args[2])),
                 libc::SYS_read => {
-                    let pos = fd_offset(tid, fd)?;
+                    let pos = at.or_else(|| fd_offset(tid, fd))?;
                     (pos, pos.saturating_add(args[2]))
                 }
                 libc::SYS_lseek => (0, 0),
