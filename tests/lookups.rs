@@ -106,9 +106,62 @@ fn a_directory_opened_again_needs_no_round_trip_until_home_changes_it() {
     let expected = "start 0o755 2 []\nstart 0o755 2 ['x']\nchmod 0o750 2 []\nchmod 0o750 2 ['x']\n\
                     created 0o750 3 []\ncreated 0o750 3 ['sub', 'x']\n";
     assert_eq!(run.stdout(), expected, "{run}");
-    // The first open of each step goes home (the directory changed), the second is answered here.
+    // The first open goes home, the second is answered here; a change of the directory's permissions at
+    // home sends the next open home again, a directory made in it does not (who may open it is the same).
     let opens = trace_wheres(&trace, "openat", &hosts.path("d"));
-    assert_eq!(opens, ["home", "local", "home", "local", "home", "local"], "{run}");
+    assert_eq!(opens, ["home", "local", "home", "local", "local", "local"], "{run}");
+}
+
+/// sqlite's commit: a file made in `d`, then `d` opened, synced and closed. After the first, each open is
+/// answered here and each sync is one round trip; after home replaces `d`, the open goes home again.
+const DIRECTORY_SYNC: &str = r#"
+import os, time
+d = os.path.abspath("d")
+def commit(step, n):
+    for i in range(n):
+        with open(os.path.join(d, "%s-%d" % (step, i)), "w") as f:
+            f.write("x")
+        fd = os.open(d, os.O_RDONLY | os.O_CLOEXEC)
+        os.fsync(fd)
+        os.close(fd)
+    print(step, sorted(os.listdir(d)))
+commit("a", 3)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+commit("b", 2)
+"#;
+
+#[test]
+fn a_directory_synced_after_each_file_made_in_it_is_opened_once() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.mkdir("d");
+    hosts.write("t.py", DIRECTORY_SYNC);
+    let trace = hosts.user_home().join("trace.jsonl");
+    let replace: &dyn Fn() = &|| {
+        std::fs::rename(hosts.path("d"), hosts.path("d.old")).expect("the test's own step");
+        hosts.mkdir("d");
+    };
+    let run = hosts
+        .cmd(&["python3", "t.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .remote_while("", &[replace]);
+    run.assert_success();
+    assert_eq!(run.stdout(), "a ['a-0', 'a-1', 'a-2']\nb ['b-0', 'b-1']\n", "{run}");
+    // (The listing at the end of each step opens it too.)
+    let opens = trace_wheres(&trace, "openat", &hosts.path("d"));
+    assert_eq!(opens, ["home", "local", "local", "local", "home", "local", "local"], "{run}");
+    // Each sync of the directory is one round trip, its open's included.
+    let lines = trace_lines(&trace);
+    let syncs: Vec<(u64, Option<&str>)> = lines
+        .iter()
+        .filter(|l| l["call"] == "fsync")
+        .map(|l| (l["rtt"].as_u64().unwrap_or(0), l["errno"].as_str()))
+        .collect();
+    assert_eq!(syncs, [(1, None); 5], "{run}");
 }
 
 /// readlink of a directory (EINVAL) depends on the entry, not on what the directory holds: files made in

@@ -12,6 +12,8 @@ pub fn changes_nothing(op: &Op) -> bool {
             flags & libc::O_ACCMODE == libc::O_RDONLY && flags & (libc::O_CREAT | libc::O_TRUNC) == 0
         }
         Op::Xattr(x) => matches!(pb::XattrOp::try_from(x.op), Ok(pb::XattrOp::Get | pb::XattrOp::List)),
+        // A directory synced by its path (the only sync without a handle) keeps its attributes.
+        Op::Fsync(f) => f.handle == 0,
         Op::Stat(_)
         | Op::Statfs(_)
         | Op::Access(_)

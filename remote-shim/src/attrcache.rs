@@ -88,6 +88,9 @@ pub const ACCESS: u32 = u32::MAX - 16;
 pub const CWD: u32 = u32::MAX - 1;
 /// `Key::mask` of a name the job may remove (`Cached::Removable`, without following a last link).
 pub const REMOVABLE: u32 = u32::MAX - 2;
+/// `Key::mask` of a directory home opened read-only for the job (`Cached::Opens`), leased on its entry's
+/// attributes, not on what it holds (`CallReply.reopen_lease`): it may be opened again without home.
+pub const DIR_OPEN: u32 = u32::MAX - 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cached {
@@ -105,6 +108,9 @@ pub enum Cached {
     /// The path names a regular file the job created and whose name home said it may remove
     /// (`CallReply.removable`, `REMOVABLE`): true while nothing on the way changes but the file's content.
     Removable,
+    /// The path names this directory, which home opened read-only for the job (`DIR_OPEN`): its attributes
+    /// then, of which only its identity, type and permissions still hold (its times and size do not).
+    Opens(pb::FileStat),
 }
 
 /// A name the job removes without waiting ([`AttrCache::take_removable`]): what its absence depends on,
@@ -452,9 +458,12 @@ impl AttrCache {
                     inner.change_seq += 1;
                     let seq = inner.change_seq;
                     inner.writes.insert(inode, seq);
-                    inner
-                        .entries
-                        .retain(|_, e| !matches!(&e.value, Cached::Found(s) if (s.dev, s.ino) == inode));
+                    inner.entries.retain(|_, e| match &e.value {
+                        Cached::Found(s) => (s.dev, s.ino) != inode,
+                        // Who may open a directory changes with its attributes only (`DIR_OPEN`).
+                        Cached::Opens(s) => (s.dev, s.ino) != inode || !attributes_only,
+                        _ => true,
+                    });
                 }
                 None => {
                     inner.change_seq += 1;
@@ -657,6 +666,9 @@ fn attributes(path: &[u8]) -> Change<'_> {
 
 /// The handle a call changes the content or attributes of, if any (for `AttrCache::after_call`).
 pub fn changed_handle(op: &Op) -> Option<u64> {
+    if homeward_proto::effects::changes_nothing(op) {
+        return None;
+    }
     match change_of(op) {
         Change::Handle(h) => Some(h),
         _ => None,

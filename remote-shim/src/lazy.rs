@@ -208,10 +208,20 @@ fn cached_version(call: &Call<'_>, key: &Key) -> Option<(pb::FileStat, crate::co
     call.sup.content.contains(&version).then_some((st, version))
 }
 
-/// The directory the cached lookup `key` finds, when home opened it read-only for the job at that version.
+/// The directory the cached lookup `key` finds, when home opened it read-only for the job at that version;
+/// or the directory home opened read-only for the job under a lease on opening it again
+/// (`attrcache::DIR_OPEN`: its attributes then).
 fn cached_dir(call: &Call<'_>, key: &Key) -> Option<pb::FileStat> {
-    let Some(Cached::Found(st)) = call.sup.link.attrs.get(key) else { return None };
-    (st.mode & libc::S_IFMT == libc::S_IFDIR && call.sup.dir_opens.contains(&st)).then_some(st)
+    let attrs = &call.sup.link.attrs;
+    let dir = |st: &pb::FileStat| st.mode & libc::S_IFMT == libc::S_IFDIR;
+    match attrs.get(key) {
+        Some(Cached::Found(st)) if dir(&st) && call.sup.dir_opens.contains(&st) => return Some(st),
+        _ => {}
+    }
+    match attrs.get(&Key { mask: crate::attrcache::DIR_OPEN, ..key.clone() }) {
+        Some(Cached::Opens(st)) => Some(st),
+        _ => None,
+    }
 }
 
 /// Answers an open of `key` (a lookup following links as the open does: absolute, or relative to the
@@ -491,6 +501,30 @@ async fn open_lazy(
     Ok(id)
 }
 
+/// `fsync` of a directory not opened at home yet (sqlite's open and sync of its database's directory):
+/// home opens it by its path and syncs it in one round trip, if the path still names it; `None` when that
+/// cannot be done (the call then opens it at home as any other).
+pub async fn sync_unopened(call: &Call<'_>, h: &Handle, datasync: bool) -> Option<Outcome> {
+    let lazy = h.lazy()?;
+    let directory = h.stat.mode & libc::S_IFMT == libc::S_IFDIR;
+    if !directory || lazy.home.load(Ordering::SeqCst) != 0 || lazy.gone() {
+        return None;
+    }
+    let (dev, ino) = h.inode();
+    let op = Op::Fsync(pb::Fsync {
+        handle: 0,
+        datasync,
+        lease_path: lazy.path.clone().into(),
+        lease_follow: lazy.flags & libc::O_NOFOLLOW == 0,
+        dev,
+        ino,
+    });
+    match call.home_value(op).await {
+        Err(Errno::ESTALE) => None,
+        synced => Some(synced.map(|_| Action::Value(0))),
+    }
+}
+
 async fn close(call: &Call<'_>, proc: pb::Proc, id: u64) {
     let _ = call.home_resolved(proc, Op::Close(pb::Close { handle: id, more: vec![] })).await;
 }
@@ -523,12 +557,13 @@ pub async fn before_change(call: &Call<'_>, proc: pb::Proc, op: &Op) {
         }
         _ => return,
     };
-    let every_directory = !matches!(op, Op::Unlink(_));
     // A change through a descriptor (`fchmod`, an empty path): the placeholders of that file, by inode.
-    let inode = dir
-        .filter(|_| paths.iter().all(|p| p.is_empty()))
-        .and_then(|d| call.sup.fds.get(d.handle))
-        .map(|h| h.inode());
+    let through = dir.filter(|_| paths.iter().all(|p| p.is_empty())).and_then(|d| call.sup.fds.get(d.handle));
+    let inode = through.as_ref().map(|h| h.inode());
+    // (A change through a descriptor of anything but a directory changes no directory: sqlite's `fchown`
+    // of each new journal.)
+    let not_a_directory = through.is_some_and(|h| h.stat.mode & libc::S_IFMT != libc::S_IFDIR);
+    let every_directory = !matches!(op, Op::Unlink(_)) && !not_a_directory;
     let names: Vec<Option<&[u8]>> =
         paths.iter().filter(|p| !p.is_empty()).map(|p| last_component(p)).collect();
     for h in call.sup.fds.all() {

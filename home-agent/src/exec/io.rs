@@ -78,6 +78,9 @@ pub fn seek(s: &Session, o: &pb::Seek) -> Res {
 
 /// fsync or fdatasync.
 pub fn fsync(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
+    if o.handle == 0 {
+        return fsync_by_path(s, ctx, o);
+    }
     let fd = s.handle(o.handle)?;
     sys::fsync(fd.as_fd(), o.datasync)?;
     if o.lease_path.first() != Some(&b'/') {
@@ -101,6 +104,27 @@ pub fn fsync(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
             Err(_) => done(0),
         },
     }
+}
+
+/// fsync of the directory (`dev`, `ino`) that `lease_path` names, opened read-only for it (one the shim
+/// opened without home); `ESTALE` when the path names anything else or cannot be opened so (the shim then
+/// opens it as it would for any call).
+fn fsync_by_path(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
+    if o.lease_path.first() != Some(&b'/') || s.allow().is_some() {
+        return Err(Errno::ESTALE);
+    }
+    let path = std::ffi::CString::new(o.lease_path.to_vec()).map_err(|_| Errno::ESTALE)?;
+    let nofollow = if o.lease_follow { 0 } else { libc::O_NOFOLLOW };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | nofollow;
+    let fd = sys::openat(ctx.cwd.as_fd(), &path, flags, 0).map_err(|_| Errno::ESTALE)?;
+    let mask = libc::STATX_INO | libc::STATX_TYPE;
+    let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, mask).map_err(|_| Errno::ESTALE)?;
+    let st = FileStat::from_statx(&sx);
+    if (st.dev, st.ino) != (o.dev, o.ino) {
+        return Err(Errno::ESTALE);
+    }
+    sys::fsync(fd.as_fd(), o.datasync)?;
+    done(0)
 }
 
 /// fallocate; the FALLOC_FL_* bits are the same everywhere.

@@ -90,7 +90,7 @@ fn lease_access_lookup(
 
 /// What a leased answer depends on, of what the walk finds.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scope {
+pub(crate) enum Scope {
     /// Everything the answer shows: a directory found is watched itself.
     Answer,
     /// The attributes of what it finds: a directory found is watched through the entry naming it.
@@ -144,14 +144,28 @@ fn lease_after(
     wanted: bool,
     expected: impl FnOnce(Option<&libc::statx>) -> bool,
 ) -> (u64, Vec<pb::Dep>) {
+    lease_after_of(s, dir, path, follow, wanted, Scope::Answer, expected)
+}
+
+/// [`lease_after`] for an answer of `scope`.
+fn lease_after_of(
+    s: &Session,
+    dir: &OwnedFd,
+    path: &[u8],
+    follow: bool,
+    wanted: bool,
+    scope: Scope,
+    expected: impl FnOnce(Option<&libc::statx>) -> bool,
+) -> (u64, Vec<pb::Dep>) {
     use std::os::fd::AsFd;
     if !wanted || s.allow().is_some() {
         return (0, Vec::new());
     }
     let Ok(cpath) = std::ffi::CString::new(path) else { return (0, Vec::new()) };
-    let (lease, deps) = lease_lookup(s, dir, path, follow, true);
+    let (lease, deps) = lease_lookup_of(s, dir, path, follow, true, scope);
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    let found = match crate::sys::statx(dir.as_fd(), &cpath, flags | libc::AT_NO_AUTOMOUNT, libc::STATX_INO) {
+    let mask = libc::STATX_INO | libc::STATX_CTIME;
+    let found = match crate::sys::statx(dir.as_fd(), &cpath, flags | libc::AT_NO_AUTOMOUNT, mask) {
         Ok(sx) => Some(sx),
         Err(e) if e == Errno::ENOENT => None,
         Err(_) => return (0, Vec::new()),

@@ -96,6 +96,27 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         }
         sx => (lease, deps, sx),
     };
+    // A directory opened to read, leased: also a lease on opening it again, on its entry's attributes
+    // only, granted when the path, looked up again with the watches in place, finds it unchanged (its
+    // ctime moves with any change of its permissions, owner, ACL or label since the open).
+    let (reopen_lease, reopen_deps) = match &sx {
+        Some(opened) if lease != 0 && kind == libc::S_IFDIR && flags & libc::O_ACCMODE == libc::O_RDONLY => {
+            let unchanged = |found: Option<&libc::statx>| {
+                found.is_some_and(|f| {
+                    (f.stx_ino, f.stx_dev_major, f.stx_dev_minor, f.stx_ctime.tv_sec, f.stx_ctime.tv_nsec)
+                        == (
+                            opened.stx_ino,
+                            opened.stx_dev_major,
+                            opened.stx_dev_minor,
+                            opened.stx_ctime.tv_sec,
+                            opened.stx_ctime.tv_nsec,
+                        )
+                })
+            };
+            super::lease_after_of(s, &at.start, &o.path, follow, true, super::Scope::Attributes, unchanged)
+        }
+        _ => (0, Vec::new()),
+    };
     // Checked once the lease's watches are in place: a change after this is reported.
     let removable = lease != 0
         && creates
@@ -127,6 +148,8 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
         lease,
         deps,
         removable,
+        reopen_lease,
+        reopen_deps,
         data: content.unwrap_or_default().into(),
         ..value(handle as i64)
     })

@@ -400,6 +400,9 @@ fn writes_behind(h: &Handle) -> bool {
 
 /// fsync, fdatasync: after home's answer, the error of a write sent behind that failed, if any.
 async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
+    if let Some(synced) = crate::lazy::sync_unopened(call, h, datasync).await {
+        return synced;
+    }
     let mark = h.behind.mark();
     // A regular file opened by an absolute name: home looks that name up again once synced, so the next
     // `fstat` (sqlite's, at every transaction) finds the attributes the job's writes left.
@@ -413,6 +416,7 @@ async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
         datasync,
         lease_path: origin.map(|o| o.key.path.clone()).unwrap_or_default().into(),
         lease_follow: origin.is_some_and(|o| o.key.follow),
+        ..Default::default()
     };
     let synced = call.home_value(Op::Fsync(op)).await;
     // Home ran every write sent behind before the sync; their replies may still be on the way.

@@ -103,6 +103,16 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let stat = reply.stat.unwrap_or_default();
     if stat.mode & libc::S_IFMT == libc::S_IFDIR && crate::lazy::plain_dir_read(oflags) {
         call.sup.dir_opens.opened(&stat);
+        // Opening it again is leased apart from its content (entries made in it do not void that).
+        if let Some(key) = key.as_ref().filter(|_| reply.reopen_lease != 0) {
+            let reopen = crate::attrcache::Key { mask: crate::attrcache::DIR_OPEN, ..key.clone() };
+            let lease = pb::CallReply {
+                lease: reply.reopen_lease,
+                deps: reply.reopen_deps.clone(),
+                ..Default::default()
+            };
+            call.put_leased(&base, &looked_up, reopen, Cached::Opens(stat), ticket, &lease);
+        }
     }
     attrs.opened(handle_id, (stat.dev, stat.ino));
     if reply.via_link {
