@@ -204,9 +204,20 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
             "fsync_lease",
             Op::Fsync(Fsync {
                 handle: 1,
-                datasync: false,
                 lease_path: path("/tmp/../etc"),
                 lease_follow: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            "fsync_by_path",
+            Op::Fsync(Fsync {
+                handle: 0,
+                datasync: true,
+                lease_path: path("/tmp"),
+                dev: 1,
+                ino: 2,
+                ..Default::default()
             }),
         ),
         ("fallocate", Op::Fallocate(Fallocate { handle: 1, mode: 0x01, offset: 0, len: 4096 })),
