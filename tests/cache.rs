@@ -353,3 +353,74 @@ fn a_writer_opened_first_still_makes_later_copies_stale() {
         "{remote}"
     );
 }
+
+/// A small copy's reads are the kernel's (the upper half of the range: not one of them is notified), and
+/// every change the job makes to its file reaches them: writes through another descriptor, a truncate, a
+/// hole, an append, a shell's `>>` (a pumped alias), an emptying open, a truncate by path; a map and a
+/// dup of it too.
+const NATIVE_READS: &str = r#"
+import mmap, os, subprocess
+p = "f.txt"
+with open(p, "w") as f:
+    f.write("one\n")
+r = os.open(p, os.O_RDONLY)
+print(os.read(r, 100), os.isatty(r))
+w = os.open(p, os.O_WRONLY)
+os.write(w, b"TWO\n")
+print(os.pread(r, 100, 0), os.lseek(r, 0, os.SEEK_CUR))
+os.lseek(r, 0, os.SEEK_SET)
+print(os.read(r, 100))
+os.ftruncate(w, 2)
+print(os.pread(r, 100, 0))
+os.pwrite(w, b"xyz", 10)
+print(os.pread(r, 100, 0))
+os.close(w)
+with open(p, "a") as a:
+    a.write("appended\n")
+print(os.pread(r, 100, 0))
+subprocess.run("echo shell >> f.txt", shell=True, check=True)
+print(os.pread(r, 100, 0))
+open(p, "w").close()
+print(os.pread(r, 100, 0))
+with open(p, "wb") as f:
+    f.write(b"final!")
+m = mmap.mmap(r, 0, prot=mmap.PROT_READ)
+print(m[:])
+m.close()
+os.truncate(p, 3)
+d = os.dup(r)
+print(os.pread(d, 100, 0), os.fstat(d).st_size)
+"#;
+
+#[test]
+fn copies_read_by_the_kernel_follow_the_jobs_changes() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("script.py", NATIVE_READS);
+    let native = hosts.native_copy();
+    let trace = hosts.user_home().join("trace.jsonl");
+    let both = hosts
+        .cmd(&["python3", "script.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("UTF-8"))
+        .check(&native);
+    assert!(both.remote.stdout().starts_with("b'one\\n' False\nb'TWO\\n' 4\n"), "{}", both.remote);
+    // The reader's reads and seeks never reached the supervisor.
+    let lines = homeward::trace_lines(&trace);
+    let reader = lines
+        .iter()
+        .find(|l| l["call"] == "openat" && l["args"][1] == "f.txt" && l["args"][2] == "O_RDONLY|O_CLOEXEC")
+        .and_then(|l| l["result"].as_i64())
+        .expect("the reader's open in the trace");
+    let notified: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["args"][0].as_i64() == Some(reader))
+        .filter_map(|l| l["call"].as_str())
+        .collect();
+    assert!(
+        !notified.iter().any(|c| ["read", "pread64", "lseek", "ioctl"].contains(c)),
+        "reads of the copy were notified: {notified:?}\n{}",
+        both.remote
+    );
+}

@@ -393,6 +393,11 @@ impl AttrCache {
         inner.generation += 1;
     }
 
+    /// The home file (device, inode) behind home handle `handle`, when known.
+    pub fn inode_of(&self, handle: u64) -> Option<(u64, u64)> {
+        self.lock().inodes.get(&handle).copied()
+    }
+
     /// Remembers which home file handle `handle` is (for the changes made through it).
     pub fn opened(&self, handle: u64, inode: (u64, u64)) {
         self.lock().inodes.insert(handle, inode);

@@ -38,8 +38,16 @@ pub struct Handle {
     pub pins: AtomicUsize,
     /// Whether the placeholder holds the file's whole content as opened ([`CopyState`]).
     copy: AtomicU8,
-    /// The job's last content change before the open that took the copy (`AttrCache::change_mark`).
-    copied_at: std::sync::OnceLock<u64>,
+    /// The job's last content change before the open that took the copy (`AttrCache::change_mark`), or
+    /// before its last refresh ([`crate::native`]); `u64::MAX` until known.
+    copied_at: AtomicU64,
+    /// Installed in the upper half of the range at least once: its copy's reads are the kernel's, so the
+    /// copy is refreshed when the file changes ([`crate::native`]).
+    native: std::sync::atomic::AtomicBool,
+    /// One refresh of the copy at a time.
+    pub refreshing: tokio::sync::Mutex<()>,
+    /// The version of the file a refreshed copy holds, when known.
+    copy_version: Mutex<Option<FileStat>>,
     /// Bytes of content copies held by all handles, and this handle's share of them.
     budget: Arc<AtomicI64>,
     charged: AtomicI64,
@@ -138,11 +146,40 @@ impl Handle {
 
     /// Remembers the job's changes to the file as the copy is taken.
     pub fn set_copied_at(&self, mark: u64) {
-        let _ = self.copied_at.set(mark);
+        let _ = self.copied_at.compare_exchange(u64::MAX, mark, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     pub fn copied_at(&self) -> Option<u64> {
-        self.copied_at.get().copied()
+        Some(self.copied_at.load(Ordering::SeqCst)).filter(|&m| m != u64::MAX)
+    }
+
+    /// The copy was read again from home after the job's changes up to `mark` ([`crate::native`]), at
+    /// version `version` if known: fresh.
+    pub fn recopied(&self, mark: u64, version: Option<FileStat>) {
+        self.copied_at.store(mark, Ordering::SeqCst);
+        *self.copy_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+        self.copy.store(1, Ordering::SeqCst);
+    }
+
+    /// The version a refreshed copy holds, when known ([`crate::native::changed_at_home`]).
+    pub fn copy_version(&self) -> Option<FileStat> {
+        *self.copy_version.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the copy is installed where its reads are not notified ([`crate::native`]).
+    pub fn is_native(&self) -> bool {
+        self.native.load(Ordering::SeqCst)
+    }
+
+    /// Whether this handle's placeholder may go to the upper half: a read-only regular file whose small copy
+    /// is complete and fresh.
+    pub fn native_candidate(&self) -> bool {
+        self.stat.mode & libc::S_IFMT == libc::S_IFREG
+            && self.flags & libc::O_ACCMODE == libc::O_RDONLY
+            && self.flags & libc::O_PATH == 0
+            && (0..=crate::native::MAX_SIZE).contains(&self.stat.size)
+            && self.copy() == CopyState::Fresh
+            && self.lazy.as_ref().is_none_or(|l| !l.gone())
     }
 
     /// Takes `bytes` of the job's copy budget for this handle; false (nothing taken) when it is spent.
@@ -341,14 +378,18 @@ pub struct Slot {
     pub tgid: u32,
     pub min: u32,
     pub cloexec: bool,
+    /// In the upper half of the range (reads not notified: [`crate::native`]), else in the lower.
+    pub native: bool,
 }
 
 pub struct FdTable {
     pub range: FdRange,
     nonce: String,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    /// Next number to try per thread group, so allocation is usually one probe.
-    hints: Mutex<HashMap<u32, u32>>,
+    /// Next number to try per thread group and half of the range, so allocation is usually one probe.
+    hints: Mutex<HashMap<(u32, bool), u32>>,
+    /// Files (device, inode) with a copy in the upper half ([`crate::native`]).
+    natives: Mutex<HashSet<(u64, u64)>>,
     generation: AtomicU64,
     /// Handles made since the last collection (a burst of opens asks for an early one).
     made: AtomicUsize,
@@ -385,6 +426,7 @@ impl FdTable {
             lazy_ids: AtomicU64::new(0),
             shared: Mutex::default(),
             readers: Default::default(),
+            natives: Mutex::default(),
         }
     }
 
@@ -425,7 +467,10 @@ impl FdTable {
             fill: std::sync::OnceLock::new(),
             origin: std::sync::OnceLock::new(),
             name_moved: Default::default(),
-            copied_at: std::sync::OnceLock::new(),
+            copied_at: AtomicU64::new(u64::MAX),
+            native: Default::default(),
+            refreshing: Default::default(),
+            copy_version: Mutex::default(),
             budget: self.copied.clone(),
             charged: AtomicI64::new(0),
             behind: Arc::default(),
@@ -439,6 +484,10 @@ impl FdTable {
     /// The state of `h`'s copy, made stale if the job has changed its file since the copy was taken.
     pub fn copy_of(&self, h: &Handle, attrs: &crate::attrcache::AttrCache) -> CopyState {
         let copy = h.copy();
+        if h.is_native() {
+            // Kept in step with the job's changes by `native` (or made stale there when it cannot be).
+            return copy;
+        }
         let changed = h.copied_at().is_none_or(|mark| attrs.changed_since(h.inode(), mark));
         if matches!(copy, CopyState::Fresh | CopyState::Filling) && changed {
             h.mark_stale();
@@ -467,15 +516,19 @@ impl FdTable {
         handle: &Arc<Handle>,
         description: std::os::fd::BorrowedFd<'_>,
     ) -> io::Result<i32> {
-        let Slot { notif_id, tid, tgid, min, cloexec } = slot;
+        let Slot { notif_id, tid, tgid, min, cloexec, native } = slot;
         let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
-        let start = min.max(self.range.base);
-        if start >= self.range.end() {
+        let (low, end) = if native {
+            (self.range.native_start(), self.range.end())
+        } else {
+            (self.range.base, self.range.native_start())
+        };
+        let start = min.max(low);
+        if start >= end {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let hint =
-            hints.get(&tgid).copied().filter(|h| *h >= start && *h < self.range.end()).unwrap_or(start);
-        let free = (hint..self.range.end())
+        let hint = hints.get(&(tgid, native)).copied().filter(|h| *h >= start && *h < end).unwrap_or(start);
+        let free = (hint..end)
             .chain(start..hint)
             .find(|n| !slot_in_use(tid, *n))
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EMFILE))?;
@@ -489,7 +542,7 @@ impl FdTable {
             .is_none();
         match seccomp::add_fd(listener, notif_id, description, free, cloexec, true) {
             Ok(fd) => {
-                hints.insert(tgid, free + 1);
+                hints.insert((tgid, native), free + 1);
                 Ok(fd)
             }
             Err(e) => {
@@ -541,6 +594,51 @@ impl FdTable {
     ) -> io::Result<i32> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
         seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer)
+    }
+
+    /// `handle`'s copy goes to the upper half from now on ([`crate::native`]): its file's changes refresh it.
+    pub fn go_native(&self, handle: &Handle) {
+        handle.native.store(true, Ordering::SeqCst);
+        self.natives.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.inode());
+    }
+
+    /// `handle` stays out of the upper half after all (its file changed as it was placed).
+    pub fn leave_native(&self, handle: &Handle) {
+        handle.native.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether any copy is in the upper half.
+    pub fn has_natives(&self) -> bool {
+        !self.natives.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// The handles of file `inode` whose copies are in the upper half.
+    pub fn natives_of(&self, inode: (u64, u64)) -> Vec<Arc<Handle>> {
+        if !self.natives.lock().unwrap_or_else(|p| p.into_inner()).contains(&inode) {
+            return Vec::new();
+        }
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.values().filter(|h| h.is_native() && h.inode() == inode).cloned().collect()
+    }
+
+    /// Every handle whose copy is in the upper half.
+    pub fn natives(&self) -> Vec<Arc<Handle>> {
+        if self.natives.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return Vec::new();
+        }
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|h| h.is_native())
+            .cloned()
+            .collect()
+    }
+
+    /// Takes `handle` out of the placeholders later opens share (its memfd no longer holds the version
+    /// they would share).
+    pub fn unshare_key(&self, handle: &Handle) {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, id| *id != handle.id);
     }
 
     /// The placeholder opens of `key` share, if one is kept: given to a new open, it is not collected in the
@@ -640,6 +738,10 @@ impl FdTable {
             .map(|h| h.id)
             .collect();
         let dead: Vec<Arc<Handle>> = dead.iter().filter_map(|id| handles.remove(id)).collect();
+        if dead.iter().any(|h| h.is_native()) {
+            let natives = handles.values().filter(|h| h.is_native()).map(|h| h.inode()).collect();
+            *self.natives.lock().unwrap_or_else(|p| p.into_inner()) = natives;
+        }
         if dead.iter().any(|h| h.is_shared()) {
             self.shared.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, id| handles.contains_key(id));
         }

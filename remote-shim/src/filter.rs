@@ -31,6 +31,17 @@ impl FdRange {
     pub fn end(&self) -> u32 {
         self.base + self.span
     }
+
+    /// Where the upper half starts: complete copies whose reads are the kernel's, not notified
+    /// ([`crate::native`]).
+    pub fn native_start(&self) -> u32 {
+        self.base + self.span / 2
+    }
+
+    /// Whether `fd` is in the upper half ([`FdRange::native_start`]).
+    pub fn is_native(&self, fd: u64) -> bool {
+        self.contains(fd) && fd as u32 >= self.native_start()
+    }
 }
 
 /// Calls that are always notified: they name a path, change per-process state kept at home, or concern
@@ -165,6 +176,25 @@ fn fd_calls() -> Vec<(i64, &'static [u8])> {
     v
 }
 
+/// Calls on descriptors that a complete copy in the upper half answers alone (see `native`): they read its
+/// content or move its offset. (`mmap` stays notified: a copy's memfd may be writable where home's file is
+/// not.)
+fn native_reads() -> Vec<i64> {
+    let mut v = vec![
+        libc::SYS_read,
+        libc::SYS_pread64,
+        libc::SYS_readv,
+        libc::SYS_preadv,
+        libc::SYS_preadv2,
+        libc::SYS_lseek,
+        libc::SYS_readahead,
+        libc::SYS_ioctl,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.push(libc::SYS_fadvise64);
+    v
+}
+
 /// Calls that make processes and threads: notified in the job's pid namespace, where each new process takes
 /// its deputy's pid and every clone must be serialized with that (see `jobinit`).
 fn clone_calls() -> Vec<i64> {
@@ -221,12 +251,29 @@ pub fn build(range: FdRange, with_clones: bool) -> Result<Vec<libc::sock_filter>
     rules.insert(libc::SYS_getrlimit, vec![nofile(0)?]);
     rules.insert(libc::SYS_setrlimit, vec![nofile(0)?]);
     for (nr, args) in fd_calls() {
+        // Reads of the upper half are the kernel's (`native`): only the lower half is notified, but for an
+        // lseek to data or a hole (a copy has none) and an ioctl other than isatty's (`ENOTTY` for a
+        // regular file as for its copy).
+        let reads = native_reads().contains(&nr);
+        let end = if reads { range.native_start() } else { range.end() };
         let mut chain = Vec::new();
         for &arg in args {
             chain.push(SeccompRule::new(vec![
                 Cond::new(arg, Len::Dword, Op::Ge, u64::from(range.base))?,
-                Cond::new(arg, Len::Dword, Op::Lt, u64::from(range.end()))?,
+                Cond::new(arg, Len::Dword, Op::Lt, u64::from(end))?,
             ])?);
+        }
+        let upper = |extra: Cond| -> Result<SeccompRule, seccompiler::BackendError> {
+            SeccompRule::new(vec![
+                Cond::new(0, Len::Dword, Op::Ge, u64::from(range.native_start()))?,
+                Cond::new(0, Len::Dword, Op::Lt, u64::from(range.end()))?,
+                extra,
+            ])
+        };
+        match nr {
+            libc::SYS_lseek => chain.push(upper(Cond::new(2, Len::Dword, Op::Gt, libc::SEEK_END as u64)?)?),
+            libc::SYS_ioctl => chain.push(upper(Cond::new(1, Len::Dword, Op::Ne, libc::TCGETS)?)?),
+            _ => {}
         }
         rules.insert(nr, chain);
     }
@@ -330,6 +377,34 @@ mod tests {
         // The interpreter agrees with the rest of the filter.
         assert_eq!(run(&prog, libc::SYS_read, [4100, 0, 0, 0, 0, 0]), notif);
         assert_eq!(run(&prog, libc::SYS_read, [3, 0, 0, 0, 0, 0]), allow);
+    }
+
+    #[test]
+    fn reads_of_the_upper_half_are_the_kernels() {
+        let prog = build(RANGE, false).expect("filter builds");
+        let (notif, allow) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        let (lower, upper) = (4100u64, 7000u64);
+        assert!(RANGE.is_native(upper) && !RANGE.is_native(lower));
+        for nr in [libc::SYS_read, libc::SYS_pread64, libc::SYS_readv, libc::SYS_preadv2] {
+            assert_eq!(run(&prog, nr, [lower, 0, 10, 0, 0, 0]), notif, "{nr} below");
+            assert_eq!(run(&prog, nr, [upper, 0, 10, 0, 0, 0]), allow, "{nr} above");
+        }
+        for nr in [libc::SYS_write, libc::SYS_fstat, libc::SYS_mmap, libc::SYS_fcntl, libc::SYS_ftruncate] {
+            let fd_arg = if nr == libc::SYS_mmap { 4 } else { 0 };
+            let mut args = [0, 0, 0, 0, 0, 0];
+            args[fd_arg] = upper;
+            assert_eq!(run(&prog, nr, args), notif, "{nr} above");
+        }
+        let seek = |fd, whence: i32| run(&prog, libc::SYS_lseek, [fd, 0, whence as u64, 0, 0, 0]);
+        assert_eq!(seek(upper, libc::SEEK_SET), allow);
+        assert_eq!(seek(upper, libc::SEEK_END), allow);
+        assert_eq!(seek(upper, libc::SEEK_HOLE), notif, "a copy has no holes: home says");
+        assert_eq!(seek(lower, libc::SEEK_SET), notif);
+        let ioctl = |fd, cmd: u64| run(&prog, libc::SYS_ioctl, [fd, cmd, 0, 0, 0, 0]);
+        assert_eq!(ioctl(upper, libc::TCGETS), allow);
+        assert_eq!(ioctl(upper, libc::FIONREAD), notif);
+        assert_eq!(ioctl(lower, libc::TCGETS), notif);
+        assert_eq!(run(&prog, libc::SYS_read, [3, 0, 10, 0, 0, 0]), allow, "the program's own");
     }
 
     #[test]

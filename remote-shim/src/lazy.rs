@@ -83,7 +83,7 @@ impl Lazy {
         Some(self.home.swap(COLLECTED, Ordering::SeqCst)).filter(|&h| h != 0 && h != COLLECTED)
     }
 
-    fn gone(&self) -> bool {
+    pub fn gone(&self) -> bool {
         self.gone.load(Ordering::SeqCst)
     }
 
@@ -488,14 +488,15 @@ async fn open_lazy(
         return Err(Errno::ESTALE);
     }
     call.sup.link.attrs.opened(id, h.inode());
-    if !h.stat.same_version(&st) {
-        // Changed at home since the lazy open (as `fstat` at home would show): reads go home from now on.
-        h.mark_stale();
-    }
     if lazy.home.compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst).is_err() {
         // Nobody holds the placeholder any more and the collector already took it.
         close(call, proc, id).await;
         return Err(Errno::EBADF);
+    }
+    if !h.stat.same_version(&st) {
+        // Changed at home since the lazy open (as `fstat` at home would show): reads go home from now on
+        // (or the copy is read again, if its reads are the kernel's).
+        crate::native::opened_changed(call, h, &st).await;
     }
     tracing::trace!(handle = h.id, home = id, "lazy placeholder opened at home");
     Ok(id)

@@ -10,6 +10,8 @@
 //! - [`fdtable`]: forwarded descriptors as placeholders in a reserved range; handle lookup and collection;
 //!   the state of a file's content copy in its placeholder.
 //! - [`fill`]: readahead of large files into their placeholders.
+//! - [`native`]: small complete copies in the upper half of the range, whose reads are the kernel's, kept
+//!   in step with the job's changes.
 //! - [`readers`]: descriptors recently read through copies, recognised without `/proc`.
 //! - [`lazy`]: read-only opens answered without home (leased attributes, cached content); their home handle
 //!   is opened when a call needs it.
@@ -43,6 +45,7 @@ pub mod launch;
 pub mod lazy;
 pub mod limits;
 pub mod memory;
+pub mod native;
 pub mod paths;
 pub mod procs;
 pub mod pump;

@@ -128,6 +128,11 @@ async fn dup2(call: &Call<'_>, flags: i32) -> Outcome {
         // The number is beyond the program's (virtual) limit, as the kernel says.
         return Err(Errno::EBADF);
     }
+    if call.sup.fds.range.is_native(new) && !crate::native::place(call.sup, &h) {
+        // Reads there are the kernel's: a copy that is not kept in step with its file may not go there
+        // (`native`); refused as a number beyond the limit is.
+        return Err(Errno::EBADF);
+    }
     if call.sup.fds.range.contains(new) {
         return Ok(Action::Continue);
     }

@@ -86,7 +86,15 @@ impl Call<'_> {
     /// Installs a placeholder for `h` in the calling program and answers the call with its number.
     /// Installs `h`'s placeholder (its memfd's description, the supervisor's own).
     pub fn install(&self, h: &Arc<Handle>, cloexec: bool, min: u32) -> Result<i32, Errno> {
-        let slot = crate::fdtable::Slot { notif_id: self.id, tid: self.tid, tgid: self.tgid(), min, cloexec };
+        let native = crate::native::place(self.sup, h);
+        let slot = crate::fdtable::Slot {
+            notif_id: self.id,
+            tid: self.tid,
+            tgid: self.tgid(),
+            min,
+            cloexec,
+            native,
+        };
         self.sup.fds.install(self.sup.listener.as_fd(), slot, h).map_err(|e| Errno::from_io(&e))
     }
 
@@ -98,7 +106,15 @@ impl Call<'_> {
         cloexec: bool,
         min: u32,
     ) -> Result<i32, Errno> {
-        let slot = crate::fdtable::Slot { notif_id: self.id, tid: self.tid, tgid: self.tgid(), min, cloexec };
+        let native = crate::native::place(self.sup, h);
+        let slot = crate::fdtable::Slot {
+            notif_id: self.id,
+            tid: self.tid,
+            tgid: self.tgid(),
+            min,
+            cloexec,
+            native,
+        };
         let listener = self.sup.listener.as_fd();
         self.sup.fds.install_description(listener, slot, h, description).map_err(|e| Errno::from_io(&e))
     }
@@ -140,6 +156,7 @@ impl Call<'_> {
     /// [`Call::home_as`] for an operation that names no placeholder opened without home.
     pub async fn home_resolved(&self, proc: pb::Proc, op: Op) -> Result<CallReply, Errno> {
         self.sup.flush_pumps().await;
+        let touched = crate::native::touched(self.sup, &op);
         let sent = sent_bytes(&op);
         let start = std::time::Instant::now();
         let result = self.sup.link.call(proc, op).await;
@@ -150,7 +167,10 @@ impl Call<'_> {
             cost.bytes += sent + result.as_ref().map_or(0, |r| r.data.len() as u64);
         }
         match result {
-            Ok(reply) => Ok(reply),
+            Ok(reply) => {
+                crate::native::refresh_touched(self.sup, proc, touched, Some(&reply)).await;
+                Ok(reply)
+            }
             Err(e) => Err(self.home_lost(&e).await),
         }
     }
@@ -181,12 +201,17 @@ impl Call<'_> {
             return Ok(false);
         }
         let sent = sent_bytes(&op);
+        let touched = crate::native::touched(self.sup, &op);
         match self.sup.link.send_ordered(proc, op).await {
             Ok(reply) => {
-                let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
-                cost.behind += 1;
-                cost.bytes += sent;
+                {
+                    let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
+                    cost.behind += 1;
+                    cost.bytes += sent;
+                }
                 tokio::spawn(async move { done(reply.await.ok()) });
+                // Home runs the call before any later one: the refresh reads what it left.
+                crate::native::refresh_touched(self.sup, proc, touched, None).await;
                 Ok(true)
             }
             Err(e) => {

@@ -26,6 +26,11 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             }
         }
         libc::SYS_exit_group => {
+            // What it wrote through pumped aliases (a shell's `>>`) is at home, and copies read without
+            // notifications have it (`native`), before its parent can see it end.
+            if call.sup.fds.has_natives() {
+                call.sup.flush_pumps().await;
+            }
             call.sup.procs.set_end(call.tgid(), End::Exited(call.arg_i32(0) & 0xff));
             call.sup.limits.ending(call.tid);
             Ok(Action::Continue)

@@ -86,7 +86,7 @@ async fn stat_home(
         if let Some(st) = fstat_cached(call, h).filter(|_| fstat) {
             // A new version: the copy taken at open is no longer what the file holds.
             if !h.stat.same_version(&st) {
-                h.mark_stale();
+                crate::native::changed_at_home(call, h, &st).await;
             }
             return Ok(st);
         }
@@ -98,7 +98,7 @@ async fn stat_home(
             if let Some(st) = fstat_by_name(call, h).await {
                 // A new version: the copy taken at open is no longer what the file holds.
                 if !h.stat.same_version(&st) {
-                    h.mark_stale();
+                    crate::native::changed_at_home(call, h, &st).await;
                 }
                 return Ok(st);
             }
@@ -141,7 +141,7 @@ async fn stat_home(
     if let Some(h) = handle {
         // A new version at home: the copy taken at open is no longer what the file holds.
         if !h.stat.same_version(&st) {
-            h.mark_stale();
+            crate::native::changed_at_home(call, &h, &st).await;
         }
     }
     Ok(st)
