@@ -70,6 +70,8 @@ pub struct Handle {
     descriptions: Mutex<Descriptions>,
     /// The collection during which it was made, or last given to a new open (see [`FdTable::collect`]).
     born: AtomicU64,
+    /// Installed in the program at least once ([`FdTable::collect_with`]).
+    installed: std::sync::atomic::AtomicBool,
 }
 
 /// The records of a shared placeholder's descriptions.
@@ -478,6 +480,7 @@ impl FdTable {
             shared: Default::default(),
             descriptions: Mutex::default(),
             born: AtomicU64::new(self.generation.load(Ordering::SeqCst)),
+            installed: Default::default(),
         }))
     }
 
@@ -542,6 +545,7 @@ impl FdTable {
             .is_none();
         match seccomp::add_fd(listener, notif_id, description, free, cloexec, true) {
             Ok(fd) => {
+                handle.installed.store(true, Ordering::SeqCst);
                 hints.insert((tgid, native), free + 1);
                 Ok(fd)
             }
@@ -593,7 +597,11 @@ impl FdTable {
         answer: bool,
     ) -> io::Result<i32> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
-        seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer)
+        let put = seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer);
+        if put.is_ok() {
+            handle.installed.store(true, Ordering::SeqCst);
+        }
+        put
     }
 
     /// `handle`'s copy goes to the upper half from now on ([`crate::native`]): its file's changes refresh it.
@@ -686,6 +694,26 @@ impl FdTable {
     /// scan began (so a handle being installed is never taken for dead). Returns their home handles, to close
     /// at home.
     pub fn collect(&self, job: &[u32]) -> Vec<u64> {
+        self.collect_with(job, None)
+    }
+
+    /// Whether file `inode` has handles besides `id`, or `id` has descriptions of its own: some may be
+    /// closed by the program and still hold locks at home until collected.
+    pub fn others_of(&self, inode: (u64, u64), id: u64) -> bool {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.values().any(|h| h.inode() == inode && (h.id != id || !h.descriptions().list.is_empty()))
+    }
+
+    /// Whether file `inode` has a handle open for writing.
+    pub fn writers_of(&self, inode: (u64, u64)) -> bool {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.values().any(|h| h.inode() == inode && h.flags & libc::O_ACCMODE != libc::O_RDONLY)
+    }
+
+    /// [`FdTable::collect`]; handles of file `urgent` (and their descriptions) are collected even if made
+    /// since the previous scan, once installed (a close is not notified: a lock or a write access they hold
+    /// at home is one the job let go of), but for shared placeholders, which a new open may be taking.
+    pub fn collect_with(&self, job: &[u32], urgent: Option<(u64, u64)>) -> Vec<u64> {
         self.made.store(0, Ordering::Relaxed);
         self.readers.clear();
         let started = self.generation.fetch_add(1, Ordering::SeqCst);
@@ -731,7 +759,9 @@ impl FdTable {
         let dead: Vec<u64> = handles
             .values()
             .filter(|h| {
-                h.born.load(Ordering::SeqCst) < started
+                let urgent =
+                    urgent == Some(h.inode()) && h.installed.load(Ordering::SeqCst) && !h.is_shared();
+                (h.born.load(Ordering::SeqCst) < started || urgent)
                     && !held.contains(&h.id)
                     && h.pins.load(Ordering::SeqCst) == 0
             })
@@ -750,9 +780,11 @@ impl FdTable {
         // go as the kernel's go when a description's last descriptor closes.
         for id in with_descriptions.keys() {
             let Some(h) = handles.get(id) else { continue };
+            let urgent = urgent == Some(h.inode());
             let mut descriptions = h.descriptions();
             descriptions.list.retain(|d| {
-                let keep = d.born >= started || held_descriptions.contains(&(Arc::as_ptr(d) as usize));
+                let keep =
+                    (d.born >= started && !urgent) || held_descriptions.contains(&(Arc::as_ptr(d) as usize));
                 if !keep {
                     closing.extend(d.lazy.take_for_close());
                 }

@@ -80,9 +80,7 @@ fn path_calls() -> Vec<i64> {
         libc::SYS_umask,
         SYS_FCHMODAT2,
         // Process identity and signals (see syscalls::process).
-        libc::SYS_getpid,
         libc::SYS_getppid,
-        libc::SYS_gettid,
         libc::SYS_exit_group,
         libc::SYS_kill,
         libc::SYS_tkill,
@@ -214,6 +212,12 @@ pub fn build(range: FdRange, with_clones: bool) -> Result<Vec<libc::sock_filter>
         for nr in clone_calls() {
             rules.insert(nr, vec![]);
         }
+    } else {
+        // In the job's pid namespace (`with_clones`) each process has its deputy's pid: `getpid` and
+        // `gettid` are the kernel's. (Notified, a call a signal interrupts before the supervisor has
+        // received it fails with `EINTR`, which these can never do.)
+        rules.insert(libc::SYS_getpid, vec![]);
+        rules.insert(libc::SYS_gettid, vec![]);
     }
     // fstat through newfstatat/statx (glibc's fstat) on the program's own descriptors stays in the kernel:
     // notify unless the directory fd is below the range and AT_EMPTY_PATH is set.

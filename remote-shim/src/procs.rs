@@ -186,7 +186,14 @@ impl Procs {
 
     /// The thread group of `tid`, as last seen.
     pub fn tgid_of(&self, tid: u32) -> u32 {
-        self.lock().tgid_of.get(&tid).copied().unwrap_or(tid)
+        if let Some(&tgid) = self.lock().tgid_of.get(&tid) {
+            return tgid;
+        }
+        // A thread not seen yet (its first notified call may be anything: `gettid` is the kernel's in the
+        // job's pid namespace).
+        let tgid = status_ids(tid).map_or(tid, |ids| ids.tgid);
+        self.lock().tgid_of.insert(tid, tgid);
+        tgid
     }
 
     /// The cached (home pid, home ppid) of thread group `tgid`.

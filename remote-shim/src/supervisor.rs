@@ -325,6 +325,22 @@ impl Supervisor {
     }
 
     /// Closes at home the handles no process of the job holds any more, and forgets exited processes.
+    /// Collects the handles of file `inode` that the job closed, now (see [`FdTable::collect_with`]): a lock
+    /// they hold at home, or a write access, is the job's no more.
+    pub async fn collect_file(&self, inode: (u64, u64)) {
+        let job = crate::launch::job_pids(self.init.pid);
+        let dead = self.fds.collect_with(&job, Some(inode));
+        self.close_at_home(&dead).await;
+    }
+
+    async fn close_at_home(&self, dead: &[u64]) {
+        let root = pb::Proc { id: 0, parent: 0 };
+        for batch in dead.chunks(CLOSE_BATCH) {
+            let close = pb::Close { handle: batch[0], more: batch[1..].to_vec() };
+            let _ = self.link.call(root, Op::Close(close)).await;
+        }
+    }
+
     pub async fn collect(&self, job: &[u32]) {
         let dead = self.fds.collect(job);
         let mut gone = self.procs.reap();
@@ -335,11 +351,7 @@ impl Supervisor {
         } else if self.init.in_pid_ns {
             gone.extend(self.procs.reap_announced(ANNOUNCED_TTL, |nspid| self.init.ns_has(nspid as i32)));
         }
-        let root = pb::Proc { id: 0, parent: 0 };
-        for batch in dead.chunks(CLOSE_BATCH) {
-            let close = pb::Close { handle: batch[0], more: batch[1..].to_vec() };
-            let _ = self.link.call(root, Op::Close(close)).await;
-        }
+        self.close_at_home(&dead).await;
         for (id, end) in gone {
             self.forget_proc(id, end).await;
         }

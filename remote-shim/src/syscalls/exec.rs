@@ -116,6 +116,14 @@ async fn exec(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> Outcome 
         Route::Home(dir) => dir,
     };
     if path.first() == Some(&b'/') && is_local_file(&path) {
+        // The same file as home's (home on this machine): descriptors the job wrote it through and closed
+        // would still hold it open for writing there (`ETXTBSY`) until collected.
+        if let Ok(meta) = std::fs::metadata(std::ffi::OsStr::from_bytes(&path)) {
+            use std::os::unix::fs::MetadataExt;
+            if call.sup.fds.writers_of((meta.dev(), meta.ino())) {
+                call.sup.collect_file((meta.dev(), meta.ino())).await;
+            }
+        }
         return Ok(Action::Continue);
     }
     // A name home said is not there (and has not reported a change to since): the same answer, at once.

@@ -19,6 +19,9 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
                     // A description of a shared copy with no record of its own holds no lock.
                     return Some(Ok(Action::Value(0)));
                 }
+                if !unlock {
+                    release_closed(call, &h).await;
+                }
                 let handle = match crate::lazy::description_handle(call, &h, 0, !unlock).await {
                     Ok(handle) => handle,
                     Err(e) => return Some(Err(e)),
@@ -190,10 +193,22 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
                 return Ok(Action::Value(0));
             }
             let takes = !asks && matches!(kind, libc::F_RDLCK | libc::F_WRLCK);
+            if takes || asks {
+                release_closed(call, &h).await;
+            }
             lock(call, &h, description(takes).await?, cmd, ofd).await
         }
         // F_GETFD/F_SETFD (close-on-exec lives in the program's table) and the rest act on the placeholder.
         _ => Ok(Action::Continue),
+    }
+}
+
+/// Before a lock is taken or asked about: descriptors of the same file the job closed since the collector
+/// last looked still hold their locks at home (a close is not notified), and would refuse the job its
+/// own lock; they are collected first.
+async fn release_closed(call: &Call<'_>, h: &Handle) {
+    if call.sup.fds.others_of(h.inode(), h.id) {
+        call.sup.collect_file(h.inode()).await;
     }
 }
 

@@ -1,8 +1,8 @@
 //! Unix sockets bound to home paths. A socket lives on this machine, but its name is in home's file system:
 //! `bind` creates the socket node at home (so home sees a socket there, and EADDRINUSE comes from home) and
 //! binds the program's socket to a private local name; `connect` to that home path is made to the local
-//! name. Limits: `getsockname` shows the local name; sockets bound at home by home processes cannot be
-//! reached from here (ECONNREFUSED). Other address families and abstract names are left to the kernel.
+//! name. `getsockname` shows the local name, and a `connect` to that name is the kernel's. Limits: sockets
+//! bound at home by home processes cannot be reached from here (ECONNREFUSED). Other address families and abstract names are left to the kernel.
 
 use super::{Action, Call, Outcome, Route};
 use crate::memory;
@@ -48,7 +48,18 @@ async fn address(call: &Call<'_>, connect: bool) -> Outcome {
     let key = absolute(call, &path).await?;
     let names = &call.sup.unix_names;
     if connect {
-        let local = names.names.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let local = {
+            let names = names.names.lock().unwrap_or_else(|p| p.into_inner());
+            match names.get(&key) {
+                Some(local) => Some(local.clone()),
+                // The local name itself, as `getsockname` shows it (a server that hands out its own
+                // address: Python's socketserver): the kernel connects to it.
+                None if names.values().any(|l| l.as_os_str().as_encoded_bytes() == key.as_slice()) => {
+                    return Ok(Action::Continue)
+                }
+                None => None,
+            }
+        };
         let Some(local) = local else { return Err(Errno(libc::ECONNREFUSED as u16)) };
         let sock = call.local_fd(call.arg_i32(0))?;
         return crate::sys::unix_address_call(sock.as_fd(), &local, true)

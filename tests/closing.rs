@@ -1,0 +1,123 @@
+//! What the program lets go of without a notified call, as it would natively: a lock held through a
+//! descriptor it closed (a close is not notified; home's handle goes with the collector), the write access
+//! of a script it wrote and closed and now runs, a unix socket's name as `getsockname` gives it, and
+//! `getpid` under a storm of signals.
+
+use homeward::{deterministic_env, require_tools, run_with, shim_bin, skip_unless_root, Hosts};
+use std::process::Command;
+use std::time::Duration;
+
+/// Locks taken and dropped by closing the descriptor, then asked for by a child through another open: the
+/// child gets each at once.
+const LOCKS: &str = r#"
+import fcntl, os
+for name, take in [("flock", lambda fd: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                   ("lockf", lambda fd: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))]:
+    for round in range(3):
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o644)
+        take(fd)
+        os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            other = os.open("lock", os.O_RDWR)
+            try:
+                take(other)
+                os._exit(0)
+            except OSError as e:
+                os._exit(e.errno)
+        _, status = os.waitpid(pid, 0)
+        print(name, round, os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn a_lock_goes_with_the_descriptor_the_program_closed() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("locks.py", LOCKS);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "locks.py"]).check(&native);
+    assert!(both.native.stdout().contains("flock 2 0\n") && both.native.stdout().contains("lockf 2 0\n"));
+}
+
+/// A server handing out its own address (`getsockname`, as Python's socketserver does): a client
+/// connects to it.
+const SOCKET_NAME: &str = r#"
+import os, socket
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.path.abspath("x.sock"))
+s.listen(1)
+c = socket.socket(socket.AF_UNIX)
+c.connect(s.getsockname())
+peer, _ = s.accept()
+c.sendall(b"ping")
+print(peer.recv(4))
+"#;
+
+#[test]
+fn a_unix_socket_is_reached_by_the_name_getsockname_gives() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("sock.py", SOCKET_NAME);
+    let run = hosts.cmd(&["python3", "sock.py"]).remote();
+    run.assert_success();
+    assert_eq!(run.stdout(), "b'ping'\n", "{run}");
+}
+
+/// `getpid` between timer signals that a handler without `SA_RESTART` catches, thousands of times: it
+/// never fails (natively it cannot).
+const PIDS: &str = r#"
+import os, random, signal
+signal.signal(signal.SIGALRM, lambda *_: None)
+me = os.getpid()
+bad = 0
+for _ in range(3000):
+    signal.setitimer(signal.ITIMER_REAL, 1e-6 + random.random() * 1e-5)
+    if os.getpid() != me:
+        bad += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("wrong pids:", bad)
+"#;
+
+#[test]
+fn getpid_never_fails_under_a_storm_of_signals() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("pids.py", PIDS);
+    let run = hosts.cmd(&["python3", "pids.py"]).remote();
+    run.assert_success();
+    assert_eq!(run.stdout(), "wrong pids: 0\n", "{run}");
+}
+
+/// Writes a script, closes it and runs it at once (home on this machine: `--home local`): natively the
+/// close ends the write access, so the exec is not refused with `ETXTBSY`.
+#[test]
+fn a_script_written_and_closed_runs_at_once() {
+    require_tools!("python3");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let script = r##"
+import os
+p = os.path.abspath("s.sh")
+for i in range(3):
+    with open(p, "w") as f:
+        f.write("#!/bin/sh\nexit 47\n")
+    os.chmod(p, 0o755)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv(p, [p])
+        except OSError as e:
+            os._exit(e.errno)
+    _, status = os.waitpid(pid, 0)
+    print(i, os.waitstatus_to_exitcode(status))
+"##;
+    std::fs::write(dir.path().join("t.py"), script).expect("writing the script");
+    let mut cmd = Command::new(shim_bin());
+    cmd.args(["--home", "local", "--", "python3", "t.py"]);
+    cmd.env_clear().envs(deterministic_env(dir.path())).current_dir(dir.path());
+    let run = run_with(cmd, None, Duration::from_secs(60));
+    run.assert_success();
+    assert_eq!(run.stdout(), "0 47\n1 47\n2 47\n", "{run}");
+}
