@@ -361,8 +361,6 @@ fn a_writer_opened_first_still_makes_later_copies_stale() {
 const NATIVE_READS: &str = r#"
 import mmap, os, subprocess
 p = "f.txt"
-with open(p, "w") as f:
-    f.write("one\n")
 r = os.open(p, os.O_RDONLY)
 print(os.read(r, 100), os.isatty(r))
 w = os.open(p, os.O_WRONLY)
@@ -398,6 +396,7 @@ fn copies_read_by_the_kernel_follow_the_jobs_changes() {
     require_tools!("python3");
     let hosts = Hosts::start();
     hosts.write("script.py", NATIVE_READS);
+    hosts.write("f.txt", "one\n");
     let native = hosts.native_copy();
     let trace = hosts.user_home().join("trace.jsonl");
     let both = hosts
@@ -423,4 +422,29 @@ fn copies_read_by_the_kernel_follow_the_jobs_changes() {
         "reads of the copy were notified: {notified:?}\n{}",
         both.remote
     );
+}
+
+/// A copy too large for the upper half goes stale when the job rewrites its file; a map of it made then
+/// shows the file as it is.
+const MAP_STALE: &str = r#"
+import hashlib, mmap, os
+r = os.open("big.bin", os.O_RDONLY)
+while os.read(r, 1 << 20):
+    pass
+with open("big.bin", "r+b") as f:
+    f.write(b"changed by the job")
+m = mmap.mmap(r, 0, prot=mmap.PROT_READ)
+print(m[:18], hashlib.sha256(m[:]).hexdigest())
+"#;
+
+#[test]
+fn a_map_of_a_stale_copy_shows_the_file_as_it_is() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("script.py", MAP_STALE);
+    hosts.write("big.bin", big(1));
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "script.py"]).check(&native);
+    assert!(both.native.stdout().starts_with("b'changed by the job'"), "{}", both.native);
 }

@@ -173,6 +173,14 @@ pub async fn opened_changed(call: &crate::syscalls::Call<'_>, h: &Handle, st: &p
     h.recopied(h.copied_at().unwrap_or(0), Some(*st));
 }
 
+/// Reads `h`'s copy again from home (a stale copy about to be mapped), opening it there first if it was
+/// opened without home.
+pub async fn reread(call: &crate::syscalls::Call<'_>, h: &Handle) {
+    if crate::lazy::home_handle(call, call.proc(), h).await.is_ok() {
+        refresh(call.sup, call.proc(), h, None).await;
+    }
+}
+
 /// Whether `h`'s copy was read again at version `st` already.
 fn seen(h: &Handle, st: &pb::FileStat) -> bool {
     h.copy_version().is_some_and(|v| v.same_version(st))

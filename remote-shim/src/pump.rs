@@ -3,10 +3,13 @@
 //! The seccomp filter routes calls by descriptor number, and a number below the range is never notified,
 //! so such an alias cannot be a placeholder. It becomes one end of a pipe whose other end the supervisor
 //! pumps: bytes the program writes are written to the home handle (at its shared offset), and for a file
-//! opened for reading, the home file's bytes are fed into the pipe. Before any other call goes home, the
-//! supervisor waits until every write pump is empty, so a later call never overtakes earlier writes.
-//! Limits: the alias is a pipe to `fstat` and `lseek` (`ESPIPE`), and a write error at home after the program's
-//! write returned is reported in the log only.
+//! opened for reading, the home file's bytes are fed into the pipe. A file open for reading and writing
+//! gets a socket pair instead, both ways: fed until its end (then the program reads end of file) and
+//! drained. Before any other call goes home, the supervisor waits until every write pump is empty, so a
+//! later call never overtakes earlier writes.
+//! Limits: the alias is a pipe (or a socket) to `fstat` and `lseek` (`ESPIPE`); both ways share home's
+//! offset, which the feed moves ahead of what the program read; and a write error at home after the
+//! program's write returned is reported in the log only.
 
 use crate::fdtable::Handle;
 use crate::supervisor::Supervisor;
@@ -15,7 +18,7 @@ use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::unix::AsyncFd;
 
@@ -41,8 +44,8 @@ impl Pumps {
     /// The home handle behind a descriptor whose `/proc/PID/fd` link target is `link`, when it is one of our
     /// pumped pipes, so that a call naming the descriptor (`futimens(1, ...)`) reaches the home file.
     pub fn for_link(&self, link: &[u8]) -> Option<Arc<Handle>> {
-        let ino: u64 =
-            std::str::from_utf8(link.strip_prefix(b"pipe:[")?.strip_suffix(b"]")?).ok()?.parse().ok()?;
+        let inner = link.strip_prefix(b"pipe:[").or_else(|| link.strip_prefix(b"socket:["))?;
+        let ino: u64 = std::str::from_utf8(inner.strip_suffix(b"]")?).ok()?.parse().ok()?;
         self.aliases.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned()
     }
 
@@ -64,8 +67,11 @@ impl Pumps {
         }
     }
 
-    fn finished(&self, ino: u64, h: &Handle) {
-        self.aliases.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
+    /// One way of an alias is over; the alias is, once `ways` (what is left of its ways) is none.
+    fn finished(&self, ino: u64, h: &Handle, ways: &AtomicUsize) {
+        if ways.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.aliases.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
+        }
         h.pins.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -83,42 +89,63 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     let sup = call.sup;
     // The pump moves the description's offset at home without saying where to.
     h.behind.untrack();
-    let (read_end, write_end) = crate::sys::pipe().map_err(|e| Errno::from_io(&e))?;
-    let reading = h.flags & libc::O_ACCMODE == libc::O_RDONLY;
-    let (give, keep) = if reading { (read_end, write_end) } else { (write_end, read_end) };
+    let accmode = h.flags & libc::O_ACCMODE;
+    let (reading, writing) = (accmode != libc::O_WRONLY, accmode != libc::O_RDONLY);
+    // Both ways (`O_RDWR`: Python's `stdin=` or `stdout=` a `TemporaryFile`, a shell's `<>`): a socket pair,
+    // fed with the file and drained into it; one way, a pipe.
+    let (give, keep) = if reading && writing {
+        crate::sys::socketpair().map_err(|e| Errno::from_io(&e))?
+    } else {
+        let (read_end, write_end) = crate::sys::pipe().map_err(|e| Errno::from_io(&e))?;
+        if reading {
+            (read_end, write_end)
+        } else {
+            (write_end, read_end)
+        }
+    };
     crate::sys::set_nonblocking(keep.as_fd()).map_err(|e| Errno::from_io(&e))?;
     let file = std::fs::File::from(keep);
     let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(|e| Errno::from_io(&e))?);
     let keep = Arc::new(crate::sys::async_file(file).map_err(|e| Errno::from_io(&e))?);
     let proc = call.proc();
-    // Registered before it is installed: the program runs on as soon as it has the number.
-    h.pins.fetch_add(1, Ordering::SeqCst);
+    // Registered before it is installed: the program runs on as soon as it has the number. (Each way's task
+    // lets go of one pin.)
+    let ways = Arc::new(AtomicUsize::new(usize::from(reading) + usize::from(writing)));
+    h.pins.fetch_add(ways.load(Ordering::SeqCst), Ordering::SeqCst);
     sup.pumps.aliases.lock().unwrap_or_else(|p| p.into_inner()).insert(ino, h.clone());
     let installed =
         crate::sys::seccomp::add_fd(sup.listener.as_fd(), call.id, give.as_fd(), target, cloexec, true);
     drop(give);
     if let Err(e) = installed {
-        sup.pumps.finished(ino, h);
+        for _ in 0..ways.load(Ordering::SeqCst) {
+            sup.pumps.finished(ino, h, &ways);
+        }
         return Err(Errno::from_io(&e));
     }
-    let sup_arc = sup.self_arc();
-    let handle = h.clone();
-    let task = if reading {
-        tokio::spawn(async move {
+    let mut tasks = Vec::new();
+    if reading {
+        let (sup_arc, handle, keep, ways) = (sup.self_arc(), h.clone(), keep.clone(), ways.clone());
+        tasks.push(tokio::spawn(async move {
             feed(&sup_arc, proc, &handle, &keep).await;
-            sup_arc.pumps.finished(ino, &handle);
-        })
-    } else {
+            if writing {
+                // The program reads end of file; what it writes still comes.
+                let _ = crate::sys::shutdown_write(keep.get_ref().as_fd());
+            }
+            sup_arc.pumps.finished(ino, &handle, &ways);
+        }));
+    }
+    if writing {
+        let (sup_arc, handle) = (sup.self_arc(), h.clone());
         let state =
             Arc::new(WritePump { pipe: keep, busy: AtomicBool::new(false), done: AtomicBool::new(false) });
         sup.pumps.writers.lock().unwrap_or_else(|p| p.into_inner()).push(state.clone());
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             drain_into_home(&sup_arc, proc, &handle, &state).await;
             state.done.store(true, Ordering::SeqCst);
-            sup_arc.pumps.finished(ino, &handle);
-        })
-    };
-    sup.pumps.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+            sup_arc.pumps.finished(ino, &handle, &ways);
+        }));
+    }
+    sup.pumps.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend(tasks);
     Ok(Action::Answered(i64::from(target)))
 }
 

@@ -160,6 +160,12 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Ends the sending direction of a socket (`shutdown(SHUT_WR)`): the peer reads end of file.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: shutdown takes integers only.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) } as libc::c_long).map(drop)
+}
+
 /// Bytes waiting to be read on a pipe or socket (`FIONREAD`).
 pub fn bytes_readable(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;

@@ -512,6 +512,11 @@ async fn ioctl(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
 /// Maps a home file: its content is put into the placeholder (once), then the kernel maps the placeholder.
 /// A `MAP_SHARED` writable mapping does not write back to home (documented limitation).
 async fn mmap(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
+    // A copy gone stale holds the version opened (its reads go home): read again, the map shows what the
+    // file holds now.
+    if call.sup.fds.copy_of(h, &call.sup.link.attrs) == CopyState::Stale {
+        crate::native::reread(call, h).await;
+    }
     fill_placeholder(call, h).await?;
     Ok(Action::Continue)
 }

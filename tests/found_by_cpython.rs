@@ -1,7 +1,8 @@
-//! What the program lets go of without a notified call, as it would natively: a lock held through a
-//! descriptor it closed (a close is not notified; home's handle goes with the collector), the write access
-//! of a script it wrote and closed and now runs, a unix socket's name as `getsockname` gives it, and
-//! `getpid` under a storm of signals.
+//! Behaviours found by running CPython's own suites under the shim, each as the kernel has it natively:
+//! what the program lets go of without a notified call (a lock held through a descriptor it closed, since a
+//! close is not notified and home's handle goes with the collector; the write access of a script it wrote
+//! and closed and now runs), a unix socket reached by the name `getsockname` gives, `getpid` under a storm
+//! of signals, and home files open both ways as a child's standard streams.
 
 use homeward::{deterministic_env, require_tools, run_with, shim_bin, skip_unless_root, Hosts};
 use std::process::Command;
@@ -120,4 +121,30 @@ for i in range(3):
     let run = run_with(cmd, None, Duration::from_secs(60));
     run.assert_success();
     assert_eq!(run.stdout(), "0 47\n1 47\n2 47\n", "{run}");
+}
+
+/// Home files open for reading and writing handed to children as their standard streams (Python's
+/// `stdin=`/`stdout=` a `TemporaryFile`, a shell's `<>`): the child reads the one and writes the other.
+const BOTH_WAYS: &str = r#"
+import os, subprocess, tempfile
+with tempfile.TemporaryFile(dir=".") as inp, tempfile.TemporaryFile(dir=".") as out:
+    inp.write(b"pear\napple\n")
+    inp.seek(0)
+    subprocess.run(["sort"], stdin=inp, stdout=out, check=True)
+    out.seek(0)
+    print(out.read())
+with open("k.txt", "w") as f:
+    f.write("plum\n")
+print(subprocess.run("cat <> k.txt", shell=True, capture_output=True).stdout)
+"#;
+
+#[test]
+fn home_files_open_both_ways_serve_as_a_childs_standard_streams() {
+    skip_unless_root!();
+    require_tools!("python3", "sort");
+    let hosts = Hosts::start();
+    hosts.write("both.py", BOTH_WAYS);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "both.py"]).check(&native);
+    assert_eq!(both.native.stdout(), "b'apple\\npear\\n'\nb'plum\\n'\n");
 }
