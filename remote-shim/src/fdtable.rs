@@ -70,8 +70,9 @@ pub struct Handle {
     descriptions: Mutex<Descriptions>,
     /// The collection during which it was made, or last given to a new open (see [`FdTable::collect`]).
     born: AtomicU64,
-    /// Installed in the program at least once ([`FdTable::collect_with`]).
-    installed: std::sync::atomic::AtomicBool,
+    /// The collection during which it was last installed in the program (`u64::MAX`: never), for
+    /// [`FdTable::collect_with`].
+    installed: AtomicU64,
 }
 
 /// The records of a shared placeholder's descriptions.
@@ -480,7 +481,7 @@ impl FdTable {
             shared: Default::default(),
             descriptions: Mutex::default(),
             born: AtomicU64::new(self.generation.load(Ordering::SeqCst)),
-            installed: Default::default(),
+            installed: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -545,7 +546,7 @@ impl FdTable {
             .is_none();
         match seccomp::add_fd(listener, notif_id, description, free, cloexec, true) {
             Ok(fd) => {
-                handle.installed.store(true, Ordering::SeqCst);
+                handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
                 hints.insert((tgid, native), free + 1);
                 Ok(fd)
             }
@@ -599,7 +600,7 @@ impl FdTable {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
         let put = seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer);
         if put.is_ok() {
-            handle.installed.store(true, Ordering::SeqCst);
+            handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
         }
         put
     }
@@ -608,11 +609,6 @@ impl FdTable {
     pub fn go_native(&self, handle: &Handle) {
         handle.native.store(true, Ordering::SeqCst);
         self.natives.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.inode());
-    }
-
-    /// `handle` stays out of the upper half after all (its file changed as it was placed).
-    pub fn leave_native(&self, handle: &Handle) {
-        handle.native.store(false, Ordering::SeqCst);
     }
 
     /// Whether any copy is in the upper half.
@@ -697,11 +693,16 @@ impl FdTable {
         self.collect_with(job, None)
     }
 
-    /// Whether file `inode` has handles besides `id`, or `id` has descriptions of its own: some may be
-    /// closed by the program and still hold locks at home until collected.
+    /// Whether file `inode` has handles besides `id` (some may be closed by the program and still hold
+    /// locks at home until collected).
     pub fn others_of(&self, inode: (u64, u64), id: u64) -> bool {
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        handles.values().any(|h| h.inode() == inode && (h.id != id || !h.descriptions().list.is_empty()))
+        handles.values().any(|h| h.inode() == inode && h.id != id)
+    }
+
+    /// Registers `handle` (before it is installed: [`crate::native::place`]).
+    pub fn register(&self, handle: &Arc<Handle>) {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
     }
 
     /// Whether file `inode` has a handle open for writing.
@@ -759,8 +760,9 @@ impl FdTable {
         let dead: Vec<u64> = handles
             .values()
             .filter(|h| {
-                let urgent =
-                    urgent == Some(h.inode()) && h.installed.load(Ordering::SeqCst) && !h.is_shared();
+                // Installed before this scan began: the program's table had it when it was read.
+                let installed = h.installed.load(Ordering::SeqCst) < started;
+                let urgent = urgent == Some(h.inode()) && installed && !h.is_shared();
                 (h.born.load(Ordering::SeqCst) < started || urgent)
                     && !held.contains(&h.id)
                     && h.pins.load(Ordering::SeqCst) == 0
@@ -780,11 +782,15 @@ impl FdTable {
         // go as the kernel's go when a description's last descriptor closes.
         for id in with_descriptions.keys() {
             let Some(h) = handles.get(id) else { continue };
+            // (Urgent: any record the scan looked for, not one made meanwhile.)
             let urgent = urgent == Some(h.inode());
+            let looked_for: HashSet<usize> =
+                with_descriptions[id].iter().map(|d| Arc::as_ptr(d) as usize).collect();
             let mut descriptions = h.descriptions();
             descriptions.list.retain(|d| {
-                let keep =
-                    (d.born >= started && !urgent) || held_descriptions.contains(&(Arc::as_ptr(d) as usize));
+                let at = Arc::as_ptr(d) as usize;
+                let recent = if urgent { !looked_for.contains(&at) } else { d.born >= started };
+                let keep = recent || held_descriptions.contains(&at);
                 if !keep {
                     closing.extend(d.lazy.take_for_close());
                 }

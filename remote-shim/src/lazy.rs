@@ -383,7 +383,9 @@ async fn unshare_once(
     let (pos, flags) = crate::fdtable::fd_info(call.tid, u64::from(fd)).ok_or(Errno::EBADF)?;
     let (pos, cloexec) = (i64::try_from(pos).map_err(|_| Errno::EOVERFLOW)?, flags & libc::O_CLOEXEC != 0);
     let private = call.sup.fds.new_lazy(h.flags, h.stat, lazy.again()).map_err(|e| Errno::from_io(&e))?;
-    let size = u64::try_from(h.stat.size).unwrap_or(0);
+    // What the shared memfd holds now (a copy in the upper half may have been read again since the open).
+    let size = h.memfd.try_clone().map(std::fs::File::from).and_then(|f| f.metadata()).map(|m| m.len());
+    let size = size.map_err(|e| Errno::from_io(&e))?;
     let _ = private.charge(h.stat.size.max(0));
     crate::sys::copy_all(h.memfd.as_fd(), private.memfd.as_fd(), size).map_err(|e| Errno::from_io(&e))?;
     crate::sys::lseek(private.memfd.as_fd(), pos, libc::SEEK_SET).map_err(|e| Errno::from_io(&e))?;
@@ -393,6 +395,11 @@ async fn unshare_once(
     }
     if let Some(mark) = h.copied_at() {
         private.set_copied_at(mark);
+    }
+    if h.is_native() {
+        // It takes the descriptor's number, in the upper half: kept in step as the shared copy was.
+        call.sup.fds.register(&private);
+        call.sup.fds.go_native(&private);
     }
     if let Some(origin) = h.origin() {
         private.set_origin(origin.clone());

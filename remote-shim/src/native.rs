@@ -26,27 +26,33 @@ use crate::fdtable::Handle;
 use crate::supervisor::Supervisor;
 use homeward_proto::pb::{self, call_request::Op, CallReply};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 /// Largest copy served from the upper half (each change of its file reads it again whole).
 pub const MAX_SIZE: i64 = 1 << 20;
+
+/// Largest file a copy is read again from (one that grew beyond stays as it was, stale).
+const MAX_REFRESH: u64 = 64 << 20;
 
 /// Bytes per read when a copy is refreshed.
 const CHUNK: u64 = 4 << 20;
 
 /// Whether `h`'s placeholder, installed now, goes to the upper half.
-pub fn place(sup: &Supervisor, h: &Handle) -> bool {
+pub fn place(sup: &Supervisor, h: &Arc<Handle>) -> bool {
     if h.is_native() {
         return h.copy() == crate::fdtable::CopyState::Fresh;
     }
     if !h.native_candidate() {
         return false;
     }
-    // Marked first, then checked: a change of the job numbered after this check refreshes this copy
-    // (`refresh_touched` finds it marked), one numbered before it keeps the copy out of the upper half.
+    // Registered and marked first, then checked: a change of the job numbered after this check refreshes
+    // this copy (`refresh_touched` finds it), one numbered before it makes the copy stale (and this install
+    // goes to the lower half). A mark is never taken back: another install may have gone up meanwhile.
+    sup.fds.register(h);
     sup.fds.go_native(h);
     let changed = h.copied_at().is_none_or(|mark| sup.link.attrs.changed_since(h.inode(), mark));
     if changed {
-        sup.fds.leave_native(h);
+        h.mark_stale();
     }
     !changed
 }
@@ -63,10 +69,9 @@ pub enum Touched {
 }
 
 /// What `op` (with home handles) changes, as far as copies in the upper half are concerned.
+/// (Worked out for every call, not only once copies are in the upper half: one may go there while the
+/// call is under way, and `refresh_touched` looks for them once it is done.)
 pub fn touched(sup: &Supervisor, op: &Op) -> Touched {
-    if !sup.fds.has_natives() {
-        return Touched::Nothing;
-    }
     let through = |handle: u64| match sup.link.attrs.inode_of(handle) {
         Some(inode) => Touched::File(inode, handle),
         None => Touched::Unknown,
@@ -87,22 +92,47 @@ pub fn touched(sup: &Supervisor, op: &Op) -> Touched {
 }
 
 /// Refreshes the copies in the upper half that `touched` (made by a call whose reply is `reply`, if it
-/// was waited for) concerns.
-pub async fn refresh_touched(sup: &Supervisor, proc: pb::Proc, touched: Touched, reply: Option<&CallReply>) {
-    let (copies, via) = match touched {
+/// was waited for; `call`, when made by one) concerns. The job's descriptors of the file that it closed
+/// are collected first: a copy nobody holds is not read again (a loop that rewrites and rereads a file
+/// leaves one behind per turn until the collector's next scan).
+pub async fn refresh_touched(
+    sup: &Supervisor,
+    call: Option<&crate::syscalls::Call<'_>>,
+    proc: pb::Proc,
+    touched: Touched,
+    reply: Option<&CallReply>,
+) {
+    let (inode, via) = match touched {
         Touched::Nothing => return,
-        Touched::File(inode, via) => (sup.fds.natives_of(inode), Some(via)),
+        Touched::File(inode, via) => (Some(inode), Some(via)),
         Touched::Emptied => {
             let Some(reply) = reply else { return };
-            let opened = crate::syscalls::outcome(reply).ok().and_then(|v| u64::try_from(v).ok());
-            match (reply.stat, opened) {
-                (Some(st), Some(id)) => (sup.fds.natives_of((st.dev, st.ino)), Some(id)),
-                _ => (sup.fds.natives(), None),
+            // An open that failed emptied nothing.
+            let Ok(opened) = crate::syscalls::outcome(reply) else { return };
+            match reply.stat {
+                Some(st) => (Some((st.dev, st.ino)), u64::try_from(opened).ok()),
+                None => (None, None),
             }
         }
-        Touched::Unknown => (sup.fds.natives(), None),
+        Touched::Unknown => (None, None),
+    };
+    let copies = match inode {
+        Some(inode) => {
+            if sup.fds.natives_of(inode).is_empty() {
+                return;
+            }
+            sup.collect_file(inode).await;
+            sup.fds.natives_of(inode)
+        }
+        None => sup.fds.natives(),
     };
     for h in copies {
+        if h.home_handle().is_none() && via.is_none() {
+            // Opened without home, and no handle of the file to reopen it through: opened there now.
+            if let Some(call) = call {
+                let _ = Box::pin(crate::lazy::home_handle(call, proc, &h)).await;
+            }
+        }
         refresh(sup, proc, &h, via).await;
     }
 }
@@ -110,7 +140,7 @@ pub async fn refresh_touched(sup: &Supervisor, proc: pb::Proc, touched: Touched,
 /// Reads `h`'s file again from home into its copy: through its own home handle, else by reopening the
 /// file through home handle `via` (one of the same file). The copy is fresh again as of the job's changes
 /// so far; one that cannot be read keeps its last content (and is stale for the calls still notified).
-pub async fn refresh(sup: &Supervisor, proc: pb::Proc, h: &Handle, via: Option<u64>) {
+pub async fn refresh(sup: &Supervisor, proc: pb::Proc, h: &Handle, via: Option<u64>) -> bool {
     let _one = h.refreshing.lock().await;
     let mark = sup.link.attrs.change_mark();
     let content = match h.home_handle() {
@@ -141,6 +171,7 @@ pub async fn refresh(sup: &Supervisor, proc: pb::Proc, h: &Handle, via: Option<u
             h.mark_stale();
         }
     }
+    written.is_some()
 }
 
 /// Home shows `st`, another version of `h`'s file than its copy holds (by `fstat`, or an open at home): a
@@ -169,14 +200,17 @@ pub async fn opened_changed(call: &crate::syscalls::Call<'_>, h: &Handle, st: &p
     if seen(h, st) {
         return;
     }
-    refresh(call.sup, call.proc(), h, None).await;
-    h.recopied(h.copied_at().unwrap_or(0), Some(*st));
+    if refresh(call.sup, call.proc(), h, None).await {
+        h.recopied(h.copied_at().unwrap_or(0), Some(*st));
+    }
 }
 
 /// Reads `h`'s copy again from home (a stale copy about to be mapped), opening it there first if it was
 /// opened without home.
 pub async fn reread(call: &crate::syscalls::Call<'_>, h: &Handle) {
-    if crate::lazy::home_handle(call, call.proc(), h).await.is_ok() {
+    // Small, and no fill under way that could land old chunks after it.
+    let small = (0..=MAX_SIZE).contains(&h.stat.size) && h.fill().is_none();
+    if small && crate::lazy::home_handle(call, call.proc(), h).await.is_ok() {
         refresh(call.sup, call.proc(), h, None).await;
     }
 }
@@ -196,6 +230,10 @@ async fn read_all(sup: &Supervisor, proc: pb::Proc, id: u64) -> Option<Vec<u8>> 
         content.extend_from_slice(reply.data.get(..usize::try_from(n).ok()?)?);
         if (n as u64) < CHUNK {
             return Some(content);
+        }
+        if content.len() as u64 >= MAX_REFRESH {
+            // Grown far beyond what the upper half takes: not read again (the copy goes stale).
+            return None;
         }
     }
 }

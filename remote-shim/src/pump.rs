@@ -186,7 +186,7 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
         // Copies of the file whose reads are the kernel's follow what the pump wrote.
         if let Some(via) = h.home_handle() {
             let touched = crate::native::Touched::File(h.inode(), via);
-            crate::native::refresh_touched(sup, proc, touched, None).await;
+            crate::native::refresh_touched(sup, None, proc, touched, None).await;
         }
         state.busy.store(false, Ordering::SeqCst);
     }

@@ -110,7 +110,10 @@ pub fn fsync(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
 /// opened without home); `ESTALE` when the path names anything else or cannot be opened so (the shim then
 /// opens it as it would for any call).
 fn fsync_by_path(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
-    if o.lease_path.first() != Some(&b'/') || s.allow().is_some() {
+    if o.lease_path.first() != Some(&b'/')
+        || s.allow().is_some()
+        || o.lease_path.len() >= libc::PATH_MAX as usize
+    {
         return Err(Errno::ESTALE);
     }
     let path = std::ffi::CString::new(o.lease_path.to_vec()).map_err(|_| Errno::ESTALE)?;

@@ -158,7 +158,8 @@ fn lease_after_of(
     expected: impl FnOnce(Option<&libc::statx>) -> bool,
 ) -> (u64, Vec<pb::Dep>) {
     use std::os::fd::AsFd;
-    if !wanted || s.allow().is_some() {
+    // (A path the kernel would refuse with `ENAMETOOLONG` is not walked.)
+    if !wanted || s.allow().is_some() || path.len() >= libc::PATH_MAX as usize {
         return (0, Vec::new());
     }
     let Ok(cpath) = std::ffi::CString::new(path) else { return (0, Vec::new()) };

@@ -95,7 +95,15 @@ impl Call<'_> {
             cloexec,
             native,
         };
-        self.sup.fds.install(self.sup.listener.as_fd(), slot, h).map_err(|e| Errno::from_io(&e))
+        let listener = self.sup.listener.as_fd();
+        match self.sup.fds.install(listener, slot, h) {
+            // The upper half is full: the lower one serves it as any copy.
+            Err(e) if native && e.raw_os_error() == Some(libc::EMFILE) => {
+                let slot = crate::fdtable::Slot { native: false, ..slot };
+                self.sup.fds.install(listener, slot, h).map_err(|e| Errno::from_io(&e))
+            }
+            installed => installed.map_err(|e| Errno::from_io(&e)),
+        }
     }
 
     /// Installs `description` (an open file of `h`'s placeholder) as [`Call::install`] does.
@@ -116,7 +124,17 @@ impl Call<'_> {
             native,
         };
         let listener = self.sup.listener.as_fd();
-        self.sup.fds.install_description(listener, slot, h, description).map_err(|e| Errno::from_io(&e))
+        match self.sup.fds.install_description(listener, slot, h, description) {
+            // The upper half is full: the lower one serves it as any copy.
+            Err(e) if native && e.raw_os_error() == Some(libc::EMFILE) => {
+                let slot = crate::fdtable::Slot { native: false, ..slot };
+                self.sup
+                    .fds
+                    .install_description(listener, slot, h, description)
+                    .map_err(|e| Errno::from_io(&e))
+            }
+            installed => installed.map_err(|e| Errno::from_io(&e)),
+        }
     }
 
     pub fn path(&self, i: usize) -> Result<Vec<u8>, Errno> {
@@ -168,7 +186,7 @@ impl Call<'_> {
         }
         match result {
             Ok(reply) => {
-                crate::native::refresh_touched(self.sup, proc, touched, Some(&reply)).await;
+                crate::native::refresh_touched(self.sup, Some(self), proc, touched, Some(&reply)).await;
                 Ok(reply)
             }
             Err(e) => Err(self.home_lost(&e).await),
@@ -211,7 +229,7 @@ impl Call<'_> {
                 }
                 tokio::spawn(async move { done(reply.await.ok()) });
                 // Home runs the call before any later one: the refresh reads what it left.
-                crate::native::refresh_touched(self.sup, proc, touched, None).await;
+                crate::native::refresh_touched(self.sup, Some(self), proc, touched, None).await;
                 Ok(true)
             }
             Err(e) => {
