@@ -760,8 +760,9 @@ impl FdTable {
         let dead: Vec<u64> = handles
             .values()
             .filter(|h| {
-                // Installed before this scan began: the program's table had it when it was read.
-                let installed = h.installed.load(Ordering::SeqCst) < started;
+                // Installed before this scan began (the store follows the install, which followed an
+                // earlier generation's start): the program's table had it when it was read.
+                let installed = h.installed.load(Ordering::SeqCst) <= started;
                 let urgent = urgent == Some(h.inode()) && installed && !h.is_shared();
                 (h.born.load(Ordering::SeqCst) < started || urgent)
                     && !held.contains(&h.id)

@@ -121,6 +121,11 @@ impl Fill {
     }
 
     /// The fill is over (complete, failed, or its handle gone): waiters and the fetcher stop.
+    /// Whether the fill is over (complete or failed): no chunk lands any more.
+    pub fn is_over(&self) -> bool {
+        self.lock().over
+    }
+
     pub fn end(&self) {
         self.lock().over = true;
         self.landed.send_modify(|n| *n += 1);

@@ -208,9 +208,10 @@ pub async fn opened_changed(call: &crate::syscalls::Call<'_>, h: &Handle, st: &p
 /// Reads `h`'s copy again from home (a stale copy about to be mapped), opening it there first if it was
 /// opened without home.
 pub async fn reread(call: &crate::syscalls::Call<'_>, h: &Handle) {
-    // Small, and no fill under way that could land old chunks after it.
-    let small = (0..=MAX_SIZE).contains(&h.stat.size) && h.fill().is_none();
-    if small && crate::lazy::home_handle(call, call.proc(), h).await.is_ok() {
+    // Not too large, and no fill under way that could land old chunks after it.
+    let size = u64::try_from(h.stat.size).is_ok_and(|size| size <= MAX_REFRESH);
+    let quiet = h.fill().is_none_or(|fill| fill.is_over());
+    if size && quiet && crate::lazy::home_handle(call, call.proc(), h).await.is_ok() {
         refresh(call.sup, call.proc(), h, None).await;
     }
 }
