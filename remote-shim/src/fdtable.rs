@@ -693,11 +693,11 @@ impl FdTable {
         self.collect_with(job, None)
     }
 
-    /// Whether file `inode` has handles besides `id` (some may be closed by the program and still hold
-    /// locks at home until collected).
+    /// Whether file `inode` has handles besides `id`, or description records (a shared copy's): some may
+    /// be closed by the program and still hold locks at home until collected.
     pub fn others_of(&self, inode: (u64, u64), id: u64) -> bool {
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        handles.values().any(|h| h.inode() == inode && h.id != id)
+        handles.values().any(|h| h.inode() == inode && (h.id != id || !h.descriptions().list.is_empty()))
     }
 
     /// Registers `handle` (before it is installed: [`crate::native::place`]).
