@@ -1,4 +1,5 @@
-//! Behaviours found by running CPython's own suites under the shim, each as the kernel has it natively:
+//! Behaviours found by running CPython's own suites and real tools under the shim, each as the kernel has
+//! it natively (pwritev2's `RWF_APPEND`, `F_GETFL`, `exec 3<>` are checked at the end):
 //! what the program lets go of without a notified call (a lock held through a descriptor it closed, since a
 //! close is not notified and home's handle goes with the collector; the write access of a script it wrote
 //! and closed and now runs), a unix socket reached by the name `getsockname` gives, `getpid` under a storm
@@ -147,4 +148,32 @@ fn home_files_open_both_ways_serve_as_a_childs_standard_streams() {
     let native = hosts.native_copy();
     let both = hosts.cmd(&["python3", "both.py"]).check(&native);
     assert_eq!(both.native.stdout(), "b'apple\\npear\\n'\nb'plum\\n'\n");
+}
+
+/// pwritev2's `RWF_APPEND`, the open flags `F_GETFL` reports, and a shell's `exec 3<>` written through.
+const FLAGS: &str = r#"
+import fcntl, os, subprocess
+with open("a", "w") as f:
+    f.write("hello\n")
+w = os.open("a", os.O_WRONLY)
+print(os.pwritev(w, [b"XY"], 0, os.RWF_APPEND), os.lseek(w, 0, os.SEEK_CUR))
+print(os.pwritev(w, [b"Z"], -1, os.RWF_APPEND), os.lseek(w, 0, os.SEEK_CUR))
+print(oct(fcntl.fcntl(w, fcntl.F_GETFL)))
+os.close(w)
+print(open("a").read())
+with open("b", "w") as f:
+    f.write("hello\n")
+subprocess.run("exec 3<> b; printf Z >&3; exec 3>&-", shell=True, check=True)
+print(open("b").read())
+"#;
+
+#[test]
+fn append_flags_and_descriptors_open_both_ways_write_where_the_kernel_does() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("flags.py", FLAGS);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "flags.py"]).check(&native);
+    assert!(both.native.stdout().contains("hello\nXYZ\n") && both.native.stdout().contains("Zello"));
 }

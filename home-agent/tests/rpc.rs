@@ -168,7 +168,8 @@ async fn ordered_writes_run_before_any_later_request() {
     let mut seq = 3;
     for round in 0..200u64 {
         let data = format!("{round:08}");
-        let write = pb::Write { handle: writer, data: data.clone().into_bytes().into(), offset: None };
+        let write =
+            pb::Write { handle: writer, data: data.clone().into_bytes().into(), offset: None, rwf: 0 };
         calls.send_as(seq, Op::Write(write), true).await;
         let read = pb::Read { handle: reader, len: 64, offset: Some(round as i64 * 8) };
         calls.send(seq + 1, Op::Read(read)).await;
@@ -243,7 +244,7 @@ async fn open_write_close_reaches_home() {
     let mut calls = Calls::open(&mut client, &dir.0).await;
     let handle =
         calls.call(1, open("out.txt", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)).await.unwrap() as u64;
-    let write = pb::Write { handle, data: b"hello home".to_vec().into(), offset: None };
+    let write = pb::Write { handle, data: b"hello home".to_vec().into(), offset: None, rwf: 0 };
     assert_eq!(calls.call(2, Op::Write(write)).await, Ok(10));
     assert_eq!(calls.call(3, Op::Close(pb::Close { handle, more: vec![] })).await, Ok(0));
     assert_eq!(std::fs::read(dir.0.join("out.txt")).unwrap(), b"hello home");
@@ -307,7 +308,7 @@ async fn a_blocked_call_does_not_hold_up_others() {
     let here =
         pb::Stat { dir: Some(Dir { handle: 0 }), path: ".".into(), at_flags: 0, mask: 0, lease: false };
     assert_eq!(calls.call(4, Op::Stat(here)).await, Ok(0));
-    let write = pb::Write { handle, data: b"ping".to_vec().into(), offset: None };
+    let write = pb::Write { handle, data: b"ping".to_vec().into(), offset: None, rwf: 0 };
     calls.send(5, Op::Write(write)).await;
     let mut got = [calls.reply().await, calls.reply().await];
     got.sort_by_key(|r| r.seq);
@@ -401,7 +402,7 @@ async fn a_resumed_stream_runs_nothing_twice_and_loses_no_reply() {
         calls.call(1, open("log", libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)).await.unwrap() as u64;
     assert_eq!(calls.call(2, mkfifo("fifo")).await, Ok(0));
     let fifo = calls.call(3, open("fifo", libc::O_RDWR)).await.unwrap() as u64;
-    let once = Op::Write(pb::Write { handle: log, data: b"once\n".to_vec().into(), offset: None });
+    let once = Op::Write(pb::Write { handle: log, data: b"once\n".to_vec().into(), offset: None, rwf: 0 });
     let read = Op::Read(pb::Read { handle: fifo, len: 100, offset: None });
     // The write is answered, but the answer is not acknowledged; the read waits at home. Then the link breaks.
     calls.send(4, once.clone()).await;

@@ -93,6 +93,14 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     let (reading, writing) = (accmode != libc::O_WRONLY, accmode != libc::O_RDONLY);
     // Both ways (`O_RDWR`: Python's `stdin=` or `stdout=` a `TemporaryFile`, a shell's `<>`): a socket pair,
     // fed with the file and drained into it; one way, a pipe.
+    // Both ways, the feed reads from where the description stands without moving it: the program's
+    // writes land there (`exec 3<> f; printf Z >&3`, dd's output), as they would natively.
+    let start = if reading && writing {
+        let seek = pb::Seek { handle: h.wire_id(), offset: 0, whence: pb::Whence::Cur as i32 };
+        call.home_value(Op::Seek(seek)).await.ok().map(|(at, _)| at)
+    } else {
+        None
+    };
     let (give, keep) = if reading && writing {
         crate::sys::socketpair().map_err(|e| Errno::from_io(&e))?
     } else {
@@ -126,7 +134,7 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     if reading {
         let (sup_arc, handle, keep, ways) = (sup.self_arc(), h.clone(), keep.clone(), ways.clone());
         tasks.push(tokio::spawn(async move {
-            feed(&sup_arc, proc, &handle, &keep).await;
+            feed(&sup_arc, proc, &handle, &keep, start).await;
             if writing {
                 // The program reads end of file; what it writes still comes.
                 let _ = crate::sys::shutdown_write(keep.get_ref().as_fd());
@@ -161,6 +169,11 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
                 return;
             }
             Ok(Ok(n)) => n,
+            // The program closed a socket pair's end with bytes of the feed unread: its end of file.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                state.busy.store(false, Ordering::SeqCst);
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(cause = %e, "write pump: reading the program's pipe failed");
                 return;
@@ -174,7 +187,12 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
         while !data.is_empty() {
             // It takes room home does not report (see `crate::behind`).
             crate::behind::forget_room(h.stat.dev);
-            let op = Op::Write(pb::Write { handle: h.wire_id(), data: data.to_vec().into(), offset: None });
+            let op = Op::Write(pb::Write {
+                handle: h.wire_id(),
+                data: data.to_vec().into(),
+                offset: None,
+                rwf: 0,
+            });
             match sup.link.call(proc, op).await.map(|r| r.outcome.map(|o| o.to_result())) {
                 Ok(Some(Ok(w))) if w > 0 => data = &data[(w as usize).min(data.len())..],
                 other => {
@@ -193,13 +211,22 @@ async fn drain_into_home(sup: &Supervisor, proc: pb::Proc, h: &Handle, state: &W
 }
 
 /// Home → program: feeds the file into the pipe until end of file or until the program closes its end.
-async fn feed(sup: &Supervisor, proc: pb::Proc, h: &Handle, pipe: &AsyncFd<std::fs::File>) {
+/// `from`: read at this place and on (`pread`), leaving home's offset to the writes of a file open both
+/// ways; `None`: at home's offset, which moves.
+async fn feed(
+    sup: &Supervisor,
+    proc: pb::Proc,
+    h: &Handle,
+    pipe: &AsyncFd<std::fs::File>,
+    mut from: Option<i64>,
+) {
     loop {
-        let op = Op::Read(pb::Read { handle: h.wire_id(), len: CHUNK as u64, offset: None });
+        let op = Op::Read(pb::Read { handle: h.wire_id(), len: CHUNK as u64, offset: from });
         let data = match sup.link.call(proc, op).await {
             Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
             _ => return,
         };
+        from = from.map(|at| at + data.len() as i64);
         let mut rest = &data[..];
         while !rest.is_empty() {
             let Ok(mut guard) = pipe.writable().await else { return };

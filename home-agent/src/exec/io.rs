@@ -22,7 +22,13 @@ pub fn read(s: &Session, o: &pb::Read) -> Res {
 pub fn write(s: &Session, o: &pb::Write) -> Res {
     let fd = s.handle(o.handle)?;
     let data = &o.data[..o.data.len().min(MAX_BUF)];
-    let n = sys::write(fd.as_fd(), data, o.offset)? as i64;
+    let n = match o.rwf {
+        0 => sys::write(fd.as_fd(), data, o.offset)?,
+        // (Bits beyond an int are no flag the kernel knows.)
+        rwf => {
+            sys::write_flags(fd.as_fd(), data, o.offset, i32::try_from(rwf).map_err(|_| Errno::EOPNOTSUPP)?)?
+        }
+    } as i64;
     Ok(pb::CallReply { room: room(fd.as_fd()), ..value(n) })
 }
 

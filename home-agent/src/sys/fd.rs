@@ -33,6 +33,19 @@ pub fn write(fd: BorrowedFd<'_>, data: &[u8], offset: Option<i64>) -> Result<usi
     Ok(n as usize)
 }
 
+/// pwritev2 with RWF_* `flags`, at `offset` (`None`: at the description's offset, which moves).
+pub fn write_flags(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    offset: Option<i64>,
+    flags: c_int,
+) -> Result<usize, Errno> {
+    let iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: `iov` describes `data.len()` readable bytes that outlive the call; the kernel copies them.
+    let n = cvt_long(unsafe { libc::pwritev2(fd.as_raw_fd(), &iov, 1, offset.unwrap_or(-1), flags) } as i64)?;
+    Ok(n as usize)
+}
+
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: c_int) -> Result<i64, Errno> {
     // SAFETY: integers only.
     cvt_long(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })

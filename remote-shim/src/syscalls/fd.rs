@@ -154,7 +154,10 @@ async fn fcntl(call: &Call<'_>) -> Outcome {
         libc::F_GETFL => {
             let handle = description(false).await?;
             let (wire, _) = call.home_value(Op::GetFlags(pb::GetFlags { handle })).await?;
-            Ok(Action::Value(i64::from(flags::open_from_wire(wire as u32) & !libc::O_CLOEXEC)))
+            // A 64-bit process's opens are all O_LARGEFILE, which the kernel reports (libc calls it 0).
+            Ok(Action::Value(i64::from(
+                flags::open_from_wire(wire as u32) & !libc::O_CLOEXEC | KERNEL_O_LARGEFILE,
+            )))
         }
         libc::F_SETFL => {
             if call.arg_i32(2) & libc::O_DIRECT != 0 {
@@ -211,6 +214,12 @@ async fn release_closed(call: &Call<'_>, h: &Handle) {
         call.sup.collect_file(h.inode()).await;
     }
 }
+
+/// The kernel's `O_LARGEFILE` bit, set on every open of a 64-bit process.
+#[cfg(target_arch = "x86_64")]
+const KERNEL_O_LARGEFILE: i32 = 0o100000;
+#[cfg(target_arch = "aarch64")]
+const KERNEL_O_LARGEFILE: i32 = 0o400000;
 
 /// Whether the caller's descriptor argument 0 is a description with a home handle of its own: any but one
 /// of a shared copy without a record ([`crate::lazy::description_handle`]).

@@ -346,10 +346,17 @@ async fn write(call: &Call<'_>, h: &Handle, iovs: &[Iov], offset: Option<i64>) -
     let before = if offset.is_none() { h.behind.pos() } else { None };
     // The shadow's copy of the bytes, when there is a shadow.
     let shadowed = h.behind.has_shadow().then(|| data.clone());
-    let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset });
+    // pwritev2's flags (RWF_DSYNC, RWF_APPEND, ...) go home with it; such a write waits.
+    // (Argument 5: the offset takes two, low and high.)
+    let rwf = if call.nr == libc::SYS_pwritev2 { call.arg(5) as u32 } else { 0 };
+    if rwf & libc::RWF_APPEND as u32 != 0 {
+        // At the end, wherever that is: the offset followed here and the shadow no longer know.
+        h.behind.untrack();
+    }
+    let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset, rwf });
     // Where the bytes go, for the shadow (`Behind::start_shadow`).
-    let at = offset.or(before).and_then(|o| u64::try_from(o).ok());
-    // pwritev2's flags (RWF_DSYNC, ...) are not looked at: such a write waits.
+    let at =
+        offset.or(before).and_then(|o| u64::try_from(o).ok()).filter(|_| rwf & libc::RWF_APPEND as u32 == 0);
     let ends_near =
         offset.is_none_or(|o| o.checked_add(sent as i64).is_some_and(|end| end <= MAX_BEHIND_END));
     if writes_behind(h) && sent > 0 && ends_near && call.nr != libc::SYS_pwritev2 {
@@ -612,7 +619,7 @@ async fn transfer(
     match dst {
         Side::Home(h) => {
             let sent = data.len();
-            let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset: dst_off });
+            let op = Op::Write(pb::Write { handle: h.id, data: data.into(), offset: dst_off, rwf: 0 });
             count(call.home_value(op).await?.0, sent)
         }
         Side::Local(fd) => blocking(move || local_write(&fd, &data, dst_off)).await,

@@ -204,7 +204,7 @@ fn inside_everything_works() {
     home.call(mkdir("d")).unwrap();
     let h = home.open("d/f", libc::O_WRONLY | libc::O_CREAT, 0o666).unwrap();
     assert_eq!(
-        home.call(Op::Write(pb::Write { handle: h, data: b"hi".to_vec().into(), offset: None })),
+        home.call(Op::Write(pb::Write { handle: h, data: b"hi".to_vec().into(), offset: None, rwf: 0 })),
         Ok(2)
     );
     assert_eq!(home.mode_of("d/f"), 0o644);

@@ -9,7 +9,8 @@ use homeward_proto::pb;
 fn read_write_seek_share_the_offset() {
     let home = Home::new();
     let h = home.open("f", libc::O_RDWR | libc::O_CREAT, 0o600).unwrap();
-    let write = |data: &'static [u8], offset| Op::Write(pb::Write { handle: h, data: data.into(), offset });
+    let write =
+        |data: &'static [u8], offset| Op::Write(pb::Write { handle: h, data: data.into(), offset, rwf: 0 });
     let read = |len, offset| Op::Read(pb::Read { handle: h, len, offset });
     assert_eq!(home.call(write(b"hello world", None)), Ok(11));
     assert_eq!(home.call(Op::Seek(pb::Seek { handle: h, offset: 0, whence: pb::Whence::Set as i32 })), Ok(0));

@@ -113,7 +113,7 @@ fn a_write_beyond_the_cap_is_short() {
     let h = home.open("big", libc::O_WRONLY | libc::O_CREAT, 0o600).unwrap();
     let data = vec![7u8; MAX_BUF + 1];
     assert_eq!(
-        home.call(Op::Write(pb::Write { handle: h, data: data.into(), offset: Some(0) })),
+        home.call(Op::Write(pb::Write { handle: h, data: data.into(), offset: Some(0), rwf: 0 })),
         Ok(MAX_BUF as i64)
     );
 }
@@ -127,7 +127,7 @@ fn out_of_range_numbers_get_the_kernels_errno() {
     assert_eq!(errno_of(&home, Op::Utimens(utimens)), Errno::EINVAL);
     let read = pb::Read { handle: h, len: 1, offset: Some(-1) };
     assert_eq!(errno_of(&home, Op::Read(read)), Errno::EINVAL, "pread at a negative offset");
-    let write = pb::Write { handle: h, data: b"x".to_vec().into(), offset: Some(i64::MIN) };
+    let write = pb::Write { handle: h, data: b"x".to_vec().into(), offset: Some(i64::MIN), rwf: 0 };
     assert_eq!(errno_of(&home, Op::Write(write)), Errno::EINVAL);
     let fallocate = pb::Fallocate { handle: h, mode: u32::MAX, offset: 0, len: 1 };
     assert!(home.call(Op::Fallocate(fallocate)).is_err());
@@ -184,7 +184,7 @@ fn unknown_handles_are_ebadf_everywhere() {
     let dir = Some(Dir { handle: h });
     let ops = [
         Op::Read(pb::Read { handle: h, len: 1, offset: None }),
-        Op::Write(pb::Write { handle: h, data: b"x".to_vec().into(), offset: None }),
+        Op::Write(pb::Write { handle: h, data: b"x".to_vec().into(), offset: None, rwf: 0 }),
         Op::Seek(pb::Seek { handle: h, offset: 0, whence: 0 }),
         Op::Fsync(pb::Fsync { handle: h, datasync: false, ..Default::default() }),
         Op::Fallocate(pb::Fallocate { handle: h, mode: 0, offset: 0, len: 1 }),
