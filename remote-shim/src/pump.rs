@@ -7,9 +7,10 @@
 //! gets a socket pair instead, both ways: fed until its end (then the program reads end of file) and
 //! drained. Before any other call goes home, the supervisor waits until every write pump is empty, so a
 //! later call never overtakes earlier writes.
-//! Limits: the alias is a pipe (or a socket) to `fstat` and `lseek` (`ESPIPE`); both ways share home's
-//! offset, which the feed moves ahead of what the program read; and a write error at home after the
-//! program's write returned is reported in the log only.
+//! Limits: the alias is a pipe (or a socket) to `fstat` and `lseek` (`ESPIPE`); both ways, the feed reads
+//! on from where the description stood (without moving it, so the program's writes land there) whatever
+//! the program wrote meanwhile; and a write error at home after the program's write returned is reported
+//! in the log only.
 
 use crate::fdtable::Handle;
 use crate::supervisor::Supervisor;
@@ -92,9 +93,8 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     let accmode = h.flags & libc::O_ACCMODE;
     let (reading, writing) = (accmode != libc::O_WRONLY, accmode != libc::O_RDONLY);
     // Both ways (`O_RDWR`: Python's `stdin=` or `stdout=` a `TemporaryFile`, a shell's `<>`): a socket pair,
-    // fed with the file and drained into it; one way, a pipe.
-    // Both ways, the feed reads from where the description stands without moving it: the program's
-    // writes land there (`exec 3<> f; printf Z >&3`, dd's output), as they would natively.
+    // fed with the file and drained into it, the feed reading from where the description stands without
+    // moving it, so the program's writes land there (`exec 3<> f; printf Z >&3`); one way, a pipe.
     let start = if reading && writing {
         let seek = pb::Seek { handle: h.wire_id(), offset: 0, whence: pb::Whence::Cur as i32 };
         call.home_value(Op::Seek(seek)).await.ok().map(|(at, _)| at)
