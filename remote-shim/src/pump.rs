@@ -5,7 +5,7 @@
 //! pumps: bytes the program writes are written to the home handle (at its shared offset), and for a file
 //! opened for reading, the home file's bytes are fed into the pipe. A file open for reading and writing
 //! gets a socket pair instead, both ways: fed until its end (then the program reads end of file) and
-//! drained. Before any other call goes home, the supervisor waits until every write pump is empty, so a
+//! drained; as standard output or error, only drained (a pipe). Before any other call goes home, the supervisor waits until every write pump is empty, so a
 //! later call never overtakes earlier writes.
 //! Limits: the alias is a pipe (or a socket) to `fstat` and `lseek` (`ESPIPE`); both ways, the feed reads
 //! on from where the description stood (without moving it, so the program's writes land there) whatever
@@ -91,8 +91,11 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     // The pump moves the description's offset at home without saying where to.
     h.behind.untrack();
     let accmode = h.flags & libc::O_ACCMODE;
-    let (reading, writing) = (accmode != libc::O_WRONLY, accmode != libc::O_RDONLY);
-    // Both ways (`O_RDWR`: Python's `stdin=` or `stdout=` a `TemporaryFile`, a shell's `<>`): a socket pair,
+    // Open both ways, standard output and error are written (a pipe from the program, as for a file opened
+    // to write); any other number both ways.
+    let output = target == 1 || target == 2;
+    let (reading, writing) = (accmode != libc::O_WRONLY && !output, accmode != libc::O_RDONLY);
+    // Both ways (`O_RDWR`: Python's `stdin=` a `TemporaryFile`, a shell's `<>`): a socket pair,
     // fed with the file and drained into it, the feed reading from where the description stands without
     // moving it, so the program's writes land there (`exec 3<> f; printf Z >&3`); one way, a pipe.
     let start = if reading && writing {
