@@ -86,24 +86,8 @@ impl Call<'_> {
     /// Installs a placeholder for `h` in the calling program and answers the call with its number.
     /// Installs `h`'s placeholder (its memfd's description, the supervisor's own).
     pub fn install(&self, h: &Arc<Handle>, cloexec: bool, min: u32) -> Result<i32, Errno> {
-        let native = crate::native::place(self.sup, h);
-        let slot = crate::fdtable::Slot {
-            notif_id: self.id,
-            tid: self.tid,
-            tgid: self.tgid(),
-            min,
-            cloexec,
-            native,
-        };
         let listener = self.sup.listener.as_fd();
-        match self.sup.fds.install(listener, slot, h) {
-            // The upper half is full: the lower one serves it as any copy.
-            Err(e) if native && e.raw_os_error() == Some(libc::EMFILE) => {
-                let slot = crate::fdtable::Slot { native: false, ..slot };
-                self.sup.fds.install(listener, slot, h).map_err(|e| Errno::from_io(&e))
-            }
-            installed => installed.map_err(|e| Errno::from_io(&e)),
-        }
+        self.install_with(h, cloexec, min, |slot| self.sup.fds.install(listener, slot, h))
     }
 
     /// Installs `description` (an open file of `h`'s placeholder) as [`Call::install`] does.
@@ -114,6 +98,21 @@ impl Call<'_> {
         cloexec: bool,
         min: u32,
     ) -> Result<i32, Errno> {
+        let listener = self.sup.listener.as_fd();
+        self.install_with(h, cloexec, min, |slot| {
+            self.sup.fds.install_description(listener, slot, h, description)
+        })
+    }
+
+    /// Runs `install` in the caller's slot for `h`, in the half of the range `native::place` says; in the
+    /// lower half when the upper one is full (it serves the copy as any other).
+    fn install_with(
+        &self,
+        h: &Arc<Handle>,
+        cloexec: bool,
+        min: u32,
+        install: impl Fn(crate::fdtable::Slot) -> std::io::Result<i32>,
+    ) -> Result<i32, Errno> {
         let native = crate::native::place(self.sup, h);
         let slot = crate::fdtable::Slot {
             notif_id: self.id,
@@ -123,18 +122,13 @@ impl Call<'_> {
             cloexec,
             native,
         };
-        let listener = self.sup.listener.as_fd();
-        match self.sup.fds.install_description(listener, slot, h, description) {
-            // The upper half is full: the lower one serves it as any copy.
+        match install(slot) {
             Err(e) if native && e.raw_os_error() == Some(libc::EMFILE) => {
-                let slot = crate::fdtable::Slot { native: false, ..slot };
-                self.sup
-                    .fds
-                    .install_description(listener, slot, h, description)
-                    .map_err(|e| Errno::from_io(&e))
+                install(crate::fdtable::Slot { native: false, ..slot })
             }
-            installed => installed.map_err(|e| Errno::from_io(&e)),
+            installed => installed,
         }
+        .map_err(|e| Errno::from_io(&e))
     }
 
     pub fn path(&self, i: usize) -> Result<Vec<u8>, Errno> {
