@@ -407,11 +407,7 @@ fn copies_read_by_the_kernel_follow_the_jobs_changes() {
     assert!(both.remote.stdout().starts_with("b'one\\n' False\nb'TWO\\n' 4\n"), "{}", both.remote);
     // The reader's reads and seeks never reached the supervisor.
     let lines = homeward::trace_lines(&trace);
-    let reader = lines
-        .iter()
-        .find(|l| l["call"] == "openat" && l["args"][1] == "f.txt" && l["args"][2] == "O_RDONLY|O_CLOEXEC")
-        .and_then(|l| l["result"].as_i64())
-        .expect("the reader's open in the trace");
+    let reader = homeward::trace_opened(&lines, "f.txt", Some("O_RDONLY|O_CLOEXEC"));
     let notified: Vec<&str> = lines
         .iter()
         .filter(|l| l["args"][0].as_i64() == Some(reader))

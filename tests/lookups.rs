@@ -4,7 +4,9 @@
 //! and readlink of a directory while files come and go in it. Each is checked against changes made at
 //! home behind the program's back, and its round trips are counted in the trace.
 
-use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, trace_wheres, Hosts};
+use homeward::{
+    require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, trace_opened, trace_wheres, Hosts,
+};
 
 /// Reads and stats `a/f` (which also has the name `b/g` at home) after each change the test makes at home.
 const TWO_NAMES: &str = r#"
@@ -394,11 +396,7 @@ fn fstat_after_a_sync_is_answered_by_the_name_leased_again() {
     assert_eq!(run.stdout(), "0 4096 4096\n1 8192 8192\n2 12288 12288\nhome appended 12292\n", "{run}");
     // Each fstat after a sync is answered here; the one after home's change goes home.
     let lines = trace_lines(&trace);
-    let db = lines
-        .iter()
-        .find(|l| l["call"] == "openat" && l["args"][1].as_str().is_some_and(|p| p.ends_with("/db")))
-        .and_then(|l| l["result"].as_i64())
-        .expect("the open of db in the trace");
+    let db = trace_opened(&lines, "db", None);
     let fstats: Vec<String> = lines
         .iter()
         .filter(|l| l["call"] == "newfstatat" && l["args"][0].as_i64() == Some(db))

@@ -4,7 +4,7 @@
 //! the kernel's (tests/mounts.rs, which mounts a small file system); a write that fails at home after all
 //! is reported by the file's next `fsync`.
 
-use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, Hosts};
+use homeward::{require_tools, skip_unless_root, skip_unless_unprivileged, trace_lines, trace_opened, Hosts};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -225,11 +225,7 @@ fn a_file_the_job_emptied_is_read_back_from_its_own_writes() {
     assert!(both.remote.stdout().starts_with("b'abcdef' 6\n"), "{}", both.remote);
     // The created file's three reads (its content, its end, past its end) are answered here.
     let lines = trace_lines(&trace);
-    let made = lines
-        .iter()
-        .find(|l| l["call"] == "openat" && l["args"][1].as_str().is_some_and(|p| p.ends_with("created.bin")))
-        .and_then(|l| l["result"].as_i64())
-        .expect("the open of created.bin in the trace");
+    let made = trace_opened(&lines, "created.bin", None);
     let reads: Vec<&str> = lines
         .iter()
         .filter(|l| l["call"] == "pread64" && l["args"][0].as_i64() == Some(made))

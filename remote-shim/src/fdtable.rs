@@ -597,7 +597,7 @@ impl FdTable {
         cloexec: bool,
         answer: bool,
     ) -> io::Result<i32> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id, handle.clone());
+        self.register(handle);
         let put = seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer);
         if put.is_ok() {
             handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);

@@ -67,5 +67,5 @@ pub use env::{
 };
 pub use hosts::{Hosts, HostsBuilder, NativeCopy};
 pub use process::{run, run_with, Run, Side, DEFAULT_TIMEOUT};
-pub use trace::{trace_lines, trace_wheres};
+pub use trace::{trace_lines, trace_opened, trace_wheres};
 pub use tree::{assert_same_tree, Entry, Kind, Times, Tree};

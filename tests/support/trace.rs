@@ -25,3 +25,15 @@ pub fn trace_wheres(trace: &Path, call: &str, path: &Path) -> Vec<String> {
         .map(|l| l["where"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// The descriptor the first successful `openat` of `name` returned (the path is `name` or ends in
+/// `/name`), with open flags `flags` when given, as the trace spells them (`O_RDONLY|O_CLOEXEC`).
+pub fn trace_opened(lines: &[serde_json::Value], name: &str, flags: Option<&str>) -> i64 {
+    let names = |p: &str| p == name || p.ends_with(&format!("/{name}"));
+    lines
+        .iter()
+        .filter(|l| l["call"] == "openat" && l["args"][1].as_str().is_some_and(names))
+        .filter(|l| flags.is_none_or(|f| l["args"][2] == f))
+        .find_map(|l| l["result"].as_i64().filter(|&fd| fd >= 0))
+        .unwrap_or_else(|| panic!("no open of {name} in the trace"))
+}
