@@ -22,6 +22,7 @@
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Entries kept at most; the cache starts over when full.
@@ -146,6 +147,9 @@ struct Entry {
     names_only: bool,
     /// For a file's attributes: the job's reads of that file at home when they were stored (`Inner::reads`).
     reads: u64,
+    /// A name's absence assumed from an unlink sent behind whose reply has not come (the last report seen
+    /// when it was sent): reports that come before that reply do not void it ([`AttrCache::removed`]).
+    awaiting: Option<u64>,
 }
 
 #[derive(Default)]
@@ -210,7 +214,7 @@ impl Inner {
             Cached::Found(st) => self.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0),
             _ => 0,
         };
-        self.entries.insert(key, Entry { value, deps, names_only, reads });
+        self.entries.insert(key, Entry { value, deps, names_only, reads, awaiting: None });
     }
 
     /// Whether `e` still answers: a file's attributes stored before a read of it the job sent home do not.
@@ -336,6 +340,10 @@ impl AttrCache {
         deps: Vec<Dep>,
         names_only: bool,
     ) {
+        // A name found missing stays so until a name is made, which no write to a file's content or
+        // attributes does: a report of one under that name (a removed file's last descriptor closing at home,
+        // `IN_CLOSE_WRITE`) does not void it.
+        let names_only = names_only || matches!(value, Cached::Missing(Errno::ENOENT));
         let mut inner = self.lock();
         if lease == 0 || inner.stopped || inner.generation != ticket.generation || lease <= inner.forgotten {
             return;
@@ -367,7 +375,9 @@ impl AttrCache {
         for (c, only_written) in all {
             tracing::trace!(seq, wd = c.wd, name = %String::from_utf8_lossy(&c.name), "home reports a change");
             let name = c.name.to_vec();
-            inner.remove_where(c.wd, |e| !(only_written && e.names_only) && voids(&e.deps, c.wd, &name));
+            inner.remove_where(c.wd, |e| {
+                !(only_written && e.names_only) && e.awaiting.is_none() && voids(&e.deps, c.wd, &name)
+            });
             inner.recent.push_back((seq, c.wd, name, only_written));
         }
         while inner.recent.len() > RECENT {
@@ -593,11 +603,14 @@ impl AttrCache {
     }
 
     /// The unlink of a name [`AttrCache::take_removable`] let go behind was sent: the name is missing under
-    /// `keys` (the lookups of it) until home reports a change to it (the removal's own report included; the
-    /// unlink's reply then leases the name's absence anew). Unless such a report came in meanwhile.
-    /// `ticket`: taken before the unlink was sent (`ticket_past_own_change`), so that nothing else the job
-    /// did meanwhile (a `chdir`, for a relative name) and no flush or break of the link is ignored.
-    pub fn removed(&self, removed: Removed, keys: &[Key], ticket: Ticket) {
+    /// `keys` (the lookups of it) until its reply comes, whatever home reports meanwhile (the removal's own
+    /// report among them). The reply leases the name's absence after the removal, which home checked once
+    /// the lease was in place, so it holds whatever came before; see [`AttrCache::removal_answered`].
+    /// Unless a report came in before this call. `ticket`: taken before the unlink was sent
+    /// (`ticket_past_own_change`), so that nothing else the job did meanwhile (a `chdir`, for a relative
+    /// name) and no flush or break of the link is ignored. `answered`: set by the reply's handler before it
+    /// calls [`AttrCache::removal_answered`] (the reply may come before this call).
+    pub fn removed(&self, removed: Removed, keys: &[Key], ticket: Ticket, answered: &AtomicBool) {
         let mut inner = self.lock();
         let Removed { deps, reported } = removed;
         if inner.stopped || inner.generation != ticket.generation || reported < inner.forgotten {
@@ -608,6 +621,27 @@ impl AttrCache {
         }
         for key in keys {
             inner.insert(key.clone(), Cached::Missing(Errno::ENOENT), deps.clone(), true);
+            // Read under the lock: a reply handled after this finds the entry awaiting it.
+            if !answered.load(Ordering::SeqCst) {
+                if let Some(e) = inner.entries.get_mut(key) {
+                    e.awaiting = Some(reported);
+                }
+            }
+        }
+    }
+
+    /// The reply to an unlink sent behind came (and its lease, if any, was offered with [`AttrCache::put`]):
+    /// an absence still assumed under `keys` is void if home reported a change to the name since the
+    /// unlink was sent (when the lease was refused, or the link broke).
+    pub fn removal_answered(&self, keys: &[Key]) {
+        let mut inner = self.lock();
+        for key in keys {
+            let Some(e) = inner.entries.get_mut(key) else { continue };
+            let Some(reported) = e.awaiting.take() else { continue };
+            let deps = e.deps.clone();
+            if inner.voided_since(reported + 1, &deps, true) {
+                inner.entries.remove(key);
+            }
         }
     }
 
@@ -730,5 +764,55 @@ mod tests {
             Some((0, b"/x".to_vec()))
         );
         assert_eq!(Key::of(7, Some(&base), b"", false, 0), None);
+    }
+
+    /// An unlink sent behind: the name's absence is answered here until the reply comes, whatever home
+    /// reports meanwhile; once it came, only its lease (if any) does.
+    #[test]
+    fn an_absence_assumed_behind_an_unlink_waits_for_its_reply() {
+        let key = |mask| Key { proc: 0, path: b"/w/j".to_vec(), follow: false, mask };
+        let dep = |name: &[u8]| pb::Dep { wd: 1, name: name.to_vec().into() };
+        let missing = || Some(Cached::Missing(Errno::ENOENT));
+        // The job may remove `j` (its open said so), then unlinks it behind.
+        let start = |cache: &AttrCache| {
+            let ticket = cache.ticket();
+            cache.put(key(REMOVABLE), Cached::Removable, ticket, 1, vec![(1, b"j".to_vec())]);
+            let removed = cache.take_removable(&key(REMOVABLE), b"j").expect("removable");
+            (removed, cache.ticket_past_own_change())
+        };
+        // Sent, its removal reported before the reply; the reply leases the absence.
+        let cache = AttrCache::default();
+        let (removed, ticket) = start(&cache);
+        cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+        let answered = AtomicBool::new(false);
+        cache.removed(removed, &[key(0)], ticket, &answered);
+        cache.changed(1, &[dep(b"j")], &[]);
+        assert_eq!(cache.get(&key(0)), missing(), "voided by the removal's own report");
+        answered.store(true, Ordering::SeqCst);
+        cache.put(key(0), Cached::Missing(Errno::ENOENT), ticket, 2, vec![(1, b"j".to_vec())]);
+        cache.removal_answered(&[key(0)]);
+        assert_eq!(cache.get(&key(0)), missing());
+        cache.changed(2, &[dep(b"j")], &[]);
+        assert_eq!(cache.get(&key(0)), None, "a change after the lease voids it");
+        // The reply refused a lease: a report since the unlink was sent voids the assumed absence then.
+        let cache = AttrCache::default();
+        let (removed, ticket) = start(&cache);
+        cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+        let answered = AtomicBool::new(false);
+        cache.removed(removed, &[key(0)], ticket, &answered);
+        cache.changed(1, &[dep(b"j")], &[]);
+        answered.store(true, Ordering::SeqCst);
+        cache.removal_answered(&[key(0)]);
+        assert_eq!(cache.get(&key(0)), None);
+        // The reply came first (its lease stored): the absence is no longer waiting for anything.
+        let cache = AttrCache::default();
+        let (removed, ticket) = start(&cache);
+        cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+        let answered = AtomicBool::new(true);
+        cache.removal_answered(&[key(0)]);
+        cache.removed(removed, &[key(0)], ticket, &answered);
+        assert_eq!(cache.get(&key(0)), missing());
+        cache.changed(1, &[dep(b"j")], &[]);
+        assert_eq!(cache.get(&key(0)), None);
     }
 }

@@ -109,6 +109,8 @@ async fn unlink_behind(
     let attrs = call.sup.link.attrs.clone();
     let leased = keys.to_vec();
     let mut removed = None;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answer = answered.clone();
     let sent = call
         .home_behind_if(
             op,
@@ -117,7 +119,11 @@ async fn unlink_behind(
                 removed.is_some()
             },
             move |reply| {
-                let Some(reply) = reply else { return };
+                answer.store(true, std::sync::atomic::Ordering::SeqCst);
+                let Some(reply) = reply else {
+                    attrs.removal_answered(&leased);
+                    return;
+                };
                 if let Err(e) = super::outcome(&reply) {
                     // The name was said to be missing: nothing cached can be trusted to know better.
                     attrs.forget_all();
@@ -128,17 +134,19 @@ async fn unlink_behind(
                     );
                     return;
                 }
-                let Some(mut deps) = origin else { return };
-                deps.extend(crate::attrcache::deps(&reply));
-                for key in leased {
-                    let missing = crate::attrcache::Cached::Missing(Errno::ENOENT);
-                    attrs.put(key, missing, ticket, reply.lease, deps.clone());
+                if let Some(mut deps) = origin {
+                    deps.extend(crate::attrcache::deps(&reply));
+                    for key in &leased {
+                        let missing = crate::attrcache::Cached::Missing(Errno::ENOENT);
+                        attrs.put(key.clone(), missing, ticket, reply.lease, deps.clone());
+                    }
                 }
+                attrs.removal_answered(&leased);
             },
         )
         .await?;
     if let Some(removed) = removed.filter(|_| sent) {
-        call.sup.link.attrs.removed(removed, keys, ticket);
+        call.sup.link.attrs.removed(removed, keys, ticket, &answered);
     }
     Ok(sent)
 }
