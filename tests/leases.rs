@@ -296,3 +296,68 @@ show("after home replaced x")
     remote.assert_success();
     assert_eq!(remote.stdout(), "after home replaced x found\n", "{remote}");
 }
+
+/// Looks up `d/e/x` and `d` twice after each change the test makes at home (the second answers may come
+/// from the cache).
+const REMADE: &str = r#"
+import errno, os, time
+def wait(name):
+    while not os.path.exists(name):
+        time.sleep(0.01)
+    os.remove(name)
+def named(path):
+    try:
+        st = os.stat(path)
+        return "found %d" % st.st_ino
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def show(step):
+    for _ in range(2):
+        print(step, named("d/e/x"), named("d"))
+show("start")
+for step in ["remade", "made", "removed", "remade-with"]:
+    open("ready", "w").close()
+    wait("go")
+    show(step)
+"#;
+
+/// Home watches each directory once per session and remembers the watch by device and inode (a lookup
+/// through a watched directory does not watch it again): directories removed and made again at home
+/// (whose inode numbers the file system may give out again) are followed all the same.
+#[test]
+fn lookups_follow_directories_removed_and_made_again_at_home() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("remade.py", REMADE);
+    hosts.mkdir("d/e");
+    let remake = |with: bool| {
+        std::fs::remove_dir_all(hosts.path("d")).expect("remove d");
+        hosts.mkdir("d/e");
+        if with {
+            hosts.write("d/e/x", "x");
+        }
+    };
+    let changes: [&dyn Fn(); 4] = [
+        &|| remake(false),
+        &|| hosts.write("d/e/x", "x"),
+        &|| std::fs::remove_file(hosts.path("d/e/x")).expect("remove x"),
+        &|| remake(true),
+    ];
+    let ino = |p: &str| std::fs::metadata(hosts.path(p)).map(|m| m.ino());
+    let remote = hosts.cmd(&["python3", "remade.py"]).remote_while("", &changes);
+    remote.assert_success();
+    let stdout = remote.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 10, "{remote}");
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0], pair[1], "the cached answer differs:\n{remote}");
+    }
+    let (x, d) = (ino("d/e/x").expect("d/e/x"), ino("d").expect("d"));
+    assert_eq!(lines[8], format!("remade-with found {x} found {d}"), "{remote}");
+    for (line, step) in lines.iter().step_by(2).zip(["start", "remade", "made", "removed"]) {
+        let words: Vec<&str> = line.split(' ').collect();
+        let expected_x = if step == "made" { "found" } else { "ENOENT" };
+        assert_eq!((words[0], words[1], words[words.len() - 2]), (step, expected_x, "found"), "{remote}");
+    }
+}

@@ -69,6 +69,14 @@ struct Inner {
     replies: Option<Replies>,
     /// The directories (and files with several links) watched.
     watches: std::collections::HashSet<i32>,
+    /// The watch of each file watched, by (device, inode): a lookup through a directory already watched
+    /// does not add its watch again (`inotify_add_watch` finds the inode through `/proc/self/fd`, the
+    /// largest cost of a leased lookup). A watch leaves when its end (`IN_IGNORED`) is read: the kernel
+    /// queues it when the file is removed (its last link, before its inode number can be used again), its
+    /// file system unmounted, or the watch taken off. Every grant reads the queue first, under the lock
+    /// its walk holds, so a file found by a walk with its number here is the one watched, or was removed
+    /// after the grant began, which the directory it was found in reports to the lease.
+    by_inode: std::collections::HashMap<(u64, u64), i32>,
     /// Leases were stopped (queue overflow, no inotify, session closed): none is granted again.
     stopped: bool,
     /// Reports numbered by a grant (the changes queued before it) and not sent yet: they go before the
@@ -81,7 +89,13 @@ impl Inner {
     /// report, or the flush that stops leasing when the queue overflowed; `None` when nothing is queued
     /// (or nobody listens).
     fn number_queued(&mut self, fd: BorrowedFd<'_>) -> Option<CallReply> {
-        let (changed, overflow) = sys::inotify_events(fd);
+        let sys::Events { changed, overflow, ended } = sys::inotify_events(fd);
+        if !ended.is_empty() {
+            self.by_inode.retain(|_, wd| !ended.contains(wd));
+            for wd in &ended {
+                self.watches.remove(wd);
+            }
+        }
         if overflow {
             self.stopped = true;
             self.watcher = None;
@@ -222,6 +236,13 @@ impl Grant<'_> {
     /// itself; [`FILE_ITSELF`]: `dir` is a regular file); false when the watch could not be added (the lease
     /// is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+        let inode = sys::statx(dir, c"", libc::AT_EMPTY_PATH, libc::STATX_INO)
+            .ok()
+            .map(|sx| (libc::makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino));
+        if let Some(&wd) = inode.and_then(|inode| self.inner.by_inode.get(&inode)) {
+            self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
+            return true;
+        }
         let started = std::time::Instant::now();
         let watched = sys::inotify_watch(self.fd.as_fd(), dir, WATCH_MASK);
         if started.elapsed() > SLOW_WATCH {
@@ -236,6 +257,9 @@ impl Grant<'_> {
                 false
             }
             Ok(wd) => {
+                if let Some(inode) = inode {
+                    self.inner.by_inode.insert(inode, wd);
+                }
                 self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
                 true
             }

@@ -43,15 +43,25 @@ pub fn inotify_unwatch(instance: BorrowedFd<'_>, wd: i32) -> Result<(), Errno> {
     cvt(unsafe { libc::inotify_rm_watch(instance.as_raw_fd(), wd) }).map(drop)
 }
 
-/// Reads every queued event: the distinct `(watch, name, written)` they name (an empty name: the watched
-/// directory itself; `written`: every event for the pair was a write to the content or a change of the
-/// attributes of something that is not a directory, `IN_MODIFY`, `IN_CLOSE_WRITE`, `IN_ATTRIB`), and
-/// whether the kernel's queue overflowed (events were lost).
-pub fn inotify_events(instance: BorrowedFd<'_>) -> (Vec<(i32, Vec<u8>, bool)>, bool) {
+/// What [`inotify_events`] read.
+#[derive(Default)]
+pub struct Events {
+    /// The distinct `(watch, name, written)` the events name (an empty name: the watched directory itself;
+    /// `written`: every event for the pair was a write to the content or a change of the attributes of
+    /// something that is not a directory, `IN_MODIFY`, `IN_CLOSE_WRITE`, `IN_ATTRIB`).
+    pub changed: Vec<(i32, Vec<u8>, bool)>,
+    /// The kernel's queue overflowed: events were lost.
+    pub overflow: bool,
+    /// Watches that ended (`IN_IGNORED`: the file was removed, its file system unmounted, or the watch
+    /// taken off).
+    pub ended: Vec<i32>,
+}
+
+/// Reads every queued event.
+pub fn inotify_events(instance: BorrowedFd<'_>) -> Events {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     const WRITES: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_ATTRIB;
-    let mut seen: Vec<(i32, Vec<u8>, bool)> = Vec::new();
-    let mut overflow = false;
+    let mut out = Events::default();
     // Read per call of the session (to report a call's own changes before its reply): no allocation when
     // nothing is queued.
     let mut buf = [0u8; 4096];
@@ -71,15 +81,17 @@ pub fn inotify_events(instance: BorrowedFd<'_>) -> (Vec<(i32, Vec<u8>, bool)>, b
             let name = name.split(|&b| b == 0).next().unwrap_or_default().to_vec();
             let written = ev.mask & libc::IN_ISDIR == 0 && ev.mask & !WRITES == 0;
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
-                overflow = true;
-            } else if ev.mask & libc::IN_IGNORED == 0 {
-                match seen.iter_mut().find(|(w, n, _)| *w == ev.wd && *n == name) {
+                out.overflow = true;
+            } else if ev.mask & libc::IN_IGNORED != 0 {
+                out.ended.push(ev.wd);
+            } else {
+                match out.changed.iter_mut().find(|(w, n, _)| *w == ev.wd && *n == name) {
                     Some((_, _, only_written)) => *only_written &= written,
-                    None => seen.push((ev.wd, name, written)),
+                    None => out.changed.push((ev.wd, name, written)),
                 }
             }
             at += HEADER + len;
         }
     }
-    (seen, overflow)
+    out
 }
