@@ -386,3 +386,47 @@ fn ctrl_c_on_the_terminal_reaches_the_program() {
     assert_eq!(code, 130, "Ctrl-C should end the program by SIGINT:\n{printed}");
     assert!(!printed.contains("never"), "{printed}");
 }
+
+/// Forks, after the test signalled every deputy at home but the program's own (the spares waiting for
+/// the job's forks), and says how the child ended.
+const FORK_AFTER_SIGNAL: &str = r#"
+import os, time
+with open("pid.tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename("pid.tmp", "pid")
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+os.remove("go")
+child = os.fork()
+if child == 0:
+    time.sleep(2)
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+print("signal", os.WTERMSIG(status)) if os.WIFSIGNALED(status) else print("exit", os.WEXITSTATUS(status))
+"#;
+
+/// A deputy started ahead of a fork (a spare) is the future process's: a signal sent to it at home before
+/// the fork reaches the process the fork makes.
+#[test]
+fn a_signal_to_a_spare_deputy_reaches_the_process_that_takes_it() {
+    skip_unless_root!();
+    let hosts = Hosts::start();
+    hosts.write("fork.py", FORK_AFTER_SIGNAL);
+    let agent = hosts.agent_pid();
+    let signal_spares = || {
+        let own: u32 = String::from_utf8_lossy(&hosts.read("pid")).parse().expect("the program's pid");
+        let spares: Vec<u32> =
+            deputies(agent).into_iter().map(|(pid, _)| pid).filter(|&pid| pid != own).collect();
+        assert!(!spares.is_empty(), "no spare deputies at home: {:?}", deputies(agent));
+        for pid in spares {
+            // SAFETY: kill takes integers only.
+            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        }
+        // The deputies forward the signals to the agent, which reports them to the shim.
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let remote = hosts.cmd(&["python3", "fork.py"]).remote_while("", &[&signal_spares]);
+    remote.assert_success();
+    assert_eq!(remote.stdout(), format!("signal {}\n", libc::SIGTERM), "{remote}");
+}

@@ -118,8 +118,13 @@ pub struct Deputies {
     runtime: tokio::runtime::Handle,
     sink: Sink,
     table: Mutex<HashMap<u64, Deputy>>,
+    /// Deputies started ahead of the forks that will adopt them (`Identity.spare`), by proc.
+    spares: Mutex<HashMap<u64, Deputy>>,
     closed: AtomicBool,
 }
+
+/// Spare deputies a session may hold at once.
+const MAX_SPARES: usize = 8;
 
 impl Deputies {
     /// Deputies named after `description`, reporting to `outbox`; their signal readers run on `runtime`.
@@ -129,6 +134,7 @@ impl Deputies {
             runtime,
             sink: Sink(outbox),
             table: Mutex::default(),
+            spares: Mutex::default(),
             closed: AtomicBool::new(false),
         }
     }
@@ -139,14 +145,23 @@ impl Deputies {
             return Ok(());
         }
         let parent = {
-            let table = lock(&self.table);
+            let mut table = lock(&self.table);
             if table.contains_key(&proc.id) {
+                return Ok(());
+            }
+            let parent = table.get(&proc.parent).map(|p| (proc.parent, p.pid));
+            // A spare started for this proc: adopted, as its parent's child.
+            if let Some(mut spare) = lock(&self.spares).remove(&proc.id) {
+                spare.parent = parent;
+                if !self.closed.load(SeqCst) {
+                    table.insert(proc.id, spare);
+                }
                 return Ok(());
             }
             if table.len() >= MAX_PROCS {
                 return Err(Errno(libc::EAGAIN as u16));
             }
-            table.get(&proc.parent).map(|p| (proc.parent, p.pid))
+            parent
         };
         // Started without the lock held: a start takes a fork and an exec.
         let deputy = self.start(proc.id, parent)?;
@@ -157,6 +172,31 @@ impl Deputies {
             table.insert(proc.id, deputy);
         }
         Ok(())
+    }
+
+    /// Starts a deputy for `proc` ahead of its fork (`Identity.spare`); its pid.
+    pub fn start_spare(&self, proc: u64) -> Result<i32, Errno> {
+        // (The table's lock is always taken before the spares'.)
+        {
+            let table = lock(&self.table);
+            let spares = lock(&self.spares);
+            if spares.contains_key(&proc) || table.contains_key(&proc) {
+                return Err(Errno::EINVAL);
+            }
+            if spares.len() >= MAX_SPARES || table.len() >= MAX_PROCS {
+                return Err(Errno(libc::EAGAIN as u16));
+            }
+        }
+        // Started without the locks held; dropped (killed and reaped) if it lost a race.
+        let deputy = self.start(proc, None)?;
+        let pid = deputy.pid;
+        let table = lock(&self.table);
+        let mut spares = lock(&self.spares);
+        if self.closed.load(SeqCst) || spares.contains_key(&proc) || table.contains_key(&proc) {
+            return Err(Errno::EINVAL);
+        }
+        spares.insert(proc, deputy);
+        Ok(pid)
     }
 
     fn start(&self, proc: u64, parent: Option<(u64, i32)>) -> Result<Deputy, Errno> {
@@ -238,12 +278,13 @@ impl Deputies {
 
     /// Kills every deputy (their waiters reap them; the outbox, closed, sends nothing); starts no more.
     pub fn close(&self) {
-        let table = {
+        let (table, spares) = {
             let mut table = lock(&self.table);
             self.closed.store(true, SeqCst);
-            std::mem::take(&mut *table)
+            (std::mem::take(&mut *table), std::mem::take(&mut *lock(&self.spares)))
         };
         drop(table);
+        drop(spares);
     }
 }
 

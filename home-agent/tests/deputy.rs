@@ -101,8 +101,13 @@ impl Calls {
 
     /// (pid, ppid) of `proc` at home.
     async fn identity(&mut self, proc: Proc) -> (i32, i32) {
-        let reply = self.reply(proc, Op::Identity(pb::Identity {})).await;
+        let reply = self.reply(proc, Op::Identity(pb::Identity::default())).await;
         (reply.outcome.unwrap().to_result().unwrap() as i32, reply.ppid)
+    }
+
+    /// Starts a spare deputy for proc `id`: its pid.
+    async fn spare(&mut self, id: u64) -> Result<i32, Errno> {
+        self.call(proc(id, 0), Op::Identity(pb::Identity { spare: true })).await.map(|pid| pid as i32)
     }
 
     async fn event(&mut self) -> Event {
@@ -196,6 +201,38 @@ async fn a_deputy_is_the_home_pid_and_signals_at_home_become_events() {
     assert!(calls.events.is_empty(), "no events for ordered ends: {:?}", calls.events);
 }
 
+/// A spare deputy is started for a proc id with no state yet; the proc's first call, as a child of
+/// another, adopts it (same pid, parent's deputy as parent, parent's cwd copied then); a signal sent to it
+/// before is an event for its proc; spares nobody adopted end with the session.
+#[tokio::test]
+async fn a_spare_deputy_is_adopted_by_its_procs_first_call() {
+    let mut client = client().await;
+    let mut calls = Calls::open(&mut client).await;
+    let (parent, _) = calls.identity(proc(1, 0)).await;
+    let adopted = calls.spare(2).await.expect("a spare");
+    let unused = calls.spare(3).await.expect("another spare");
+    assert_eq!(calls.spare(2).await, Err(Errno::EINVAL), "proc 2 has one");
+    assert_eq!(calls.spare(1).await, Err(Errno::EINVAL), "proc 1 has a deputy");
+    wait_ready(adopted).await;
+    let cmdline = std::fs::read(format!("/proc/{adopted}/cmdline")).unwrap();
+    assert!(cmdline.starts_with(b"homeward-deputy[2]: "), "{cmdline:?}");
+    home_kill(adopted, libc::SIGUSR1);
+    assert_eq!(calls.event().await, Event { proc: 2, signal: libc::SIGUSR1, ..Default::default() });
+    // The parent moves before its child's first call: the child starts where the parent is then.
+    let dir = std::env::temp_dir();
+    let chdir = Op::Chdir(pb::Chdir {
+        dir: Some(pb::Dir { handle: 0 }),
+        path: dir.to_str().unwrap().as_bytes().to_vec().into(),
+    });
+    assert_eq!(calls.call(proc(1, 0), chdir).await, Ok(0));
+    assert_eq!(calls.identity(proc(2, 1)).await, (adopted, parent), "adopted as proc 1's child");
+    let getcwd = calls.reply(proc(2, 1), Op::Getcwd(pb::Getcwd { size: 4096, lease: false })).await;
+    assert_eq!(getcwd.data, dir.to_str().unwrap().as_bytes(), "{getcwd:?}");
+    assert!(alive(unused));
+    calls.goodbye().await;
+    wait_gone(&[parent, adopted, unused], Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn the_programs_kills_run_at_home_with_homes_errno() {
     let mut client = client().await;
@@ -284,7 +321,7 @@ async fn deputies_go_within_seconds_when_the_stream_breaks() {
 async fn housekeeping_proc_zero_has_no_deputy() {
     let mut client = client().await;
     let mut calls = Calls::open(&mut client).await;
-    let reply = calls.reply(proc(0, 0), Op::Identity(pb::Identity {})).await;
+    let reply = calls.reply(proc(0, 0), Op::Identity(pb::Identity::default())).await;
     assert_eq!(reply.outcome.unwrap().to_result(), Err(ESRCH));
     // Forgetting a proc that never called is fine.
     calls.forget(9, None).await;

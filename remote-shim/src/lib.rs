@@ -50,6 +50,7 @@ pub mod paths;
 pub mod procs;
 pub mod pump;
 pub mod readers;
+pub mod spares;
 pub mod supervisor;
 pub mod sys;
 pub mod syscalls;
@@ -183,7 +184,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         // In a pid namespace the program takes its deputy's pid: the deputy is started first.
         let root_proc = pb::Proc { id: 1, parent: 0 };
         let root_home = if pending.in_pid_ns {
-            match link.call(root_proc, pb::call_request::Op::Identity(pb::Identity {})).await {
+            match link.call(root_proc, pb::call_request::Op::Identity(pb::Identity::default())).await {
                 Ok(reply) => syscalls::process::started_deputy(&reply).ok(),
                 Err(e) => {
                     pending.abandon();
@@ -233,6 +234,10 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         };
         tokio::spawn(sup.clone().collector(Duration::from_millis(500)));
         tokio::spawn(sup.clone().deliver_events());
+        // Where processes take their deputies' pids, a few deputies wait ahead of the forks.
+        if sup.init.matching() {
+            sup.spares.refill(&sup);
+        }
         {
             let sup = sup.clone();
             tokio::spawn(async move {

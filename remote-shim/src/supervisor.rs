@@ -57,6 +57,8 @@ pub struct Supervisor {
     pub link: HomeLink,
     pub fds: FdTable,
     pub procs: Procs,
+    /// Deputies started ahead of forks (`crate::spares`).
+    pub spares: crate::spares::Spares,
     /// The processes' cwd paths, while home's lease on them holds.
     pub cwds: crate::cwds::Cwds,
     /// The processes' virtual `RLIMIT_NOFILE`.
@@ -107,6 +109,7 @@ impl Supervisor {
             link,
             fds,
             procs: Procs::default(),
+            spares: Default::default(),
             cwds: Default::default(),
             limits,
             policy,
@@ -364,18 +367,28 @@ impl Supervisor {
         let _ = self.link.call(root, Op::ForgetProc(pb::ForgetProc { id, end: Some(end.to_wire()) })).await;
     }
 
+    /// Delivers a signal sent at home to the deputy of `proc` to its process (`None`: no such process).
+    pub fn deliver_signal(&self, proc: u64, signal: i32) -> Option<std::io::Result<()>> {
+        match self.procs.local_of_proc(proc) {
+            Some(tgid) => Some(crate::sys::kill(tgid as i32, signal)),
+            // Forked but without a call yet: known by its pid in the job's namespace.
+            None => self.procs.announced_nspid(proc).map(|n| self.init.signal(n as i32, signal)),
+        }
+    }
+
     /// Delivers the signals sent at home to the deputies of the job's processes.
     pub async fn deliver_events(self: Arc<Self>) {
         let Some(mut events) = self.link.take_events() else { return };
         while let Some(event) = events.recv().await {
-            let delivered = match self.procs.local_of_proc(event.proc) {
-                Some(tgid) => Some(crate::sys::kill(tgid as i32, event.signal)),
-                // Forked but without a call yet: known by its pid in the job's namespace.
-                None => {
-                    self.procs.announced_nspid(event.proc).map(|n| self.init.signal(n as i32, event.signal))
-                }
-            };
-            match delivered {
+            if self.spares.signalled(event.proc, event.signal) {
+                tracing::debug!(
+                    proc = event.proc,
+                    signal = event.signal,
+                    "signal from home for a spare deputy"
+                );
+                continue;
+            }
+            match self.deliver_signal(event.proc, event.signal) {
                 Some(Ok(())) => tracing::debug!(proc = event.proc, signal = event.signal, "signal from home"),
                 Some(Err(e)) => tracing::debug!(cause = %e, "delivering a signal from home failed"),
                 None => tracing::debug!(proc = event.proc, "signal from home for a process already gone"),

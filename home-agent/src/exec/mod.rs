@@ -254,8 +254,9 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
 pub fn execute(session: &Session, req: &CallRequest) -> CallReply {
     let result = match &req.op {
         None => Err(Errno::EINVAL),
-        // Forgetting a process must not first create its state.
+        // Forgetting a process must not first create its state; nor starting a spare deputy.
         Some(Op::ForgetProc(f)) => process::forget_proc(session, f),
+        Some(Op::Identity(i)) if i.spare => process::start_spare(session, req.proc.unwrap_or_default().id),
         Some(op) => {
             session.proc_ctx(req.proc.unwrap_or_default()).and_then(|ctx| dispatch(session, &ctx, op))
         }

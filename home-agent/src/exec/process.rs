@@ -14,6 +14,15 @@ pub fn identity(s: &Session, ctx: &ProcCtx) -> Res {
     Ok(pb::CallReply { ppid, ..value(i64::from(pid)) })
 }
 
+/// Starts a spare deputy for proc `id`, which has no state yet (see `Identity.spare`): its pid.
+pub fn start_spare(s: &Session, id: u64) -> Res {
+    let deputies = s.deputies().ok_or(Errno::ENOSYS)?;
+    if id == 0 || s.knows(id) {
+        return Err(Errno::EINVAL);
+    }
+    done(i64::from(deputies.start_spare(id)?))
+}
+
 /// kill (`tid` 0) or tgkill at home, with home's permissions and errno.
 ///
 /// A signal for one of this session's deputies is not sent to it: it becomes an event for its process,

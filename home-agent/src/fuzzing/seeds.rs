@@ -260,7 +260,8 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
             }),
         ),
         ("forget_proc", Op::ForgetProc(ForgetProc { id: 2, end: Some(forget_proc::End::ExitCode(3)) })),
-        ("identity", Op::Identity(Identity {})),
+        ("identity", Op::Identity(Identity { spare: false })),
+        ("spare_deputy", Op::Identity(Identity { spare: true })),
         ("clock_read", Op::ClockRead(ClockRead {})),
     ];
     let req = |seq: u64, proc: u64, op: Op| CallRequest {

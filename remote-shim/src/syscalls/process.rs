@@ -62,7 +62,7 @@ async fn home_ids(call: &Call<'_>) -> Result<(i32, i32), Errno> {
     if let Some(ids) = call.sup.procs.home_ids(tgid) {
         return Ok(ids);
     }
-    let (pid, reply) = call.home_value(Op::Identity(pb::Identity {})).await?;
+    let (pid, reply) = call.home_value(Op::Identity(pb::Identity::default())).await?;
     let ids = (pid as i32, reply.ppid);
     call.sup.procs.set_home_ids(tgid, ids);
     Ok(ids)
@@ -100,16 +100,45 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         _ => 0,
     };
     let new_process = flags & (libc::CLONE_THREAD | libc::CLONE_NEWPID) as u64 == 0;
+    let mut signals = Vec::new();
     let child = if new_process {
         let parent = call.proc();
         // The parent's deputy exists before the child's, so home knows whose child it is.
-        home_ids(call).await?;
-        let id = sup.procs.reserve();
+        let (parent_pid, _) = home_ids(call).await?;
         let cwd_ticket = sup.cwds.ticket();
-        let reply = call.home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity {})).await?;
-        // Home could not start a deputy: the fork fails the same way.
-        let home = started_deputy(&reply)?;
-        // Home copied the parent's state (its cwd) to the child just now, while the parent waits in the fork.
+        let (id, home) = match sup.spares.take(&sup.self_arc()) {
+            // Home adopts the spare and copies the parent's state to it before it runs anything sent
+            // after this (`crate::spares`).
+            Some(spare) => {
+                let proc = pb::Proc { id: spare.id, parent: parent.id };
+                let answer =
+                    match sup.link.send_ordered(proc, Op::Identity(pb::Identity { spare: false })).await {
+                        Ok(answer) => answer,
+                        Err(e) => return Err(call.home_lost(&e).await),
+                    };
+                let pid = spare.pid;
+                tokio::spawn(async move {
+                    match answer.await.map(|reply| started_deputy(&reply)) {
+                        Ok(Ok((home, _))) if home == pid => {}
+                        other => {
+                            tracing::warn!(pid, ?other, "home did not adopt a spare deputy as it was told")
+                        }
+                    }
+                });
+                signals = spare.signals;
+                (spare.id, (spare.pid, parent_pid))
+            }
+            None => {
+                let id = sup.procs.reserve();
+                let reply = call
+                    .home_as(pb::Proc { id, parent: parent.id }, Op::Identity(pb::Identity::default()))
+                    .await?;
+                // Home could not start a deputy: the fork fails the same way.
+                (id, started_deputy(&reply)?)
+            }
+        };
+        // Home copied (or copies, before anything later) the parent's state (its cwd) to the child, while
+        // the parent waits in the fork.
         sup.cwds.inherit(parent.id, id, cwd_ticket);
         Some((id, parent.id, home))
     } else {
@@ -128,13 +157,37 @@ async fn clone(call: &Call<'_>, nr: i64) -> Outcome {
         tracing::debug!(wanted = from, got = to, "a process could not take its deputy's pid");
         sup.procs.announced_moved(from, to);
     }
-    if let Err(e) = answered {
-        // Interrupted (the kernel restarts the call, notified anew) or gone: the deputy started for this
-        // attempt is not needed.
-        tracing::debug!(cause = %e, "the clone was not answered");
-        if let Some((id, _, home)) = child {
-            sup.procs.unannounce(home.0 as u32);
-            sup.forget_proc(id, End::Killed(libc::SIGKILL)).await;
+    match answered {
+        Err(e) => {
+            // Interrupted (the kernel restarts the call, notified anew) or gone: the deputy started for
+            // this attempt is not needed.
+            tracing::debug!(cause = %e, "the clone was not answered");
+            if let Some((id, _, home)) = child {
+                sup.procs.unannounce(home.0 as u32);
+                sup.forget_proc(id, End::Killed(libc::SIGKILL)).await;
+            }
+        }
+        // What home sent the spare deputy before this fork adopted it, the process now gets.
+        // (The clone goes on after this answer: the child may not have its pid yet.)
+        Ok(()) => {
+            if let Some((id, _, _)) = child.filter(|_| !signals.is_empty()) {
+                let sup = sup.self_arc();
+                tokio::spawn(async move {
+                    for signal in signals {
+                        for _ in 0..100 {
+                            match sup.deliver_signal(id, signal) {
+                                // Not there yet (its `/proc` entry, or the process).
+                                Some(Err(e))
+                                    if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) =>
+                                {
+                                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                });
+            }
         }
     }
     Ok(Action::Continued)
