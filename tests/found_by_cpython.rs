@@ -177,3 +177,30 @@ fn append_flags_and_descriptors_open_both_ways_write_where_the_kernel_does() {
     let both = hosts.cmd(&["python3", "flags.py"]).check(&native);
     assert!(both.native.stdout().contains("hello\nXYZ\n") && both.native.stdout().contains("Zello"));
 }
+
+/// Fifos at home moved below the range (pumped aliases) whose feed can wait at home for ever: open both
+/// ways (the job's own handle is a writer), or read while the writer's home handle waits for the collector.
+/// (Each its own fifo: a feed that still waits once its alias is closed takes what is written next.)
+const FIFO_ALIASES: &str = r#"
+set -e
+mkfifo f1 f2 f3 f4
+exec 3<>f1; exec 3>&-
+(echo late > f2) & read l < f2; echo "got $l"; wait
+exec 3<>f3; echo x >&3; read l <&3; exec 3>&-; echo "got $l"
+python3 -c 'import os; fd = os.open("f4", os.O_RDWR); os.dup2(fd, 5); os.close(5); os.close(fd)'
+rm f1 f2 f3 f4
+echo end
+"#;
+
+/// The job ends when its last process does, whatever its fifo aliases still wait for at home (remote-shim
+/// waited for their feeds and never exited).
+#[test]
+fn a_job_that_read_fifos_through_aliases_ends_with_its_last_process() {
+    skip_unless_root!();
+    require_tools!("bash", "python3");
+    let hosts = Hosts::start();
+    hosts.write("fifos.sh", FIFO_ALIASES);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["bash", "fifos.sh"]).timeout(Duration::from_secs(30)).check(&native);
+    assert_eq!(both.native.stdout(), "got late\ngot x\nend\n");
+}

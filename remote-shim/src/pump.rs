@@ -36,7 +36,9 @@ struct WritePump {
 #[derive(Default)]
 pub struct Pumps {
     writers: Mutex<Vec<Arc<WritePump>>>,
+    /// The drains (program → home) and the feeds (home → program).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    feeds: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Pipe inode → the home handle it stands for, while its pump runs.
     aliases: Mutex<HashMap<u64, Arc<Handle>>>,
 }
@@ -76,8 +78,13 @@ impl Pumps {
         h.pins.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Waits for every pump to finish (at the end of the job, once the program's ends are closed).
+    /// At the end of the job, once the program's ends are closed: waits until what the program wrote is
+    /// at home, and stops feeding (a feed may wait at home for ever: a fifo whose writer is the job's own
+    /// handle, closed only after this, or one the job holds open both ways).
     pub async fn drain(&self) {
+        for feed in std::mem::take(&mut *self.feeds.lock().unwrap_or_else(|p| p.into_inner())) {
+            feed.abort();
+        }
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;
@@ -136,14 +143,15 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
     let mut tasks = Vec::new();
     if reading {
         let (sup_arc, handle, keep, ways) = (sup.self_arc(), h.clone(), keep.clone(), ways.clone());
-        tasks.push(tokio::spawn(async move {
+        let feed = tokio::spawn(async move {
             feed(&sup_arc, proc, &handle, &keep, start).await;
             if writing {
                 // The program reads end of file; what it writes still comes.
                 let _ = crate::sys::shutdown_write(keep.get_ref().as_fd());
             }
             sup_arc.pumps.finished(ino, &handle, &ways);
-        }));
+        });
+        sup.pumps.feeds.lock().unwrap_or_else(|p| p.into_inner()).push(feed);
     }
     if writing {
         let (sup_arc, handle) = (sup.self_arc(), h.clone());
