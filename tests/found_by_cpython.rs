@@ -204,3 +204,59 @@ fn a_job_that_read_fifos_through_aliases_ends_with_its_last_process() {
     let both = hosts.cmd(&["bash", "fifos.sh"]).timeout(Duration::from_secs(30)).check(&native);
     assert_eq!(both.native.stdout(), "got late\ngot x\nend\n");
 }
+
+/// A lock that waits at home, interrupted by an alarm the program catches: without `SA_RESTART` the call
+/// fails at the alarm (`flock -w`'s timeout, Python's handler raising at once); with it, the call goes on
+/// until the lock is free and the handler's exception comes after.
+const INTERRUPTED_LOCKS: &str = r#"
+import fcntl, os, signal, subprocess, time
+open("lk", "w").close()
+hold = "import fcntl, os, time; fd = os.open('lk', os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); " \
+    "fcntl.lockf(fd, fcntl.LOCK_EX); open('held', 'w').close(); time.sleep(3)"
+holder = subprocess.Popen(["python3", "-c", hold])
+while not os.path.exists("held"):
+    time.sleep(0.05)
+os.remove("held")
+print("flock -w", subprocess.run(["flock", "-w", "0.3", "lk", "true"]).returncode)
+class Alarm(Exception):
+    pass
+def on_alarm(sig, frame):
+    raise Alarm()
+signal.signal(signal.SIGALRM, on_alarm)
+for restart in [False, True]:
+    signal.siginterrupt(signal.SIGALRM, not restart)
+    for take in ["flock", "lockf"]:
+        fd = os.open("lk", os.O_RDWR)
+        start = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            if take == "flock":
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            outcome = "locked"
+        except Alarm:
+            outcome = "alarm"
+        waited = "until free" if time.monotonic() - start > 1.5 else "until the alarm"
+        print("restart" if restart else "no restart", take, outcome, waited)
+        os.close(fd)
+        if restart:
+            break
+holder.wait()
+"#;
+
+/// A forwarded call waiting at home is interrupted by a signal the program catches, and restarted when the
+/// handler asks for it (it waited for the holder, its handler running only when it returned).
+#[test]
+fn a_lock_waiting_at_home_is_interrupted_by_a_caught_signal() {
+    skip_unless_root!();
+    require_tools!("python3", "flock");
+    let hosts = Hosts::start();
+    hosts.write("locks.py", INTERRUPTED_LOCKS);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "locks.py"]).timeout(Duration::from_secs(60)).check(&native);
+    let expected =
+        "flock -w 1\nno restart flock alarm until the alarm\nno restart lockf alarm until the alarm\n\
+                    restart flock alarm until free\n";
+    assert_eq!(both.native.stdout(), expected);
+}

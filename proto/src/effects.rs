@@ -30,6 +30,7 @@ pub fn changes_nothing(op: &Op) -> bool {
         | Op::Kill(_)
         | Op::Ioctl(_)
         | Op::ClockRead(_)
+        | Op::Interrupt(_)
         | Op::Umask(_) => true,
         _ => false,
     }

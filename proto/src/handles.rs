@@ -54,6 +54,7 @@ pub fn handles_mut(op: &mut Op) -> Vec<&mut u64> {
         | Op::Identity(_)
         | Op::Kill(_)
         | Op::ClockRead(_)
+        | Op::Interrupt(_)
         | Op::SetClock(_)
         | Op::Adjtime(_) => Vec::new(),
     }

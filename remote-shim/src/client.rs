@@ -35,6 +35,9 @@ pub const SILENT_WINDOW: Duration = Duration::from_secs(60);
 /// One reconnection attempt's limit, and the pause between attempts.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How long a call waits before its thread's signals are looked at, and how often then
+/// ([`HomeLink::call_interruptible`]).
+const WATCH_AFTER: Duration = Duration::from_millis(10);
 /// Keep-alive pings on the link: a silent link is noticed within their sum.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -280,6 +283,36 @@ impl HomeLink {
         self.start(proc, op, true).await
     }
 
+    /// [`HomeLink::call`] for a call the program's thread waits on: after [`WATCH_AFTER`] and then at each
+    /// such interval, `signalled` says whether that thread has a signal to take; if so home is asked to
+    /// interrupt the call (`Interrupt`; again at each interval while it still waits). The reply, and
+    /// whether an interrupt was asked for.
+    pub async fn call_interruptible(
+        &self,
+        proc: pb::Proc,
+        op: pb::call_request::Op,
+        mut signalled: impl FnMut() -> bool,
+    ) -> Result<(CallReply, bool), LinkError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let reply = self.start_as(seq, proc, op, false).await?;
+        tokio::pin!(reply);
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                reply = &mut reply => return reply.map(|r| (r, interrupted)),
+                () = tokio::time::sleep(WATCH_AFTER) => {
+                    if signalled() {
+                        interrupted = true;
+                        let root = pb::Proc { id: 0, parent: 0 };
+                        let interrupt = pb::call_request::Op::Interrupt(pb::Interrupt { seq });
+                        // Its own reply says only whether the call was running: not waited for.
+                        drop(self.start(root, interrupt, false).await?);
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends one call; the returned future waits for its reply.
     async fn start(
         &self,
@@ -288,8 +321,20 @@ impl HomeLink {
         ordered: bool,
     ) -> Result<impl std::future::Future<Output = Result<CallReply, LinkError>> + Send + 'static, LinkError>
     {
-        let shared = &self.shared;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.start_as(seq, proc, op, ordered).await
+    }
+
+    /// [`HomeLink::start`] for a call numbered `seq` (taken from `self.seq`).
+    async fn start_as(
+        &self,
+        seq: u64,
+        proc: pb::Proc,
+        op: pb::call_request::Op,
+        ordered: bool,
+    ) -> Result<impl std::future::Future<Output = Result<CallReply, LinkError>> + Send + 'static, LinkError>
+    {
+        let shared = &self.shared;
         if shared.lost.load(Ordering::SeqCst) {
             return Err(shared.lost_error());
         }

@@ -233,7 +233,8 @@ pub fn may_block(session: &Session, req: &CallRequest) -> bool {
         | Op::Seek(_)
         | Op::GetFlags(_)
         | Op::SetFlags(_)
-        | Op::ClockRead(_) => false,
+        | Op::ClockRead(_)
+        | Op::Interrupt(_) => false,
         // Run inline non-blocking; a fifo is retried on a blocking thread (`RETRY_BLOCKING`).
         Op::Open(_) => false,
         // On a local disk only a lock that waits for another holder blocks; a query, a try and an unlock
@@ -305,6 +306,7 @@ fn dispatch(s: &Session, ctx: &ProcCtx, op: &Op) -> Res {
         Op::Identity(_) => process::identity(s, ctx),
         Op::Kill(o) => process::kill(s, o),
         Op::ClockRead(_) => clock::read(),
+        Op::Interrupt(o) => done(i64::from(s.interrupt_call(o.seq))),
         Op::SetClock(o) => clock::set(o),
         Op::Adjtime(o) => clock::adjtime(o),
     }
@@ -349,6 +351,7 @@ pub fn op_name(op: Option<&Op>) -> &'static str {
         Op::ForgetProc(_) => "forget_proc",
         Op::Identity(_) => "identity",
         Op::ClockRead(_) => "clock_read",
+        Op::Interrupt(_) => "interrupt",
         Op::SetClock(_) => "set_clock",
         Op::Adjtime(_) => "adjtime",
         Op::Kill(_) => "kill",

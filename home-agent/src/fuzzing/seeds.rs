@@ -263,6 +263,7 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
         ("identity", Op::Identity(Identity { spare: false })),
         ("spare_deputy", Op::Identity(Identity { spare: true })),
         ("clock_read", Op::ClockRead(ClockRead {})),
+        ("interrupt", Op::Interrupt(Interrupt { seq: 1 })),
     ];
     let req = |seq: u64, proc: u64, op: Op| CallRequest {
         seq,

@@ -132,7 +132,8 @@ pub fn install_interrupt_handler() {
 /// The threads currently executing calls for one owner (a session), so that they can be interrupted.
 #[derive(Default)]
 pub struct Inflight {
-    threads: Mutex<HashMap<u64, libc::pthread_t>>,
+    /// By registration: the call's seq (0: none) and its thread.
+    threads: Mutex<HashMap<u64, (u64, libc::pthread_t)>>,
     next: AtomicU64,
 }
 
@@ -144,17 +145,33 @@ pub struct InflightGuard<'a> {
 }
 
 impl Inflight {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, libc::pthread_t>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (u64, libc::pthread_t)>> {
         self.threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers the calling thread until the guard is dropped.
-    pub fn enter(&self) -> InflightGuard<'_> {
+    /// Registers the calling thread, running call `seq`, until the guard is dropped.
+    pub fn enter(&self, seq: u64) -> InflightGuard<'_> {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        self.lock().insert(key, me);
+        self.lock().insert(key, (seq, me));
         InflightGuard { set: self, key, _same_thread: PhantomData }
+    }
+
+    /// Sends the interrupt signal to the thread running call `seq`; false when none is (or nothing can
+    /// be interrupted). As for [`Inflight::interrupt_all`], a thread not yet blocked may block afterwards.
+    pub fn interrupt(&self, seq: u64) -> bool {
+        if !HANDLER_OK.load(Ordering::Relaxed) || seq == 0 {
+            return false;
+        }
+        let threads = self.lock();
+        let mut found = false;
+        for (_, thread) in threads.values().filter(|(s, _)| *s == seq) {
+            // SAFETY: as in `interrupt_all`: registered, hence alive while we hold the lock.
+            unsafe { libc::pthread_kill(*thread, interrupt_signal()) };
+            found = true;
+        }
+        found
     }
 
     /// Sends the interrupt signal to every registered thread; returns how many there were.
@@ -169,7 +186,7 @@ impl Inflight {
             return 0;
         }
         let threads = self.lock();
-        for thread in threads.values() {
+        for (_, thread) in threads.values() {
             // SAFETY: the thread is registered, so it is alive (its guard, dropped on that thread before it
             // returns, needs the lock we hold); the signal has a do-nothing handler installed.
             unsafe { libc::pthread_kill(*thread, interrupt_signal()) };

@@ -123,3 +123,26 @@ pub fn pod_from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
     // SAFETY: enough bytes were checked above and every bit pattern is a valid `T` (`Pod`).
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
+
+/// A signal thread `tid` would take on its way back to the program (pending for it or its process, not
+/// blocked, with a handler installed): `Some(true)` when the kernel is sure to find it there (pending for
+/// the thread itself, or the process has one thread), `Some(false)` when another thread may take it
+/// first; `None` without one (or when `/proc` does not say).
+pub fn caught_signal_pending(tid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+        u64::from_str_radix(line.trim(), 16).ok()
+    };
+    let threads: u64 = status.lines().find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())?;
+    let takes = !field("SigBlk")? & field("SigCgt")?;
+    let own = field("SigPnd")? & takes;
+    let shared = field("ShdPnd")? & takes;
+    if own != 0 || (shared != 0 && threads == 1) {
+        Some(true)
+    } else if shared != 0 {
+        Some(false)
+    } else {
+        None
+    }
+}

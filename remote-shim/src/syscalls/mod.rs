@@ -23,6 +23,10 @@ use homeward_proto::Errno;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+/// The kernel's internal errno for a call a signal interrupted, to be restarted after the handler if it
+/// was installed with `SA_RESTART` (else the program gets EINTR); never seen by a program.
+const ERESTARTSYS: u16 = 512;
+
 /// What to tell the kernel about an intercepted call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -171,7 +175,31 @@ impl Call<'_> {
         let touched = crate::native::touched(self.sup, &op);
         let sent = sent_bytes(&op);
         let start = std::time::Instant::now();
-        let result = self.sup.link.call(proc, op).await;
+        // A call that waits at home (a lock, a fifo) is interrupted by a signal the program catches, as
+        // natively: home makes it fail with EINTR.
+        let tid = self.tid;
+        let mut restart = true;
+        let watched = self
+            .sup
+            .link
+            .call_interruptible(proc, op, || match crate::sys::tracee::caught_signal_pending(tid) {
+                Some(sure) => {
+                    restart &= sure;
+                    true
+                }
+                None => false,
+            })
+            .await;
+        let result = watched.map(|(mut reply, interrupted)| {
+            // Answered `ERESTARTSYS`, as the kernel does for the calls that wait (locks, fifos): the kernel
+            // then restarts the call after the handler if it was installed with `SA_RESTART`, else fails it
+            // with EINTR. Only when the signal is sure to be there when the call returns (else the
+            // program would see that internal errno): otherwise EINTR.
+            if interrupted && restart && outcome(&reply) == Err(Errno(libc::EINTR as u16)) {
+                reply.outcome = Some(homeward_proto::pb::Outcome::errno(Errno(ERESTARTSYS)));
+            }
+            reply
+        });
         {
             let mut cost = self.cost.lock().unwrap_or_else(|p| p.into_inner());
             cost.round_trips += 1;

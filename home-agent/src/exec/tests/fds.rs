@@ -134,7 +134,7 @@ fn a_blocked_call_of_a_closed_session_is_interrupted() {
             op: Some(Op::Read(pb::Read { handle: h, len: 10, offset: None })),
             ..Default::default()
         };
-        session.run(|| execute(&session, &read))
+        session.run(1, || execute(&session, &read))
     });
     std::thread::sleep(std::time::Duration::from_millis(100));
     home.session.close();
@@ -143,7 +143,40 @@ fn a_blocked_call_of_a_closed_session_is_interrupted() {
     }
     let reply = reader.join().unwrap().expect("the call started before the session closed");
     assert_eq!(reply.outcome.unwrap().to_result(), Err(Errno(libc::EINTR as u16)));
-    assert!(home.session.run(|| ()).is_none(), "no call runs in a closed session");
+    assert!(home.session.run(2, CallReply::default).is_none(), "no call runs in a closed session");
+}
+
+/// `Interrupt`: a call waiting at home (a fifo's read) fails with EINTR, and one interrupted before it
+/// started fails so when it starts.
+#[test]
+fn a_call_is_interrupted_while_it_waits_or_before_it_starts() {
+    sys::install_interrupt_handler();
+    let home = Home::new();
+    let fifo = pb::Mknod { dir: cwd(), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
+    home.call(Op::Mknod(fifo)).unwrap();
+    let h = home.open("p", libc::O_RDWR, 0).unwrap();
+    let read = |seq| CallRequest {
+        seq,
+        proc: None,
+        op: Some(Op::Read(pb::Read { handle: h, len: 10, offset: None })),
+        ..Default::default()
+    };
+    let session = home.session.clone();
+    let waiting = read(7);
+    let reader = std::thread::spawn(move || session.run(7, || execute(&session, &waiting)));
+    // Repeated, as the shim does: a thread signalled just before it blocks stays blocked.
+    let interrupt = Op::Interrupt(pb::Interrupt { seq: 7 });
+    while !reader.is_finished() {
+        home.call(interrupt.clone()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let reply = reader.join().unwrap().expect("the session is open");
+    assert_eq!(reply.outcome.unwrap().to_result(), Err(Errno(libc::EINTR as u16)));
+    assert_eq!(home.call(Op::Interrupt(pb::Interrupt { seq: 8 })).unwrap(), 0, "not running yet");
+    let early = read(8);
+    let reply = home.session.run(8, || execute(&home.session, &early)).unwrap();
+    assert_eq!(reply.outcome.unwrap().to_result(), Err(Errno(libc::EINTR as u16)));
+    assert_eq!(reply.seq, 8);
 }
 
 #[test]
