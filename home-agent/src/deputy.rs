@@ -195,9 +195,22 @@ impl Starter {
     /// A deputy named `name`, cloned by the starter: (its pid, the agent's end of its control socket).
     fn deputy(&self, name: &str) -> io::Result<(i32, UnixStream)> {
         let (control, theirs) = UnixStream::pair()?;
-        sys::send_with_fd(self.requests.as_fd(), name.as_bytes(), theirs.as_fd()).map_err(to_io)?;
+        // Retried when interrupted: a call being started may be interrupted (`Interrupt`), and the starter's
+        // answer must not be left for the next request to read.
+        let eintr = |e: &homeward_proto::Errno| e.raw() == libc::EINTR;
+        loop {
+            match sys::send_with_fd(self.requests.as_fd(), name.as_bytes(), theirs.as_fd()) {
+                Err(e) if eintr(&e) => continue,
+                sent => break sent.map_err(to_io)?,
+            };
+        }
         drop(theirs);
-        let (answer, _) = sys::recv_with_fd(self.requests.as_fd(), 4).map_err(to_io)?;
+        let (answer, _) = loop {
+            match sys::recv_with_fd(self.requests.as_fd(), 4) {
+                Err(e) if eintr(&e) => continue,
+                got => break got.map_err(to_io)?,
+            }
+        };
         let answer: [u8; 4] = answer
             .try_into()
             .map_err(|_| io::Error::new(io::ErrorKind::UnexpectedEof, "the deputy starter is gone"))?;

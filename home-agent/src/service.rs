@@ -502,7 +502,7 @@ fn run_here(
 ) -> Result<(Option<CallReply>, Answer), Box<CallRequest>> {
     // Caught like spawn_blocking catches it: an executor bug is answered, never left hanging.
     let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        session.run(request.seq, || exec::inline(|| exec::execute(session, &request)))
+        session.run(interruptible(&request), || exec::inline(|| exec::execute(session, &request)))
     }));
     let ran = match inline {
         Ok(Some(reply)) if reply.outcome.is_some_and(|o| o.to_result() == Err(exec::RETRY_BLOCKING)) => {
@@ -517,10 +517,21 @@ fn run_here(
 /// Runs a call on a blocking thread.
 async fn run_blocking(session: Arc<Session>, request: CallRequest) -> (Option<CallReply>, Answer) {
     let (seq, op, runner) = (request.seq, exec::op_name(request.op.as_ref()), session.clone());
-    let ran = tokio::task::spawn_blocking(move || runner.run(seq, || exec::execute(&runner, &request)))
-        .await
-        .map_err(|e| e.to_string());
+    let ran = tokio::task::spawn_blocking(move || {
+        runner.run(interruptible(&request), || exec::execute(&runner, &request))
+    })
+    .await
+    .map_err(|e| e.to_string());
     finish(session, seq, op, ran)
+}
+
+/// The number under which `Interrupt` may reach a request: its seq if it may wait (`effects::may_wait`),
+/// else 0 (none).
+fn interruptible(request: &CallRequest) -> u64 {
+    match &request.op {
+        Some(op) if homeward_proto::effects::may_wait(op) => request.seq,
+        _ => 0,
+    }
 }
 
 /// A call's reply (`EIO` for an executor that failed), and where to send it.

@@ -7,7 +7,7 @@ use crate::confine::Allow;
 use crate::deputies::{Deputies, End};
 use crate::outbox::Outbox;
 use crate::sys;
-use homeward_proto::pb::{CallReply, Outcome, Proc};
+use homeward_proto::pb::{CallReply, Proc};
 use homeward_proto::Errno;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -18,8 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const MAX_HANDLES: usize = 65536;
 /// Most processes a session tracks at once; a further new process gets `EAGAIN`, as fork would.
 pub const MAX_PROCS: usize = 65536;
-/// Calls interrupted before they started that a session remembers.
-const MAX_EARLY_INTERRUPTS: usize = 64;
 
 /// A process's state at home.
 #[derive(Clone)]
@@ -44,8 +42,6 @@ pub struct Session {
     initial: ProcState,
     closed: AtomicBool,
     inflight: sys::Inflight,
-    /// Calls interrupted before they started (`Interrupt`), oldest first.
-    interrupted: Mutex<std::collections::VecDeque<u64>>,
     /// `None` for sessions made without deputies (the executors' unit tests).
     deputies: Option<Deputies>,
     /// Leases on lookups ([`crate::leases`]).
@@ -71,7 +67,6 @@ impl Session {
             initial: ProcState { cwd: Arc::new(cwd), umask: umask & 0o777 },
             closed: AtomicBool::new(false),
             inflight: sys::Inflight::default(),
-            interrupted: Mutex::default(),
             deputies: None,
             leases: Arc::default(),
             outbox: Arc::default(),
@@ -183,40 +178,21 @@ impl Session {
 
     /// Runs one call on the current (blocking) thread, registered so that [`Session::interrupt`] can reach
     /// it; returns `None` without running it once the session is closed.
-    /// A call [`Session::interrupt_call`] reached before it started fails with `EINTR` instead.
+    /// `seq`: the call's number, if [`Session::interrupt_call`] may reach it (a call that may wait, see
+    /// `effects::may_wait`), else 0.
     pub fn run(&self, seq: u64, f: impl FnOnce() -> CallReply) -> Option<CallReply> {
         let _registered = self.inflight.enter(seq);
         if self.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let mut early = lock(&self.interrupted);
-        if let Some(at) = early.iter().position(|&s| s == seq) {
-            early.remove(at);
-            return Some(CallReply {
-                seq,
-                outcome: Some(Outcome::errno(Errno(libc::EINTR as u16))),
-                ..Default::default()
-            });
-        }
-        drop(early);
         Some(f())
     }
 
-    /// Interrupts call `seq` (`Interrupt`): signals its thread if it runs, else it fails with `EINTR` when
-    /// it starts (remembered for the last [`MAX_EARLY_INTERRUPTS`] such calls: one that already ended is
-    /// never started again). True when a running call was signalled.
+    /// Interrupts call `seq` (`Interrupt`) if it runs and may wait: its thread gets the interrupt signal,
+    /// so a wait in the kernel ends with `EINTR`. True when one was signalled. A call not started yet is
+    /// not reached: the shim asks again while it waits.
     pub fn interrupt_call(&self, seq: u64) -> bool {
-        let mut early = lock(&self.interrupted);
-        if self.inflight.interrupt(seq) {
-            return true;
-        }
-        if !early.contains(&seq) {
-            if early.len() >= MAX_EARLY_INTERRUPTS {
-                early.pop_front();
-            }
-            early.push_back(seq);
-        }
-        false
+        self.inflight.interrupt(seq)
     }
 
     /// Closes the session: no new call runs, every handle and cwd is dropped (which releases their locks

@@ -35,3 +35,19 @@ pub fn changes_nothing(op: &Op) -> bool {
         _ => false,
     }
 }
+
+/// Whether a call may wait at home the way the kernel's waits end when a signal is caught (`Interrupt`):
+/// a lock that waits, `flock` without `LOCK_NB`, an open (a fifo's waits for its other end), a read (a
+/// fifo, a pipe, a terminal). Nothing else is interrupted: a call that cannot fail with `EINTR` natively
+/// never does, and a write is never cut short after the shim consumed its source (`sendfile`).
+pub fn may_wait(op: &Op) -> bool {
+    match op {
+        Op::Lock(o) => {
+            o.cmd == pb::LockCmd::SetWait as i32
+                && o.range.as_ref().is_some_and(|r| r.kind != pb::LockType::Unlock as i32)
+        }
+        Op::Flock(o) => o.operation & (libc::LOCK_NB | libc::LOCK_UN) as u32 == 0,
+        Op::Open(_) | Op::Read(_) => true,
+        _ => false,
+    }
+}

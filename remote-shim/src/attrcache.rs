@@ -639,7 +639,8 @@ impl AttrCache {
             let Some(e) = inner.entries.get_mut(key) else { continue };
             let Some(reported) = e.awaiting.take() else { continue };
             let deps = e.deps.clone();
-            if inner.voided_since(reported + 1, &deps, true) {
+            // (Reports older than the ones kept are forgotten: nothing says none of them voided it.)
+            if reported < inner.forgotten || inner.voided_since(reported + 1, &deps, true) {
                 inner.entries.remove(key);
             }
         }

@@ -39,6 +39,8 @@ pub struct Pumps {
     /// The drains (program → home) and the feeds (home → program).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     feeds: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The job is over: a feed's read waiting at home is interrupted (`Interrupt`).
+    stopping: AtomicBool,
     /// Pipe inode → the home handle it stands for, while its pump runs.
     aliases: Mutex<HashMap<u64, Arc<Handle>>>,
 }
@@ -80,10 +82,15 @@ impl Pumps {
 
     /// At the end of the job, once the program's ends are closed: waits until what the program wrote is
     /// at home, and stops feeding (a feed may wait at home for ever: a fifo whose writer is the job's own
-    /// handle, closed only after this, or one the job holds open both ways).
+    /// handle, closed only after this, or one the job holds open both ways): home interrupts its read,
+    /// and a feed that still has not ended after a second is dropped.
     pub async fn drain(&self) {
-        for feed in std::mem::take(&mut *self.feeds.lock().unwrap_or_else(|p| p.into_inner())) {
-            feed.abort();
+        self.stopping.store(true, Ordering::SeqCst);
+        let feeds = std::mem::take(&mut *self.feeds.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut feed in feeds {
+            if tokio::time::timeout(std::time::Duration::from_secs(1), &mut feed).await.is_err() {
+                feed.abort();
+            }
         }
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
@@ -151,7 +158,9 @@ pub async fn alias(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: bool)
             }
             sup_arc.pumps.finished(ino, &handle, &ways);
         });
-        sup.pumps.feeds.lock().unwrap_or_else(|p| p.into_inner()).push(feed);
+        let mut feeds = sup.pumps.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        feeds.retain(|f| !f.is_finished());
+        feeds.push(feed);
     }
     if writing {
         let (sup_arc, handle) = (sup.self_arc(), h.clone());
@@ -233,7 +242,8 @@ async fn feed(
 ) {
     loop {
         let op = Op::Read(pb::Read { handle: h.wire_id(), len: CHUNK as u64, offset: from });
-        let data = match sup.link.call(proc, op).await {
+        let stopping = || sup.pumps.stopping.load(Ordering::SeqCst);
+        let data = match sup.link.call_interruptible(proc, op, stopping).await.map(|(r, _)| r) {
             Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
             _ => return,
         };

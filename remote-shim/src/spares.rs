@@ -69,12 +69,16 @@ impl Spares {
                 let id = sup.procs.reserve();
                 let op = Op::Identity(pb::Identity { spare: true });
                 let reply = sup.link.call(pb::Proc { id, parent: 0 }, op).await;
-                let pid = reply.ok().and_then(|r| crate::syscalls::outcome(&r).ok());
+                let pid = reply.map(|r| crate::syscalls::outcome(&r));
                 let mut inner = sup.spares.lock();
                 inner.asked -= 1;
-                match pid.and_then(|pid| i32::try_from(pid).ok()).filter(|&pid| pid > 0) {
-                    Some(pid) => inner.ready.push((id, pid, Vec::new())),
-                    None => {
+                match pid {
+                    Ok(Ok(pid)) if pid > 0 && pid <= i64::from(i32::MAX) => {
+                        inner.ready.push((id, pid as i32, Vec::new()))
+                    }
+                    // Home is short of processes for now: the next fork asks again.
+                    Ok(Err(e)) if e.raw() == libc::EAGAIN => {}
+                    _ => {
                         tracing::debug!("home starts no spare deputies: forks wait for theirs");
                         inner.refused = true;
                     }

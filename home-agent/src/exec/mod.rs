@@ -177,6 +177,12 @@ fn lease_after_of(
     (lease, deps)
 }
 
+/// Whether `fd`'s file system is a local one (a disk or memory, where a file's events are all this
+/// machine's: see `io::local`).
+pub(crate) fn on_local_file_system(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    io::local(fd)
+}
+
 /// A reply carrying only an errno (for executors that return more than the outcome on failure).
 fn failed(e: Errno) -> CallReply {
     CallReply { outcome: Some(Outcome::errno(e)), ..Default::default() }

@@ -179,15 +179,19 @@ impl Call<'_> {
         // natively: home makes it fail with EINTR.
         let tid = self.tid;
         let mut restart = true;
+        let may_wait = homeward_proto::effects::may_wait(&op);
         let watched = self
             .sup
             .link
-            .call_interruptible(proc, op, || match crate::sys::tracee::caught_signal_pending(tid) {
-                Some(sure) => {
-                    restart &= sure;
-                    true
-                }
-                None => false,
+            .call_interruptible(proc, op, || {
+                may_wait
+                    && match crate::sys::tracee::caught_signal_pending(tid) {
+                        Some(sure) => {
+                            restart &= sure;
+                            true
+                        }
+                        None => false,
+                    }
             })
             .await;
         let result = watched.map(|(mut reply, interrupted)| {
