@@ -35,9 +35,6 @@ pub const SILENT_WINDOW: Duration = Duration::from_secs(60);
 /// One reconnection attempt's limit, and the pause between attempts.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_EVERY: Duration = Duration::from_millis(500);
-/// How long a call waits before its thread's signals are looked at, and how often then
-/// ([`HomeLink::call_interruptible`]).
-const WATCH_AFTER: Duration = Duration::from_millis(10);
 /// Keep-alive pings on the link: a silent link is noticed within their sum.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -283,14 +280,15 @@ impl HomeLink {
         self.start(proc, op, true).await
     }
 
-    /// [`HomeLink::call`] for a call the program's thread waits on: after [`WATCH_AFTER`] and then at each
-    /// such interval, `signalled` says whether that thread has a signal to take; if so home is asked to
+    /// [`HomeLink::call`] for a call the program's thread waits on: after `every` and then at each such
+    /// interval, `signalled` says whether that thread has a signal to take; if so home is asked to
     /// interrupt the call (`Interrupt`; again at each interval while it still waits). The reply, and
     /// whether an interrupt was asked for.
     pub async fn call_interruptible(
         &self,
         proc: pb::Proc,
         op: pb::call_request::Op,
+        every: Duration,
         mut signalled: impl FnMut() -> bool,
     ) -> Result<(CallReply, bool), LinkError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +298,7 @@ impl HomeLink {
         loop {
             tokio::select! {
                 reply = &mut reply => return reply.map(|r| (r, interrupted)),
-                () = tokio::time::sleep(WATCH_AFTER) => {
+                () = tokio::time::sleep(every) => {
                     if signalled() {
                         interrupted = true;
                         let root = pb::Proc { id: 0, parent: 0 };

@@ -234,10 +234,6 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         };
         tokio::spawn(sup.clone().collector(Duration::from_millis(500)));
         tokio::spawn(sup.clone().deliver_events());
-        // Where processes take their deputies' pids, a few deputies wait ahead of the forks.
-        if sup.init.matching() {
-            sup.spares.refill(&sup);
-        }
         {
             let sup = sup.clone();
             tokio::spawn(async move {

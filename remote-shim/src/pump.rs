@@ -243,7 +243,8 @@ async fn feed(
     loop {
         let op = Op::Read(pb::Read { handle: h.wire_id(), len: CHUNK as u64, offset: from });
         let stopping = || sup.pumps.stopping.load(Ordering::SeqCst);
-        let data = match sup.link.call_interruptible(proc, op, stopping).await.map(|(r, _)| r) {
+        let every = std::time::Duration::from_millis(10);
+        let data = match sup.link.call_interruptible(proc, op, every, stopping).await.map(|(r, _)| r) {
             Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
             _ => return,
         };

@@ -7,7 +7,9 @@
 //! for a deputy for it (`Identity.spare`), in the background. A fork takes a spare, and its child's first
 //! call, `Identity` as the parent's child, goes home *behind* (ordered, not waited for): home adopts the
 //! spare and copies the parent's state (cwd, umask) before it reads anything the job sends after the fork,
-//! as the synchronous path did while the parent waited in it. Taking a spare asks for another.
+//! as the synchronous path did while the parent waited in it. Taking a spare asks for another. The first
+//! fork of a job asks for the first ones (and waits for its own deputy): a job that never forks costs home
+//! no spare, and many jobs starting at once do not queue their first deputies behind spares.
 //!
 //! A signal sent at home to a spare before a fork adopts it (someone at home who saw it in `ps`) is kept
 //! and delivered to the process once it exists, as it would have been had the process existed then.
@@ -45,7 +47,7 @@ impl Spares {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A spare for a fork, if one is ready; another is asked for.
+    /// A spare for a fork, if one is ready; another is asked for (the first ones at the job's first fork).
     pub fn take(&self, sup: &Arc<Supervisor>) -> Option<Spare> {
         let taken = self.lock().ready.pop().map(|(id, pid, signals)| Spare { id, pid, signals });
         self.refill(sup);

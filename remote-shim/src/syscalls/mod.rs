@@ -23,6 +23,26 @@ use homeward_proto::Errno;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+/// How often the calling thread's signals are looked at while `op` waits at home: only for calls that may
+/// wait natively (`effects::may_wait`) on something other than the CPU: soon for a lock or a read of a
+/// fifo, pipe, terminal or socket; late for an open (which waits only for a fifo's other end); never for a
+/// read of a regular file (a machine short of CPU makes many calls wait, and `/proc/TID/status` is not
+/// cheap).
+fn watch_every(sup: &crate::supervisor::Supervisor, op: &Op) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let kind = |handle: u64| sup.fds.get(handle).map(|h| h.stat.mode & libc::S_IFMT);
+    match op {
+        _ if !homeward_proto::effects::may_wait(op) => None,
+        Op::Read(r) => match kind(r.handle) {
+            Some(libc::S_IFREG | libc::S_IFDIR) => None,
+            Some(_) => Some(Duration::from_millis(10)),
+            None => Some(Duration::from_millis(100)),
+        },
+        Op::Open(_) => Some(Duration::from_millis(250)),
+        _ => Some(Duration::from_millis(10)),
+    }
+}
+
 /// The kernel's internal errno for a call a signal interrupted, to be restarted after the handler if it
 /// was installed with `SA_RESTART` (else the program gets EINTR); never seen by a program.
 const ERESTARTSYS: u16 = 512;
@@ -179,21 +199,21 @@ impl Call<'_> {
         // natively: home makes it fail with EINTR.
         let tid = self.tid;
         let mut restart = true;
-        let may_wait = homeward_proto::effects::may_wait(&op);
-        let watched = self
-            .sup
-            .link
-            .call_interruptible(proc, op, || {
-                may_wait
-                    && match crate::sys::tracee::caught_signal_pending(tid) {
-                        Some(sure) => {
-                            restart &= sure;
-                            true
-                        }
-                        None => false,
+        let watched = match watch_every(self.sup, &op) {
+            // Read at that interval: `/proc/TID/status` is not cheap, and a machine short of CPU makes
+            // many calls wait (a lock waits for another holder; an open or a read mostly for the CPU).
+            Some(every) => {
+                let signalled = || match crate::sys::tracee::caught_signal_pending(tid) {
+                    Some(sure) => {
+                        restart &= sure;
+                        true
                     }
-            })
-            .await;
+                    None => false,
+                };
+                self.sup.link.call_interruptible(proc, op, every, signalled).await
+            }
+            None => self.sup.link.call(proc, op).await.map(|reply| (reply, false)),
+        };
         let result = watched.map(|(mut reply, interrupted)| {
             // Answered `ERESTARTSYS`, as the kernel does for the calls that wait (locks, fifos): the kernel
             // then restarts the call after the handler if it was installed with `SA_RESTART`, else fails it
