@@ -36,7 +36,7 @@ struct WritePump {
 #[derive(Default)]
 pub struct Pumps {
     writers: Mutex<Vec<Arc<WritePump>>>,
-    /// The drains (program → home) and the feeds (home → program).
+    /// The drains (program → home), and the feeds (home → program).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     feeds: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The job is over: a feed's read waiting at home is interrupted (`Interrupt`).
