@@ -387,10 +387,16 @@ fn ctrl_c_on_the_terminal_reaches_the_program() {
     assert!(!printed.contains("never"), "{printed}");
 }
 
-/// Forks, after the test signalled every deputy at home but the program's own (the spares waiting for
-/// the job's forks), and says how the child ended.
+/// Forks once (which makes home start spares), then again after the test signalled every deputy at home
+/// but the program's own (the spares waiting for the job's forks), and says how that child ended.
 const FORK_AFTER_SIGNAL: &str = r#"
 import os, time
+# The job's first fork asks home for the spares.
+first = os.fork()
+if first == 0:
+    os._exit(0)
+os.waitpid(first, 0)
+time.sleep(0.5)
 with open("pid.tmp", "w") as f:
     f.write(str(os.getpid()))
 os.rename("pid.tmp", "pid")
@@ -420,8 +426,9 @@ fn a_signal_to_a_spare_deputy_reaches_the_process_that_takes_it() {
             deputies(agent).into_iter().map(|(pid, _)| pid).filter(|&pid| pid != own).collect();
         assert!(!spares.is_empty(), "no spare deputies at home: {:?}", deputies(agent));
         for pid in spares {
+            // (The first child's deputy may be ending: it is gone, or its signal is no news.)
             // SAFETY: kill takes integers only.
-            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
         // The deputies forward the signals to the agent, which reports them to the shim.
         std::thread::sleep(Duration::from_millis(300));
