@@ -1,8 +1,9 @@
 //! Thin safe wrappers over the libc calls the agent makes: the only module with `unsafe` code.
 //!
 //! Functions take `BorrowedFd<'_>` and `&CStr`, return `OwnedFd` or `Result<_, Errno>`, and never retry on
-//! `EINTR`: an interrupted call is reported as the kernel reported it (home interrupts calls only when their
-//! session is gone, see [`thread::Inflight`]).
+//! `EINTR`: an interrupted call is reported as the kernel reported it (home interrupts a call when its
+//! session is gone, or when the program's thread has a signal to take while the call waits, `Interrupt`;
+//! see [`thread::Inflight`]; a caller that must not fail so retries, as the deputy starter's exchange does).
 //!
 //! - [`path`]: calls that name a file by (directory fd, path).
 //! - [`fd`]: calls on an open descriptor.
