@@ -236,11 +236,8 @@ impl Grant<'_> {
     /// itself; [`FILE_ITSELF`]: `dir` is a regular file); false when the watch could not be added (the lease
     /// is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
-        // Only on a local file system: on NFS (or FUSE) a directory removed by another machine makes no
-        // event here, and its inode number may come back for a new one.
         let inode = sys::statx(dir, c"", libc::AT_EMPTY_PATH, libc::STATX_INO)
             .ok()
-            .filter(|_| crate::exec::on_local_file_system(dir))
             .map(|sx| (libc::makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino));
         if let Some(&wd) = inode.and_then(|inode| self.inner.by_inode.get(&inode)) {
             self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
@@ -260,7 +257,10 @@ impl Grant<'_> {
                 false
             }
             Ok(wd) => {
-                if let Some(inode) = inode {
+                // Remembered only on a local file system (so a device found in the map is one, and a hit
+                // needs no check): on NFS (or FUSE) a directory removed by another machine makes no event
+                // here, and its inode number may come back for a new one.
+                if let Some(inode) = inode.filter(|_| crate::exec::on_local_file_system(dir)) {
                     self.inner.by_inode.insert(inode, wd);
                 }
                 self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });

@@ -775,16 +775,17 @@ mod tests {
         let dep = |name: &[u8]| pb::Dep { wd: 1, name: name.to_vec().into() };
         let missing = || Some(Cached::Missing(Errno::ENOENT));
         // The job may remove `j` (its open said so), then unlinks it behind.
-        let start = |cache: &AttrCache| {
+        let start = || {
+            let cache = AttrCache::default();
             let ticket = cache.ticket();
             cache.put(key(REMOVABLE), Cached::Removable, ticket, 1, vec![(1, b"j".to_vec())]);
             let removed = cache.take_removable(&key(REMOVABLE), b"j").expect("removable");
-            (removed, cache.ticket_past_own_change())
+            let ticket = cache.ticket_past_own_change();
+            cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+            (cache, removed, ticket)
         };
         // Sent, its removal reported before the reply; the reply leases the absence.
-        let cache = AttrCache::default();
-        let (removed, ticket) = start(&cache);
-        cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+        let (cache, removed, ticket) = start();
         let answered = AtomicBool::new(false);
         cache.removed(removed, &[key(0)], ticket, &answered);
         cache.changed(1, &[dep(b"j")], &[]);
@@ -796,9 +797,7 @@ mod tests {
         cache.changed(2, &[dep(b"j")], &[]);
         assert_eq!(cache.get(&key(0)), None, "a change after the lease voids it");
         // The reply refused a lease: a report since the unlink was sent voids the assumed absence then.
-        let cache = AttrCache::default();
-        let (removed, ticket) = start(&cache);
-        cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+        let (cache, removed, ticket) = start();
         let answered = AtomicBool::new(false);
         cache.removed(removed, &[key(0)], ticket, &answered);
         cache.changed(1, &[dep(b"j")], &[]);
@@ -806,9 +805,7 @@ mod tests {
         cache.removal_answered(&[key(0)]);
         assert_eq!(cache.get(&key(0)), None);
         // The reply came first (its lease stored): the absence is no longer waiting for anything.
-        let cache = AttrCache::default();
-        let (removed, ticket) = start(&cache);
-        cache.before_call(0, &Op::Unlink(pb::Unlink::default()));
+        let (cache, removed, ticket) = start();
         let answered = AtomicBool::new(true);
         cache.removal_answered(&[key(0)]);
         cache.removed(removed, &[key(0)], ticket, &answered);

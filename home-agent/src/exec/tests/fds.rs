@@ -118,24 +118,23 @@ fn utimens_sets_and_keeps_times() {
     assert_eq!((st.atime_sec, st.mtime_sec), (1000, 3000));
 }
 
-#[test]
-fn a_blocked_call_of_a_closed_session_is_interrupted() {
+/// A home with the interrupt handler installed and a fifo `p` open both ways, and request `seq` reading
+/// it: with read and write ends in one, the read blocks instead of seeing end of file.
+fn fifo_read(seq: u64) -> (Home, CallRequest) {
     sys::install_interrupt_handler();
     let home = Home::new();
     let fifo = pb::Mknod { dir: cwd(), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
     home.call(Op::Mknod(fifo)).unwrap();
-    // Read and write ends in one: a read then blocks instead of seeing end of file.
     let h = home.open("p", libc::O_RDWR, 0).unwrap();
+    let op = Some(Op::Read(pb::Read { handle: h, len: 10, offset: None }));
+    (home, CallRequest { seq, proc: None, op, ..Default::default() })
+}
+
+#[test]
+fn a_blocked_call_of_a_closed_session_is_interrupted() {
+    let (home, read) = fifo_read(1);
     let session = home.session.clone();
-    let reader = std::thread::spawn(move || {
-        let read = CallRequest {
-            seq: 1,
-            proc: None,
-            op: Some(Op::Read(pb::Read { handle: h, len: 10, offset: None })),
-            ..Default::default()
-        };
-        session.run(1, || execute(&session, &read))
-    });
+    let reader = std::thread::spawn(move || session.run(1, || execute(&session, &read)));
     std::thread::sleep(std::time::Duration::from_millis(100));
     home.session.close();
     while home.session.interrupt() > 0 {
@@ -150,17 +149,7 @@ fn a_blocked_call_of_a_closed_session_is_interrupted() {
 /// never registered under its number.
 #[test]
 fn a_call_waiting_at_home_is_interrupted() {
-    sys::install_interrupt_handler();
-    let home = Home::new();
-    let fifo = pb::Mknod { dir: cwd(), path: "p".into(), mode: libc::S_IFIFO | 0o600, dev: 0 };
-    home.call(Op::Mknod(fifo)).unwrap();
-    let h = home.open("p", libc::O_RDWR, 0).unwrap();
-    let read = CallRequest {
-        seq: 7,
-        proc: None,
-        op: Some(Op::Read(pb::Read { handle: h, len: 10, offset: None })),
-        ..Default::default()
-    };
+    let (home, read) = fifo_read(7);
     assert!(homeward_proto::effects::may_wait(read.op.as_ref().unwrap()));
     assert!(!homeward_proto::effects::may_wait(&stat("p")));
     let session = home.session.clone();
