@@ -22,6 +22,7 @@
 //!   target of signals sent at home); `deputies`: a session's deputies and the events they report.
 //! - `exec`: the executors, one file per syscall family (`open`, `stat`, `dir`, `attr`, `io`, `fd`,
 //!   `process`).
+//! - [`idle`]: polling before a runtime worker sleeps (both binaries' runtimes; remote-shim's too).
 //! - `sys`: thin safe wrappers over libc; the only module with `unsafe` code.
 //! - `fuzzing` (feature `fuzzing`, hidden): the entry points of the fuzz targets in `fuzz/`.
 //!
@@ -37,6 +38,7 @@ mod exec;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod idle;
 mod leases;
 mod outbox;
 mod service;
@@ -47,6 +49,7 @@ pub mod tls;
 use anyhow::Context;
 use homeward_proto::pb::home_server::HomeServer;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -173,6 +176,7 @@ impl BoundAgent {
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(cause = %err, "TCP_NODELAY failed");
                 }
+                idle::watch(stream.as_raw_fd());
             })
         });
         self.server

@@ -1,5 +1,5 @@
 //! `home-agent --listen ADDR:PORT [--token-file FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
-//! [--allow DIR]...`: serves home's files to remote-shim.
+//! [--allow DIR]... [--workers N]`: serves home's files to remote-shim.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -35,6 +35,12 @@ struct Args {
     /// reaching out of one by `..` or a symbolic link, fails with EACCES. Absolute, existing directories.
     #[arg(long = "allow", value_name = "DIR")]
     allow: Vec<PathBuf>,
+    /// Threads that serve calls. One, the default, is quickest for a call: it reads every connection and
+    /// polls them a while before it sleeps, so a call arriving then is read without a wake-up. Calls that
+    /// may block run on threads of their own whatever this is; raise it for many jobs whose calls keep
+    /// more than one CPU busy.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: u16,
 }
 
 fn read_token(args: &Args) -> anyhow::Result<Option<String>> {
@@ -98,8 +104,15 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new("info,tonic::transport::server::io_stream=debug"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    let runtime = match home_agent::idle::install(&mut tokio::runtime::Builder::new_multi_thread())
+        .worker_threads(usize::from(args.workers))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => {
+            home_agent::idle::attach(runtime.handle().clone());
+            runtime
+        }
         Err(err) => {
             eprintln!("home-agent: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;

@@ -16,7 +16,10 @@
 
 use homeward_proto::pb::{self, home_client::HomeClient, CallReply, CallRequest, HelloRequest};
 use homeward_proto::{AUTH_METADATA, RESUME_KEY_METADATA, RESUME_METADATA, SESSION_METADATA};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use std::collections::{BTreeSet, HashMap};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -399,7 +402,19 @@ impl Dial {
             .initial_connection_window_size(16 << 20)
             // Home's replies of file content (2 MiB chunks) in few frames, not 16 KiB ones.
             .max_frame_size(1 << 20);
-        let channel: Channel = tokio::time::timeout(timeout, endpoint.connect())
+        // tonic's own connector, with the socket handed to the idle poll (`home_agent::idle`): replies
+        // arriving while the runtime's worker polls are read without waking it.
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let connector = tower::ServiceBuilder::new()
+            .map_response(|io: TokioIo<tokio::net::TcpStream>| {
+                home_agent::idle::watch(io.inner().as_raw_fd());
+                io
+            })
+            .service(http);
+        let channel: Channel = tokio::time::timeout(timeout, endpoint.connect_with_connector(connector))
             .await
             .map_err(|_| self.unreachable(format!("no answer within {} s", timeout.as_secs())))?
             .map_err(|e| {

@@ -148,11 +148,13 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
     // on one thread. Measured on the development VM, a wake-up that crosses to an idle vCPU costs ~35 µs;
     // with two workers a forwarded stat took ~77 µs, with one ~20 µs (`--home local`). Calls that block at
     // home block there, not here, so one thread keeps up with many processes.
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // Its worker polls the link's socket a while before it sleeps (`home_agent::idle`).
+    let rt = home_agent::idle::install(&mut tokio::runtime::Builder::new_multi_thread())
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    home_agent::idle::attach(rt.handle().clone());
     let result = rt.block_on(async move {
         let home = match start_home(&config).await {
             Ok(x) => x,

@@ -8,6 +8,7 @@
 //! - [`path`]: calls that name a file by (directory fd, path).
 //! - [`fd`]: calls on an open descriptor.
 //! - [`thread`]: per-thread umask, interrupting blocked calls, randomness.
+//! - [`poll`]: readiness without waiting, and giving way to other threads (the idle poll's).
 //! - [`process`]: signals, pidfds and waiting: the deputy's own calls and the agent's calls on processes.
 #![allow(unsafe_code)]
 
@@ -15,6 +16,7 @@ mod clock;
 mod fd;
 mod inotify;
 mod path;
+mod poll;
 mod process;
 mod thread;
 
@@ -22,6 +24,7 @@ pub use clock::*;
 pub use fd::*;
 pub use inotify::*;
 pub use path::*;
+pub use poll::*;
 pub use process::*;
 pub use thread::*;
 
