@@ -238,14 +238,26 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     sys::socketpair_seqpacket().map_err(to_io)
 }
 
+/// Starts the agent's deputy starter now (it is otherwise started by the first deputy, which then waits
+/// for it: ~50 ms, the first job's first call). Run it on a thread of its own, once the program that
+/// deputies run is set ([`set_program`]); a deputy asked for meanwhile waits for it.
+pub fn start_starter() {
+    let mut started = STARTED.lock().unwrap_or_else(PoisonError::into_inner);
+    started_starter(&mut started);
+}
+
+fn started_starter(started: &mut Option<Option<Starter>>) -> &mut Option<Starter> {
+    started.get_or_insert_with(|| {
+        Starter::start().map_err(|e| tracing::warn!(cause = %e, "cannot start the deputy starter")).ok()
+    })
+}
+
 /// Starts a deputy named `name` (see [`name`]), a child of this process: cloned by the agent's starter,
 /// or started by exec if there is none.
 pub fn spawn(name: &str) -> io::Result<Spawned> {
     let cloned = {
         let mut started = STARTED.lock().unwrap_or_else(PoisonError::into_inner);
-        let starter = started.get_or_insert_with(|| {
-            Starter::start().map_err(|e| tracing::warn!(cause = %e, "cannot start the deputy starter")).ok()
-        });
+        let starter = started_starter(&mut started);
         match starter.as_ref().map(|s| s.deputy(name)) {
             Some(Ok(made)) => Some(made),
             Some(Err(e)) if e.raw_os_error().is_some_and(|n| n == libc::EAGAIN || n == libc::ENOMEM) => {

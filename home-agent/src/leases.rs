@@ -455,6 +455,16 @@ fn keep_watched(dir: BorrowedFd<'_>) {
     }
 }
 
+/// Keeps `/` and `/tmp` watched from now on, as if their watches had been slow to add (they usually are:
+/// ~55 ms for `/` on the development VM, most of its cached names negative), so that no session pays it.
+pub fn warm_up() {
+    for dir in ["/", "/tmp"] {
+        if let Ok(dir) = std::fs::File::open(dir) {
+            keep_watched(dir.as_fd());
+        }
+    }
+}
+
 /// Reports every batch of events of the session's instance `fd` until `stopped` fires (session closed).
 async fn watch(leases: Weak<Leases>, fd: Arc<OwnedFd>, mut stopped: oneshot::Receiver<()>) {
     let Ok(afd) = sys::async_fd(fd) else { return };

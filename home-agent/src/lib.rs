@@ -67,6 +67,16 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Starts, on a thread of its own, what the first job would otherwise wait for: the deputies' starter
+/// ([`deputy`]) and the watches of `/` and `/tmp` (whose first watch walks every name the kernel has cached
+/// there). Call it once the agent is bound, after [`deputy::set_program`] if the deputies' program is set.
+pub fn warm_up() {
+    std::thread::spawn(|| {
+        deputy::start_starter();
+        leases::warm_up();
+    });
+}
+
 /// Raises the process's soft limit on open files to its hard limit (every session's handles are files
 /// of this one process); returns the new limit. For the `home-agent` binary only: a process that embeds
 /// the agent and starts programs would pass the raised limit on to them.

@@ -89,6 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(err) => tracing::warn!("{err:#}"),
     }
     let agent = BoundAgent::bind(config).await?;
+    home_agent::warm_up();
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "home-agent: listening on {}", agent.local_addr()).context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;

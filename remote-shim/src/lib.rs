@@ -284,6 +284,7 @@ async fn start_home(config: &Config) -> anyhow::Result<client::LinkConfig> {
         .await
         .context("starting the in-process home agent")?;
     let addr = agent.local_addr().to_string();
+    home_agent::warm_up();
     tokio::spawn(async move {
         if let Err(e) = agent.serve().await {
             tracing::error!(cause = %e, "in-process home agent failed");
