@@ -12,6 +12,7 @@ pub struct Errno(pub u16);
 
 impl Errno {
     pub const EPERM: Errno = Errno(libc::EPERM as u16);
+    pub const EACCES: Errno = Errno(libc::EACCES as u16);
     pub const ENOENT: Errno = Errno(libc::ENOENT as u16);
     pub const EIO: Errno = Errno(libc::EIO as u16);
     pub const EAGAIN: Errno = Errno(libc::EAGAIN as u16);

@@ -301,6 +301,12 @@ impl Handle {
         self.shared.load(Ordering::SeqCst)
     }
 
+    /// The placeholder's size now (`None` if it cannot be read).
+    pub fn memfd_len(&self) -> Option<u64> {
+        let file = std::fs::File::from(self.memfd.as_fd().try_clone_to_owned().ok()?);
+        file.metadata().ok().map(|m| m.len())
+    }
+
     fn descriptions(&self) -> std::sync::MutexGuard<'_, Descriptions> {
         self.descriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -684,6 +690,21 @@ impl FdTable {
         let rest = link.strip_prefix(b"/memfd:")?.strip_prefix(self.nonce.as_bytes())?.strip_prefix(b":")?;
         let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).collect();
         std::str::from_utf8(&digits).ok()?.parse().ok()
+    }
+
+    /// The handles whose placeholders some process of `job` maps (from `/proc/PID/maps`).
+    pub fn mapped_handles(&self, job: &[u32]) -> HashSet<u64> {
+        let mut mapped = HashSet::new();
+        for pid in job {
+            let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else { continue };
+            for line in maps.split(|&b| b == b'\n') {
+                let Some(at) = line.windows(7).position(|w| w == b"/memfd:") else { continue };
+                if let Some(id) = self.parse_placeholder(&line[at..]) {
+                    mapped.insert(id);
+                }
+            }
+        }
+        mapped
     }
 
     /// Forgets the handles that no process in `job` holds any more and that were created before the previous

@@ -44,8 +44,8 @@ impl FdRange {
     }
 }
 
-/// Calls that are always notified: they name a path, change per-process state kept at home, or concern
-/// process identity and signals.
+/// Calls that are always notified: they name a path, change per-process state kept at home, concern
+/// process identity and signals, or ask for mapped stores to be written (`msync`).
 fn path_calls() -> Vec<i64> {
     let mut v = vec![
         libc::SYS_openat,
@@ -82,6 +82,8 @@ fn path_calls() -> Vec<i64> {
         // Process identity and signals (see syscalls::process).
         libc::SYS_getppid,
         libc::SYS_exit_group,
+        // Stores into writable shared mappings of home files are written home (see shared_maps).
+        libc::SYS_msync,
         libc::SYS_kill,
         libc::SYS_tkill,
         libc::SYS_tgkill,

@@ -12,6 +12,7 @@
 //! - [`fill`]: readahead of large files into their placeholders.
 //! - [`native`]: small complete copies in the upper half of the range, whose reads are the kernel's, kept
 //!   in step with the job's changes.
+//! - [`shared_maps`]: stores into writable shared mappings of home files, written home.
 //! - [`readers`]: descriptors recently read through copies, recognised without `/proc`.
 //! - [`lazy`]: read-only opens answered without home (leased attributes, cached content); their home handle
 //!   is opened when a call needs it.
@@ -50,6 +51,7 @@ pub mod paths;
 pub mod procs;
 pub mod pump;
 pub mod readers;
+pub mod shared_maps;
 pub mod spares;
 pub mod supervisor;
 pub mod sys;

@@ -67,6 +67,8 @@ pub struct Supervisor {
     pub exec: ExecStage,
     pub pumps: Pumps,
     pub content: crate::content::ContentCache,
+    /// Home files mapped writable and shared, whose stores the supervisor writes home.
+    pub shared_maps: crate::shared_maps::SharedMaps,
     /// Whether listings bring small files' content along ([`crate::lazy::Prefetch`]).
     pub prefetch: crate::lazy::Prefetch,
     /// Directory versions opened read-only at home ([`crate::lazy::DirOpens`]).
@@ -116,6 +118,7 @@ impl Supervisor {
             exec,
             pumps: Pumps::default(),
             content: Default::default(),
+            shared_maps: Default::default(),
             prefetch: Default::default(),
             dir_opens: Default::default(),
             unix_names: Default::default(),
@@ -345,6 +348,8 @@ impl Supervisor {
     }
 
     pub async fn collect(&self, job: &[u32]) {
+        // Before the handles go: the stores of mappings undone are written through them.
+        self.shared_maps.collect(self, job).await;
         let dead = self.fds.collect(job);
         let mut gone = self.procs.reap();
         self.limits.reap();

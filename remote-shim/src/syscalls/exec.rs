@@ -95,8 +95,15 @@ impl Drop for ExecStage {
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     Some(match nr {
-        libc::SYS_execve => exec(call, libc::AT_FDCWD, 0, 0).await,
-        libc::SYS_execveat => exec(call, call.arg_i32(0), 1, call.arg_i32(4)).await,
+        libc::SYS_execve | libc::SYS_execveat => {
+            // The image's mappings go with it: what it stored in home files is written there first.
+            super::process::write_back_mappings(call, crate::shared_maps::Which::Process(call.tgid())).await;
+            if nr == libc::SYS_execve {
+                exec(call, libc::AT_FDCWD, 0, 0).await
+            } else {
+                exec(call, call.arg_i32(0), 1, call.arg_i32(4)).await
+            }
+        }
         _ => return None,
     })
 }

@@ -46,6 +46,9 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     }
     let Some(h) = call.handle(fd_arg) else { return Some(Ok(Action::Continue)) };
     let a = |i| call.arg(i);
+    if nr == libc::SYS_mmap && shared_writable(a(2), a(3)) {
+        return Some(shared_mmap(call, &h).await);
+    }
     if call.sup.fds.range.contains(a(fd_arg)) {
         let mut copy = call.sup.fds.copy_of(&h, &call.sup.link.attrs);
         if let (CopyState::Filling, Some(fill)) = (copy, h.fill()) {
@@ -119,6 +122,9 @@ pub fn copy_serves(sup: &Supervisor, tid: u32, nr: i64, args: &[u64; 6]) -> Opti
     let fd_arg = if nr == libc::SYS_mmap { 4 } else { 0 };
     let fd = args[fd_arg];
     if !served_by_copy(nr, args[2] as i32) || !sup.fds.range.contains(fd) {
+        return None;
+    }
+    if nr == libc::SYS_mmap && shared_writable(args[2], args[3]) {
         return None;
     }
     let (h, at) = match sup.fds.readers.get(tid, fd) {
@@ -410,6 +416,8 @@ async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
     if let Some(synced) = crate::lazy::sync_unopened(call, h, datasync).await {
         return synced;
     }
+    // As natively, a sync of the file writes what its shared mappings hold.
+    call.sup.shared_maps.write_back_handle(call.sup, h.id).await?;
     let mark = h.behind.mark();
     // A regular file opened by an absolute name: home looks that name up again once synced, so the next
     // `fstat` (sqlite's, at every transaction) finds the attributes the job's writes left.
@@ -516,8 +524,26 @@ async fn ioctl(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
     }
 }
 
+/// Whether `mmap`'s protection and flags ask for a mapping whose stores reach the file.
+fn shared_writable(prot: u64, flags: u64) -> bool {
+    let kind = flags as i32 & 0x0f; // MAP_TYPE
+    prot as i32 & libc::PROT_WRITE != 0 && (kind == libc::MAP_SHARED || kind == libc::MAP_SHARED_VALIDATE)
+}
+
+/// A writable shared mapping of a home file: only of a descriptor open for reading and writing (else
+/// `EACCES`, as the kernel answers); what the program stores in it is written home by the supervisor
+/// ([`crate::shared_maps`]).
+async fn shared_mmap(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
+    if h.flags & libc::O_ACCMODE != libc::O_RDWR || h.is_shared() {
+        return Err(Errno::EACCES);
+    }
+    mmap(call, h).await?;
+    call.sup.shared_maps.add(h, call.tgid())?;
+    Ok(Action::Continue)
+}
+
 /// Maps a home file: its content is put into the placeholder (once), then the kernel maps the placeholder.
-/// A `MAP_SHARED` writable mapping does not write back to home (documented limitation).
+/// A writable shared mapping's stores are written home ([`crate::shared_maps`]).
 async fn mmap(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
     // A copy gone stale holds the version opened (its reads go home): read again, the map shows what the
     // file holds now.

@@ -7,6 +7,11 @@ use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
+    if is_open(nr) {
+        // What the job stored in small mapped files is in them for this open, as the page cache would
+        // have it (larger ones when the mapping process ends, or asks with msync).
+        super::process::write_back_mappings(call, crate::shared_maps::Which::Small).await;
+    }
     Some(match nr {
         #[cfg(target_arch = "x86_64")]
         libc::SYS_open => open(call, libc::AT_FDCWD, 0, call.arg_i32(1), call.arg(2) as u32, 0).await,
@@ -19,6 +24,14 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_openat2 => openat2(call).await,
         _ => return None,
     })
+}
+
+fn is_open(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if nr == libc::SYS_open || nr == libc::SYS_creat {
+        return true;
+    }
+    nr == libc::SYS_openat || nr == libc::SYS_openat2
 }
 
 async fn openat2(call: &Call<'_>) -> Outcome {

@@ -9,6 +9,7 @@
 
 use super::{Action, Call, Outcome};
 use crate::procs::End;
+use crate::shared_maps::Which;
 use crate::sys::seccomp::{self, Reply};
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
@@ -31,6 +32,8 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             if call.sup.fds.has_natives() {
                 call.sup.flush_pumps().await;
             }
+            // And what it stored in files it mapped writable and shared.
+            write_back_mappings(call, Which::Process(call.tgid())).await;
             call.sup.procs.set_end(call.tgid(), End::Exited(call.arg_i32(0) & 0xff));
             call.sup.limits.ending(call.tid);
             Ok(Action::Continue)
@@ -41,10 +44,28 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             kill(call, call.arg_i32(0), call.arg_i32(1), call.arg_i32(2)).await
         }
         libc::SYS_clone | libc::SYS_clone3 => clone(call, nr).await,
+        // The program asks for its mappings' stores to reach the file: every mapped home file is written.
+        libc::SYS_msync => {
+            if call.sup.shared_maps.is_empty() {
+                return Some(Ok(Action::Continue));
+            }
+            call.sup.shared_maps.write_back(call.sup, Which::All).await.map(|()| Action::Continue)
+        }
         #[cfg(target_arch = "x86_64")]
         libc::SYS_fork | libc::SYS_vfork => clone(call, nr).await,
         _ => return None,
     })
+}
+
+/// Writes home what the job stored in the home files it mapped writable and shared that `which` names
+/// ([`crate::shared_maps`]); a failure is only reported, as the kernel's own write-back would.
+pub async fn write_back_mappings(call: &Call<'_>, which: Which) {
+    if call.sup.shared_maps.is_empty() {
+        return;
+    }
+    if let Err(e) = call.sup.shared_maps.write_back(call.sup, which).await {
+        tracing::warn!(errno = e.raw(), "writing a shared mapping's stores home failed");
+    }
 }
 
 /// Whether `nr` makes a process or thread (served by [`clone`]).

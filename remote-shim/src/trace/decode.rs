@@ -95,6 +95,7 @@ fn table() -> &'static [(i64, &'static str, &'static [Kind])] {
         (libc::SYS_sendfile, "sendfile", &[Fd, Fd, Ptr, Size]),
         (libc::SYS_splice, "splice", &[Fd, Ptr, Fd, Ptr, Size, Int]),
         (libc::SYS_mmap, "mmap", &[Ptr, Size, Int, Int, Fd, Offset]),
+        (libc::SYS_msync, "msync", &[Ptr, Size, Int]),
         (libc::SYS_getpid, "getpid", &[]),
         (libc::SYS_getppid, "getppid", &[]),
         (libc::SYS_gettid, "gettid", &[]),
@@ -182,8 +183,8 @@ pub fn family(name: &str) -> &'static str {
         | "getdents64" | "chdir" | "fchdir" | "getcwd" => "dir",
         "fcntl" | "flock" | "dup" | "dup2" | "dup3" => "fd",
         "execve" | "execveat" => "exec",
-        "getpid" | "getppid" | "gettid" | "exit_group" | "kill" | "tkill" | "tgkill" | "rt_sigqueueinfo"
-        | "rt_tgsigqueueinfo" | "clone" | "clone3" | "fork" | "vfork" => "process",
+        "getpid" | "getppid" | "gettid" | "exit_group" | "msync" | "kill" | "tkill" | "tgkill"
+        | "rt_sigqueueinfo" | "rt_tgsigqueueinfo" | "clone" | "clone3" | "fork" | "vfork" => "process",
         "clock_gettime" | "gettimeofday" | "time" | "clock_settime" | "settimeofday" | "adjtimex"
         | "clock_adjtime" => "clock",
         "bind" | "connect" => "socket",
