@@ -54,6 +54,62 @@ if pid == 0:
 os.waitpid(pid, 0)
 os.close(fd)
 
+# A store and a write through the descriptor, side by side: both reach the file.
+fd = os.open("e.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 8192)
+m = mmap.mmap(fd, 8192)
+m[0:5] = b"STORE"
+os.pwrite(fd, b"PWRITE", 4096)
+m.flush()
+m.close()
+os.close(fd)
+d = open("e.bin", "rb").read()
+print("mixed", d[0:5], d[4096:4102])
+
+# Written through the descriptor before the mapping: the mapping shows it.
+fd = os.open("a.bin", os.O_RDWR)
+os.write(fd, b"HEAD")
+m = mmap.mmap(fd, 8192)
+print("sees", m[0:8])
+m.close()
+os.close(fd)
+
+# Through a descriptor opened for appending: the stores land where they were made.
+with open("f.bin", "wb") as f:
+    f.write(b"x" * 4096)
+f = open("f.bin", "a+b")
+m = mmap.mmap(f.fileno(), 0)
+m[0:5] = b"HELLO"
+m.flush()
+m.close()
+f.close()
+print("append", os.path.getsize("f.bin"), open("f.bin", "rb").read(6))
+
+# Mapped, grown, mapped again (Go's linker): no SIGBUS, both stores kept.
+fd = os.open("g.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+m[0:1] = b"A"
+m.close()
+os.ftruncate(fd, 8192)
+m = mmap.mmap(fd, 8192)
+m[6000:6001] = b"B"
+m.close()
+os.close(fd)
+d = open("g.bin", "rb").read()
+print("grown", len(d), d[0:1], d[6000:6001])
+
+# Stored, unmapped, then the file is rewritten from scratch: the old stores do not come back.
+fd = os.open("h.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 2 << 20)
+m = mmap.mmap(fd, 2 << 20)
+m[0:3] = b"OLD"
+m.close()
+os.close(fd)
+with open("h.bin", "wb") as f:
+    f.write(b"new content\n")
+print("rewritten", open("h.bin", "rb").read())
+
 # No writable shared mapping through a read-only descriptor; a private one keeps its stores.
 f = open("a.bin", "rb")
 try:
@@ -80,6 +136,7 @@ fn stores_into_a_shared_mapping_reach_home_as_natively() {
     assert_eq!(&hosts.read("d.bin")[..6], b"killed", "the killed child's stores are not at home");
     assert_eq!(&hosts.read("c.bin")[(2 << 20) + 5..(2 << 20) + 10], b"child");
     assert_eq!(&hosts.read("a.bin")[8192 - 3..], b"END");
+    assert_eq!(hosts.read("h.bin"), b"new content\n", "old stores were written over the rewritten file");
 }
 
 #[test]

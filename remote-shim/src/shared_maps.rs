@@ -1,11 +1,15 @@
 //! Writable shared mappings of home files (`mmap` with `MAP_SHARED` and `PROT_WRITE`): the program's
 //! stores land in the placeholder's memory, never in home's file, so the supervisor writes them home
-//! itself. It compares the placeholder with what home last had, chunk by chunk (by a sum of each), and
-//! writes the chunks that changed: when the program asks for it (`msync`; `fsync` of the file), before a
-//! process that mapped the file ends or replaces its image (`exit_group`, `execve`: its parent may read
-//! the file next, as it reads a linker's output), once no process of the job maps it any more (a process
-//! killed, a mapping undone and the file closed), and at the job's end. While some process of the job maps
-//! the file its handle stays open at home (pinned), so the writes have somewhere to go.
+//! itself. Each mapped file keeps a *baseline*, a copy of what home had when the placeholder was last
+//! filled or written; a write-back sends the byte runs where the placeholder differs from it (only those:
+//! a `write` the program made through a descriptor meanwhile is not overwritten). It happens when the
+//! program asks for it (`msync`; `fsync` of the file), before a process that maps the file ends or replaces
+//! its image (`exit_group`, `execve`: its parent may read the file next, as it reads a linker's output),
+//! before an open of any kind while a small file is mapped and before anything truncates, once no process
+//! of the job maps the file any more (a process killed, a mapping undone and the file closed), and at the
+//! job's end. While a file is registered its handle stays open at home (pinned), so the writes have
+//! somewhere to go. A new mapping first writes back, then fills the placeholder from home again: the
+//! file may have grown (Go's linker maps, grows the file, and maps it again) or changed by writes.
 //!
 //! Natively the page cache shows a store to every reader at once; here a reader through another
 //! descriptor sees it once it is written home (what a second machine sharing the file over NFS sees).
@@ -15,69 +19,83 @@ use crate::supervisor::Supervisor;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::Errno;
 use std::collections::HashSet;
-use std::hash::Hasher;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Bytes compared, and written when they changed, at a time.
-const CHUNK: usize = 1 << 20;
-/// A mapping is looked for in the processes' maps only this long after it was registered (the kernel
-/// makes it after the `mmap` is answered).
+/// Bytes compared, and at most sent in one write, at a time.
+const BLOCK: usize = 1 << 20;
+/// Differing runs closer than this are sent as one.
+const GAP: usize = 64;
+/// A mapping is looked for in the processes' maps only this long after it was last registered (the
+/// kernel makes it after the `mmap` is answered).
 const SETTLE: Duration = Duration::from_secs(1);
-/// Files up to this size are written before any open ([`Which::Small`]): comparing them costs little.
-const SMALL: u64 = 1 << 20;
+/// Files up to this size are written before any open ([`Which::Small`]): comparing them costs little
+/// (sqlite's `-shm` index is 32 KiB).
+const SMALL: u64 = 256 << 10;
+/// `pwritev2`'s flag that writes at the offset even on a descriptor opened `O_APPEND` (Linux 6.9).
+const RWF_NOAPPEND: u32 = 0x20;
 
 /// Which mapped files a write-back covers.
 #[derive(Clone, Copy, Debug)]
 pub enum Which {
-    /// Those process (thread group) `tgid` mapped: it ends, or replaces its image.
+    /// Those process (thread group) `tgid` mapped, or maps now (inherited mappings): it ends, or replaces
+    /// its image.
     Process(u32),
-    /// Every one: the program asked (`msync`).
+    /// Every one: the program asked (`msync`), or something may truncate one of them.
     All,
     /// Those of at most [`SMALL`] bytes: before an open, which may be of one of them.
     Small,
+    /// Those of file (device, inode): it is synced.
+    Inode((u64, u64)),
+    /// Home handle `id`'s: it is mapped again.
+    Handle(u64),
 }
 
 /// The files some process of the job maps writable and shared.
 #[derive(Default)]
 pub struct SharedMaps {
     maps: Mutex<Vec<Arc<Mapped>>>,
-    /// One write-back at a time: two processes ending together would send the same chunks twice.
-    writing: tokio::sync::Mutex<()>,
 }
 
 struct Mapped {
     handle: Arc<Handle>,
-    /// The processes (thread group ids) that mapped it.
+    /// The processes (thread group ids) that mapped it (a mapping undone before the process ends still
+    /// has its stores to write).
     mappers: Mutex<HashSet<u32>>,
-    /// Each chunk's sum as home last had it.
-    sums: Mutex<Vec<u64>>,
-    registered: Instant,
+    /// What home had: the placeholder's bytes as last filled from home or written there.
+    baseline: Mutex<std::fs::File>,
+    /// Bumped at each registration, so that a collection that found the file unmapped leaves a file
+    /// mapped again meanwhile alone.
+    generation: AtomicU64,
+    registered: Mutex<Instant>,
+    /// One write-back of this file at a time (two processes ending together would send the same runs).
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl SharedMaps {
-    /// Registers a mapping of `h` by process `tgid`, once its placeholder holds home's content: pins the
-    /// handle (kept open at home) and takes each chunk's sum.
+    /// Registers a mapping of `h` by process `tgid`, whose placeholder was just filled from home: pins the
+    /// handle (kept open at home) and takes the baseline.
     pub fn add(&self, h: &Arc<Handle>, tgid: u32) -> Result<(), Errno> {
+        let baseline = copy_of(h)?;
         let mut maps = self.lock();
         if let Some(m) = maps.iter().find(|m| m.handle.id == h.id) {
             m.mappers.lock().unwrap_or_else(|p| p.into_inner()).insert(tgid);
+            *m.baseline.lock().unwrap_or_else(|p| p.into_inner()) = baseline;
+            m.generation.fetch_add(1, Ordering::SeqCst);
+            *m.registered.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             return Ok(());
         }
-        let mut sums = Vec::new();
-        for_each_chunk(h, |_, bytes| {
-            sums.push(sum(bytes));
-            Ok(())
-        })?;
         h.pins.fetch_add(1, Ordering::SeqCst);
         maps.push(Arc::new(Mapped {
             handle: h.clone(),
             mappers: Mutex::new(HashSet::from([tgid])),
-            sums: Mutex::new(sums),
-            registered: Instant::now(),
+            baseline: Mutex::new(baseline),
+            generation: AtomicU64::new(0),
+            registered: Mutex::new(Instant::now()),
+            writing: tokio::sync::Mutex::new(()),
         }));
         Ok(())
     }
@@ -89,23 +107,35 @@ impl SharedMaps {
     /// Writes home what changed in the mapped files `which` names; the first error (after trying every
     /// file).
     pub async fn write_back(&self, sup: &Supervisor, which: Which) -> Result<(), Errno> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let mapped_by = match which {
+            Which::Process(tgid) => Some(sup.fds.mapped_handles(&[tgid])),
+            _ => None,
+        };
         let chosen: Vec<Arc<Mapped>> = self
             .lock()
             .iter()
             .filter(|m| match which {
-                Which::Process(tgid) => m.mappers.lock().unwrap_or_else(|p| p.into_inner()).contains(&tgid),
+                Which::Process(tgid) => {
+                    mapped_by.as_ref().is_some_and(|ids| ids.contains(&m.handle.id))
+                        || m.mappers.lock().unwrap_or_else(|p| p.into_inner()).contains(&tgid)
+                }
                 Which::All => true,
                 Which::Small => m.handle.memfd_len().is_some_and(|len| len <= SMALL),
+                Which::Inode(inode) => m.handle.inode() == inode,
+                Which::Handle(id) => m.handle.id == id,
             })
             .cloned()
             .collect();
-        self.write(sup, &chosen).await
-    }
-
-    /// Writes home what changed in handle `id`, if it is mapped.
-    pub async fn write_back_handle(&self, sup: &Supervisor, id: u64) -> Result<(), Errno> {
-        let chosen: Vec<Arc<Mapped>> = self.lock().iter().filter(|m| m.handle.id == id).cloned().collect();
-        self.write(sup, &chosen).await
+        let mut first = Ok(());
+        for m in chosen {
+            if let Err(e) = m.write_changed(sup).await {
+                first = first.and(Err(e));
+            }
+        }
+        first
     }
 
     /// At a collection: writes home, and then forgets (unpins), the files no process of `job` maps any
@@ -115,34 +145,28 @@ impl SharedMaps {
             return;
         }
         let mapped = sup.fds.mapped_handles(job);
-        let unmapped: Vec<Arc<Mapped>> = self
+        let unmapped: Vec<(Arc<Mapped>, u64)> = self
             .lock()
             .iter()
-            .filter(|m| !mapped.contains(&m.handle.id) && (job.is_empty() || m.registered.elapsed() > SETTLE))
-            .cloned()
+            .filter(|m| {
+                let settled = m.registered.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > SETTLE;
+                !mapped.contains(&m.handle.id) && (job.is_empty() || settled)
+            })
+            .map(|m| (m.clone(), m.generation.load(Ordering::SeqCst)))
             .collect();
-        if unmapped.is_empty() {
-            return;
-        }
-        if let Err(e) = self.write(sup, &unmapped).await {
-            tracing::warn!(errno = e.raw(), "writing a shared mapping's stores home failed");
-        }
-        let gone: HashSet<u64> = unmapped.iter().map(|m| m.handle.id).collect();
-        self.lock().retain(|m| !gone.contains(&m.handle.id));
-        for m in unmapped {
-            m.handle.pins.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    async fn write(&self, sup: &Supervisor, chosen: &[Arc<Mapped>]) -> Result<(), Errno> {
-        let _one = self.writing.lock().await;
-        let mut first = Ok(());
-        for m in chosen {
-            if let Err(e) = write_changed(sup, m).await {
-                first = first.and(Err(e));
+        for (m, _) in &unmapped {
+            if let Err(e) = m.write_changed(sup).await {
+                tracing::warn!(errno = e.raw(), "writing a shared mapping's stores home failed");
             }
         }
-        first
+        let mut maps = self.lock();
+        for (m, generation) in unmapped {
+            // Mapped again while its stores were written: it stays.
+            if m.generation.load(Ordering::SeqCst) == generation {
+                maps.retain(|kept| !Arc::ptr_eq(kept, &m));
+                m.handle.pins.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Mapped>>> {
@@ -150,44 +174,77 @@ impl SharedMaps {
     }
 }
 
-/// Writes home each chunk of `m`'s placeholder whose sum differs from home's last.
-async fn write_changed(sup: &Supervisor, m: &Mapped) -> Result<(), Errno> {
-    let h = &m.handle;
-    // Writes sent behind through this handle go first: they were made before these stores were written.
-    h.behind.settle(h.behind.mark()).await;
-    let mut changed = Vec::new();
-    {
-        let sums = m.sums.lock().unwrap_or_else(|p| p.into_inner());
-        for_each_chunk(h, |index, bytes| {
-            if sums.get(index) != Some(&sum(bytes)) {
-                changed.push(index);
+impl Mapped {
+    /// Writes home each run of bytes where the placeholder differs from the baseline, and takes it into
+    /// the baseline.
+    async fn write_changed(&self, sup: &Supervisor) -> Result<(), Errno> {
+        let _one = self.writing.lock().await;
+        let h = &self.handle;
+        // Writes sent behind through this handle go first: they were made before these stores were written.
+        h.behind.settle(h.behind.mark()).await;
+        let (placeholder, baseline) = (placeholder(h)?, self.baseline()?);
+        let compared = (placeholder.try_clone(), baseline.try_clone());
+        let (Ok(p), Ok(b)) = compared else { return Err(Errno::ENOMEM) };
+        let runs =
+            tokio::task::spawn_blocking(move || differing_runs(&p, &b)).await.map_err(|_| Errno::EIO)??;
+        let rwf = if h.flags & libc::O_APPEND != 0 { RWF_NOAPPEND } else { 0 };
+        let mut buf = Vec::new();
+        for (start, len) in runs {
+            let mut at = start;
+            while at < start + len {
+                buf.resize(BLOCK.min((start + len - at) as usize), 0);
+                let n = read_at(&placeholder, &mut buf, at)?;
+                if n == 0 {
+                    break;
+                }
+                write_home(sup, h.id, &buf[..n], at, rwf).await?;
+                baseline.write_all_at(&buf[..n], at).map_err(|e| Errno::from_io(&e))?;
+                at += n as u64;
             }
-            Ok(())
-        })?;
-    }
-    let file = placeholder(h)?;
-    let mut buf = vec![0u8; CHUNK];
-    for index in changed {
-        let offset = (index * CHUNK) as u64;
-        let n = read_chunk(&file, &mut buf, offset)?;
-        write_home(sup, h.id, &buf[..n], offset).await?;
-        let mut sums = m.sums.lock().unwrap_or_else(|p| p.into_inner());
-        if sums.len() <= index {
-            sums.resize(index + 1, 0);
         }
-        sums[index] = sum(&buf[..n]);
+        Ok(())
     }
+
+    fn baseline(&self) -> Result<std::fs::File, Errno> {
+        self.baseline.lock().unwrap_or_else(|p| p.into_inner()).try_clone().map_err(|e| Errno::from_io(&e))
+    }
+}
+
+/// Fills `h`'s placeholder from home's file as it is now (its whole content, at its current size), for a
+/// new writable shared mapping.
+pub async fn refill(call: &crate::syscalls::Call<'_>, h: &Handle) -> Result<(), Errno> {
+    let mut filled = h.filled.lock().await;
+    let file = placeholder(h)?;
+    let mut offset: u64 = 0;
+    loop {
+        let op = Op::Read(pb::Read { handle: h.id, len: BLOCK as u64, offset: Some(offset as i64) });
+        let (n, reply) = call.home_value(op).await?;
+        let data = reply.data.get(..n as usize).ok_or(Errno::EIO)?;
+        if data.is_empty() {
+            break;
+        }
+        file.write_all_at(data, offset).map_err(|e| Errno::from_io(&e))?;
+        offset += data.len() as u64;
+    }
+    file.set_len(offset).map_err(|e| Errno::from_io(&e))?;
+    *filled = true;
     Ok(())
 }
 
 /// `bytes` written at `offset` through home handle `id`, all of them.
-async fn write_home(sup: &Supervisor, id: u64, mut bytes: &[u8], mut offset: u64) -> Result<(), Errno> {
+async fn write_home(
+    sup: &Supervisor,
+    id: u64,
+    mut bytes: &[u8],
+    mut offset: u64,
+    rwf: u32,
+) -> Result<(), Errno> {
     while !bytes.is_empty() {
         let op = Op::Write(pb::Write {
             handle: id,
             data: bytes.to_vec().into(),
             offset: Some(offset as i64),
-            rwf: 0,
+            rwf,
         });
         let reply = sup.link.call(pb::Proc::default(), op).await.map_err(|_| Errno::EIO)?;
         let n = crate::syscalls::outcome(&reply)? as usize;
@@ -200,19 +257,47 @@ async fn write_home(sup: &Supervisor, id: u64, mut bytes: &[u8], mut offset: u64
     Ok(())
 }
 
-/// Calls `f` with each chunk of `h`'s placeholder (its index and bytes), in order.
-fn for_each_chunk(h: &Handle, mut f: impl FnMut(usize, &[u8]) -> Result<(), Errno>) -> Result<(), Errno> {
-    let file = placeholder(h)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut index = 0;
+/// The (offset, length) runs where `placeholder` differs from `baseline` (bytes past the baseline's end
+/// differ), runs closer than [`GAP`] merged.
+fn differing_runs(placeholder: &std::fs::File, baseline: &std::fs::File) -> Result<Vec<(u64, u64)>, Errno> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut offset = 0u64;
     loop {
-        let n = read_chunk(&file, &mut buf, (index * CHUNK) as u64)?;
+        let n = read_at(placeholder, &mut a, offset)?;
         if n == 0 {
-            return Ok(());
+            return Ok(runs);
         }
-        f(index, &buf[..n])?;
-        index += 1;
+        let m = read_at(baseline, &mut b[..n], offset)?;
+        b[m..n].fill(0);
+        if a[..n] != b[..n] || m < n {
+            let mut i = 0;
+            while i < n {
+                if a[i] == b[i] && i < m {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < n && (a[i] != b[i] || i >= m) {
+                    i += 1;
+                }
+                let (run_start, run_end) = (offset + start as u64, offset + i as u64);
+                match runs.last_mut() {
+                    Some((s, len)) if run_start - (*s + *len) < GAP as u64 => *len = run_end - *s,
+                    _ => runs.push((run_start, run_end - run_start)),
+                }
+            }
+        }
+        offset += n as u64;
     }
+}
+
+/// A memory file holding a copy of `h`'s placeholder now.
+fn copy_of(h: &Handle) -> Result<std::fs::File, Errno> {
+    let len = h.memfd_len().ok_or(Errno::EIO)?;
+    let copy = crate::sys::memfd(c"homeward-baseline").map_err(|e| Errno::from_io(&e))?;
+    crate::sys::copy_all(h.memfd.as_fd(), copy.as_fd(), len).map_err(|e| Errno::from_io(&e))?;
+    Ok(std::fs::File::from(copy))
 }
 
 /// The placeholder's memory file (a descriptor of its own: reads here take no offset).
@@ -221,7 +306,7 @@ fn placeholder(h: &Handle) -> Result<std::fs::File, Errno> {
 }
 
 /// Up to `buf.len()` bytes at `offset` (fewer only at the end).
-fn read_chunk(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
@@ -234,8 +319,32 @@ fn read_chunk(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<usize
     Ok(done)
 }
 
-fn sum(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> std::fs::File {
+        let f = std::fs::File::from(crate::sys::memfd(c"test").unwrap());
+        f.write_all_at(bytes, 0).unwrap();
+        f
+    }
+
+    #[test]
+    fn only_the_bytes_that_differ_are_sent_nearby_runs_together() {
+        let base = vec![b'a'; 3 * BLOCK + 10];
+        let mut now = base.clone();
+        now[5..8].copy_from_slice(b"xyz");
+        now[40..42].copy_from_slice(b"qq"); // within GAP of the first run: one run
+        now[BLOCK + 100] = b'!';
+        now[3 * BLOCK + 9] = b'?';
+        let runs = differing_runs(&file_with(&now), &file_with(&base)).unwrap();
+        assert_eq!(runs, vec![(5, 37), (BLOCK as u64 + 100, 1), (3 * BLOCK as u64 + 9, 1)]);
+        assert!(differing_runs(&file_with(&base), &file_with(&base)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bytes_past_the_baseline_differ() {
+        let runs = differing_runs(&file_with(b"abcdef"), &file_with(b"abc")).unwrap();
+        assert_eq!(runs, vec![(3, 3)]);
+    }
 }

@@ -23,8 +23,13 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_lchown => chown(call, fdcwd, 0, (1, 2), nofollow).await,
         libc::SYS_fchownat => chown(call, call.arg_i32(0), 1, (2, 3), call.arg_i32(4)).await,
         libc::SYS_fchown => fchown(call).await,
-        libc::SYS_truncate => truncate(call).await,
+        libc::SYS_truncate => {
+            // Stores into a mapping of the file go home before it is cut (see `shared_maps`).
+            super::process::write_back_mappings(call, crate::shared_maps::Which::All).await;
+            truncate(call).await
+        }
         libc::SYS_ftruncate => {
+            super::process::write_back_mappings(call, crate::shared_maps::Which::All).await;
             let len = call.arg(1) as i64;
             on_handle(call, |h| {
                 Op::Truncate(pb::Truncate { dir: Some(h), path: Default::default(), length: len })

@@ -417,7 +417,7 @@ async fn fsync(call: &Call<'_>, h: &Handle, datasync: bool) -> Outcome {
         return synced;
     }
     // As natively, a sync of the file writes what its shared mappings hold.
-    call.sup.shared_maps.write_back_handle(call.sup, h.id).await?;
+    call.sup.shared_maps.write_back(call.sup, crate::shared_maps::Which::Inode(h.inode())).await?;
     let mark = h.behind.mark();
     // A regular file opened by an absolute name: home looks that name up again once synced, so the next
     // `fstat` (sqlite's, at every transaction) finds the attributes the job's writes left.
@@ -534,11 +534,22 @@ fn shared_writable(prot: u64, flags: u64) -> bool {
 /// `EACCES`, as the kernel answers); what the program stores in it is written home by the supervisor
 /// ([`crate::shared_maps`]).
 async fn shared_mmap(call: &Call<'_>, h: &Arc<Handle>) -> Outcome {
+    // The kernel's own checks first: a length of zero or an offset off a page is EINVAL.
+    if call.arg(1) == 0 || !call.arg(5).is_multiple_of(4096) {
+        return Ok(Action::Continue);
+    }
+    if h.flags & libc::O_PATH != 0 {
+        return Err(Errno::EBADF);
+    }
     if h.flags & libc::O_ACCMODE != libc::O_RDWR || h.is_shared() {
         return Err(Errno::EACCES);
     }
-    mmap(call, h).await?;
-    call.sup.shared_maps.add(h, call.tgid())?;
+    // What a mapping of it holds goes home first; then the placeholder shows the file as home has it
+    // now (grown, or changed by the job's writes since it was filled).
+    let maps = &call.sup.shared_maps;
+    maps.write_back(call.sup, crate::shared_maps::Which::Handle(h.id)).await?;
+    crate::shared_maps::refill(call, h).await?;
+    maps.add(h, call.tgid())?;
     Ok(Action::Continue)
 }
 

@@ -3,14 +3,24 @@
 use super::{Action, Call, Outcome, Route};
 use crate::attrcache::Cached;
 use crate::memory;
+use crate::shared_maps::Which;
 use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
-    if is_open(nr) {
+    if is_open(nr) && !call.sup.shared_maps.is_empty() {
         // What the job stored in small mapped files is in them for this open, as the page cache would
-        // have it (larger ones when the mapping process ends, or asks with msync).
-        super::process::write_back_mappings(call, crate::shared_maps::Which::Small).await;
+        // have it (larger ones when the mapping process ends, or asks with msync); and every mapped
+        // file's stores before an open that may truncate one (they would be lost natively, not written
+        // over what comes after).
+        let flags = match nr {
+            libc::SYS_openat => call.arg_i32(2),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_open => call.arg_i32(1),
+            _ => libc::O_TRUNC,
+        };
+        let which = if flags & libc::O_TRUNC != 0 { Which::All } else { Which::Small };
+        super::process::write_back_mappings(call, which).await;
     }
     Some(match nr {
         #[cfg(target_arch = "x86_64")]
