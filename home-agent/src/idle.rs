@@ -5,7 +5,8 @@
 //! lands on an idle vCPU costs ~20-35 µs (the vCPU has halted and the host must wake it), more than the
 //! work itself: on the development VM a 32-byte TCP ping-pong between two CPUs takes ~45 µs when the
 //! receiver sleeps and ~10 µs when it polls. So before a worker parks, it polls the sockets that calls and
-//! replies come on ([`watch`]) for a while, and data arriving meanwhile is taken without a wake-up.
+//! replies come on ([`Watched`] connections) for a while, and data arriving meanwhile is taken without a
+//! wake-up.
 //!
 //! How long it polls adapts as the kernel's haltpoll governor does: when a worker that polled in vain was
 //! woken within [`MAX_POLL`], a longer poll would have caught it, so the budget doubles (from
@@ -16,10 +17,15 @@
 
 use crate::sys::{self, Readiness};
 use std::cell::Cell;
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
 
 /// The longest poll (the kernel's haltpoll default).
 pub const MAX_POLL: Duration = Duration::from_micros(200);
@@ -79,11 +85,68 @@ pub fn attach(runtime: tokio::runtime::Handle) {
     let _ = IDLE.runtime.set(runtime);
 }
 
-/// Polls `fd` (a connected socket of the link) from now on, until it is closed or hung up.
-pub fn watch(fd: RawFd) {
-    let mut fds = IDLE.fds.lock().unwrap_or_else(PoisonError::into_inner);
-    if !fds.contains(&fd) {
-        fds.push(fd);
+/// A connection of the link whose socket the idle poll watches while it is open: dropping it stops the
+/// watch before the socket is closed, so its number, once reused (say for a regular file, always
+/// readable), is not polled in its place.
+pub struct Watched<T> {
+    inner: T,
+    fd: RawFd,
+}
+
+impl<T: AsRawFd> Watched<T> {
+    pub fn new(inner: T) -> Watched<T> {
+        let fd = inner.as_raw_fd();
+        let mut fds = IDLE.fds.lock().unwrap_or_else(PoisonError::into_inner);
+        if !fds.contains(&fd) {
+            fds.push(fd);
+        }
+        Watched { inner, fd }
+    }
+}
+
+impl<T> Drop for Watched<T> {
+    fn drop(&mut self) {
+        IDLE.fds.lock().unwrap_or_else(PoisonError::into_inner).retain(|&fd| fd != self.fd);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: Connected> Connected for Watched<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 
@@ -134,7 +197,6 @@ fn forget_gone(fds: &[RawFd], found: &[Readiness]) {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn the_budget_grows_after_short_sleeps_and_falls_to_none_after_long_ones() {
@@ -153,6 +215,17 @@ mod tests {
         assert_eq!(budget.get(), Duration::ZERO);
     }
 
+    #[test]
+    fn a_connection_is_polled_until_it_is_dropped() {
+        let watched = || IDLE.fds.lock().unwrap().clone();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let connection = Watched::new(a);
+        assert!(watched().contains(&fd));
+        drop(connection);
+        assert!(!watched().contains(&fd), "a closed socket's number stays polled");
+    }
+
     /// A runtime that polls before parking still runs what other threads hand it, and reads what
     /// arrives on a watched socket, whether it came while the worker polled or slept.
     #[test]
@@ -167,8 +240,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let echo = rt.spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            watch(stream.as_raw_fd());
+            let mut stream = Watched::new(tokio::net::TcpStream::connect(addr).await.unwrap());
             let mut buf = [0u8; 1];
             while stream.read_exact(&mut buf).await.is_ok() {
                 stream.write_all(&buf).await.unwrap();

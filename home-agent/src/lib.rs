@@ -49,7 +49,6 @@ pub mod tls;
 use anyhow::Context;
 use homeward_proto::pb::home_server::HomeServer;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -182,11 +181,11 @@ impl BoundAgent {
         let home = InterceptedService::new(home, auth::TokenCheck::new(self.token.as_deref()));
         // Calls are small and latency-bound: never wait for Nagle.
         let incoming = TcpListenerStream::new(self.listener).map(|conn| {
-            conn.inspect(|stream| {
+            conn.map(|stream| {
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(cause = %err, "TCP_NODELAY failed");
                 }
-                idle::watch(stream.as_raw_fd());
+                idle::Watched::new(stream)
             })
         });
         self.server

@@ -19,7 +19,6 @@ use homeward_proto::{AUTH_METADATA, RESUME_KEY_METADATA, RESUME_METADATA, SESSIO
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use std::collections::{BTreeSet, HashMap};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -410,8 +409,7 @@ impl Dial {
         http.set_connect_timeout(Some(timeout));
         let connector = tower::ServiceBuilder::new()
             .map_response(|io: TokioIo<tokio::net::TcpStream>| {
-                home_agent::idle::watch(io.inner().as_raw_fd());
-                io
+                TokioIo::new(home_agent::idle::Watched::new(io.into_inner()))
             })
             .service(http);
         let channel: Channel = tokio::time::timeout(timeout, endpoint.connect_with_connector(connector))
