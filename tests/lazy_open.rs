@@ -19,13 +19,19 @@ print("ok")
 fn opens_of(trace: &Path, path: &str) -> Vec<(u32, String)> {
     let text = std::fs::read_to_string(trace).unwrap_or_else(|e| panic!("read {}: {e}", trace.display()));
     let quoted = format!("\"{path}\"");
-    text.lines()
+    let field = |l: &str, name: &str| -> u64 {
+        let value = l.split(&format!("\"{name}\":")).nth(1).and_then(|r| r.split([',', '}']).next());
+        value.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no {name} in {l}"))
+    };
+    // In the order of the calls (`seq`): a call the supervisor answered itself is recorded once its
+    // handler ends, which may be after the program's next call.
+    let mut opens: Vec<(u64, u32, String)> = text
+        .lines()
         .filter(|l| l.contains("\"call\":\"openat\"") && l.contains(&quoted))
-        .map(|l| {
-            let rtt = l.split("\"rtt\":").nth(1).and_then(|r| r.split([',', '}']).next());
-            (rtt.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no rtt in {l}")), l.to_string())
-        })
-        .collect()
+        .map(|l| (field(l, "seq"), field(l, "rtt") as u32, l.to_string()))
+        .collect();
+    opens.sort_by_key(|(seq, _, _)| *seq);
+    opens.into_iter().map(|(_, rtt, line)| (rtt, line)).collect()
 }
 
 #[test]
