@@ -110,6 +110,19 @@ with open("h.bin", "wb") as f:
     f.write(b"new content\n")
 print("rewritten", open("h.bin", "rb").read())
 
+# Grown in place (Python's resize: ftruncate, then mremap): the new part takes stores too.
+fd = os.open("i.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+m[0:2] = b"ab"
+m.resize(8192)
+m[8000:8002] = b"cd"
+m.flush()
+m.close()
+os.close(fd)
+d = open("i.bin", "rb").read()
+print("resized", len(d), d[0:2], d[8000:8002])
+
 # No writable shared mapping through a read-only descriptor; a private one keeps its stores.
 f = open("a.bin", "rb")
 try:

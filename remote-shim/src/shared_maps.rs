@@ -58,6 +58,8 @@ pub enum Which {
 #[derive(Default)]
 pub struct SharedMaps {
     maps: Mutex<Vec<Arc<Mapped>>>,
+    /// One collection at a time (the periodic one, one asked for, the job's last).
+    collecting: tokio::sync::Mutex<()>,
 }
 
 struct Mapped {
@@ -104,6 +106,14 @@ impl SharedMaps {
         self.lock().is_empty()
     }
 
+    /// The program set the length of handle `id`'s file to `len` (`ftruncate`): its placeholder and
+    /// baseline follow, as the mapping of a file follows its size natively.
+    pub fn resized(&self, id: u64, len: u64) {
+        let Some(m) = self.lock().iter().find(|m| m.handle.id == id).cloned() else { return };
+        let _ = placeholder(&m.handle).and_then(|p| p.set_len(len).map_err(|e| Errno::from_io(&e)));
+        let _ = m.baseline().and_then(|b| b.set_len(len).map_err(|e| Errno::from_io(&e)));
+    }
+
     /// Writes home what changed in the mapped files `which` names; the first error (after trying every
     /// file).
     pub async fn write_back(&self, sup: &Supervisor, which: Which) -> Result<(), Errno> {
@@ -144,6 +154,7 @@ impl SharedMaps {
         if self.is_empty() {
             return;
         }
+        let _one = self.collecting.lock().await;
         let mapped = sup.fds.mapped_handles(job);
         let unmapped: Vec<(Arc<Mapped>, u64)> = self
             .lock()
@@ -162,8 +173,11 @@ impl SharedMaps {
         let mut maps = self.lock();
         for (m, generation) in unmapped {
             // Mapped again while its stores were written: it stays.
+            let before = maps.len();
             if m.generation.load(Ordering::SeqCst) == generation {
                 maps.retain(|kept| !Arc::ptr_eq(kept, &m));
+            }
+            if maps.len() < before {
                 m.handle.pins.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -188,6 +202,12 @@ impl Mapped {
         let runs =
             tokio::task::spawn_blocking(move || differing_runs(&p, &b)).await.map_err(|_| Errno::EIO)??;
         let rwf = if h.flags & libc::O_APPEND != 0 { RWF_NOAPPEND } else { 0 };
+        if !runs.is_empty() {
+            // As for any write the job makes: a shadow of the file's content no longer holds, and home's
+            // free room is not what it said.
+            h.behind.drop_shadow();
+            crate::behind::forget_room(h.stat.dev);
+        }
         let mut buf = Vec::new();
         for (start, len) in runs {
             let mut at = start;

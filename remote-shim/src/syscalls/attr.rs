@@ -31,10 +31,14 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_ftruncate => {
             super::process::write_back_mappings(call, crate::shared_maps::Which::All).await;
             let len = call.arg(1) as i64;
-            on_handle(call, |h| {
+            let cut = on_handle(call, |h| {
                 Op::Truncate(pb::Truncate { dir: Some(h), path: Default::default(), length: len })
             })
-            .await
+            .await;
+            if let (Ok(_), Some(h)) = (&cut, call.handle(0)) {
+                call.sup.shared_maps.resized(h.id, len as u64);
+            }
+            cut
         }
         libc::SYS_utimensat => utimensat(call).await,
         #[cfg(target_arch = "x86_64")]

@@ -44,12 +44,18 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             kill(call, call.arg_i32(0), call.arg_i32(1), call.arg_i32(2)).await
         }
         libc::SYS_clone | libc::SYS_clone3 => clone(call, nr).await,
-        // The program asks for its mappings' stores to reach the file: every mapped home file is written.
+        // The program asks for its mappings' stores to reach the file and waits (`MS_SYNC`): the home files
+        // it maps are written (with `MS_ASYNC` alone they go at the moments `shared_maps` lists). Then
+        // the kernel checks the call as it would.
         libc::SYS_msync => {
-            if call.sup.shared_maps.is_empty() {
+            if call.sup.shared_maps.is_empty() || call.arg_i32(2) & libc::MS_SYNC == 0 {
                 return Some(Ok(Action::Continue));
             }
-            call.sup.shared_maps.write_back(call.sup, Which::All).await.map(|()| Action::Continue)
+            call.sup
+                .shared_maps
+                .write_back(call.sup, Which::Process(call.tgid()))
+                .await
+                .map(|()| Action::Continue)
         }
         #[cfg(target_arch = "x86_64")]
         libc::SYS_fork | libc::SYS_vfork => clone(call, nr).await,
