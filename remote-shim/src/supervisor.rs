@@ -314,7 +314,9 @@ impl Supervisor {
             (Err(errno), c) => (Some(Reply::Errno(errno.raw())), Ending::Errno(errno), c),
         };
         tracing::trace!(nr, ?reply, "answer");
-        // Recorded before the answer, so a process's lines are in the order of its calls.
+        // Recorded before the answer, so a process's lines are in the order of its calls; except a call its
+        // handler answered itself (an open installs its placeholder and answers), recorded when the handler
+        // ends, possibly after the program's next call: read a trace in `seq` order (as `trace-diff` does).
         if let Some(t) = &self.tracer {
             let pid = self.procs.tgid_of(tid);
             let who = Who { pid, tid, home_pid: self.procs.home_ids(pid).map(|(p, _)| p) };
