@@ -234,19 +234,7 @@ impl Mapped {
 /// new writable shared mapping.
 pub async fn refill(call: &crate::syscalls::Call<'_>, h: &Handle) -> Result<(), Errno> {
     let mut filled = h.filled.lock().await;
-    let file = placeholder(h)?;
-    let mut offset: u64 = 0;
-    loop {
-        let op = Op::Read(pb::Read { handle: h.id, len: BLOCK as u64, offset: Some(offset as i64) });
-        let (n, reply) = call.home_value(op).await?;
-        let data = reply.data.get(..n as usize).ok_or(Errno::EIO)?;
-        if data.is_empty() {
-            break;
-        }
-        file.write_all_at(data, offset).map_err(|e| Errno::from_io(&e))?;
-        offset += data.len() as u64;
-    }
-    file.set_len(offset).map_err(|e| Errno::from_io(&e))?;
+    crate::syscalls::io::copy_from_home(call, h).await?;
     *filled = true;
     Ok(())
 }

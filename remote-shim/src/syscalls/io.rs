@@ -578,6 +578,17 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
             return Ok(());
         }
     }
+    let size = copy_from_home(call, h).await?;
+    if let Some(key) = key.filter(|k| k.size() == size) {
+        call.sup.content.insert(key, &h.memfd);
+    }
+    *filled = true;
+    Ok(())
+}
+
+/// Copies home's file as it is now into the handle's memfd, all of it, at its size; returns the size.
+/// (The caller holds `h.filled`.)
+pub async fn copy_from_home(call: &Call<'_>, h: &Handle) -> Result<i64, Errno> {
     let mut offset: i64 = 0;
     let file = std::fs::File::from(h.memfd.try_clone().map_err(|e| Errno::from_io(&e))?);
     loop {
@@ -592,11 +603,7 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
         offset = offset.checked_add(n).ok_or(Errno::EOVERFLOW)?;
     }
     file.set_len(offset as u64).map_err(|e| Errno::from_io(&e))?;
-    if let Some(key) = key.filter(|k| k.size() == offset) {
-        call.sup.content.insert(key, &h.memfd);
-    }
-    *filled = true;
-    Ok(())
+    Ok(offset)
 }
 
 /// One side of a transfer: a home handle or one of the program's own descriptors.

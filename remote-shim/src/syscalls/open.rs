@@ -8,20 +8,6 @@ use homeward_proto::pb::{self, call_request::Op};
 use homeward_proto::{flags, Errno};
 
 pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
-    if is_open(nr) && !call.sup.shared_maps.is_empty() {
-        // What the job stored in small mapped files is in them for this open, as the page cache would
-        // have it (larger ones when the mapping process ends, or asks with msync); and every mapped
-        // file's stores before an open that may truncate one (they would be lost natively, not written
-        // over what comes after).
-        let flags = match nr {
-            libc::SYS_openat => call.arg_i32(2),
-            #[cfg(target_arch = "x86_64")]
-            libc::SYS_open => call.arg_i32(1),
-            _ => libc::O_TRUNC,
-        };
-        let which = if flags & libc::O_TRUNC != 0 { Which::All } else { Which::Small };
-        super::process::write_back_mappings(call, which).await;
-    }
     Some(match nr {
         #[cfg(target_arch = "x86_64")]
         libc::SYS_open => open(call, libc::AT_FDCWD, 0, call.arg_i32(1), call.arg(2) as u32, 0).await,
@@ -34,14 +20,6 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
         libc::SYS_openat2 => openat2(call).await,
         _ => return None,
     })
-}
-
-fn is_open(nr: i64) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if nr == libc::SYS_open || nr == libc::SYS_creat {
-        return true;
-    }
-    nr == libc::SYS_openat || nr == libc::SYS_openat2
 }
 
 async fn openat2(call: &Call<'_>) -> Outcome {
@@ -70,6 +48,14 @@ async fn openat2(call: &Call<'_>) -> Outcome {
 }
 
 async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u32, resolve: u64) -> Outcome {
+    if !call.sup.shared_maps.is_empty() {
+        // What the job stored in small mapped files is in them for this open, as the page cache would
+        // have it (larger ones when the mapping process ends, or asks with msync); and every mapped
+        // file's stores before an open that may truncate one (they would be lost natively, not written
+        // over what comes after).
+        let which = if oflags & libc::O_TRUNC != 0 { Which::All } else { Which::Small };
+        super::process::write_back_mappings(call, which).await;
+    }
     let path = call.path(path_arg)?;
     // The kernel takes the descriptor's number before it looks the path up.
     super::rlimit::room(call, 0)?;
