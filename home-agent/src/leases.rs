@@ -20,7 +20,7 @@
 use crate::confine::Allow;
 use crate::outbox::Stream as Replies;
 use crate::sys;
-use homeward_proto::pb::{CallReply, Dep, Event};
+use homeward_proto::pb::{CallReply, Dep, DirNames, Event};
 use homeward_proto::Errno;
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -51,6 +51,12 @@ const MAX_STEPS: usize = 256;
 const MAX_LINKS: usize = 40;
 /// Most directories (and files with several links) a session watches.
 const MAX_WATCHES: usize = 16384;
+/// Most names a directory may hold to be listed with a negative answer ([`Grant::walk`]).
+const MAX_LISTED: usize = 4096;
+/// A directory is listed again after a change voided its listing only this many times in a session,
+/// unless it is small ([`SMALL_LISTING`]): one whose names keep changing would cost a listing per lookup.
+const RELISTINGS: u32 = 16;
+const SMALL_LISTING: usize = 512;
 
 #[derive(Default)]
 pub struct Leases {
@@ -82,6 +88,9 @@ struct Inner {
     /// Reports numbered by a grant (the changes queued before it) and not sent yet: they go before the
     /// next reply ([`Leases::report_queued`]).
     unsent: Vec<CallReply>,
+    /// Directories listed with a negative answer, by watch: how often, and how many names they held then
+    /// (`usize::MAX`: too many to list).
+    listed: std::collections::HashMap<i32, (u32, usize)>,
 }
 
 impl Inner {
@@ -121,6 +130,9 @@ pub struct Grant<'a> {
     entry_only: bool,
     /// See [`Grant::directory_by_entry`].
     directory_by_entry: bool,
+    /// The names of the directory in which the walk found its last component missing, when it could be
+    /// listed (see [`Grant::walk`]).
+    listing: Option<DirNames>,
 }
 
 impl Leases {
@@ -177,7 +189,14 @@ impl Leases {
         if inner.stopped {
             return None;
         }
-        Some(Grant { inner, fd, deps: Vec::new(), entry_only: false, directory_by_entry: false })
+        Some(Grant {
+            inner,
+            fd,
+            deps: Vec::new(),
+            entry_only: false,
+            directory_by_entry: false,
+            listing: None,
+        })
     }
 
     /// Every report due now, in order: those numbered by grants and not sent yet, then the changes queued
@@ -270,9 +289,39 @@ impl Grant<'_> {
         }
     }
 
-    /// The lease (its number and dependencies), once every watch is in place.
-    pub fn finish(self) -> (u64, Vec<Dep>) {
-        (self.inner.seq + 1, self.deps)
+    /// The lease (its number and dependencies), once every watch is in place, and the listing of the
+    /// directory in which the walk found its last component missing, if it was listed.
+    pub fn finish(self) -> (u64, Vec<Dep>, Option<DirNames>) {
+        (self.inner.seq + 1, self.deps, self.listing)
+    }
+
+    /// The walk found component `at` of the path missing in `dir`, which it watches (the last dependency): lists
+    /// `dir`'s names under the same lease, depending on the walk to `dir` and on `dir`'s entries, when it
+    /// is on a case-sensitive local file system (a name the listing lacks is then surely missing, and any
+    /// change of the names is reported) and small enough. The listing is read after the watch is in place,
+    /// so a name made after it is reported to the lease.
+    fn list(&mut self, dir: BorrowedFd<'_>, at: u32) {
+        let Some(last) = self.deps.last() else { return };
+        let wd = last.wd as i32;
+        if let Some(&(times, names)) = self.inner.listed.get(&wd) {
+            if names > MAX_LISTED || (times >= RELISTINGS && names > SMALL_LISTING) {
+                return;
+            }
+        }
+        // Read without moving the directory's access time (a lookup does not); not listed when that cannot be.
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME | libc::O_CLOEXEC;
+        let Ok(opened) = sys::openat(dir, c".", flags, 0) else { return };
+        if !case_sensitive_local(opened.as_fd()) {
+            return;
+        }
+        let names = list_names(opened.as_fd(), MAX_LISTED);
+        let entry = self.inner.listed.entry(wd).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = names.as_ref().map_or(usize::MAX, Vec::len);
+        let Some(names) = names else { return };
+        let mut deps = self.deps[..self.deps.len() - 1].to_vec();
+        deps.push(Dep { wd: wd as u32, name: Vec::new().into() });
+        self.listing = Some(DirNames { deps, names: names.into_iter().map(Into::into).collect(), at });
     }
 
     /// Watches every directory that looking up `path` from `start` goes through (following symbolic links
@@ -330,11 +379,18 @@ impl Grant<'_> {
                 (None, components(path).collect())
             };
         let (mut links, mut steps) = (0, 0);
+        // The path's own components still to walk: the last ones of `todo` (links' targets go before them).
+        // A directory is listed only where one of those was found missing: the path's components before it
+        // name that directory (`DirNames.at`), whatever links the walk followed on the way.
+        let given = components(path).count();
+        let mut own_left = todo.len();
         if todo.is_empty() {
             // The start itself (`.` or `/`).
             return self.depend(cur.as_ref().map_or(start, |c| c.as_fd()), b"").then_some(());
         }
         while let Some(part) = todo.pop_front() {
+            let own = todo.len() < own_left;
+            own_left = own_left.min(todo.len());
             steps += 1;
             if steps > MAX_STEPS {
                 return None;
@@ -367,7 +423,12 @@ impl Grant<'_> {
                         (u32::from(sx.stx_mode) & libc::S_IFMT, sx.stx_nlink, mount_root)
                     }
                     // Missing: the answer depends on `name` in `dir`, which is watched.
-                    Err(e) if e == Errno::ENOENT => return Some(()),
+                    Err(e) if e == Errno::ENOENT => {
+                        if own {
+                            self.list(dir, (given - own_left - 1) as u32);
+                        }
+                        return Some(());
+                    }
                     Err(_) => return None,
                 };
             if kind == libc::S_IFLNK && (!last || follow) {
@@ -461,6 +522,45 @@ pub fn warm_up() {
     for dir in ["/", "/tmp"] {
         if let Ok(dir) = std::fs::File::open(dir) {
             keep_watched(dir.as_fd());
+        }
+    }
+}
+
+/// Whether names in `dir` are compared byte for byte, and all its changes are this machine's: a local file
+/// system that folds no case (ext4 and f2fs fold a directory's names when it has the casefold flag, tmpfs
+/// when mounted so; vfat, exfat, zfs may fold too and are not listed).
+fn case_sensitive_local(dir: BorrowedFd<'_>) -> bool {
+    const FS_CASEFOLD_FL: u32 = 0x4000_0000;
+    const LISTED: &[libc::c_long] = &[
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58F6, // ramfs
+        0x794C_7630, // overlayfs
+        0xF2F5_2010, // f2fs
+    ];
+    let Ok(fs) = sys::fstatfs(dir) else { return false };
+    LISTED.contains(&(fs.f_type as libc::c_long))
+        && sys::inode_flags(dir).is_ok_and(|flags| flags & FS_CASEFOLD_FL == 0)
+}
+
+/// The names in directory `dir` (open for reading, at its start), `.` and `..` aside; `None` when it holds
+/// more than `max` or cannot be read.
+fn list_names(dir: BorrowedFd<'_>, max: usize) -> Option<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    loop {
+        let buf = sys::getdents64(dir, 32 << 10).ok()?;
+        if buf.is_empty() {
+            return Some(names);
+        }
+        for entry in crate::exec::decode_dirents(&buf) {
+            if entry.name[..] != *b"." && entry.name[..] != *b".." {
+                names.push(entry.name.to_vec());
+            }
+        }
+        if names.len() > max {
+            return None;
         }
     }
 }

@@ -92,6 +92,11 @@ pub const REMOVABLE: u32 = u32::MAX - 2;
 /// `Key::mask` of a directory home opened read-only for the job (`Cached::Opens`), leased on its entry's
 /// attributes, not on what it holds (`CallReply.reopen_lease`): it may be opened again without home.
 pub const DIR_OPEN: u32 = u32::MAX - 3;
+/// `Key::mask` of the names in the directory a path names (`Cached::Listing`), under the key of the path
+/// (`.` for the cwd of a process's own relative keys).
+pub const LISTING: u32 = u32::MAX - 4;
+/// Listings kept at most (each up to a few thousand names); they all go when there are more.
+const MAX_LISTINGS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cached {
@@ -112,6 +117,41 @@ pub enum Cached {
     /// The path names this directory, which home opened read-only for the job (`DIR_OPEN`): its attributes
     /// then, of which only its identity, type and permissions still hold (its times and size do not).
     Opens(pb::FileStat),
+    /// Every name in the directory the path names (`LISTING`): a lookup of any other name in it finds
+    /// nothing (`ENOENT`) while no entry of it changes.
+    Listing(std::sync::Arc<HashSet<Vec<u8>>>),
+}
+
+/// Whether `mask` keys a lookup whose answer for a missing last component is `ENOENT` (the stat family,
+/// `readlink`, an access check), which a listing of its directory may answer.
+fn answers_missing(mask: u32) -> bool {
+    mask < ACCESS + 8 || mask == READLINK
+}
+
+/// The components of a path as the kernel walks them (empty ones and `.` dropped).
+fn components(path: &[u8]) -> Vec<&[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect()
+}
+
+/// The key of the listing of the directory that the first `n` components of `key`'s path name.
+fn listing_key(key: &Key, parts: &[&[u8]]) -> Key {
+    let mut path = if key.path.first() == Some(&b'/') { b"/".to_vec() } else { Vec::new() };
+    path.extend_from_slice(&parts.join(&b'/'));
+    if path.is_empty() {
+        path.push(b'.');
+    }
+    Key { proc: key.proc, path, follow: true, mask: LISTING }
+}
+
+/// Where to keep the listing a reply to a lookup of `path` (keyed `key`) brought, home having found the
+/// path's component `at` missing in the directory listed (`DirNames.at`): the key of that directory (the
+/// path's components before it, below the base `key` was made with, if any).
+pub fn listing_key_of(key: &Key, path: &[u8], at: usize) -> Option<Key> {
+    let parts = components(&key.path);
+    // The key's path is the base's path (if any) followed by the lookup's path.
+    let first = parts.len().checked_sub(components(path).len())?;
+    let end = first + at;
+    (end < parts.len()).then(|| listing_key(key, &parts[..end]))
 }
 
 /// A name the job removes without waiting ([`AttrCache::take_removable`]): what its absence depends on,
@@ -175,6 +215,8 @@ struct Inner {
     forgotten: u64,
     /// Home stopped leasing (its event queue overflowed): nothing is stored any more.
     stopped: bool,
+    /// Listings stored since they last all went (an upper bound of those kept).
+    listings: usize,
     /// Home files (device, inode) behind the handles the job opened.
     inodes: HashMap<u64, (u64, u64)>,
     /// The job's changes to file contents, numbered: the last one per file (through a descriptor, or by
@@ -214,6 +256,13 @@ impl Inner {
             Cached::Found(st) => self.reads.get(&(st.dev, st.ino)).copied().unwrap_or(0),
             _ => 0,
         };
+        if matches!(value, Cached::Listing(_)) {
+            self.listings += 1;
+            if self.listings > MAX_LISTINGS {
+                self.entries.retain(|_, e| !matches!(e.value, Cached::Listing(_)));
+                self.listings = 1;
+            }
+        }
         self.entries.insert(key, Entry { value, deps, names_only, reads, awaiting: None });
     }
 
@@ -262,6 +311,7 @@ impl Inner {
     }
 
     fn clear(&mut self) {
+        self.listings = 0;
         self.entries.clear();
         self.by_wd.clear();
         self.indexed = 0;
@@ -281,7 +331,31 @@ impl AttrCache {
 
     pub fn get(&self, key: &Key) -> Option<Cached> {
         let inner = self.lock();
-        inner.entries.get(key).filter(|e| inner.current(e)).map(|e| e.value.clone())
+        if let Some(e) = inner.entries.get(key) {
+            return inner.current(e).then(|| e.value.clone());
+        }
+        // A component of the path that its directory's listing lacks: the kernel's walk stops there.
+        if inner.listings == 0 || !answers_missing(key.mask) || key.path.len() >= libc::PATH_MAX as usize {
+            return None;
+        }
+        let parts = components(&key.path);
+        for (i, name) in parts.iter().enumerate() {
+            // (A longer name is refused first, with ENAMETOOLONG.)
+            if name.len() > 255 {
+                return None;
+            }
+            if *name == b".." {
+                continue;
+            }
+            if let Some(Entry { value: Cached::Listing(names), .. }) =
+                inner.entries.get(&listing_key(key, &parts[..i]))
+            {
+                if !names.contains(*name) {
+                    return Some(Cached::Missing(Errno::ENOENT));
+                }
+            }
+        }
+        None
     }
 
     /// The dependencies of the answer cached for `key`.
@@ -487,8 +561,9 @@ impl AttrCache {
                 }
             },
             Change::Names(names, parents) => inner.entries.retain(|k, e| {
-                let dir = matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR);
-                // The directories the names are in: their times and link counts change. A directory the path
+                let dir = matches!(&e.value, Cached::Found(s) if s.mode & libc::S_IFMT == libc::S_IFDIR)
+                    || matches!(&e.value, Cached::Listing(_));
+                // The directories the names are in: their times, link counts and names change. A directory the path
                 // does not name (a name in the cwd), or a key that does not name its directory (`..`, `/`),
                 // is left to home's report of the change, which comes before the call's reply (the
                 // directory is watched, since its attributes were leased), so no later call of the job

@@ -27,8 +27,9 @@ pub fn unlink(s: &Session, ctx: &ProcCtx, o: &pb::Unlink) -> Res {
     let flags = at_flags(o.at_flags)?;
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Entry)?;
     sys::unlinkat(at.dir.as_fd(), &at.path, flags)?;
-    let (lease, deps) = super::lease_after(s, &at.start, &o.path, false, o.lease, |found| found.is_none());
-    Ok(pb::CallReply { lease, deps, ..value(0) })
+    let super::Leased { lease, deps, listing } =
+        super::lease_after(s, &at.start, &o.path, false, o.lease, |found| found.is_none());
+    Ok(pb::CallReply { lease, deps, listing, ..value(0) })
 }
 
 /// renameat2; the RENAME_* flags are the same everywhere and pass as they are.
@@ -64,7 +65,8 @@ pub fn getdents(s: &Session, o: &pb::Getdents) -> Res {
     let (lease, deps) = match o.lease.then(|| s.leases.begin()).flatten() {
         Some(mut g) => {
             if g.depend(fd.as_fd(), b"") {
-                g.finish()
+                let (lease, deps, _) = g.finish();
+                (lease, deps)
             } else {
                 (0, Vec::new())
             }

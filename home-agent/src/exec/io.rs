@@ -103,12 +103,16 @@ pub fn fsync(s: &Session, ctx: &ProcCtx, o: &pb::Fsync) -> Res {
         })
     };
     match super::lease_after(s, &ctx.cwd, &o.lease_path, o.lease_follow, true, same) {
-        (0, _) => done(0),
+        super::Leased { lease: 0, .. } => done(0),
         // Read once the watches are in place: a change after this is reported.
-        (lease, deps) => match sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK) {
-            Ok(now) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&now)), lease, deps, ..value(0) }),
-            Err(_) => done(0),
-        },
+        super::Leased { lease, deps, .. } => {
+            match sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK) {
+                Ok(now) => {
+                    Ok(pb::CallReply { stat: Some(FileStat::from_statx(&now)), lease, deps, ..value(0) })
+                }
+                Err(_) => done(0),
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 mod attr;
 mod clock;
 mod dir;
+pub(crate) use dir::decode_dirents;
 mod fd;
 mod io;
 mod open;
@@ -71,20 +72,15 @@ fn value(v: i64) -> CallReply {
 }
 
 /// A lease on looking up `path` from `dir` (see `crate::leases`), when `wanted`: its number (0: none) and
-/// dependencies. Taken before the lookup itself reads the file system.
-fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> (u64, Vec<pb::Dep>) {
+/// dependencies, and the names of the directory where the last component was found missing, if listed.
+/// Taken before the lookup itself reads the file system.
+fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> Leased {
     lease_lookup_of(s, dir, path, follow, wanted, Scope::Answer)
 }
 
 /// [`lease_lookup`] for an access check, which depends on a directory found by name only through its
 /// attributes ([`crate::leases::Grant::directory_by_entry`]).
-fn lease_access_lookup(
-    s: &Session,
-    dir: &OwnedFd,
-    path: &[u8],
-    follow: bool,
-    wanted: bool,
-) -> (u64, Vec<pb::Dep>) {
+fn lease_access_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> Leased {
     lease_lookup_of(s, dir, path, follow, wanted, Scope::Attributes)
 }
 
@@ -101,7 +97,7 @@ pub(crate) enum Scope {
 
 /// [`lease_lookup`] for an answer that depends only on which entry the path names
 /// ([`crate::leases::Grant::entry_only`]).
-fn lease_entry_lookup(s: &Session, dir: &OwnedFd, path: &[u8], wanted: bool) -> (u64, Vec<pb::Dep>) {
+fn lease_entry_lookup(s: &Session, dir: &OwnedFd, path: &[u8], wanted: bool) -> Leased {
     lease_lookup_of(s, dir, path, false, wanted, Scope::Entry)
 }
 
@@ -112,22 +108,33 @@ fn lease_lookup_of(
     follow: bool,
     wanted: bool,
     scope: Scope,
-) -> (u64, Vec<pb::Dep>) {
+) -> Leased {
     use std::os::fd::AsFd;
     if !wanted || path.is_empty() {
-        return (0, Vec::new());
+        return Leased::default();
     }
-    let Some(mut grant) = s.leases.begin() else { return (0, Vec::new()) };
+    let Some(mut grant) = s.leases.begin() else { return Leased::default() };
     match scope {
         Scope::Answer => {}
         Scope::Attributes => grant.directory_by_entry(),
         Scope::Entry => grant.entry_only(),
     }
     if grant.walk(dir.as_fd(), path, follow, s.allow()) {
-        grant.finish()
+        let (lease, deps, listing) = grant.finish();
+        Leased { lease, deps, listing }
     } else {
-        (0, Vec::new())
+        Leased::default()
     }
+}
+
+/// A lease on a lookup's answer ([`lease_lookup`]); `lease` 0: none.
+#[derive(Default)]
+pub(crate) struct Leased {
+    pub lease: u64,
+    pub deps: Vec<pb::Dep>,
+    /// The names of the directory in which the lookup found its last component missing, when home could
+    /// list them (`CallReply.listing`).
+    pub listing: Option<pb::DirNames>,
 }
 
 /// A lease on looking up `path` from `dir` again after a call changed what it finds (created or removed
@@ -143,7 +150,7 @@ fn lease_after(
     follow: bool,
     wanted: bool,
     expected: impl FnOnce(Option<&libc::statx>) -> bool,
-) -> (u64, Vec<pb::Dep>) {
+) -> Leased {
     lease_after_of(s, dir, path, follow, wanted, Scope::Answer, expected)
 }
 
@@ -156,25 +163,25 @@ fn lease_after_of(
     wanted: bool,
     scope: Scope,
     expected: impl FnOnce(Option<&libc::statx>) -> bool,
-) -> (u64, Vec<pb::Dep>) {
+) -> Leased {
     use std::os::fd::AsFd;
     // (A path the kernel would refuse with `ENAMETOOLONG` is not walked.)
     if !wanted || s.allow().is_some() || path.len() >= libc::PATH_MAX as usize {
-        return (0, Vec::new());
+        return Leased::default();
     }
-    let Ok(cpath) = std::ffi::CString::new(path) else { return (0, Vec::new()) };
-    let (lease, deps) = lease_lookup_of(s, dir, path, follow, true, scope);
+    let Ok(cpath) = std::ffi::CString::new(path) else { return Leased::default() };
+    let leased = lease_lookup_of(s, dir, path, follow, true, scope);
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     let mask = libc::STATX_INO | libc::STATX_CTIME;
     let found = match crate::sys::statx(dir.as_fd(), &cpath, flags | libc::AT_NO_AUTOMOUNT, mask) {
         Ok(sx) => Some(sx),
         Err(e) if e == Errno::ENOENT => None,
-        Err(_) => return (0, Vec::new()),
+        Err(_) => return Leased::default(),
     };
-    if lease == 0 || !expected(found.as_ref()) {
-        return (0, Vec::new());
+    if leased.lease == 0 || !expected(found.as_ref()) {
+        return Leased::default();
     }
-    (lease, deps)
+    leased
 }
 
 /// Whether `fd`'s file system is a local one (a disk or memory, where a file's events are all this

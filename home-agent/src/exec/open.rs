@@ -40,7 +40,8 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     let follow = flags & libc::O_NOFOLLOW == 0;
     // A creating open is leased once it made its file (see below): a lease taken before would be voided by
     // the creation itself.
-    let (lease, deps) = super::lease_lookup(s, &at.start, &o.path, follow, o.lease && !creates);
+    let super::Leased { lease, deps, listing } =
+        super::lease_lookup(s, &at.start, &o.path, follow, o.lease && !creates);
     let tried = if probing { flags | libc::O_NONBLOCK } else { flags };
     let fd = if let Some(allow) = confined {
         allow.open(&at.start, &o.path, tried, mode, o.resolve)
@@ -53,7 +54,7 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
     let fd = match fd {
         // A fifo's write side without a reader: blocking, it would wait for one.
         Err(e) if probing && e == Errno(libc::ENXIO as u16) => return Err(super::RETRY_BLOCKING),
-        Err(e) => return Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
+        Err(e) => return Ok(pb::CallReply { lease, deps, listing, ..super::failed(e) }),
         Ok(fd) => fd,
     };
     let sx = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK).ok();
@@ -87,11 +88,13 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
                 })
             };
             match super::lease_after(s, &at.start, &o.path, follow, true, same) {
-                (0, _) => (0, Vec::new(), Some(opened)),
-                (lease, deps) => match sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK) {
-                    Ok(now) => (lease, deps, Some(now)),
-                    Err(_) => (0, Vec::new(), Some(opened)),
-                },
+                super::Leased { lease: 0, .. } => (0, Vec::new(), Some(opened)),
+                super::Leased { lease, deps, .. } => {
+                    match sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH, DEFAULT_STATX_MASK) {
+                        Ok(now) => (lease, deps, Some(now)),
+                        Err(_) => (0, Vec::new(), Some(opened)),
+                    }
+                }
             }
         }
         sx => (lease, deps, sx),
@@ -113,7 +116,16 @@ pub fn open(s: &Session, ctx: &ProcCtx, o: &pb::Open) -> Res {
                         )
                 })
             };
-            super::lease_after_of(s, &at.start, &o.path, follow, true, super::Scope::Attributes, unchanged)
+            let leased = super::lease_after_of(
+                s,
+                &at.start,
+                &o.path,
+                follow,
+                true,
+                super::Scope::Attributes,
+                unchanged,
+            );
+            (leased.lease, leased.deps)
         }
         _ => (0, Vec::new()),
     };

@@ -1,7 +1,7 @@
 //! Stat, Statfs, Access, Readlink.
 
 use super::open::DEFAULT_STATX_MASK;
-use super::{at, at_flags, dir_fd, start, value, How, Res};
+use super::{at, at_flags, dir_fd, start, value, How, Leased, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::pb::{self, FileStat, FsStat};
@@ -18,11 +18,11 @@ pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
     // Watched before the file system is read (see `leases`); the errno of a failed lookup is leased too.
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
-    let (lease, deps) = super::lease_lookup(s, &start, &o.path, follow, o.lease);
+    let Leased { lease, deps, listing } = super::lease_lookup(s, &start, &o.path, follow, o.lease);
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow });
     match at.and_then(|at| sys::statx(at.dir.as_fd(), &at.path, flags, mask)) {
         Ok(sx) => Ok(pb::CallReply { stat: Some(FileStat::from_statx(&sx)), lease, deps, ..value(0) }),
-        Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, listing, ..super::failed(e) }),
     }
 }
 
@@ -45,11 +45,11 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
     // Writing also depends on how the file system is mounted: leased only while home's mounts are watched.
     let watched = crate::service::mounts_watched();
     let wanted = o.lease && (mode & libc::W_OK == 0 || watched);
-    let (lease, deps) = super::lease_access_lookup(s, &start, &o.path, follow, wanted);
+    let Leased { lease, deps, listing } = super::lease_access_lookup(s, &start, &o.path, follow, wanted);
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow });
     match at.and_then(|at| sys::faccessat(at.dir.as_fd(), &at.path, mode, flags)) {
         Ok(()) => Ok(pb::CallReply { lease, deps, ..value(0) }),
-        Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, listing, ..super::failed(e) }),
     }
 }
 
@@ -62,13 +62,13 @@ pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
     };
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
     // A link's target, or EINVAL for anything else: which entry the path names, never what it holds.
-    let (lease, deps) = super::lease_entry_lookup(s, &start, &o.path, o.lease);
+    let Leased { lease, deps, listing } = super::lease_entry_lookup(s, &start, &o.path, o.lease);
     let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: false });
     match at.and_then(|at| sys::readlinkat(at.dir.as_fd(), &at.path, size)) {
         Ok(target) => {
             let n = target.len() as i64;
             Ok(pb::CallReply { data: target.into(), lease, deps, ..value(n) })
         }
-        Err(e) => Ok(pb::CallReply { lease, deps, ..super::failed(e) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, listing, ..super::failed(e) }),
     }
 }

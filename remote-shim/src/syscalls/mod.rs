@@ -339,6 +339,16 @@ impl Call<'_> {
         ticket: crate::attrcache::Ticket,
         reply: &CallReply,
     ) {
+        // The names of the directory a missing name was looked up in, when home listed them.
+        if let (Some(listing), crate::attrcache::Cached::Missing(Errno::ENOENT)) = (&reply.listing, &value) {
+            let at = crate::attrcache::listing_key_of(&key, path, listing.at as usize);
+            if let (Some(at), Some(mut deps)) = (at, self.origin_deps(dir, path, &key)) {
+                deps.extend(listing.deps.iter().map(|d| (d.wd, d.name.to_vec())));
+                let names = listing.names.iter().map(|n| n.to_vec()).collect();
+                let names = crate::attrcache::Cached::Listing(std::sync::Arc::new(names));
+                self.sup.link.attrs.put_with(at, names, ticket, reply.lease, deps, true);
+            }
+        }
         if let Some(deps) = self.lease_deps(dir, path, &key, reply) {
             self.sup.link.attrs.put(key, value, ticket, reply.lease, deps);
         }
