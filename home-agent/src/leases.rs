@@ -308,9 +308,7 @@ impl Grant<'_> {
                 return;
             }
         }
-        // Read without moving the directory's access time (a lookup does not); not listed when that cannot be.
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME | libc::O_CLOEXEC;
-        let Ok(opened) = sys::openat(dir, c".", flags, 0) else { return };
+        let Some(opened) = open_quietly(dir) else { return };
         if !case_sensitive_local(opened.as_fd()) {
             return;
         }
@@ -543,6 +541,35 @@ fn case_sensitive_local(dir: BorrowedFd<'_>) -> bool {
     let Ok(fs) = sys::fstatfs(dir) else { return false };
     LISTED.contains(&(fs.f_type as libc::c_long))
         && sys::inode_flags(dir).is_ok_and(|flags| flags & FS_CASEFOLD_FL == 0)
+}
+
+/// `dir` opened for reading its names without moving its access time (a lookup does not move it): with
+/// `O_NOATIME`, which only its owner (or a holder of `CAP_FOWNER`) may use, else only when reading it would
+/// not move that time anyway (a `noatime` or `nodiratime` mount, or `relatime` with the access time
+/// already later than the last change and less than a day old); `None` otherwise.
+fn open_quietly(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    match sys::openat(dir, c".", flags | libc::O_NOATIME, 0) {
+        Ok(fd) => return Some(fd),
+        Err(e) if e == Errno::EPERM => {}
+        Err(_) => return None,
+    }
+    let mount = sys::mount_flags(dir).ok()?;
+    let quiet = if mount & (libc::ST_NOATIME | libc::ST_NODIRATIME) != 0 {
+        true
+    } else if mount & libc::ST_RELATIME != 0 {
+        let mask = libc::STATX_ATIME | libc::STATX_MTIME | libc::STATX_CTIME;
+        let sx = sys::statx(dir, c"", libc::AT_EMPTY_PATH, mask).ok()?;
+        let ns = |t: libc::statx_timestamp| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
+        let now = i128::from(sys::clock_ns(libc::CLOCK_REALTIME).ok()?);
+        let day = 24 * 3600 * 1_000_000_000_i128;
+        ns(sx.stx_atime) > ns(sx.stx_mtime)
+            && ns(sx.stx_atime) > ns(sx.stx_ctime)
+            && now - ns(sx.stx_atime) < day
+    } else {
+        false
+    };
+    quiet.then(|| sys::openat(dir, c".", flags, 0).ok()).flatten()
 }
 
 /// The names in directory `dir` (open for reading, at its start), `.` and `..` aside; `None` when it holds

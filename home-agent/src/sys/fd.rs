@@ -133,6 +133,15 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> Result<libc::statfs, Errno> {
     Ok(buf)
 }
 
+/// The mount flags of `fd`'s file system (`ST_*`, from `fstatvfs`).
+pub fn mount_flags(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    // SAFETY: `statvfs` is a struct of integers; all-zero is a valid value.
+    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `buf` is a live, writable `struct statvfs` that fstatvfs fills.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut buf) })?;
+    Ok(buf.f_flag as u64)
+}
+
 pub fn ftruncate(fd: BorrowedFd<'_>, length: i64) -> Result<(), Errno> {
     // SAFETY: integers only.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), length) }).map(drop)
