@@ -4,7 +4,7 @@
 //! Checked here: names home makes behind the program's back (a file, a directory below a missing one, a
 //! rename, a name reached through a symbolic link) and the job's own creations are found at once, a link
 //! whose target is missing elsewhere does not pass that directory's names off as its own; every
-//! call that looks names up (stat, lstat, open, access, readlink, exec, below a missing directory too)
+//! call that looks names up (stat, lstat, open, access, readlink, statfs, exec, below a missing directory too)
 //! answers as the kernel does; and the round trips saved are counted.
 
 use homeward::{require_tools, skip_unless_root, Hosts};
@@ -119,13 +119,14 @@ exec made at home
     assert_eq!(remote.stdout(), expected, "{remote}");
 }
 
-/// Looks up `argv[1]` missing names in `d`, each by stat, open and access, and runs a missing program
+/// Looks up `argv[1]` missing names in `d`, each by stat, open, access and statfs, and runs a missing program
 /// by its absolute name (a shell's `$PATH` search, here by hand).
 const MANY: &str = r#"
 import os, sys
 n = int(sys.argv[1])
 for i in range(n):
-    for f in (os.stat, lambda p: os.open(p, os.O_RDONLY), lambda p: os.access(p, os.F_OK) or os.stat(p)):
+    for f in (os.stat, lambda p: os.open(p, os.O_RDONLY), lambda p: os.access(p, os.F_OK) or os.stat(p),
+              os.statvfs):
         try:
             f("d/missing%d" % i)
             sys.exit("found d/missing%d" % i)
@@ -164,7 +165,7 @@ fn missing_names_in_a_listed_directory_cost_no_round_trip() {
     run.assert_success();
     assert_eq!(run.stdout(), "ok\n", "{run}");
     let (all, home) = lookups_of(&trace, "d/missing");
-    assert_eq!(all, 160, "stat, open, access and stat of 40 names");
+    assert_eq!(all, 200, "stat, open, access, stat and statfs of 40 names");
     assert_eq!(home, 1, "only the first lookup goes home: the listing answers the others");
     let (all, home) = lookups_of(&trace, "d/prog");
     assert_eq!((all, home), (40, 0), "the exec's lookups are answered by the same listing");

@@ -26,14 +26,20 @@ pub fn stat(s: &Session, ctx: &ProcCtx, o: &pb::Stat) -> Res {
     }
 }
 
-/// statfs, or fstatfs of the handle when the path is empty.
+/// statfs, or fstatfs of the handle when the path is empty. A failed lookup is leased when asked (as
+/// stat's).
 pub fn statfs(s: &Session, ctx: &ProcCtx, o: &pb::Statfs) -> Res {
-    let st = if o.path.is_empty() {
-        sys::fstatfs(dir_fd(s, ctx, o.dir.as_ref())?.as_fd())?
-    } else {
-        sys::statfs(&at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true })?.proc_path()?)?
-    };
-    Ok(pb::CallReply { fsstat: Some(FsStat::from_statfs(&st)), ..value(0) })
+    if o.path.is_empty() {
+        let st = sys::fstatfs(dir_fd(s, ctx, o.dir.as_ref())?.as_fd())?;
+        return Ok(pb::CallReply { fsstat: Some(FsStat::from_statfs(&st)), ..value(0) });
+    }
+    let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
+    let Leased { lease, deps, listing } = super::lease_lookup(s, &start, &o.path, true, o.lease);
+    let at = at(s, ctx, o.dir.as_ref(), &o.path, How::Lookup { follow: true });
+    match at.and_then(|at| sys::statfs(&at.proc_path()?)) {
+        Ok(st) => Ok(pb::CallReply { fsstat: Some(FsStat::from_statfs(&st)), ..value(0) }),
+        Err(e) => Ok(pb::CallReply { lease, deps, listing, ..super::failed(e) }),
+    }
 }
 
 /// faccessat2 (access, faccessat).

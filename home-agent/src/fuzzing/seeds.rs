@@ -61,8 +61,8 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
             }),
         ),
         ("fstat", Op::Stat(Stat { dir: h(1), path: path(""), at_flags: at_empty, mask: 0, lease: false })),
-        ("statfs", Op::Statfs(Statfs { dir: cwd(), path: path("d") })),
-        ("fstatfs", Op::Statfs(Statfs { dir: h(1), path: path("") })),
+        ("statfs", Op::Statfs(Statfs { dir: cwd(), path: path("d"), lease: true })),
+        ("fstatfs", Op::Statfs(Statfs { dir: h(1), path: path(""), lease: false })),
         (
             "access",
             Op::Access(Access {

@@ -230,8 +230,25 @@ async fn fstatfs(call: &Call<'_>) -> Outcome {
     statfs_home(call, pb::Dir { handle: h.id }, Vec::new(), 1).await
 }
 
+/// statfs looks its path up as `stat` does: a path the attribute cache knows missing fails so without
+/// home (libselinux's `statfs("/selinux")` in every coreutils process), and a missing path is leased under
+/// `stat`'s key.
 async fn statfs_home(call: &Call<'_>, dir: pb::Dir, path: Vec<u8>, buf_arg: usize) -> Outcome {
-    let (_, reply) = call.home_value(Op::Statfs(pb::Statfs { dir: Some(dir), path: path.into() })).await?;
+    let attrs = &call.sup.link.attrs;
+    let key = call.lookup_key(&dir, &path, true, 0);
+    if let Some(Cached::Missing(e)) = key.as_ref().and_then(|k| attrs.get(k)) {
+        return Err(e);
+    }
+    let ticket = attrs.ticket();
+    let statfs = pb::Statfs { dir: Some(dir), path: path.clone().into(), lease: key.is_some() };
+    let reply = call.home(Op::Statfs(statfs)).await?;
+    match (super::outcome(&reply), key) {
+        (Err(e), Some(key)) if e == Errno::ENOENT => {
+            call.put_leased(&dir, &path, key, Cached::Missing(e), ticket, &reply);
+            return Err(e);
+        }
+        (outcome, _) => outcome?,
+    };
     let fs = reply.fsstat.ok_or(Errno::EIO)?;
     memory::write_pod(call.tid, call.arg(buf_arg), &fs.to_statfs())?;
     Ok(Action::Value(0))

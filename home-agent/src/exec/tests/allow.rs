@@ -237,7 +237,7 @@ fn inside_everything_works() {
     let truncate = pb::Truncate { dir: cwd(), path: "d/h".into(), length: 1 };
     home.call(Op::Truncate(truncate)).unwrap();
     assert_eq!(std::fs::read(home.root.join("d/h")).unwrap(), b"h");
-    let statfs = pb::Statfs { dir: cwd(), path: "d".into() };
+    let statfs = pb::Statfs { dir: cwd(), path: "d".into(), lease: false };
     assert!(home.call(Op::Statfs(statfs)).is_ok());
     // A directory handle is a start like the cwd.
     let dir = home.open("d", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();

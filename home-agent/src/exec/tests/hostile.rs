@@ -202,7 +202,7 @@ fn unknown_handles_are_ebadf_everywhere() {
             len: 1,
         }),
         Op::Stat(pb::Stat { dir, path: "x".into(), at_flags: 0, mask: 0, lease: true }),
-        Op::Statfs(pb::Statfs { dir, path: Default::default() }),
+        Op::Statfs(pb::Statfs { dir, path: Default::default(), lease: false }),
         Op::Chdir(pb::Chdir { dir, path: Default::default() }),
         Op::Truncate(pb::Truncate { dir, path: Default::default(), length: 0 }),
         Op::Xattr(pb::Xattr {
