@@ -363,3 +363,54 @@ fn lookups_follow_directories_removed_and_made_again_at_home() {
         assert_eq!((words[0], words[1], words[words.len() - 2]), (step, expected_x, "found"), "{remote}");
     }
 }
+
+/// A file the job wrote and closed, looked up, then looked up again after its home descriptor was closed
+/// by the supervisor's collector (home reports that close, `IN_CLOSE_WRITE`), then after a home process
+/// appended to it.
+const OWN_CLOSE: &str = r#"
+import os, time
+fd = os.open("out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"written by the job")
+os.close(fd)
+print("after the job's close", os.stat("out").st_size)
+time.sleep(1.5)
+print("after home closed it", os.stat("out").st_size)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+print("after home appended", os.stat("out").st_size)
+"#;
+
+#[test]
+fn the_home_close_of_the_jobs_own_descriptor_keeps_its_attributes_cached() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("own_close.py", OWN_CLOSE);
+    let out = hosts.path("out");
+    let append: [&dyn Fn(); 1] = [&|| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&out).expect("open for appending");
+        f.write_all(b", then at home").expect("append");
+    }];
+    let trace = hosts.scratch().join("own_close.trace");
+    let run = hosts
+        .cmd(&["python3", "own_close.py"])
+        .shim_arg("--trace")
+        .shim_arg(trace.to_str().expect("utf-8 path"))
+        .remote_while("", &append);
+    run.assert_success();
+    assert_eq!(
+        run.stdout(),
+        "after the job's close 18\nafter home closed it 18\nafter home appended 32\n",
+        "{run}"
+    );
+    // The first lookup after the writes goes home, the second does not, the one after home's append does.
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let wheres: Vec<bool> = text
+        .lines()
+        .filter(|l| l.contains("\"call\":\"newfstatat\"") && l.contains("\"out\""))
+        .map(|l| l.contains("\"where\":\"home\""))
+        .collect();
+    assert_eq!(wheres, [true, false, true], "{text}");
+}

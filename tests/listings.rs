@@ -170,3 +170,64 @@ fn missing_names_in_a_listed_directory_cost_no_round_trip() {
     let (all, home) = lookups_of(&trace, "d/prog");
     assert_eq!((all, home), (40, 0), "the exec's lookups are answered by the same listing");
 }
+
+/// Calls whose arguments the kernel refuses (`EINVAL`) before it looks a path up, on missing names of a
+/// directory already listed (a cached `ENOENT` must not answer them first), and `statfs("")`.
+const ARGUMENTS: &str = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+import platform
+SYS = {"statx": 291 if platform.machine() == "aarch64" else 332, "openat2": 437, "faccessat2": 439}
+AT_FDCWD = -100
+def sys(name, *args):
+    r = libc.syscall(SYS[name], *args)
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+try:
+    os.stat("d/first")
+except FileNotFoundError:
+    pass
+buf = ctypes.create_string_buffer(512)
+p = b"d/none"
+print("statx", sys("statx", AT_FDCWD, p, 0, 0x7ff, buf))
+print("statx reserved mask", sys("statx", AT_FDCWD, p, 0, ctypes.c_uint(0x80000000), buf))
+print("statx both sync flags", sys("statx", AT_FDCWD, p, 0x6000, 0x7ff, buf))
+print("statx follow flag", sys("statx", AT_FDCWD, p, 0x400, 0x7ff, buf))
+print("faccessat2", sys("faccessat2", AT_FDCWD, p, 0, 0))
+print("faccessat2 bad flag", sys("faccessat2", AT_FDCWD, p, 0, 0x400))
+class How(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+print("openat2", sys("openat2", AT_FDCWD, p, ctypes.byref(How(0, 0, 0)), 24))
+print("openat2 mode without O_CREAT", sys("openat2", AT_FDCWD, p, ctypes.byref(How(0, 0o644, 0)), 24))
+for path in ["", "d/none"]:
+    try:
+        os.statvfs(path)
+        print("statfs", repr(path), "ok")
+    except OSError as e:
+        print("statfs", repr(path), errno.errorcode[e.errno])
+"#;
+
+#[test]
+fn the_kernels_argument_checks_come_before_a_listed_absence() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("arguments.py", ARGUMENTS);
+    hosts.mkdir("d");
+    hosts.write("d/present", "x");
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "arguments.py"]).check(&native);
+    both.remote.assert_success();
+    let expected = "\
+statx ENOENT
+statx reserved mask EINVAL
+statx both sync flags EINVAL
+statx follow flag EINVAL
+faccessat2 ENOENT
+faccessat2 bad flag EINVAL
+openat2 ENOENT
+openat2 mode without O_CREAT EINVAL
+statfs '' ENOENT
+statfs 'd/none' ENOENT
+";
+    assert_eq!(both.remote.stdout(), expected, "{}", both.remote);
+}

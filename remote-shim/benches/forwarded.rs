@@ -8,13 +8,28 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const OPS: &[&str] =
-    &["stat", "stat, new name", "open+close", "read 4 KiB", "write 4 KiB", "getpid", "own pipe"];
+const OPS: &[&str] = &[
+    "stat",
+    "stat, new name",
+    "stat, missing name",
+    "open+close",
+    "read 4 KiB",
+    "write 4 KiB",
+    "getpid",
+    "own pipe",
+];
+
+/// Files "stat, new name" looks up, one per iteration of a sample (`names/0` ...).
+const NAMES: u32 = 20_000;
 
 fn data_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("homeward-criterion-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     std::fs::write(dir.join("data"), vec![7u8; 1 << 20]).expect("data file");
+    std::fs::create_dir_all(dir.join("names")).expect("names directory");
+    for i in 0..NAMES {
+        std::fs::write(dir.join(format!("names/{i}")), "").expect("a file to look up");
+    }
     dir
 }
 

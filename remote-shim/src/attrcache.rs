@@ -217,6 +217,10 @@ struct Inner {
     stopped: bool,
     /// Listings stored since they last all went (an upper bound of those kept).
     listings: usize,
+    /// Files (by inode) whose handles the job is closing at home (`Op::Close` sent, not answered), and the
+    /// file of each such handle: home's report of that close (`Event.closed`) leaves their attributes.
+    closing: HashMap<(u64, u64), u32>,
+    closing_handles: HashMap<u64, (u64, u64)>,
     /// Home files (device, inode) behind the handles the job opened.
     inodes: HashMap<u64, (u64, u64)>,
     /// The job's changes to file contents, numbered: the last one per file (through a descriptor, or by
@@ -441,17 +445,31 @@ impl AttrCache {
     }
 
     /// Home reports changes (batch `seq`; `written`: non-directories whose content or attributes only
-    /// changed): the answers
-    /// depending on them go (but those on names alone, for `written`).
-    pub fn changed(&self, seq: u64, changed: &[pb::Dep], written: &[pb::Dep]) {
+    /// changed; `closed`: non-directories only closed after writing): the answers depending on them go (but
+    /// those on names alone, for `written` and `closed`; and, for `closed`, a file's attributes while the job
+    /// is closing a handle of that file at home: the report is of that close).
+    pub fn changed(&self, seq: u64, changed: &[pb::Dep], written: &[pb::Dep], closed: &[pb::Dep]) {
         let mut inner = self.lock();
-        let all = changed.iter().map(|c| (c, false)).chain(written.iter().map(|c| (c, true)));
-        for (c, only_written) in all {
+        let all = changed
+            .iter()
+            .map(|c| (c, false, false))
+            .chain(written.iter().map(|c| (c, true, false)))
+            .chain(closed.iter().map(|c| (c, true, true)));
+        for (c, only_written, only_closed) in all {
             tracing::trace!(seq, wd = c.wd, name = %String::from_utf8_lossy(&c.name), "home reports a change");
             let name = c.name.to_vec();
+            let closing = std::mem::take(&mut inner.closing);
+            let own_close = |e: &Entry| {
+                only_closed
+                    && matches!(&e.value, Cached::Found(st) if closing.contains_key(&(st.dev, st.ino)))
+            };
             inner.remove_where(c.wd, |e| {
-                !(only_written && e.names_only) && e.awaiting.is_none() && voids(&e.deps, c.wd, &name)
+                !(only_written && e.names_only)
+                    && !own_close(e)
+                    && e.awaiting.is_none()
+                    && voids(&e.deps, c.wd, &name)
             });
+            inner.closing = closing;
             inner.recent.push_back((seq, c.wd, name, only_written));
         }
         while inner.recent.len() > RECENT {
@@ -526,7 +544,10 @@ impl AttrCache {
             if let Op::Close(c) = op {
                 let mut inner = self.lock();
                 for handle in std::iter::once(&c.handle).chain(&c.more) {
-                    inner.inodes.remove(handle);
+                    if let Some(inode) = inner.inodes.remove(handle) {
+                        *inner.closing.entry(inode).or_default() += 1;
+                        inner.closing_handles.insert(*handle, inode);
+                    }
                     inner.own.remove(handle);
                 }
             }
@@ -621,6 +642,20 @@ impl AttrCache {
                 inner.writes.insert(inode, seq);
             }
             None => inner.unnamed_writes = seq,
+        }
+    }
+
+    /// The reply to a close of `handles` at home came (or the link was lost): see `Inner::closing`.
+    pub fn closed(&self, handles: &[u64]) {
+        let mut inner = self.lock();
+        for handle in handles {
+            let Some(inode) = inner.closing_handles.remove(handle) else { continue };
+            if let Some(n) = inner.closing.get_mut(&inode) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.closing.remove(&inode);
+                }
+            }
         }
     }
 
@@ -863,19 +898,19 @@ mod tests {
         let (cache, removed, ticket) = start();
         let answered = AtomicBool::new(false);
         cache.removed(removed, &[key(0)], ticket, &answered);
-        cache.changed(1, &[dep(b"j")], &[]);
+        cache.changed(1, &[dep(b"j")], &[], &[]);
         assert_eq!(cache.get(&key(0)), missing(), "voided by the removal's own report");
         answered.store(true, Ordering::SeqCst);
         cache.put(key(0), Cached::Missing(Errno::ENOENT), ticket, 2, vec![(1, b"j".to_vec())]);
         cache.removal_answered(&[key(0)]);
         assert_eq!(cache.get(&key(0)), missing());
-        cache.changed(2, &[dep(b"j")], &[]);
+        cache.changed(2, &[dep(b"j")], &[], &[]);
         assert_eq!(cache.get(&key(0)), None, "a change after the lease voids it");
         // The reply refused a lease: a report since the unlink was sent voids the assumed absence then.
         let (cache, removed, ticket) = start();
         let answered = AtomicBool::new(false);
         cache.removed(removed, &[key(0)], ticket, &answered);
-        cache.changed(1, &[dep(b"j")], &[]);
+        cache.changed(1, &[dep(b"j")], &[], &[]);
         answered.store(true, Ordering::SeqCst);
         cache.removal_answered(&[key(0)]);
         assert_eq!(cache.get(&key(0)), None);
@@ -885,7 +920,7 @@ mod tests {
         cache.removal_answered(&[key(0)]);
         cache.removed(removed, &[key(0)], ticket, &answered);
         assert_eq!(cache.get(&key(0)), missing());
-        cache.changed(1, &[dep(b"j")], &[]);
+        cache.changed(1, &[dep(b"j")], &[], &[]);
         assert_eq!(cache.get(&key(0)), None);
     }
 }

@@ -340,6 +340,12 @@ impl HomeLink {
         }
         self.attrs.before_call(proc.id, &op);
         let changed = crate::attrcache::changed_handle(&op);
+        let closed = match &op {
+            pb::call_request::Op::Close(c) => {
+                std::iter::once(c.handle).chain(c.more.iter().copied()).collect()
+            }
+            _ => Vec::new(),
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0, ordered };
         lock(&shared.pending).insert(seq, Waiting { request, reply: reply_tx, sent_in: 0 });
@@ -354,6 +360,7 @@ impl HomeLink {
         Ok(async move {
             let reply = reply_rx.await.map_err(|_| shared.lost_error());
             attrs.after_call(changed);
+            attrs.closed(&closed);
             reply
         })
     }
@@ -598,7 +605,7 @@ impl Shared {
                 Some(event) if event.flush_epoch != 0 => self.attrs.flush(),
                 Some(event) if event.forget => self.attrs.forget(event.seq),
                 Some(event) if !event.changed.is_empty() || !event.written.is_empty() => {
-                    self.attrs.changed(event.seq, &event.changed, &event.written)
+                    self.attrs.changed(event.seq, &event.changed, &event.written, &event.closed)
                 }
                 Some(event) => {
                     let _ = self.events.send(event);

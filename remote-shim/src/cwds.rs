@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(cwds.get(7, &attrs), None);
         leased(&attrs, b"/a/d", (1, 10));
         // Home reports a change to an entry on the way.
-        attrs.changed(5, &[homeward_proto::pb::Dep { wd: 1, name: b"d".to_vec().into() }], &[]);
+        attrs.changed(5, &[homeward_proto::pb::Dep { wd: 1, name: b"d".to_vec().into() }], &[], &[]);
         assert_eq!(cwds.get(7, &attrs), None);
     }
 

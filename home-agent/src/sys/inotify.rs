@@ -43,13 +43,24 @@ pub fn inotify_unwatch(instance: BorrowedFd<'_>, wd: i32) -> Result<(), Errno> {
     cvt(unsafe { libc::inotify_rm_watch(instance.as_raw_fd(), wd) }).map(drop)
 }
 
+/// What the events of one `(watch, name)` pair did, least first (the pair takes the most of its events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// Only closes of a descriptor open for writing (`IN_CLOSE_WRITE`) of something not a directory.
+    Closed,
+    /// Only writes to the content or changes of the attributes of something not a directory
+    /// (`IN_MODIFY`, `IN_ATTRIB`, and those closes).
+    Written,
+    /// Anything else: names made, removed or moved, or a directory's own changes.
+    Names,
+}
+
 /// What [`inotify_events`] read.
 #[derive(Default)]
 pub struct Events {
-    /// The distinct `(watch, name, written)` the events name (an empty name: the watched directory itself;
-    /// `written`: every event for the pair was a write to the content or a change of the attributes of
-    /// something that is not a directory, `IN_MODIFY`, `IN_CLOSE_WRITE`, `IN_ATTRIB`).
-    pub changed: Vec<(i32, Vec<u8>, bool)>,
+    /// The distinct `(watch, name)` the events name (an empty name: the watched directory itself), and what
+    /// they did.
+    pub changed: Vec<(i32, Vec<u8>, Change)>,
     /// The kernel's queue overflowed: events were lost.
     pub overflow: bool,
     /// Watches that ended (`IN_IGNORED`: the file was removed, its file system unmounted, or the watch
@@ -79,15 +90,19 @@ pub fn inotify_events(instance: BorrowedFd<'_>) -> Events {
             let len = ev.len as usize;
             let name = buf.get(at + HEADER..at + HEADER + len).unwrap_or_default();
             let name = name.split(|&b| b == 0).next().unwrap_or_default().to_vec();
-            let written = ev.mask & libc::IN_ISDIR == 0 && ev.mask & !WRITES == 0;
+            let change = match ev.mask & libc::IN_ISDIR == 0 && ev.mask & !WRITES == 0 {
+                true if ev.mask & !libc::IN_CLOSE_WRITE == 0 => Change::Closed,
+                true => Change::Written,
+                false => Change::Names,
+            };
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
                 out.overflow = true;
             } else if ev.mask & libc::IN_IGNORED != 0 {
                 out.ended.push(ev.wd);
             } else {
                 match out.changed.iter_mut().find(|(w, n, _)| *w == ev.wd && *n == name) {
-                    Some((_, _, only_written)) => *only_written &= written,
-                    None => out.changed.push((ev.wd, name, written)),
+                    Some((_, _, was)) => *was = (*was).max(change),
+                    None => out.changed.push((ev.wd, name, change)),
                 }
             }
             at += HEADER + len;

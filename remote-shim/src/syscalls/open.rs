@@ -44,6 +44,11 @@ async fn openat2(call: &Call<'_>) -> Outcome {
     if flags::open_unknown(flags) != 0 {
         return Err(Errno::EINVAL);
     }
+    // A mode only with a creating open, and only permission bits (checked before any lookup).
+    let creates = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
+    if (creates && how.mode & !0o7777 != 0) || (!creates && how.mode != 0) {
+        return Err(Errno::EINVAL);
+    }
     open(call, call.arg_i32(0), 1, flags, how.mode as u32, how.resolve).await
 }
 

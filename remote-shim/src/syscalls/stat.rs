@@ -54,7 +54,10 @@ async fn statx(call: &Call<'_>) -> Outcome {
     let (dirfd, at, mask) = (call.arg_i32(0), call.arg_i32(2), call.arg(3) as u32);
     let t = call.target(dirfd, call.path(1)?, at);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
-    if flags::at_unknown(at) != 0 {
+    // The kernel's checks, made before any lookup (an answer from the cache would skip them).
+    const SYNC_TYPE: i32 = 0x6000;
+    const VALID: i32 = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_EMPTY_PATH | SYNC_TYPE;
+    if at & !VALID != 0 || at & SYNC_TYPE == SYNC_TYPE || mask & libc::STATX__RESERVED as u32 != 0 {
         return Err(Errno::EINVAL);
     }
     let reply = stat_home(call, dir, t.path, t.at, mask).await?;
@@ -221,6 +224,10 @@ pub fn put_found_by_name(
 
 async fn statfs(call: &Call<'_>) -> Outcome {
     let path = call.path(0)?;
+    // An empty path names nothing (home would take it for fstatfs of the cwd).
+    if path.is_empty() {
+        return Err(Errno::ENOENT);
+    }
     let Route::Home(dir) = call.route(libc::AT_FDCWD, &path) else { return Ok(Action::Continue) };
     statfs_home(call, dir, path, 1).await
 }
@@ -256,6 +263,9 @@ async fn statfs_home(call: &Call<'_>, dir: pb::Dir, path: Vec<u8>, buf_arg: usiz
 
 async fn access(call: &Call<'_>, dirfd: i32, path_arg: usize, mode: u32, at: i32) -> Outcome {
     if mode & !(libc::F_OK | libc::R_OK | libc::W_OK | libc::X_OK) as u32 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if at & !(libc::AT_EACCESS | libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH) != 0 {
         return Err(Errno::EINVAL);
     }
     let t = call.target(dirfd, call.path(path_arg)?, at);

@@ -24,11 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// "stat" repeats one lookup (cached after the first); "stat, new name" looks up a different (missing)
-/// name each time, so each is a round trip.
+/// "stat" repeats one lookup (cached after the first); "stat, new name" looks up a different file each
+/// time, so each is a round trip; "stat, missing name" a different missing name in one directory, which the
+/// listing the first lookup brings answers.
 const OPS: &[&str] = &[
     "stat",
     "stat, new name",
+    "stat, missing name",
     "open+close",
     "read 4 KiB",
     "write 4 KiB",
@@ -161,6 +163,10 @@ impl Drop for Agent {
 /// Each operation natively and under each home; µs per operation and the round trips of each run.
 fn micro_table(shim: &Shim, homes: &[Home], dir: &Path, n: u32) -> String {
     std::fs::write(dir.join("data"), vec![7u8; 1 << 20]).expect("data file");
+    std::fs::create_dir_all(dir.join("names")).expect("names directory");
+    for i in 0..n {
+        std::fs::write(dir.join(format!("names/{i}")), "").expect("a file to look up");
+    }
     let mut table = String::from("| operation | native µs |");
     for h in homes {
         table.push_str(&format!(" {} µs (ratio) |", h.label));
@@ -208,8 +214,12 @@ fn run_op(op: &str, n: u32, dir: &std::path::Path) -> f64 {
                 std::fs::metadata(&data).expect("stat");
             }
         }
-        "stat, new name" => {
-            let names: Vec<_> = (0..n).map(|i| dir.join(format!("missing-{i}"))).collect();
+        "stat, new name" | "stat, missing name" => {
+            let name = |i| match op {
+                "stat, new name" => dir.join(format!("names/{i}")),
+                _ => dir.join(format!("missing-{i}")),
+            };
+            let names: Vec<_> = (0..n).map(name).collect();
             let t = Instant::now();
             for name in &names {
                 std::hint::black_box(std::fs::metadata(name).is_err());
