@@ -464,10 +464,8 @@ impl AttrCache {
                     && matches!(&e.value, Cached::Found(st) if closing.contains_key(&(st.dev, st.ino)))
             };
             inner.remove_where(c.wd, |e| {
-                !(only_written && e.names_only)
-                    && !own_close(e)
-                    && e.awaiting.is_none()
-                    && voids(&e.deps, c.wd, &name)
+                let kept = (only_written && e.names_only) || own_close(e);
+                !kept && e.awaiting.is_none() && voids(&e.deps, c.wd, &name)
             });
             inner.closing = closing;
             inner.recent.push_back((seq, c.wd, name, only_written));
