@@ -414,3 +414,46 @@ fn the_home_close_of_the_jobs_own_descriptor_keeps_its_attributes_cached() {
         .collect();
     assert_eq!(wheres, [true, false, true], "{text}");
 }
+
+/// A file the job looked up, then written at home through a shared mapping (no `IN_MODIFY`: only the
+/// close is reported), then looked up again: its modification time as home's kernel shows it.
+const MAPPED_AT_HOME: &str = r#"
+import os, time
+print(os.stat("f").st_mtime_ns)
+print(os.stat("f").st_mtime_ns)
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+print(os.stat("f").st_mtime_ns)
+"#;
+
+#[test]
+fn a_file_written_at_home_through_a_mapping_is_seen_changed() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("mapped.py", MAPPED_AT_HOME);
+    hosts.write("f", "0123456789");
+    let before = std::fs::metadata(hosts.path("f")).expect("stat").mtime_nsec();
+    let f = hosts.path("f");
+    let write_mapped: [&dyn Fn(); 1] = [&|| {
+        // A coarse clock: make sure the mapping's write moves the time.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let script = "import mmap, sys\nwith open(sys.argv[1], 'r+b') as f:\n    m = mmap.mmap(f.fileno(), 0)\n    m[0:1] = b'X'\n    m.flush()\n    m.close()\n";
+        let ok = std::process::Command::new("python3")
+            .args(["-c", script, f.to_str().expect("utf-8 path")])
+            .status()
+            .expect("python3");
+        assert!(ok.success());
+    }];
+    let run = hosts.cmd(&["python3", "mapped.py"]).remote_while("", &write_mapped);
+    run.assert_success();
+    let meta = std::fs::metadata(hosts.path("f")).expect("stat");
+    let after = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    assert_eq!(std::fs::read(hosts.path("f")).expect("read"), b"X123456789");
+    let lines: Vec<i128> = run.stdout().lines().map(|l| l.parse().expect("a time")).collect();
+    assert_eq!(lines.len(), 3, "{run}");
+    assert_eq!(lines[0], lines[1]);
+    assert_ne!(lines[0], after, "the mapping moved the modification time (before: {before})");
+    assert_eq!(lines[2], after, "{run}");
+}

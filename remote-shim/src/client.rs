@@ -604,7 +604,9 @@ impl Shared {
                 // meets an entry the flush removed.
                 Some(event) if event.flush_epoch != 0 => self.attrs.flush(),
                 Some(event) if event.forget => self.attrs.forget(event.seq),
-                Some(event) if !event.changed.is_empty() || !event.written.is_empty() => {
+                Some(event)
+                    if !event.changed.is_empty() || !event.written.is_empty() || !event.closed.is_empty() =>
+                {
                     self.attrs.changed(event.seq, &event.changed, &event.written, &event.closed)
                 }
                 Some(event) => {
