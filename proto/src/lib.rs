@@ -26,7 +26,7 @@ pub mod pb {
 pub use errno::Errno;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// gRPC metadata key that names the session on the `Calls` stream.
 pub const SESSION_METADATA: &str = "homeward-session";

@@ -217,10 +217,13 @@ struct Inner {
     stopped: bool,
     /// Listings stored since they last all went (an upper bound of those kept).
     listings: usize,
-    /// Files (by inode) whose handles the job is closing at home (`Op::Close` sent, not answered), and the
-    /// file of each such handle: home's report of that close (`Event.closed`) leaves their attributes.
+    /// Files (by inode) whose handles open for writing the job is closing at home (`Op::Close` sent, its
+    /// reply not yet read), and the file of each such handle: home's report of that close (`Event.closed`)
+    /// leaves their attributes. (Closing a handle open for reading only is reported to no watch.)
     closing: HashMap<(u64, u64), u32>,
     closing_handles: HashMap<u64, (u64, u64)>,
+    /// Handles open for writing (see `closing`).
+    writable: HashSet<u64>,
     /// Home files (device, inode) behind the handles the job opened.
     inodes: HashMap<u64, (u64, u64)>,
     /// The job's changes to file contents, numbered: the last one per file (through a descriptor, or by
@@ -542,7 +545,8 @@ impl AttrCache {
             if let Op::Close(c) = op {
                 let mut inner = self.lock();
                 for handle in std::iter::once(&c.handle).chain(&c.more) {
-                    if let Some(inode) = inner.inodes.remove(handle) {
+                    let inode = inner.inodes.remove(handle);
+                    if let (Some(inode), true) = (inode, inner.writable.remove(handle)) {
                         *inner.closing.entry(inode).or_default() += 1;
                         inner.closing_handles.insert(*handle, inode);
                     }
@@ -643,7 +647,20 @@ impl AttrCache {
         }
     }
 
-    /// The reply to a close of `handles` at home came (or the link was lost): see `Inner::closing`.
+    /// Remembers that home handle `handle` is open for writing (see `Inner::closing`).
+    pub fn opened_for_writing(&self, handle: u64) {
+        self.lock().writable.insert(handle);
+    }
+
+    /// The link to home was lost: no close is awaited any more.
+    pub fn forget_closing(&self) {
+        let mut inner = self.lock();
+        inner.closing.clear();
+        inner.closing_handles.clear();
+    }
+
+    /// The reply to a close of `handles` at home was read (before any later report is applied): see
+    /// `Inner::closing`.
     pub fn closed(&self, handles: &[u64]) {
         let mut inner = self.lock();
         for handle in handles {
@@ -873,6 +890,101 @@ mod tests {
             Some((0, b"/x".to_vec()))
         );
         assert_eq!(Key::of(7, Some(&base), b"", false, 0), None);
+    }
+
+    /// Where a listing is kept (the path's components before the missing one, below the key's base) and
+    /// which lookups it answers.
+    #[test]
+    fn listings_answer_missing_components_of_their_directory() {
+        let key = |proc, path: &[u8], mask| Key { proc, path: path.to_vec(), follow: false, mask };
+        let path_of = |k: Option<Key>| k.map(|k| (k.proc, k.path, k.mask));
+        // A relative lookup keyed under its base `/w`: the base's components come first.
+        assert_eq!(
+            path_of(listing_key_of(&key(0, b"/w/d/x", 0), b"d/x", 1)),
+            Some((0, b"/w/d".to_vec(), LISTING))
+        );
+        assert_eq!(
+            path_of(listing_key_of(&key(0, b"/w/d/x", 0), b"./d//x", 0)),
+            Some((0, b"/w".to_vec(), LISTING))
+        );
+        assert_eq!(
+            path_of(listing_key_of(&key(0, b"/a//b/./c", 0), b"/a//b/./c", 2)),
+            Some((0, b"/a/b".to_vec(), LISTING))
+        );
+        assert_eq!(path_of(listing_key_of(&key(7, b"x", 0), b"x", 0)), Some((7, b".".to_vec(), LISTING)));
+        assert_eq!(listing_key_of(&key(0, b"/w/x", 0), b"x", 1), None, "past the last component");
+        let cache = AttrCache::default();
+        let names: HashSet<Vec<u8>> = [b"y".to_vec(), b"sub".to_vec()].into_iter().collect();
+        let ticket = cache.ticket();
+        cache.put_with(
+            Key { follow: true, ..key(0, b"/w/d", LISTING) },
+            Cached::Listing(names.into()),
+            ticket,
+            1,
+            vec![(1, Vec::new())],
+            true,
+        );
+        let missing = Some(Cached::Missing(Errno::ENOENT));
+        assert_eq!(cache.get(&key(0, b"/w/d/x", 0)), missing);
+        assert_eq!(cache.get(&key(0, b"/w//d/./x/", READLINK)), missing);
+        assert_eq!(cache.get(&key(0, b"/w/d/x/z", ACCESS)), missing, "below a missing component");
+        assert_eq!(cache.get(&key(0, b"/w/d/x/../y", 0)), missing, "the walk stops at x");
+        assert_eq!(cache.get(&key(0, b"/w/d/y", 0)), None);
+        assert_eq!(cache.get(&key(0, b"/w/d/sub/x", 0)), None);
+        assert_eq!(cache.get(&key(0, b"/w/d/..", 0)), None);
+        assert_eq!(cache.get(&key(0, b"/w/d/x", CWD)), None, "not a lookup answered ENOENT");
+        assert_eq!(cache.get(&key(3, b"/w/d/x", 0)), None, "another process's relative key");
+        // Any change of the directory's entries voids it; a write to one of its files does not.
+        cache.changed(1, &[], &[pb::Dep { wd: 1, name: b"y".to_vec().into() }], &[]);
+        assert_eq!(cache.get(&key(0, b"/w/d/x", 0)), missing);
+        cache.changed(2, &[pb::Dep { wd: 1, name: b"x".to_vec().into() }], &[], &[]);
+        assert_eq!(cache.get(&key(0, b"/w/d/x", 0)), None);
+    }
+
+    /// Home's report of a close after writing (`Event.closed`) leaves a file's attributes only while the
+    /// job is closing a handle open for writing of that file, until that close's reply is read.
+    #[test]
+    fn a_reported_close_is_the_jobs_own_only_while_it_closes_a_writable_handle() {
+        let key = Key { proc: 0, path: b"/w/f".to_vec(), follow: true, mask: 0 };
+        let dep = || pb::Dep { wd: 1, name: b"f".to_vec().into() };
+        let found = Cached::Found(pb::FileStat {
+            dev: 1,
+            ino: 2,
+            mode: libc::S_IFREG | 0o644,
+            nlink: 1,
+            ..Default::default()
+        });
+        let store = |cache: &AttrCache, lease| {
+            let ticket = cache.ticket();
+            cache.put(key.clone(), found.clone(), ticket, lease, vec![(1, b"f".to_vec())]);
+            assert_eq!(cache.get(&key), Some(found.clone()));
+        };
+        let close = |handle| Op::Close(pb::Close { handle, more: vec![] });
+        let cache = AttrCache::default();
+        // A handle open for reading only: its close is reported to no watch, so a report is another's.
+        store(&cache, 1);
+        cache.opened(10, (1, 2));
+        cache.before_call(0, &close(10));
+        cache.changed(1, &[], &[], &[dep()]);
+        assert_eq!(cache.get(&key), None);
+        cache.closed(&[10]);
+        // A handle open for writing: the report while its close is in flight is of that close.
+        store(&cache, 2);
+        cache.opened(11, (1, 2));
+        cache.opened_for_writing(11);
+        cache.before_call(0, &close(11));
+        cache.changed(2, &[], &[], &[dep()]);
+        assert_eq!(cache.get(&key), Some(found.clone()));
+        cache.closed(&[11]);
+        cache.changed(3, &[], &[], &[dep()]);
+        assert_eq!(cache.get(&key), None, "once its reply was read, a report is another's");
+        // A write reported with the close voids it whatever the job closes.
+        store(&cache, 4);
+        cache.opened(12, (1, 2));
+        cache.opened_for_writing(12);
+        cache.before_call(0, &close(12));
+        cache.changed(4, &[], &[dep()], &[]);
+        assert_eq!(cache.get(&key), None);
     }
 
     /// An unlink sent behind: the name's absence is answered here until the reply comes, whatever home

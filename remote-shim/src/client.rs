@@ -340,12 +340,6 @@ impl HomeLink {
         }
         self.attrs.before_call(proc.id, &op);
         let changed = crate::attrcache::changed_handle(&op);
-        let closed = match &op {
-            pb::call_request::Op::Close(c) => {
-                std::iter::once(c.handle).chain(c.more.iter().copied()).collect()
-            }
-            _ => Vec::new(),
-        };
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = CallRequest { seq, proc: Some(proc), op: Some(op), ack: 0, ordered };
         lock(&shared.pending).insert(seq, Waiting { request, reply: reply_tx, sent_in: 0 });
@@ -360,7 +354,6 @@ impl HomeLink {
         Ok(async move {
             let reply = reply_rx.await.map_err(|_| shared.lost_error());
             attrs.after_call(changed);
-            attrs.closed(&closed);
             reply
         })
     }
@@ -593,6 +586,13 @@ impl Shared {
                 let waiting = lock(&self.pending).remove(&reply.seq);
                 match waiting {
                     Some(waiting) => {
+                        // A close's reply ends the time in which home's reports of closes are the job's
+                        // own (`AttrCache::closed`): before any later report is applied.
+                        if let Some(pb::call_request::Op::Close(c)) = &waiting.request.op {
+                            let handles: Vec<u64> =
+                                std::iter::once(c.handle).chain(c.more.iter().copied()).collect();
+                            self.attrs.closed(&handles);
+                        }
                         let _ = waiting.reply.send(reply);
                     }
                     None => tracing::warn!(seq = reply.seq, "reply for no pending call"),
@@ -623,6 +623,7 @@ impl Shared {
         self.lost.store(true, Ordering::SeqCst);
         // Dropping the waiters fails every call in flight.
         lock(&self.pending).clear();
+        self.attrs.forget_closing();
         self.lost_notify.notify_waiters();
     }
 

@@ -129,6 +129,9 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
         }
     }
     attrs.opened(handle_id, (stat.dev, stat.ino));
+    if oflags & libc::O_ACCMODE != libc::O_RDONLY {
+        attrs.opened_for_writing(handle_id);
+    }
     if reply.via_link {
         // A file created or emptied where a symbolic link points: under any name.
         attrs.forget_all();
