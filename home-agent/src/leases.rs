@@ -131,8 +131,8 @@ pub struct Grant<'a> {
     entry_only: bool,
     /// See [`Grant::directory_by_entry`].
     directory_by_entry: bool,
-    /// The names of the directory in which the walk found its last component missing, when it could be
-    /// listed (see [`Grant::walk`]).
+    /// The names of the directory in which the walk found one of the path's own components missing, when
+    /// it could be listed (see [`Grant::list`]).
     listing: Option<DirNames>,
 }
 
@@ -291,7 +291,7 @@ impl Grant<'_> {
     }
 
     /// The lease (its number and dependencies), once every watch is in place, and the listing of the
-    /// directory in which the walk found its last component missing, if it was listed.
+    /// directory in which the walk found one of the path's own components missing, if it was listed.
     pub fn finish(self) -> (u64, Vec<Dep>, Option<DirNames>) {
         (self.inner.seq + 1, self.deps, self.listing)
     }

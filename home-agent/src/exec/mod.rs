@@ -72,7 +72,7 @@ fn value(v: i64) -> CallReply {
 }
 
 /// A lease on looking up `path` from `dir` (see `crate::leases`), when `wanted`: its number (0: none) and
-/// dependencies, and the names of the directory where the last component was found missing, if listed.
+/// dependencies, and the names of the directory where a component was found missing, if listed.
 /// Taken before the lookup itself reads the file system.
 fn lease_lookup(s: &Session, dir: &OwnedFd, path: &[u8], follow: bool, wanted: bool) -> Leased {
     lease_lookup_of(s, dir, path, follow, wanted, Scope::Answer)
@@ -132,8 +132,8 @@ fn lease_lookup_of(
 pub(crate) struct Leased {
     pub lease: u64,
     pub deps: Vec<pb::Dep>,
-    /// The names of the directory in which the lookup found its last component missing, when home could
-    /// list them (`CallReply.listing`).
+    /// The names of the directory in which the lookup found a component of the path missing, when home
+    /// could list them (`CallReply.listing`).
     pub listing: Option<pb::DirNames>,
 }
 
