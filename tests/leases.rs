@@ -6,7 +6,7 @@
 //! transaction). Then the cases a review found: a file opened through a symbolic link, lookups through a
 //! directory descriptor when home replaces an ancestor, and access times moved by a read at home.
 
-use homeward::{require_tools, skip_unless_root, Hosts};
+use homeward::{require_tools, skip_unless_root, trace_lines, Hosts};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -406,13 +406,12 @@ fn the_home_close_of_the_jobs_own_descriptor_keeps_its_attributes_cached() {
         "{run}"
     );
     // The first lookup after the writes goes home, the second does not, the one after home's append does.
-    let text = std::fs::read_to_string(&trace).expect("the trace");
-    let wheres: Vec<bool> = text
-        .lines()
-        .filter(|l| l.contains("\"call\":\"newfstatat\"") && l.contains("\"out\""))
-        .map(|l| l.contains("\"where\":\"home\""))
+    let wheres: Vec<bool> = trace_lines(&trace)
+        .iter()
+        .filter(|l| l["call"] == "newfstatat" && l["args"][1] == "out")
+        .map(|l| l["where"] == "home")
         .collect();
-    assert_eq!(wheres, [true, false, true], "{text}");
+    assert_eq!(wheres, [true, false, true], "{run}");
 }
 
 /// A file the job looked up, then written at home through a shared mapping (no `IN_MODIFY`: only the

@@ -7,7 +7,7 @@
 //! call that looks names up (stat, lstat, open, access, readlink, statfs, exec, below a missing directory too)
 //! answers as the kernel does; and the round trips saved are counted.
 
-use homeward::{require_tools, skip_unless_root, Hosts};
+use homeward::{require_tools, skip_unless_root, trace_lines, Hosts};
 use std::path::Path;
 
 /// Looks names up in `d` (directly, through `lnk -> d`, and relative to `d` as the cwd) before and after
@@ -139,11 +139,17 @@ for i in range(n):
 print("ok")
 "#;
 
-/// The lines of a `--trace` file naming a path that holds `text`: (all, those that went home).
+/// The calls of a `--trace` file with a string argument that holds `text`: (all, those that went home).
 fn lookups_of(trace: &Path, text: &str) -> (usize, usize) {
-    let log = std::fs::read_to_string(trace).expect("the trace");
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(text)).collect();
-    (lines.len(), lines.iter().filter(|l| l.contains("\"where\":\"home\"")).count())
+    let lines: Vec<_> = trace_lines(trace)
+        .into_iter()
+        .filter(|l| {
+            l["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.contains(text))))
+        })
+        .collect();
+    (lines.len(), lines.iter().filter(|l| l["where"] == "home").count())
 }
 
 #[test]

@@ -458,10 +458,11 @@ impl AttrCache {
             .map(|c| (c, false, false))
             .chain(written.iter().map(|c| (c, true, false)))
             .chain(closed.iter().map(|c| (c, true, true)));
+        // (Taken out while entries are removed, which borrows the rest.)
+        let closing = std::mem::take(&mut inner.closing);
         for (c, only_written, only_closed) in all {
             tracing::trace!(seq, wd = c.wd, name = %String::from_utf8_lossy(&c.name), "home reports a change");
             let name = c.name.to_vec();
-            let closing = std::mem::take(&mut inner.closing);
             let own_close = |e: &Entry| {
                 only_closed
                     && matches!(&e.value, Cached::Found(st) if closing.contains_key(&(st.dev, st.ino)))
@@ -470,9 +471,9 @@ impl AttrCache {
                 let kept = (only_written && e.names_only) || own_close(e);
                 !kept && e.awaiting.is_none() && voids(&e.deps, c.wd, &name)
             });
-            inner.closing = closing;
             inner.recent.push_back((seq, c.wd, name, only_written));
         }
+        inner.closing = closing;
         while inner.recent.len() > RECENT {
             if let Some((seq, _, _, _)) = inner.recent.pop_front() {
                 inner.forgotten = inner.forgotten.max(seq);
