@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One open file description at home, as the shim knows it.
@@ -410,6 +410,9 @@ pub struct FdTable {
     shared: Mutex<HashMap<SharedKey, u64>>,
     /// Descriptors recently read through copies ([`crate::readers`]).
     pub readers: crate::readers::Readers,
+    /// Some placeholder was put below the range (a directory or a read-only copy moved there by `dup2`):
+    /// the collector reads the job's descriptors below the range too.
+    below: AtomicBool,
 }
 
 /// What the opens sharing one placeholder have in common: the version (so the content), the open flags but
@@ -435,6 +438,7 @@ impl FdTable {
             lazy_ids: AtomicU64::new(0),
             shared: Mutex::default(),
             readers: Default::default(),
+            below: AtomicBool::new(false),
             natives: Mutex::default(),
         }
     }
@@ -592,6 +596,20 @@ impl FdTable {
         self.put_at(listener, notif_id, target, handle, cloexec, false).map(drop)
     }
 
+    /// Installs `description`, an open file of `handle`'s memfd, at exactly `target` below the range
+    /// ([`crate::native::alias`]) and answers with that number.
+    pub fn install_below(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        target: u32,
+        handle: &Arc<Handle>,
+        description: std::os::fd::BorrowedFd<'_>,
+        cloexec: bool,
+    ) -> io::Result<i32> {
+        self.put_description_at(listener, notif_id, target, handle, description, cloexec, true)
+    }
+
     /// Registers `handle` and puts its placeholder at `target`, answering the notification with that number
     /// when `answer`.
     fn put_at(
@@ -603,8 +621,26 @@ impl FdTable {
         cloexec: bool,
         answer: bool,
     ) -> io::Result<i32> {
+        self.put_description_at(listener, notif_id, target, handle, handle.memfd.as_fd(), cloexec, answer)
+    }
+
+    /// [`FdTable::put_at`] of `description`, an open file of `handle`'s memfd.
+    #[allow(clippy::too_many_arguments)]
+    fn put_description_at(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        target: u32,
+        handle: &Arc<Handle>,
+        description: std::os::fd::BorrowedFd<'_>,
+        cloexec: bool,
+        answer: bool,
+    ) -> io::Result<i32> {
         self.register(handle);
-        let put = seccomp::add_fd(listener, notif_id, handle.memfd.as_fd(), target, cloexec, answer);
+        if !self.range.contains(u64::from(target)) {
+            self.below.store(true, Ordering::SeqCst);
+        }
+        let put = seccomp::add_fd(listener, notif_id, description, target, cloexec, answer);
         if put.is_ok() {
             handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
         }
@@ -759,7 +795,8 @@ impl FdTable {
                 let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
                     continue;
                 };
-                if !self.range.contains(n) {
+                // (Asked once the number was listed: the flag is set before any placeholder goes there.)
+                if !self.range.contains(n) && !self.below.load(Ordering::SeqCst) {
                     continue;
                 }
                 if let Ok(link) = std::fs::read_link(entry.path()) {

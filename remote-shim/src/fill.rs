@@ -120,12 +120,23 @@ impl Fill {
         }
     }
 
-    /// The fill is over (complete, failed, or its handle gone): waiters and the fetcher stop.
+    /// Asks for the whole file and waits until the fill is over (complete and checked, or failed).
+    pub async fn wait_over(&self) {
+        let mut seen = self.landed.subscribe();
+        while !self.is_over() {
+            self.has(0, self.size);
+            if seen.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Whether the fill is over (complete or failed): no chunk lands any more.
     pub fn is_over(&self) -> bool {
         self.lock().over
     }
 
+    /// The fill is over (complete, failed, or its handle gone): waiters and the fetcher stop.
     pub fn end(&self) {
         self.lock().over = true;
         self.landed.send_modify(|n| *n += 1);

@@ -25,7 +25,7 @@
 use crate::fdtable::Handle;
 use crate::supervisor::Supervisor;
 use homeward_proto::pb::{self, call_request::Op, CallReply};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 
 /// Largest copy served from the upper half (each change of its file reads it again whole).
@@ -45,6 +45,12 @@ pub fn place(sup: &Supervisor, h: &Arc<Handle>) -> bool {
     if !h.native_candidate() {
         return false;
     }
+    follow(sup, h)
+}
+
+/// Kept in step with its file from now on, as a copy in the upper half is: whether it still holds the
+/// file as the job left it (else it is stale, and must not be read by the kernel).
+fn follow(sup: &Supervisor, h: &Arc<Handle>) -> bool {
     // Registered and marked first, then checked: a change of the job numbered after this check refreshes
     // this copy (`refresh_touched` finds it), one numbered before it makes the copy stale (and this install
     // goes to the lower half). A mark is never taken back: another install may have gone up meanwhile.
@@ -55,6 +61,64 @@ pub fn place(sup: &Supervisor, h: &Arc<Handle>) -> bool {
         h.mark_stale();
     }
     !changed
+}
+
+/// A read-only copy `dup2` moves below the range (a shell's `< file`, `dd if=`): instead of a pumped pipe,
+/// the program gets a read-only description of the copy itself, at the offset the description had, whose
+/// reads, `lseek` and `fstat` are the kernel's, kept in step with the file as a copy in the upper half
+/// is. Only a regular file opened read-only whose whole copy (up to [`MAX_REFRESH`]; a fill under way is
+/// waited for) is fresh; `None` otherwise (the caller pumps). The new description is the program's
+/// descriptor at `target` alone: the descriptor it was moved from keeps its own offset from then on
+/// (Known limits).
+pub async fn alias(
+    call: &crate::syscalls::Call<'_>,
+    h: &Arc<Handle>,
+    target: u32,
+    cloexec: bool,
+) -> Option<crate::syscalls::Outcome> {
+    use crate::fdtable::CopyState;
+    use std::os::fd::AsFd;
+    let sup = call.sup;
+    let regular = h.stat.mode & libc::S_IFMT == libc::S_IFREG;
+    let read_only = h.flags & libc::O_ACCMODE == libc::O_RDONLY && h.flags & libc::O_PATH == 0;
+    let small = u64::try_from(h.stat.size).is_ok_and(|size| size <= MAX_REFRESH);
+    if !(regular && read_only && small) {
+        return None;
+    }
+    if h.lazy().is_some_and(|l| l.gone()) {
+        return None;
+    }
+    if h.copy() == CopyState::Filling {
+        h.fill_arc()?.wait_over().await;
+    }
+    if sup.fds.copy_of(h, &sup.link.attrs) != CopyState::Fresh || !(h.is_native() || follow(sup, h)) {
+        return None;
+    }
+    if h.copy() != CopyState::Fresh {
+        return None;
+    }
+    // The descriptor's offset and status flags (a shared placeholder's descriptions each have their own).
+    let fd = call.arg(0);
+    let (pos, flags) = crate::fdtable::fd_info(call.tid, fd)?;
+    let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOATIME;
+    let description = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags & keep | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&h.memfd)));
+    let description = match description {
+        Ok(d) => d,
+        Err(e) => return Some(Err(homeward_proto::Errno::from_io(&e))),
+    };
+    if let Err(e) = crate::sys::lseek(description.as_fd(), pos as i64, libc::SEEK_SET) {
+        return Some(Err(homeward_proto::Errno::from_io(&e)));
+    }
+    crate::sys::mirror_attributes(h.memfd.as_fd(), &h.stat);
+    Some(
+        sup.fds
+            .install_below(sup.listener.as_fd(), call.id, target, h, description.as_fd(), cloexec)
+            .map(|fd| crate::syscalls::Action::Answered(i64::from(fd)))
+            .map_err(|e| homeward_proto::Errno::from_io(&e)),
+    )
 }
 
 /// What a call about to go home changes in files that have copies in the upper half.

@@ -1,4 +1,5 @@
 //! Home files moved below the reserved range (`dup2(home_fd, 1)`, as a shell does for `> file`).
+//! (A read-only copy is not pumped: [`crate::native::alias`].)
 //!
 //! The seccomp filter routes calls by descriptor number, and a number below the range is never notified,
 //! so such an alias cannot be a placeholder. It becomes one end of a pipe whose other end the supervisor

@@ -5,7 +5,8 @@ use super::{at, at_flags, dir_fd, start, value, How, Leased, Res};
 use crate::session::{ProcCtx, Session};
 use crate::sys;
 use homeward_proto::pb::{self, FileStat, FsStat};
-use std::os::fd::AsFd;
+use homeward_proto::Errno;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// Largest readlink buffer home allocates: a symlink target never exceeds a page, so a bigger buffer
 /// cannot change the result.
@@ -60,12 +61,31 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
 }
 
 /// readlinkat into a buffer of `size` bytes: value and data are the (possibly truncated) target.
+/// What `/proc/PID/fd/N` of a descriptor of handle `o.dir` reads: the path of its file here (with
+/// ` (deleted)` once its last name is gone), cut to `size` bytes as readlink cuts.
+fn descriptor_path(s: &Session, ctx: &ProcCtx, o: &pb::Readlink, size: usize) -> Res {
+    let handle = o.dir.as_ref().map_or(0, |d| d.handle);
+    if handle == 0 || !o.path.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    let fd = dir_fd(s, ctx, o.dir.as_ref())?;
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let mut target =
+        std::fs::read_link(link).map_err(|e| Errno::from_io(&e))?.into_os_string().into_encoded_bytes();
+    target.truncate(size);
+    let n = target.len() as i64;
+    Ok(pb::CallReply { data: target.into(), ..value(n) })
+}
+
 pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
     // The kernel takes the size as an int (the low 32 bits of the register): 0 or negative is EINVAL.
     let size = match o.size as i32 {
         n if n > 0 => (n as usize).min(MAX_LINK),
         _ => 0,
     };
+    if o.descriptor {
+        return descriptor_path(s, ctx, o, size);
+    }
     let start = start(s, ctx, o.dir.as_ref(), &o.path)?;
     // A link's target, or EINVAL for anything else: which entry the path names, never what it holds.
     let Leased { lease, deps, listing } = super::lease_entry_lookup(s, &start, &o.path, o.lease);

@@ -73,7 +73,14 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
                 lease: true,
             }),
         ),
-        ("readlink", Op::Readlink(Readlink { dir: h(2), path: path("s"), size: 64, lease: true })),
+        (
+            "readlink",
+            Op::Readlink(Readlink { dir: h(2), path: path("s"), size: 64, lease: true, descriptor: false }),
+        ),
+        (
+            "readlink descriptor",
+            Op::Readlink(Readlink { dir: h(2), path: path(""), size: 64, lease: false, descriptor: true }),
+        ),
         ("mkdir", Op::Mkdir(Mkdir { dir: cwd(), path: path("d/e/m"), mode: 0o755 })),
         ("mknod", Op::Mknod(Mknod { dir: cwd(), path: path("node"), mode: libc::S_IFREG | 0o600, dev: 0 })),
         ("unlink", Op::Unlink(Unlink { dir: cwd(), path: path("d/a"), at_flags: 0, lease: false })),
@@ -310,7 +317,13 @@ pub fn seeds() -> Vec<(String, Vec<CallRequest>)> {
             "seq_links",
             vec![
                 op("symlink"),
-                Op::Readlink(Readlink { dir: cwd(), path: path("sl"), size: 3, lease: true }),
+                Op::Readlink(Readlink {
+                    dir: cwd(),
+                    path: path("sl"),
+                    size: 3,
+                    lease: true,
+                    descriptor: false,
+                }),
                 op("link"),
                 op("rename"),
                 op("stat"),

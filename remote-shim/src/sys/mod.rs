@@ -198,6 +198,22 @@ pub fn lseek(fd: std::os::fd::BorrowedFd<'_>, offset: i64, whence: i32) -> io::R
 }
 
 /// `fork()`. The caller must be single-threaded: the child may allocate.
+/// Gives file `fd` (a placeholder memfd) the permission bits, owner and times of a home file, as far as
+/// this process may: `fstat` of a descriptor read by the kernel shows them. The owner may read it still
+/// (placeholders are opened again through `/proc/self/fd`); an owner it may not give is left as it is.
+pub fn mirror_attributes(fd: BorrowedFd<'_>, st: &homeward_proto::pb::FileStat) {
+    let times = [
+        libc::timespec { tv_sec: st.atime_sec, tv_nsec: st.atime_nsec },
+        libc::timespec { tv_sec: st.mtime_sec, tv_nsec: st.mtime_nsec },
+    ];
+    // SAFETY: plain calls on an open descriptor; `times` is two valid timespecs that outlive the call.
+    unsafe {
+        libc::fchown(fd.as_raw_fd(), st.uid, st.gid);
+        libc::fchmod(fd.as_raw_fd(), (st.mode & 0o7777 | 0o400) as libc::mode_t);
+        libc::futimens(fd.as_raw_fd(), times.as_ptr());
+    }
+}
+
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: the caller guarantees this process has one thread, so the child starts with consistent locks
     // and allocator state.

@@ -83,6 +83,9 @@ async fn below_range(call: &Call<'_>, h: &Arc<Handle>, target: u32, cloexec: boo
             .map(|fd| Action::Answered(i64::from(fd)))
             .map_err(|e| Errno::from_io(&e));
     }
+    if let Some(done) = crate::native::alias(call, h, target, cloexec).await {
+        return done;
+    }
     // The pump reads at home's offset: a handle of its own.
     let h = &crate::lazy::unshare(call, h, 0).await?;
     if h.copy() != crate::fdtable::CopyState::None {

@@ -441,7 +441,8 @@ impl Call<'_> {
     /// Resolves what a path call names, as the kernel would see it: an empty path with `AT_EMPTY_PATH` names
     /// the directory descriptor itself, and a magic link to one of our placeholders (`/proc/self/fd/N`,
     /// `/dev/fd/N`, `/proc/PID/fd/N`) names that home handle (sent as the handle with an empty path and
-    /// `AT_EMPTY_PATH`; an open of it reopens the home file).
+    /// `AT_EMPTY_PATH`; an open of it reopens the home file, a readlink reads its path at home) unless the
+    /// call does not follow it (`AT_SYMLINK_NOFOLLOW`).
     pub fn target(&self, dirfd: i32, path: Vec<u8>, at: i32) -> Target {
         if path.is_empty() && at & libc::AT_EMPTY_PATH != 0 && dirfd != libc::AT_FDCWD {
             let route = match self.fd_handle(self.tid, dirfd as u32 as u64) {
@@ -450,7 +451,10 @@ impl Call<'_> {
             };
             return Target { route, path, at };
         }
-        if let Some((pid, fd)) = magic_fd_link(&path) {
+        // A call that does not follow the last link (`lstat`) of a magic link is about the link itself,
+        // which is this machine's /proc.
+        let magic = if at & libc::AT_SYMLINK_NOFOLLOW == 0 { magic_fd_link(&path) } else { None };
+        if let Some((pid, fd)) = magic {
             // `/proc/PID` names a pid as the job sees it (its namespace's); one we cannot map is left local.
             let tid = match pid {
                 None => Some(self.tid),

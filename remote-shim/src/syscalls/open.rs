@@ -64,7 +64,8 @@ async fn open(call: &Call<'_>, dirfd: i32, path_arg: usize, oflags: i32, mode: u
     let path = call.path(path_arg)?;
     // The kernel takes the descriptor's number before it looks the path up.
     super::rlimit::room(call, 0)?;
-    let t = call.target(dirfd, path, 0);
+    let nofollow = if oflags & libc::O_NOFOLLOW != 0 { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
+    let t = call.target(dirfd, path, nofollow);
     let (Route::Home(dir), path) = (t.route, t.path) else { return Ok(Action::Continue) };
     // A lookup that creates nothing may be answered by, and feed, the attribute cache.
     let attrs = &call.sup.link.attrs;

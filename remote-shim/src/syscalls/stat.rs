@@ -327,9 +327,26 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
     if size <= 0 {
         return Err(Errno::EINVAL);
     }
-    let t = call.target(dirfd, call.path(path_arg)?, libc::AT_EMPTY_PATH);
+    let path = call.path(path_arg)?;
+    let named = !path.is_empty();
+    let t = call.target(dirfd, path, libc::AT_EMPTY_PATH);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     call.sup.flush_pumps().await;
+    if named && t.path.is_empty() {
+        // `/proc/self/fd/N` (or `/dev/fd/N`) of a home file's descriptor: its path at home.
+        let op = Op::Readlink(pb::Readlink {
+            dir: Some(dir),
+            path: Vec::new().into(),
+            size: size as u64,
+            lease: false,
+            descriptor: true,
+        });
+        let reply = call.home(op).await?;
+        super::outcome(&reply)?;
+        let n = reply.data.len().min(size as usize);
+        memory::write_bytes(call.tid, call.arg(buf_arg), &reply.data[..n])?;
+        return Ok(Action::Value(n as i64));
+    }
     // A readlink answered before, or a lookup that did not follow links, knows the answer.
     let attrs = &call.sup.link.attrs;
     let stat_key = call.lookup_key(&dir, &t.path, false, 0);
@@ -355,6 +372,7 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
         path: t.path.clone().into(),
         size: size as u64,
         lease: key.is_some(),
+        descriptor: false,
     });
     let reply = call.home(op).await?;
     let outcome = super::outcome(&reply);

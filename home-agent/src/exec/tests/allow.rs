@@ -26,7 +26,13 @@ fn lstat(path: &str) -> Op {
 }
 
 fn readlink(path: &str) -> Op {
-    Op::Readlink(pb::Readlink { dir: cwd(), path: path.to_string().into(), size: 4096, lease: false })
+    Op::Readlink(pb::Readlink {
+        dir: cwd(),
+        path: path.to_string().into(),
+        size: 4096,
+        lease: false,
+        descriptor: false,
+    })
 }
 
 fn rename(from: &str, to: &str) -> Op {

@@ -134,7 +134,7 @@ fn out_of_range_numbers_get_the_kernels_errno() {
     let truncate = pb::Truncate { dir: Some(Dir { handle: h }), path: Default::default(), length: -1 };
     assert_eq!(errno_of(&home, Op::Truncate(truncate)), Errno::EINVAL);
     for size in [0, 1 << 31, u64::MAX] {
-        let readlink = pb::Readlink { dir: cwd(), path: "f".into(), size, lease: false };
+        let readlink = pb::Readlink { dir: cwd(), path: "f".into(), size, lease: false, descriptor: false };
         assert_eq!(errno_of(&home, Op::Readlink(readlink)), Errno::EINVAL, "readlink size {size:#x}");
     }
     let copy =

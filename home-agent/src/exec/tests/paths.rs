@@ -93,10 +93,16 @@ fn rename_and_links() {
     assert_eq!(home.call(rename("b", "c", libc::RENAME_NOREPLACE)), Err(Errno(libc::EEXIST as u16)));
 
     home.call(Op::Symlink(pb::Symlink { target: "b".into(), dir: cwd(), path: "l".into() })).unwrap();
-    let reply =
-        home.reply(Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 100, lease: false }));
+    let reply = home.reply(Op::Readlink(pb::Readlink {
+        dir: cwd(),
+        path: "l".into(),
+        size: 100,
+        lease: false,
+        descriptor: false,
+    }));
     assert_eq!((reply.outcome.unwrap().to_result(), &reply.data[..]), (Ok(1), &b"b"[..]));
-    let zero = Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 0, lease: false });
+    let zero =
+        Op::Readlink(pb::Readlink { dir: cwd(), path: "l".into(), size: 0, lease: false, descriptor: false });
     assert_eq!(home.call(zero), Err(Errno::EINVAL));
     let link =
         pb::Link { old_dir: cwd(), old_path: "b".into(), new_dir: cwd(), new_path: "h".into(), at_flags: 0 };
@@ -179,4 +185,32 @@ fn chdir_and_getcwd() {
     std::fs::remove_file(home.root.join("sub/inside")).unwrap();
     std::fs::remove_dir(home.root.join("sub")).unwrap();
     assert_eq!(home.call(Op::Getcwd(pb::Getcwd { size: 4096, lease: false })), Err(Errno::ENOENT));
+}
+
+#[test]
+fn a_descriptors_path_is_what_its_proc_link_reads() {
+    let home = Home::new();
+    let handle = home.open("f", libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap();
+    let ask = |handle: u64, path: &str, size: u64| {
+        Op::Readlink(pb::Readlink {
+            dir: Some(Dir { handle }),
+            path: path.to_string().into(),
+            size,
+            lease: false,
+            descriptor: true,
+        })
+    };
+    let want = home.root.join("f").into_os_string().into_encoded_bytes();
+    let reply = home.reply(ask(handle, "", 4096));
+    assert_eq!((reply.outcome.unwrap().to_result(), &reply.data[..]), (Ok(want.len() as i64), &want[..]));
+    // Cut to the buffer, as readlink cuts.
+    let reply = home.reply(ask(handle, "", 3));
+    assert_eq!((reply.outcome.unwrap().to_result(), &reply.data[..]), (Ok(3), &want[..3]));
+    std::fs::remove_file(home.root.join("f")).unwrap();
+    let reply = home.reply(ask(handle, "", 4096));
+    assert!(reply.data.ends_with(b"/f (deleted)"), "{:?}", reply.data);
+    // Only of a handle, with no path.
+    assert_eq!(home.call(ask(handle, "g", 4096)), Err(Errno::EINVAL));
+    assert_eq!(home.call(ask(0, "", 4096)), Err(Errno::EINVAL));
+    assert_eq!(home.call(ask(9999, "", 4096)), Err(Errno::EBADF));
 }

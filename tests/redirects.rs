@@ -1,0 +1,112 @@
+//! Home files moved below the reserved range by `dup2`: a shell's `< file`, `dd if=`, a subprocess's
+//! `stdin=`. A read-only file there is the file to the program (regular, its size, seekable), read by the
+//! kernel from its copy and kept in step with the job's own changes; a directory there keeps serving its
+//! `*at` calls however long it is held.
+
+use homeward::{require_tools, skip_unless_root, Hosts};
+
+/// What programs learn of a redirected standard input: its type, size, permissions, times and offsets (the
+/// shell reads a `while read` loop's lines in blocks and seeks back, `tail` seeks to the end, `wc -c` asks
+/// the size); and what the job appends meanwhile.
+const REDIRECTED: &str = r#"
+python3 -c 'import os, stat, sys
+s = os.fstat(0)
+print(stat.S_ISREG(s.st_mode), s.st_size, os.lseek(0, 0, os.SEEK_CUR))
+print(sys.stdin.readline().strip(), os.lseek(0, 0, os.SEEK_CUR) > 0, os.lseek(0, -6, os.SEEK_END))
+print(os.read(0, 100))' < lines.txt
+python3 -c 'import os; s = os.fstat(0); print(oct(s.st_mode), s.st_mtime_ns)' < lines.txt > attributes.txt
+tail -c 6 < lines.txt
+wc -c < lines.txt
+n=0; while read -r line; do n=$((n + 1)); last=$line; done < lines.txt; echo "$n lines, last: $last"
+dd if=lines.txt bs=7 skip=1 count=2 2>/dev/null; echo
+sha256sum < mid.bin
+python3 -c 'import os, stat; print(stat.S_ISREG(os.fstat(0).st_mode), len(os.read(0, 1 << 30)))' < mid.bin
+{ read -r first; echo "first: $first"; echo appended >> lines.txt; cat; } < lines.txt
+"#;
+
+#[test]
+fn a_file_redirected_into_a_program_is_the_file() {
+    skip_unless_root!();
+    require_tools!("python3", "sha256sum", "dd", "tail", "wc");
+    let hosts = Hosts::start();
+    hosts.write("script.sh", REDIRECTED);
+    hosts.write("lines.txt", "alpha\nbeta\ngamma\ndelta\nomega\n");
+    // Larger than a small copy, and read ahead in chunks before it moves.
+    let mid: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    hosts.write("mid.bin", mid);
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["sh", "script.sh"]).check(&native);
+    assert!(
+        both.remote
+            .stdout()
+            .starts_with("True 29 0\nalpha True 23\nb'omega\\n'\nomega\n29\n5 lines, last: omega\n"),
+        "{}",
+        both.remote
+    );
+    assert!(
+        both.remote.stdout().ends_with("first: alpha\nbeta\ngamma\ndelta\nomega\nappended\n"),
+        "{}",
+        both.remote
+    );
+}
+
+/// A directory descriptor moved below the range outlives the collector's scans (which once closed its
+/// home handle after about a second: `ENOTDIR` from then on).
+const DIRECTORY_BELOW: &str = r#"
+import os, time
+fd = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+os.dup2(fd, 5)
+os.close(fd)
+print(os.stat("f.txt", dir_fd=5).st_size)
+time.sleep(1.5)
+print(os.stat("f.txt", dir_fd=5).st_size)
+with open("g.txt", "w", opener=lambda p, f: os.open(p, f, dir_fd=5)) as g:
+    g.write("made through the directory\n")
+print(open("sub/g.txt").read(), end="")
+"#;
+
+#[test]
+fn a_directory_moved_below_the_range_stays_home() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("script.py", DIRECTORY_BELOW);
+    hosts.write("sub/f.txt", "twelve bytes");
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "script.py"]).check(&native);
+    assert_eq!(both.remote.stdout(), "12\n12\nmade through the directory\n", "{}", both.remote);
+    assert_eq!(hosts.read("sub/g.txt"), b"made through the directory\n");
+}
+
+/// `/proc/self/fd/N` (and `/dev/fd/N`, `/proc/PID/fd/N`) of a home file's descriptor reads as the file's
+/// path at home (it was `ENOENT`), `lstat` shows the link itself, and `realpath` follows it, as the
+/// kernel's links do; a removed file's link says so.
+const PROC_LINKS: &str = r#"
+import os, stat
+f = os.open("data.txt", os.O_RDONLY)
+print(os.readlink(f"/proc/self/fd/{f}"), os.readlink(f"/dev/fd/{f}"), os.readlink(f"/proc/{os.getpid()}/fd/{f}"))
+print(stat.S_ISLNK(os.lstat(f"/proc/self/fd/{f}").st_mode), stat.S_ISREG(os.stat(f"/proc/self/fd/{f}").st_mode))
+os.dup2(f, 0)
+print(os.readlink("/proc/self/fd/0"), os.path.realpath("/dev/stdin"))
+d = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+print(os.readlink(f"/proc/self/fd/{d}"))
+g = os.open("gone.txt", os.O_RDONLY)
+os.unlink("gone.txt")
+print(os.readlink(f"/proc/self/fd/{g}"))
+"#;
+
+#[test]
+fn a_descriptors_proc_link_names_its_home_file() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("script.py", PROC_LINKS);
+    hosts.write("data.txt", "data\n");
+    hosts.write("gone.txt", "soon gone\n");
+    hosts.write("sub/f.txt", "f\n");
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["python3", "script.py"]).check(&native);
+    let home = hosts.home().to_str().expect("UTF-8").to_string();
+    assert!(both.remote.stdout().starts_with(&format!("{home}/data.txt {home}/data.txt")), "{}", both.remote);
+    assert!(both.remote.stdout().contains(&format!("{home}/gone.txt (deleted)\n")), "{}", both.remote);
+}
