@@ -7,7 +7,8 @@ use homeward::{require_tools, skip_unless_root, Hosts};
 
 /// What programs learn of a redirected standard input: its type, size, permissions, times and offsets (the
 /// shell reads a `while read` loop's lines in blocks and seeks back, `tail` seeks to the end, `wc -c` asks
-/// the size); and what the job appends meanwhile.
+/// the size); what the job appends meanwhile, and what it writes through `/dev/stdin` opened for writing
+/// (the file, reopened: it once wrote into the local copy).
 const REDIRECTED: &str = r#"
 python3 -c 'import os, stat, sys
 s = os.fstat(0)
@@ -22,6 +23,10 @@ dd if=lines.txt bs=7 skip=1 count=2 2>/dev/null; echo
 sha256sum < mid.bin
 python3 -c 'import os, stat; print(stat.S_ISREG(os.fstat(0).st_mode), len(os.read(0, 1 << 30)))' < mid.bin
 { read -r first; echo "first: $first"; echo appended >> lines.txt; cat; } < lines.txt
+python3 -c 'import sys
+with open("/dev/stdin", "r+") as f:
+    f.write("ALPHA")
+print(sys.stdin.read(11))' < lines.txt
 "#;
 
 #[test]
@@ -44,7 +49,7 @@ fn a_file_redirected_into_a_program_is_the_file() {
         both.remote
     );
     assert!(
-        both.remote.stdout().ends_with("first: alpha\nbeta\ngamma\ndelta\nomega\nappended\n"),
+        both.remote.stdout().ends_with("first: alpha\nbeta\ngamma\ndelta\nomega\nappended\nALPHA\nbeta\n\n"),
         "{}",
         both.remote
     );

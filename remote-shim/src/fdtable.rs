@@ -73,6 +73,10 @@ pub struct Handle {
     /// The collection during which it was last installed in the program (`u64::MAX`: never), for
     /// [`FdTable::collect_with`].
     installed: AtomicU64,
+    /// Not collected by a scan that began before this generation: an install of it was under way
+    /// (`u64::MAX` while it is), so the scan may have read the program's table before the new number and
+    /// after the program closed the number it came from (`dup2(n, 0); close(n)`).
+    hold: AtomicU64,
 }
 
 /// The records of a shared placeholder's descriptions.
@@ -492,6 +496,7 @@ impl FdTable {
             descriptions: Mutex::default(),
             born: AtomicU64::new(self.generation.load(Ordering::SeqCst)),
             installed: AtomicU64::new(u64::MAX),
+            hold: AtomicU64::new(0),
         }))
     }
 
@@ -554,7 +559,10 @@ impl FdTable {
             .unwrap_or_else(|p| p.into_inner())
             .insert(handle.id, handle.clone())
             .is_none();
-        match seccomp::add_fd(listener, notif_id, description, free, cloexec, true) {
+        handle.hold.store(u64::MAX, Ordering::SeqCst);
+        let added = seccomp::add_fd(listener, notif_id, description, free, cloexec, true);
+        handle.hold.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
+        match added {
             Ok(fd) => {
                 handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
                 hints.insert((tgid, native), free + 1);
@@ -640,7 +648,9 @@ impl FdTable {
         if !self.range.contains(u64::from(target)) {
             self.below.store(true, Ordering::SeqCst);
         }
+        handle.hold.store(u64::MAX, Ordering::SeqCst);
         let put = seccomp::add_fd(listener, notif_id, description, target, cloexec, answer);
+        handle.hold.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
         if put.is_ok() {
             handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
         }
@@ -825,6 +835,7 @@ impl FdTable {
                 (h.born.load(Ordering::SeqCst) < started || urgent)
                     && !held.contains(&h.id)
                     && h.pins.load(Ordering::SeqCst) == 0
+                    && h.hold.load(Ordering::SeqCst) <= started
             })
             .map(|h| h.id)
             .collect();

@@ -34,6 +34,10 @@ pub const MAX_SIZE: i64 = 1 << 20;
 /// Largest file a copy is read again from (one that grew beyond stays as it was, stale).
 const MAX_REFRESH: u64 = 64 << 20;
 
+/// Largest copy moved below the range by `dup2` ([`alias`]): the `dup2` waits for the rest of its fill,
+/// and the file may grow well past it before it can no longer be read again.
+const MAX_ALIAS: u64 = 16 << 20;
+
 /// Bytes per read when a copy is refreshed.
 const CHUNK: u64 = 4 << 20;
 
@@ -66,7 +70,7 @@ fn follow(sup: &Supervisor, h: &Arc<Handle>) -> bool {
 /// A read-only copy `dup2` moves below the range (a shell's `< file`, `dd if=`): instead of a pumped pipe,
 /// the program gets a read-only description of the copy itself, at the offset the description had, whose
 /// reads, `lseek` and `fstat` are the kernel's, kept in step with the file as a copy in the upper half
-/// is. Only a regular file opened read-only whose whole copy (up to [`MAX_REFRESH`]; a fill under way is
+/// is. Only a regular file opened read-only whose whole copy (up to [`MAX_ALIAS`]; a fill under way is
 /// waited for) is fresh; `None` otherwise (the caller pumps). The new description is the program's
 /// descriptor at `target` alone: the descriptor it was moved from keeps its own offset from then on
 /// (Known limits).
@@ -81,7 +85,7 @@ pub async fn alias(
     let sup = call.sup;
     let regular = h.stat.mode & libc::S_IFMT == libc::S_IFREG;
     let read_only = h.flags & libc::O_ACCMODE == libc::O_RDONLY && h.flags & libc::O_PATH == 0;
-    let small = u64::try_from(h.stat.size).is_ok_and(|size| size <= MAX_REFRESH);
+    let small = u64::try_from(h.stat.size).is_ok_and(|size| size <= MAX_ALIAS);
     if !(regular && read_only && small) {
         return None;
     }
@@ -105,13 +109,9 @@ pub async fn alias(
         .read(true)
         .custom_flags(flags & keep | libc::O_CLOEXEC)
         .open(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&h.memfd)));
-    let description = match description {
-        Ok(d) => d,
-        Err(e) => return Some(Err(homeward_proto::Errno::from_io(&e))),
-    };
-    if let Err(e) = crate::sys::lseek(description.as_fd(), pos as i64, libc::SEEK_SET) {
-        return Some(Err(homeward_proto::Errno::from_io(&e)));
-    }
+    // (One that cannot be made is pumped, as before: `dup2` itself would not fail there.)
+    let description = description.ok()?;
+    crate::sys::lseek(description.as_fd(), i64::try_from(pos).ok()?, libc::SEEK_SET).ok()?;
     crate::sys::mirror_attributes(h.memfd.as_fd(), &h.stat);
     Some(
         sup.fds

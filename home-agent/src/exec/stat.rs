@@ -65,7 +65,7 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
 /// ` (deleted)` once its last name is gone), cut to `size` bytes as readlink cuts.
 fn descriptor_path(s: &Session, ctx: &ProcCtx, o: &pb::Readlink, size: usize) -> Res {
     let handle = o.dir.as_ref().map_or(0, |d| d.handle);
-    if handle == 0 || !o.path.is_empty() {
+    if handle == 0 || !o.path.is_empty() || size == 0 {
         return Err(Errno::EINVAL);
     }
     let fd = dir_fd(s, ctx, o.dir.as_ref())?;

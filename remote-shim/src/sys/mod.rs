@@ -197,10 +197,9 @@ pub fn lseek(fd: std::os::fd::BorrowedFd<'_>, offset: i64, whence: i32) -> io::R
     check(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
 }
 
-/// `fork()`. The caller must be single-threaded: the child may allocate.
-/// Gives file `fd` (a placeholder memfd) the permission bits, owner and times of a home file, as far as
-/// this process may: `fstat` of a descriptor read by the kernel shows them. The owner may read it still
-/// (placeholders are opened again through `/proc/self/fd`); an owner it may not give is left as it is.
+/// Gives file `fd` (a placeholder memfd) the permission bits, and times of a home file (and its owner,
+/// when this process is root), so `fstat` of a descriptor read by the kernel shows them. The owner may
+/// still read it (placeholders are opened again through `/proc/self/fd`); set-id bits are not copied.
 pub fn mirror_attributes(fd: BorrowedFd<'_>, st: &homeward_proto::pb::FileStat) {
     let times = [
         libc::timespec { tv_sec: st.atime_sec, tv_nsec: st.atime_nsec },
@@ -208,12 +207,15 @@ pub fn mirror_attributes(fd: BorrowedFd<'_>, st: &homeward_proto::pb::FileStat) 
     ];
     // SAFETY: plain calls on an open descriptor; `times` is two valid timespecs that outlive the call.
     unsafe {
-        libc::fchown(fd.as_raw_fd(), st.uid, st.gid);
-        libc::fchmod(fd.as_raw_fd(), (st.mode & 0o7777 | 0o400) as libc::mode_t);
+        if libc::geteuid() == 0 {
+            libc::fchown(fd.as_raw_fd(), st.uid, st.gid);
+        }
+        libc::fchmod(fd.as_raw_fd(), (st.mode & 0o777 | 0o400) as libc::mode_t);
         libc::futimens(fd.as_raw_fd(), times.as_ptr());
     }
 }
 
+/// `fork()`. The caller must be single-threaded: the child may allocate.
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: the caller guarantees this process has one thread, so the child starts with consistent locks
     // and allocator state.

@@ -453,7 +453,9 @@ impl Call<'_> {
         }
         // A call that does not follow the last link (`lstat`) of a magic link is about the link itself,
         // which is this machine's /proc.
-        let magic = if at & libc::AT_SYMLINK_NOFOLLOW == 0 { magic_fd_link(&path) } else { None };
+        // (A trailing slash follows it all the same.)
+        let follows = at & libc::AT_SYMLINK_NOFOLLOW == 0 || path.ends_with(b"/");
+        let magic = if follows { magic_fd_link(&path) } else { None };
         if let Some((pid, fd)) = magic {
             // `/proc/PID` names a pid as the job sees it (its namespace's); one we cannot map is left local.
             let tid = match pid {
@@ -474,18 +476,28 @@ impl Call<'_> {
 }
 
 /// `(pid, fd)` when `path` is a descriptor's magic link: `/proc/self/fd/N`, `/proc/thread-self/fd/N`,
-/// `/proc/PID/fd/N`, `/proc/PID/task/TID/fd/N`, or `/dev/fd/N`; the pid is `None` for the caller itself.
+/// `/proc/PID/fd/N`, `/proc/PID/task/TID/fd/N`, `/dev/fd/N`, or `/dev/stdin`, `/dev/stdout`,
+/// `/dev/stderr`; the pid is `None` for the caller itself.
 fn magic_fd_link(path: &[u8]) -> Option<(Option<u32>, u64)> {
     let n = crate::paths::normalize(path);
     let parts: Vec<&[u8]> = n.split(|&b| b == b'/').skip(1).collect();
     let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
     match parts.as_slice() {
         [b"dev", b"fd", fd] => Some((None, num(fd)?)),
+        // Links to /proc/self/fd/0, 1 and 2 (`readlink` reads those links themselves: `std_link`).
+        [b"dev", b"stdin"] => Some((None, 0)),
+        [b"dev", b"stdout"] => Some((None, 1)),
+        [b"dev", b"stderr"] => Some((None, 2)),
         [b"proc", b"self" | b"thread-self", b"fd", fd] => Some((None, num(fd)?)),
         [b"proc", pid, b"fd", fd] => Some((Some(num(pid)? as u32), num(fd)?)),
         [b"proc", pid, b"task", _, b"fd", fd] => Some((Some(num(pid)? as u32), num(fd)?)),
         _ => None,
     }
+}
+
+/// Whether `path` is `/dev/stdin`, `/dev/stdout` or `/dev/stderr`: this machine's links to a magic link.
+pub fn std_link(path: &[u8]) -> bool {
+    matches!(&crate::paths::normalize(path)[..], b"/dev/stdin" | b"/dev/stdout" | b"/dev/stderr")
 }
 
 fn cwd() -> pb::Dir {

@@ -328,6 +328,10 @@ async fn readlink(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, 
         return Err(Errno::EINVAL);
     }
     let path = call.path(path_arg)?;
+    if super::std_link(&path) {
+        // The link itself (`/proc/self/fd/0`), not the descriptor it leads to.
+        return Ok(Action::Continue);
+    }
     let named = !path.is_empty();
     let t = call.target(dirfd, path, libc::AT_EMPTY_PATH);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
