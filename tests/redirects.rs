@@ -115,3 +115,40 @@ fn a_descriptors_proc_link_names_its_home_file() {
     assert!(both.remote.stdout().starts_with(&format!("{home}/data.txt {home}/data.txt")), "{}", both.remote);
     assert!(both.remote.stdout().contains(&format!("{home}/gone.txt (deleted)\n")), "{}", both.remote);
 }
+
+/// Standard output and error on home files: seekable, truncatable, home's attributes, written in order
+/// with what goes through other numbers (`dd of=f seek=N` wrote nothing through a pumped pipe; `cat f >> f`
+/// did not see that its input was its output).
+const OUTPUTS: &str = r#"
+dd if=/dev/zero of=sparse bs=1k count=4 seek=2 2>/dev/null; stat -c %s sparse
+printf 'abcdefgh' > h; dd if=/dev/zero of=h bs=1 count=2 seek=3 conv=notrunc 2>/dev/null; od -An -c h
+cat f >> f; echo "cat: $?"; wc -l < f
+python3 -c 'import os, sys
+sys.stdout.write("abc"); sys.stdout.flush()
+print(sys.stdout.seekable(), os.lseek(1, 0, os.SEEK_CUR), os.fstat(1).st_size, file=sys.stderr)
+os.lseek(1, 1, os.SEEK_SET); os.write(1, b"Z"); os.ftruncate(1, 2)' > o 2> e; cat o; echo; cat e
+{ exec 3>&1; echo one; echo two >&3; echo three >&2; echo four; } > ordered 2>&1; cat ordered
+python3 -c 'import fcntl, os; print(fcntl.fcntl(1, fcntl.F_GETFL) & os.O_APPEND != 0)' >> appended; cat appended
+python3 -c 'import os; print(os.read(1, 1))' > wo 2> err; echo "read: $?"; grep -c 'Bad file descriptor' err
+readlink /proc/self/fd/1 > link; sed "s|$PWD|.|" link
+"#;
+
+#[test]
+fn standard_output_on_a_home_file_is_the_file() {
+    skip_unless_root!();
+    require_tools!("python3", "dd", "od", "cat", "wc", "sed", "grep");
+    let hosts = Hosts::start();
+    hosts.write("script.sh", OUTPUTS);
+    hosts.write("f", "one\ntwo\n");
+    let native = hosts.native_copy();
+    let both = hosts.cmd(&["bash", "script.sh"]).check(&native);
+    assert!(
+        both.remote
+            .stdout()
+            .starts_with("6144\n   a   b   c  \\0  \\0   f   g   h\ncat: 1\n2\naZ\nTrue 3 3\n"),
+        "{}",
+        both.remote
+    );
+    assert_eq!(hosts.read("ordered"), b"one\ntwo\nthree\nfour\n");
+    assert_eq!(hosts.read("sparse").len(), 6144);
+}

@@ -176,6 +176,38 @@ fn fd_calls() -> Vec<(i64, &'static [u8])> {
     v
 }
 
+/// Standard output and error: a home file there is a pumped pipe (`pump`), whose calls that a pipe cannot
+/// answer as the file would are notified whatever the descriptor is.
+pub const OUTPUTS: [u32; 2] = [1, 2];
+
+/// Calls on descriptors 1 and 2 that are notified whatever they are ([`OUTPUTS`]), with the argument that
+/// names them: all that ask about, move, resize or sync the file behind them, and positioned writes; not
+/// reads, plain writes or `dup`s, which a pumped pipe serves as the file would.
+fn output_calls() -> Vec<(i64, u8)> {
+    vec![
+        (libc::SYS_pwrite64, 0),
+        (libc::SYS_pwritev, 0),
+        (libc::SYS_pwritev2, 0),
+        (libc::SYS_lseek, 0),
+        (libc::SYS_fstat, 0),
+        (libc::SYS_fstatfs, 0),
+        (libc::SYS_ftruncate, 0),
+        (libc::SYS_fallocate, 0),
+        (libc::SYS_fsync, 0),
+        (libc::SYS_fdatasync, 0),
+        (libc::SYS_sync_file_range, 0),
+        (libc::SYS_syncfs, 0),
+        (libc::SYS_fchmod, 0),
+        (libc::SYS_fchown, 0),
+        (libc::SYS_fcntl, 0),
+        (libc::SYS_flock, 0),
+        (libc::SYS_fgetxattr, 0),
+        (libc::SYS_fsetxattr, 0),
+        (libc::SYS_flistxattr, 0),
+        (libc::SYS_fremovexattr, 0),
+    ]
+}
+
 /// Calls on descriptors that a complete copy in the upper half answers alone (see `native`): they read its
 /// content or move its offset. (`mmap` stays notified: a copy's memfd may be writable where home's file is
 /// not.)
@@ -223,19 +255,21 @@ pub fn build(range: FdRange, with_clones: bool) -> Result<Vec<libc::sock_filter>
     }
     // fstat through newfstatat/statx (glibc's fstat) on the program's own descriptors stays in the kernel:
     // notify unless the directory fd is below the range and AT_EMPTY_PATH is set.
+    // (Standard output and error always: [`OUTPUTS`].)
     for (nr, flags_arg) in [(libc::SYS_newfstatat, 3u8), (libc::SYS_statx, 2u8)] {
-        rules.insert(
-            nr,
-            vec![
-                SeccompRule::new(vec![Cond::new(0, Len::Dword, Op::Ge, u64::from(range.base))?])?,
-                SeccompRule::new(vec![Cond::new(
-                    flags_arg,
-                    Len::Dword,
-                    Op::MaskedEq(libc::AT_EMPTY_PATH as u64),
-                    0,
-                )?])?,
-            ],
-        );
+        let mut chain = vec![
+            SeccompRule::new(vec![Cond::new(0, Len::Dword, Op::Ge, u64::from(range.base))?])?,
+            SeccompRule::new(vec![Cond::new(
+                flags_arg,
+                Len::Dword,
+                Op::MaskedEq(libc::AT_EMPTY_PATH as u64),
+                0,
+            )?])?,
+        ];
+        for fd in OUTPUTS {
+            chain.push(SeccompRule::new(vec![Cond::new(0, Len::Dword, Op::Eq, u64::from(fd))?])?);
+        }
+        rules.insert(nr, chain);
     }
     // Wall-clock reads: only made as system calls once `vdso` routed them (see there); the monotonic clocks
     // always go straight to the kernel.
@@ -280,6 +314,19 @@ pub fn build(range: FdRange, with_clones: bool) -> Result<Vec<libc::sock_filter>
             libc::SYS_lseek => chain.push(upper(Cond::new(2, Len::Dword, Op::Gt, libc::SEEK_END as u64)?)?),
             libc::SYS_ioctl => chain.push(upper(Cond::new(1, Len::Dword, Op::Ne, libc::TCGETS)?)?),
             _ => {}
+        }
+        if let Some(&(_, arg)) = output_calls().iter().find(|(n, _)| *n == nr) {
+            for fd in OUTPUTS {
+                let mut conds = vec![Cond::new(arg, Len::Dword, Op::Eq, u64::from(fd))?];
+                if nr == libc::SYS_fcntl {
+                    // A duplicate of a pumped pipe is that pipe (writes through both stay in order), and
+                    // close-on-exec is the program's own descriptor's: the kernel's.
+                    for cmd in [libc::F_DUPFD, libc::F_DUPFD_CLOEXEC, libc::F_GETFD, libc::F_SETFD] {
+                        conds.push(Cond::new(1, Len::Dword, Op::Ne, cmd as u64)?);
+                    }
+                }
+                chain.push(SeccompRule::new(conds)?);
+            }
         }
         rules.insert(nr, chain);
     }
@@ -411,6 +458,38 @@ mod tests {
         assert_eq!(ioctl(upper, libc::FIONREAD), notif);
         assert_eq!(ioctl(lower, libc::TCGETS), notif);
         assert_eq!(run(&prog, libc::SYS_read, [3, 0, 10, 0, 0, 0]), allow, "the program's own");
+    }
+
+    #[test]
+    fn standard_output_and_error_are_notified_but_for_data() {
+        let prog = build(RANGE, false).expect("filter builds");
+        let (notif, allow) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        for fd in [1u64, 2] {
+            for nr in
+                [libc::SYS_pwrite64, libc::SYS_lseek, libc::SYS_ftruncate, libc::SYS_fstatfs, libc::SYS_fsync]
+            {
+                assert_eq!(run(&prog, nr, [fd, 0, 0, 0, 0, 0]), notif, "{nr} on {fd}");
+            }
+            let fcntl = |cmd: i32| run(&prog, libc::SYS_fcntl, [fd, cmd as u64, 10, 0, 0, 0]);
+            assert_eq!(fcntl(libc::F_GETFL), notif);
+            assert_eq!(fcntl(libc::F_SETLK), notif);
+            assert_eq!(fcntl(libc::F_DUPFD), allow, "a shell saving {fd}");
+            assert_eq!(fcntl(libc::F_GETFD), allow);
+            // What a pipe serves as the file would: the program's own pipelines cost nothing.
+            for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_writev, libc::SYS_dup, libc::SYS_dup3] {
+                assert_eq!(run(&prog, nr, [fd, 0, 10, 0, 0, 0]), allow, "{nr} on {fd}");
+            }
+            assert_eq!(run(&prog, libc::SYS_ioctl, [fd, libc::TCGETS, 0, 0, 0, 0]), allow, "isatty({fd})");
+            let empty = libc::AT_EMPTY_PATH as u64;
+            assert_eq!(run(&prog, libc::SYS_newfstatat, [fd, 0, 0, empty, 0, 0]), notif, "fstat({fd})");
+            assert_eq!(run(&prog, libc::SYS_sendfile, [fd, 5, 0, 10, 0, 0]), allow, "sendfile to {fd}");
+        }
+        // Other numbers below the range stay the kernel's.
+        for fd in [0u64, 3, 4095] {
+            assert_eq!(run(&prog, libc::SYS_lseek, [fd, 0, 0, 0, 0, 0]), allow, "lseek on {fd}");
+            let empty = libc::AT_EMPTY_PATH as u64;
+            assert_eq!(run(&prog, libc::SYS_newfstatat, [fd, 0, 0, empty, 0, 0]), allow, "fstat({fd})");
+        }
     }
 
     #[test]
