@@ -16,6 +16,7 @@ print(stat.S_ISREG(s.st_mode), s.st_size, os.lseek(0, 0, os.SEEK_CUR))
 print(sys.stdin.readline().strip(), os.lseek(0, 0, os.SEEK_CUR) > 0, os.lseek(0, -6, os.SEEK_END))
 print(os.read(0, 100))' < lines.txt
 python3 -c 'import os; s = os.fstat(0); print(oct(s.st_mode), s.st_mtime_ns)' < lines.txt > attributes.txt
+python3 -c 'import os, sys; print(os.lseek(1, 2, 0), os.read(1, 3), file=sys.stderr)' 1< lines.txt 2> seeked.txt
 tail -c 6 < lines.txt
 wc -c < lines.txt
 n=0; while read -r line; do n=$((n + 1)); last=$line; done < lines.txt; echo "$n lines, last: $last"
@@ -52,6 +53,15 @@ fn a_file_redirected_into_a_program_is_the_file() {
         both.remote.stdout().ends_with("first: alpha\nbeta\ngamma\ndelta\nomega\nappended\nALPHA\nbeta\n\n"),
         "{}",
         both.remote
+    );
+    // Standard output moved onto a read-only copy: its seek is notified there, and moves the copy's offset.
+    assert_eq!(String::from_utf8_lossy(&hosts.read("seeked.txt")), "2 b'pha'\n");
+    // Permission bits and times are home's (the native run's file is a copy with the same).
+    let native_attributes =
+        std::fs::read(native.join("attributes.txt")).expect("the native run's attributes");
+    assert_eq!(
+        String::from_utf8_lossy(&hosts.read("attributes.txt")),
+        String::from_utf8_lossy(&native_attributes)
     );
 }
 

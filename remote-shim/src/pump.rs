@@ -8,7 +8,8 @@
 //! gets a socket pair instead, both ways: fed until its end (then the program reads end of file) and
 //! drained; as standard output or error, only drained (a pipe). Before any other call goes home, the supervisor waits until every write pump is empty, so a
 //! later call never overtakes earlier writes.
-//! Limits: the alias is a pipe (or a socket) to `fstat` and `lseek` (`ESPIPE`); both ways, the feed reads
+//! Limits: the alias is a pipe (or a socket) to `fstat` and `lseek` (`ESPIPE`), but at 1 and 2, where the
+//! filter notifies those calls and the handlers serve them on the home handle; both ways, the feed reads
 //! on from where the description stood (without moving it, so the program's writes land there) whatever
 //! the program wrote meanwhile; and a write error at home after the program's write returned is reported
 //! in the log only.

@@ -29,6 +29,10 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
             truncate(call).await
         }
         libc::SYS_ftruncate => {
+            if call.handle(0).is_none() {
+                // The program's own descriptor (standard output and error are notified whatever they are).
+                return Some(Ok(Action::Continue));
+            }
             super::process::write_back_mappings(call, crate::shared_maps::Which::All).await;
             let len = call.arg(1) as i64;
             let cut = on_handle(call, |h| {

@@ -49,7 +49,11 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
     if nr == libc::SYS_mmap && shared_writable(a(2), a(3)) {
         return Some(shared_mmap(call, &h).await);
     }
-    if call.sup.fds.range.contains(a(fd_arg)) {
+    // A placeholder in the range, or one below it (a read-only copy moved to 1 or 2, whose `lseek` is
+    // notified there): the description's offset is the placeholder's. (Not a pumped pipe.)
+    let fd = a(fd_arg);
+    let placeholder = call.sup.fds.range.contains(fd) || call.sup.fds.lookup(call.tid, fd).is_some();
+    if placeholder {
         let mut copy = call.sup.fds.copy_of(&h, &call.sup.link.attrs);
         if let (CopyState::Filling, Some(fill)) = (copy, h.fill()) {
             let (start, end) = bytes_needed(call, &h, nr);

@@ -31,7 +31,19 @@ pub async fn serve(call: &Call<'_>, nr: i64) -> Option<Outcome> {
 /// The flags a stat-family call accepts; others are `EINVAL`, as the kernel.
 const STAT_FLAGS: i32 = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH | libc::AT_NO_AUTOMOUNT;
 
+/// Whether a stat-family call with `AT_EMPTY_PATH` names a descriptor below the range (standard output or
+/// error: the filter notifies those whatever they are) that is the program's own: the kernel's, before any
+/// check of ours (a NULL path is the descriptor too, since Linux 6.11).
+fn own_descriptor(call: &Call<'_>, dirfd: i32, path_arg: usize, at: i32) -> bool {
+    let below = dirfd >= 0 && !call.sup.fds.range.contains(dirfd as u64);
+    let empty = || call.arg(path_arg) == 0 || call.path(path_arg).is_ok_and(|p| p.is_empty());
+    at & libc::AT_EMPTY_PATH != 0 && below && empty() && call.fd_handle(call.tid, dirfd as u64).is_none()
+}
+
 async fn stat(call: &Call<'_>, dirfd: i32, path_arg: usize, buf_arg: usize, at: i32) -> Outcome {
+    if own_descriptor(call, dirfd, path_arg, at) {
+        return Ok(Action::Continue);
+    }
     if at & !STAT_FLAGS != 0 {
         return Err(Errno::EINVAL);
     }
@@ -52,6 +64,9 @@ async fn fstat(call: &Call<'_>) -> Outcome {
 
 async fn statx(call: &Call<'_>) -> Outcome {
     let (dirfd, at, mask) = (call.arg_i32(0), call.arg_i32(2), call.arg(3) as u32);
+    if own_descriptor(call, dirfd, 1, at) {
+        return Ok(Action::Continue);
+    }
     let t = call.target(dirfd, call.path(1)?, at);
     let Route::Home(dir) = t.route else { return Ok(Action::Continue) };
     // The kernel's checks, made before any lookup (an answer from the cache would skip them).
