@@ -60,7 +60,6 @@ pub fn access(s: &Session, ctx: &ProcCtx, o: &pb::Access) -> Res {
     }
 }
 
-/// readlinkat into a buffer of `size` bytes: value and data are the (possibly truncated) target.
 /// What `/proc/PID/fd/N` of a descriptor of handle `o.dir` reads: the path of its file here (with
 /// ` (deleted)` once its last name is gone), cut to `size` bytes as readlink cuts.
 fn descriptor_path(s: &Session, ctx: &ProcCtx, o: &pb::Readlink, size: usize) -> Res {
@@ -77,6 +76,7 @@ fn descriptor_path(s: &Session, ctx: &ProcCtx, o: &pb::Readlink, size: usize) ->
     Ok(pb::CallReply { data: target.into(), ..value(n) })
 }
 
+/// readlinkat into a buffer of `size` bytes: value and data are the (possibly truncated) target.
 pub fn readlink(s: &Session, ctx: &ProcCtx, o: &pb::Readlink) -> Res {
     // The kernel takes the size as an int (the low 32 bits of the register): 0 or negative is EINVAL.
     let size = match o.size as i32 {
