@@ -87,6 +87,10 @@ pub enum LinkError {
     Refused { addr: String, message: String },
     #[error("the link to home at {addr} is lost: {cause}")]
     Lost { addr: String, cause: String },
+    /// The thread that made the call is gone (killed while its call waited at home): home was asked to
+    /// interrupt it, and its reply is not waited for. Home is not lost.
+    #[error("the calling thread is gone")]
+    Abandoned,
 }
 
 /// A call waiting for its reply.
@@ -141,6 +145,9 @@ struct Shared {
     policy: HomeLoss,
     gate: tokio::sync::Mutex<Gate>,
     pending: Mutex<HashMap<u64, Waiting>>,
+    /// Calls whose thread went away before their reply came ([`LinkError::Abandoned`]): a reply for one
+    /// of them is expected, and dropped.
+    abandoned: Mutex<std::collections::HashSet<u64>>,
     received: Mutex<Received>,
     lost: AtomicBool,
     lost_notify: Notify,
@@ -218,6 +225,7 @@ impl HomeLink {
             policy,
             gate: tokio::sync::Mutex::default(),
             pending: Mutex::default(),
+            abandoned: Mutex::default(),
             received: Mutex::default(),
             lost: AtomicBool::new(false),
             lost_notify: Notify::new(),
@@ -292,6 +300,7 @@ impl HomeLink {
         op: pb::call_request::Op,
         every: Duration,
         mut signalled: impl FnMut() -> bool,
+        mut gone: impl FnMut() -> bool,
     ) -> Result<(CallReply, bool), LinkError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let reply = self.start_as(seq, proc, op, false).await?;
@@ -301,6 +310,18 @@ impl HomeLink {
             tokio::select! {
                 reply = &mut reply => return reply.map(|r| (r, interrupted)),
                 () = tokio::time::sleep(every) => {
+                    if gone() {
+                        // Nobody waits for the answer any more (a lock at home might never come): home is
+                        // asked to stop, briefly, and the call forgotten here.
+                        let root = pb::Proc { id: 0, parent: 0 };
+                        let interrupt = pb::call_request::Op::Interrupt(pb::Interrupt { seq });
+                        let asked = tokio::time::timeout(Duration::from_secs(1), self.start(root, interrupt, false));
+                        drop(asked.await);
+                        if lock(&self.shared.pending).remove(&seq).is_some() {
+                            lock(&self.shared.abandoned).insert(seq);
+                        }
+                        return Err(LinkError::Abandoned);
+                    }
                     if signalled() {
                         interrupted = true;
                         let root = pb::Proc { id: 0, parent: 0 };
@@ -595,6 +616,7 @@ impl Shared {
                         }
                         let _ = waiting.reply.send(reply);
                     }
+                    None if lock(&self.abandoned).remove(&reply.seq) => {}
                     None => tracing::warn!(seq = reply.seq, "reply for no pending call"),
                 }
                 continue;

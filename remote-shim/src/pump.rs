@@ -246,10 +246,11 @@ async fn feed(
         let op = Op::Read(pb::Read { handle: h.wire_id(), len: CHUNK as u64, offset: from });
         let stopping = || sup.pumps.stopping.load(Ordering::SeqCst);
         let every = std::time::Duration::from_millis(10);
-        let data = match sup.link.call_interruptible(proc, op, every, stopping).await.map(|(r, _)| r) {
-            Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
-            _ => return,
-        };
+        let data =
+            match sup.link.call_interruptible(proc, op, every, stopping, || false).await.map(|(r, _)| r) {
+                Ok(r) if matches!(r.outcome.as_ref().map(|o| o.to_result()), Some(Ok(n)) if n > 0) => r.data,
+                _ => return,
+            };
         from = from.map(|at| at + data.len() as i64);
         let mut rest = &data[..];
         while !rest.is_empty() {

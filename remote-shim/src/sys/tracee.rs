@@ -124,6 +124,18 @@ pub fn pod_from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
+/// Whether thread `tid` has exited: no `/proc/TID`, or a zombie or dead task. (A thread waiting for the
+/// answer to its notification is neither; any other failure to read says nothing.)
+pub fn thread_gone(tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            matches!(state, Some('Z' | 'X' | 'x'))
+        }
+    }
+}
+
 /// A signal thread `tid` would take on its way back to the program (pending for it or its process, not
 /// blocked, with a handler installed): `Some(true)` when the kernel is sure to find it there (pending for
 /// the thread itself, or the process has one thread), `Some(false)` when another thread may take it

@@ -210,7 +210,8 @@ impl Call<'_> {
                     }
                     None => false,
                 };
-                self.sup.link.call_interruptible(proc, op, every, signalled).await
+                let gone = || crate::sys::tracee::thread_gone(tid);
+                self.sup.link.call_interruptible(proc, op, every, signalled, gone).await
             }
             None => self.sup.link.call(proc, op).await.map(|reply| (reply, false)),
         };
@@ -235,6 +236,8 @@ impl Call<'_> {
                 crate::native::refresh_touched(self.sup, Some(self), proc, touched, Some(&reply)).await;
                 Ok(reply)
             }
+            // No one is left to answer (the notification's answer fails).
+            Err(crate::client::LinkError::Abandoned) => Err(Errno(libc::EINTR as u16)),
             Err(e) => Err(self.home_lost(&e).await),
         }
     }
