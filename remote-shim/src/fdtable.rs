@@ -559,12 +559,8 @@ impl FdTable {
             .unwrap_or_else(|p| p.into_inner())
             .insert(handle.id, handle.clone())
             .is_none();
-        handle.hold.store(u64::MAX, Ordering::SeqCst);
-        let added = seccomp::add_fd(listener, notif_id, description, free, cloexec, true);
-        handle.hold.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
-        match added {
+        match self.add_fd(listener, notif_id, handle, description, free, cloexec, true) {
             Ok(fd) => {
-                handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
                 hints.insert((tgid, native), free + 1);
                 Ok(fd)
             }
@@ -648,13 +644,30 @@ impl FdTable {
         if !self.range.contains(u64::from(target)) {
             self.below.store(true, Ordering::SeqCst);
         }
+        self.add_fd(listener, notif_id, handle, description, target, cloexec, answer)
+    }
+
+    /// `SECCOMP_IOCTL_NOTIF_ADDFD` of `description` (of `handle`'s memfd) at `target`, with what the
+    /// collector needs to know of it: no scan that began before it ends takes `handle` for dead
+    /// ([`Handle::hold`]), and when it went in ([`Handle::installed`]).
+    #[allow(clippy::too_many_arguments)]
+    fn add_fd(
+        &self,
+        listener: std::os::fd::BorrowedFd<'_>,
+        notif_id: u64,
+        handle: &Handle,
+        description: std::os::fd::BorrowedFd<'_>,
+        target: u32,
+        cloexec: bool,
+        answer: bool,
+    ) -> io::Result<i32> {
         handle.hold.store(u64::MAX, Ordering::SeqCst);
-        let put = seccomp::add_fd(listener, notif_id, description, target, cloexec, answer);
+        let added = seccomp::add_fd(listener, notif_id, description, target, cloexec, answer);
         handle.hold.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
-        if put.is_ok() {
+        if added.is_ok() {
             handle.installed.store(self.generation.load(Ordering::SeqCst), Ordering::SeqCst);
         }
-        put
+        added
     }
 
     /// `handle`'s copy goes to the upper half from now on ([`crate::native`]): its file's changes refresh it.
