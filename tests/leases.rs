@@ -456,3 +456,50 @@ fn a_file_written_at_home_through_a_mapping_is_seen_changed() {
     assert_ne!(lines[0], after, "the mapping moved the modification time (before: {before})");
     assert_eq!(lines[2], after, "{run}");
 }
+
+/// Lookups through directories home's walks went through before (remembered steps, `leases::Inner::steps`):
+/// names never looked up, under absolute and relative paths, before and after home moves a directory on
+/// the way aside and makes another under its name.
+const MOVED_ASIDE: &str = r#"
+import os, time
+def size(path):
+    try:
+        return str(os.stat(path).st_size)
+    except OSError as e:
+        return os.strerror(e.errno)
+top = os.path.abspath("a")
+print("before", size(top + "/b/c/f"), size(top + "/b/c/g"), size("a/b/c/f"), size("a/b/c/i"))
+open("ready", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.01)
+os.remove("go")
+for _ in range(2):
+    print("after", size(top + "/b/c/g"), size(top + "/b/c/h"), size("a/b/c/i"), size(top + "/old/c/h"))
+"#;
+
+#[test]
+fn remembered_steps_follow_a_directory_moved_aside_at_home() {
+    skip_unless_root!();
+    require_tools!("python3");
+    let hosts = Hosts::start();
+    hosts.write("moved.py", MOVED_ASIDE);
+    hosts.mkdir("a/b/c");
+    for (name, content) in [("f", "1"), ("g", "22"), ("h", "333")] {
+        hosts.write(&format!("a/b/c/{name}"), content);
+    }
+    let aside: &dyn Fn() = &|| {
+        std::fs::rename(hosts.path("a/b"), hosts.path("a/old")).expect("move aside");
+        hosts.mkdir("a/b/c");
+        hosts.write("a/b/c/g", "4444");
+        hosts.write("a/b/c/h", "55555");
+        hosts.write("a/b/c/i", "666666");
+    };
+    let remote = hosts.cmd(&["python3", "moved.py"]).remote_while("", &[aside]);
+    remote.assert_success();
+    let after = "after 4 5 6 3\n";
+    assert_eq!(
+        remote.stdout(),
+        format!("before 1 2 1 No such file or directory\n{after}{after}"),
+        "{remote}"
+    );
+}

@@ -22,6 +22,7 @@ use crate::outbox::Stream as Replies;
 use crate::sys;
 use homeward_proto::pb::{CallReply, Dep, DirNames, Event};
 use homeward_proto::Errno;
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -57,6 +58,8 @@ const MAX_LISTED: usize = 4096;
 /// unless it is small ([`SMALL_LISTING`]): one whose names keep changing would cost a listing per lookup.
 const RELISTINGS: u32 = 16;
 const SMALL_LISTING: usize = 512;
+/// Most directory steps a session remembers ([`Inner::steps`]); all go when there would be more.
+const MAX_REMEMBERED_STEPS: usize = 4096;
 
 #[derive(Default)]
 pub struct Leases {
@@ -91,6 +94,15 @@ struct Inner {
     /// Directories listed with a negative answer, by watch: how often, and how many names they held then
     /// (`usize::MAX`: too many to list).
     listed: std::collections::HashMap<i32, (u32, usize)>,
+    /// Directory steps walks took: in the watched directory (on a local file system, so every change of
+    /// its entries is reported), the entry `name` was a directory (device, inode). A walk goes through
+    /// remembered steps at the start of a path without looking each one up ([`Grant::walk`]: one open
+    /// of the directory they lead to, checked to be that inode). A step goes when its entry or its
+    /// directory is reported changed (every grant reads the queue first), its watch ends, or the mounts
+    /// change. No descriptor is held (it would keep a file system from being unmounted).
+    steps: std::collections::HashMap<i32, std::collections::HashMap<Vec<u8>, (u64, u64)>>,
+    /// Steps remembered since `steps` was last emptied (an upper bound of those kept).
+    remembered: usize,
 }
 
 impl Inner {
@@ -103,6 +115,14 @@ impl Inner {
             self.by_inode.retain(|_, wd| !ended.contains(wd));
             for wd in &ended {
                 self.watches.remove(wd);
+            }
+            self.steps.retain(|wd, _| !ended.contains(wd));
+        }
+        for (wd, name, _) in &changed {
+            if name.is_empty() {
+                self.steps.remove(wd);
+            } else if let Some(names) = self.steps.get_mut(wd) {
+                names.remove(name);
             }
         }
         if overflow {
@@ -134,6 +154,9 @@ pub struct Grant<'a> {
     /// The names of the directory in which the walk found one of the path's own components missing, when
     /// it could be listed (see [`Grant::list`]).
     listing: Option<DirNames>,
+    /// The last [`Grant::depend`]'s directory is watched by inode (a local file system): its steps may be
+    /// remembered ([`Inner::steps`]).
+    last_local: bool,
 }
 
 impl Leases {
@@ -197,6 +220,7 @@ impl Leases {
             entry_only: false,
             directory_by_entry: false,
             listing: None,
+            last_local: false,
         })
     }
 
@@ -235,6 +259,8 @@ impl Leases {
                 return;
             }
             inner.seq += 1;
+            // A file system mounted over a directory changes what a step leads to, unreported.
+            inner.steps.clear();
             (flush_reply(Event { seq: inner.seq, forget: true, ..Default::default() }), inner.replies.clone())
         };
         if let Some(replies) = replies {
@@ -256,11 +282,11 @@ impl Grant<'_> {
     /// itself; [`FILE_ITSELF`]: `dir` is a regular file); false when the watch could not be added (the lease
     /// is then refused).
     pub fn depend(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
-        let inode = sys::statx(dir, c"", libc::AT_EMPTY_PATH, libc::STATX_INO)
-            .ok()
-            .map(|sx| (libc::makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino));
+        let inode = inode_of(dir);
+        self.last_local = false;
         if let Some(&wd) = inode.and_then(|inode| self.inner.by_inode.get(&inode)) {
             self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
+            self.last_local = true;
             return true;
         }
         let started = std::time::Instant::now();
@@ -282,12 +308,69 @@ impl Grant<'_> {
                 // here, and its inode number may come back for a new one.
                 if let Some(inode) = inode.filter(|_| crate::exec::on_local_file_system(dir)) {
                     self.inner.by_inode.insert(inode, wd);
+                    self.last_local = true;
                 }
                 self.deps.push(Dep { wd: wd as u32, name: name.to_vec().into() });
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// Remembers that entry `name` of the directory watched as `wd` (on a local file system) is directory
+    /// `inode` ([`Inner::steps`]).
+    fn remember(&mut self, wd: Option<i32>, name: &[u8], inode: (u64, u64)) {
+        let Some(wd) = wd else { return };
+        let inner = &mut *self.inner;
+        if inner.remembered >= MAX_REMEMBERED_STEPS {
+            inner.steps.clear();
+            inner.remembered = 0;
+        }
+        if inner.steps.entry(wd).or_default().insert(name.to_vec(), inode).is_none() {
+            inner.remembered += 1;
+        }
+    }
+
+    /// Goes through the remembered steps at the start of `todo` (all but its last component) from `dir`:
+    /// notes their dependencies (as looking each one up would), takes them off `todo`, and opens the
+    /// directory they lead to, which must be the inode remembered. `None` when it is not (the steps are all
+    /// forgotten and the lease is refused: something changed unreported).
+    fn remembered(&mut self, dir: BorrowedFd<'_>, todo: &mut VecDeque<Vec<u8>>) -> Option<Prefix> {
+        let mut prefix = Prefix { opened: None, taken: 0, wd: None };
+        if self.inner.steps.is_empty() {
+            return Some(prefix);
+        }
+        let Some(&first) = inode_of(dir).and_then(|inode| self.inner.by_inode.get(&inode)) else {
+            return Some(prefix);
+        };
+        prefix.wd = Some(first);
+        let (mut wd, mut at, mut path, mut deps) = (Some(first), None, Vec::new(), Vec::new());
+        for part in todo.iter().take(todo.len().saturating_sub(1)) {
+            let Some(w) = wd else { break };
+            let Some(&child) = self.inner.steps.get(&w).and_then(|names| names.get(part)) else { break };
+            if part.contains(&0) {
+                break;
+            }
+            deps.push(Dep { wd: w as u32, name: part.clone().into() });
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(part);
+            (wd, at) = (self.inner.by_inode.get(&child).copied(), Some(child));
+        }
+        let Some(at) = at else { return Some(prefix) };
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let opened = CString::new(path).ok().and_then(|path| sys::openat(dir, &path, flags, 0).ok());
+        let Some(opened) = opened.filter(|fd| inode_of(fd.as_fd()) == Some(at)) else {
+            self.inner.steps.clear();
+            self.inner.remembered = 0;
+            return None;
+        };
+        prefix.taken = deps.len();
+        todo.drain(..deps.len());
+        self.deps.extend(deps);
+        (prefix.opened, prefix.wd) = (Some(opened), wd);
+        Some(prefix)
     }
 
     /// The lease (its number and dependencies), once every watch is in place, and the listing of the
@@ -370,13 +453,12 @@ impl Grant<'_> {
             }
         };
         // The directory the walk is in (`None`: `start`), and the components still to walk.
-        let (mut cur, mut todo): (Option<OwnedFd>, std::collections::VecDeque<Vec<u8>>) =
-            if path.first() == Some(&b'/') {
-                let (fd, rest) = root(path)?;
-                (Some(fd), components(&rest).collect())
-            } else {
-                (None, components(path).collect())
-            };
+        let (mut cur, mut todo): (Option<OwnedFd>, VecDeque<Vec<u8>>) = if path.first() == Some(&b'/') {
+            let (fd, rest) = root(path)?;
+            (Some(fd), components(&rest).collect())
+        } else {
+            (None, components(path).collect())
+        };
         let (mut links, mut steps) = (0, 0);
         // The path's own components still to walk: the last ones of `todo` (links' targets go before them).
         // A directory is listed only where one of those was found missing: the path's components before it
@@ -387,6 +469,18 @@ impl Grant<'_> {
             // The start itself (`.` or `/`).
             return self.depend(cur.as_ref().map_or(start, |c| c.as_fd()), b"").then_some(());
         }
+        // The remembered steps at the start of the path (not in a confined session, whose walks climb
+        // only as its allowed directories let them).
+        let mut known_wd = None;
+        if allow.is_none() {
+            let prefix = self.remembered(cur.as_ref().map_or(start, |c| c.as_fd()), &mut todo)?;
+            if let Some(opened) = prefix.opened {
+                steps += prefix.taken;
+                own_left = todo.len();
+                cur = Some(opened);
+            }
+            known_wd = prefix.wd;
+        }
         while let Some(part) = todo.pop_front() {
             let own = todo.len() < own_left;
             own_left = own_left.min(todo.len());
@@ -395,7 +489,15 @@ impl Grant<'_> {
                 return None;
             }
             let dir = cur.as_ref().map_or(start, |c| c.as_fd());
-            if !self.depend(dir, &part) {
+            let depended = match known_wd.take() {
+                Some(wd) => {
+                    self.deps.push(Dep { wd: wd as u32, name: part.clone().into() });
+                    self.last_local = true;
+                    true
+                }
+                None => self.depend(dir, &part),
+            };
+            if !depended {
                 return None;
             }
             let name = CString::new(part).ok()?;
@@ -412,26 +514,27 @@ impl Grant<'_> {
             }
             let last = todo.is_empty();
             let nofollow = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
-            let (kind, nlink, mount_root) =
-                match sys::statx(dir, &name, nofollow, libc::STATX_TYPE | libc::STATX_NLINK) {
-                    Ok(sx) => {
-                        // The root of a mounted file system (unknown: taken as one) reports changes of its own
-                        // attributes to its own watch only, never to the directory it is mounted on.
-                        let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
-                        let mount_root = sx.stx_attributes_mask & root == 0 || sx.stx_attributes & root != 0;
-                        (u32::from(sx.stx_mode) & libc::S_IFMT, sx.stx_nlink, mount_root)
+            let mask = libc::STATX_TYPE | libc::STATX_NLINK | libc::STATX_INO;
+            let (kind, nlink, mount_root, inode) = match sys::statx(dir, &name, nofollow, mask) {
+                Ok(sx) => {
+                    // The root of a mounted file system (unknown: taken as one) reports changes of its own
+                    // attributes to its own watch only, never to the directory it is mounted on.
+                    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+                    let mount_root = sx.stx_attributes_mask & root == 0 || sx.stx_attributes & root != 0;
+                    let inode = (libc::makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino);
+                    (u32::from(sx.stx_mode) & libc::S_IFMT, sx.stx_nlink, mount_root, inode)
+                }
+                // Missing: the answer depends on `name` in `dir`, which is watched.
+                Err(e) if e == Errno::ENOENT => {
+                    // (Not in a confined session: its absolute paths start at the allowed directory
+                    // they name, which a listing of a directory above it must not answer for.)
+                    if own && allow.is_none() {
+                        self.list(dir, (given - own_left - 1) as u32);
                     }
-                    // Missing: the answer depends on `name` in `dir`, which is watched.
-                    Err(e) if e == Errno::ENOENT => {
-                        // (Not in a confined session: its absolute paths start at the allowed directory
-                        // they name, which a listing of a directory above it must not answer for.)
-                        if own && allow.is_none() {
-                            self.list(dir, (given - own_left - 1) as u32);
-                        }
-                        return Some(());
-                    }
-                    Err(_) => return None,
-                };
+                    return Some(());
+                }
+                Err(_) => return None,
+            };
             if kind == libc::S_IFLNK && (!last || follow) {
                 links += 1;
                 let target = sys::readlinkat(dir, &name, libc::PATH_MAX as usize).ok()?;
@@ -471,6 +574,10 @@ impl Grant<'_> {
                 return Some(());
             }
             let next = sys::openat(dir, &name, dirflags, 0).ok()?;
+            if self.last_local {
+                let wd = self.deps.last().map(|d| d.wd as i32);
+                self.remember(wd, name.as_bytes(), inode);
+            }
             // The directory found: its own attributes are part of the answer.
             let by_entry = self.directory_by_entry && !mount_root;
             if todo.is_empty() && !self.entry_only && !by_entry && !self.depend(next.as_fd(), b"") {
@@ -480,6 +587,21 @@ impl Grant<'_> {
         }
         Some(())
     }
+}
+
+/// What [`Grant::remembered`] went through: the directory the remembered steps led to (`None`: none was
+/// remembered), how many, and the watch of the directory the walk goes on from, when known.
+struct Prefix {
+    opened: Option<OwnedFd>,
+    taken: usize,
+    wd: Option<i32>,
+}
+
+/// The device and inode of an open file.
+fn inode_of(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    sys::statx(fd, c"", libc::AT_EMPTY_PATH, libc::STATX_INO)
+        .ok()
+        .map(|sx| (libc::makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino))
 }
 
 /// The components of a path, without empty ones and `.`.
