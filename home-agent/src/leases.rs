@@ -334,13 +334,20 @@ impl Grant<'_> {
     /// Goes through the remembered steps at the start of `todo` (all but its last component) from `dir`:
     /// notes their dependencies (as looking each one up would), takes them off `todo`, and opens the
     /// directory they lead to, which must be the inode remembered. `None` when it is not (the steps are all
-    /// forgotten and the lease is refused: something changed unreported).
-    fn remembered(&mut self, dir: BorrowedFd<'_>, todo: &mut VecDeque<Vec<u8>>) -> Option<Prefix> {
+    /// forgotten and the lease is refused: something changed unreported). `known`: `dir`'s device and inode,
+    /// when known.
+    fn remembered(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        known: Option<(u64, u64)>,
+        todo: &mut VecDeque<Vec<u8>>,
+    ) -> Option<Prefix> {
         let mut prefix = Prefix { opened: None, taken: 0, wd: None };
         if self.inner.steps.is_empty() {
             return Some(prefix);
         }
-        let Some(&first) = inode_of(dir).and_then(|inode| self.inner.by_inode.get(&inode)) else {
+        let inode = known.or_else(|| inode_of(dir));
+        let Some(&first) = inode.and_then(|inode| self.inner.by_inode.get(&inode)) else {
             return Some(prefix);
         };
         prefix.wd = Some(first);
@@ -452,8 +459,13 @@ impl Grant<'_> {
                 }
             }
         };
+        // An absolute path starts at this process's root, opened once (not in a confined session).
+        let root_dir = if allow.is_none() && path.first() == Some(&b'/') { process_root() } else { None };
+        let start = root_dir.map_or(start, |(fd, _)| fd.as_fd());
         // The directory the walk is in (`None`: `start`), and the components still to walk.
-        let (mut cur, mut todo): (Option<OwnedFd>, VecDeque<Vec<u8>>) = if path.first() == Some(&b'/') {
+        let (mut cur, mut todo): (Option<OwnedFd>, VecDeque<Vec<u8>>) = if root_dir.is_some() {
+            (None, components(path).collect())
+        } else if path.first() == Some(&b'/') {
             let (fd, rest) = root(path)?;
             (Some(fd), components(&rest).collect())
         } else {
@@ -473,7 +485,8 @@ impl Grant<'_> {
         // only as its allowed directories let them).
         let mut known_wd = None;
         if allow.is_none() {
-            let prefix = self.remembered(cur.as_ref().map_or(start, |c| c.as_fd()), &mut todo)?;
+            let known = if cur.is_none() { root_dir.map(|(_, inode)| *inode) } else { None };
+            let prefix = self.remembered(cur.as_ref().map_or(start, |c| c.as_fd()), known, &mut todo)?;
             if let Some(opened) = prefix.opened {
                 steps += prefix.taken;
                 own_left = todo.len();
@@ -595,6 +608,17 @@ struct Prefix {
     opened: Option<OwnedFd>,
     taken: usize,
     wd: Option<i32>,
+}
+
+/// This process's root directory (opened once: the agent never changes it) and its device and inode.
+fn process_root() -> Option<&'static (OwnedFd, (u64, u64))> {
+    static ROOT: std::sync::OnceLock<Option<(OwnedFd, (u64, u64))>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let fd = sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).ok()?;
+        let inode = inode_of(fd.as_fd())?;
+        Some((fd, inode))
+    })
+    .as_ref()
 }
 
 /// The device and inode of an open file.
