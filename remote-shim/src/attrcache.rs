@@ -282,24 +282,24 @@ impl Inner {
     }
 
     fn remove_where(&mut self, wd: u32, hit: impl Fn(&Entry) -> bool) {
-        let Some(keys) = self.by_wd.remove(&wd) else { return };
-        self.indexed -= keys.len();
-        let mut kept = HashSet::new();
-        for key in keys {
-            match self.entries.get(&key) {
-                Some(e) if hit(e) => {
-                    self.entries.remove(&key);
-                }
-                Some(e) if e.deps.iter().any(|d| d.0 == wd) => {
-                    kept.insert(key);
-                }
-                _ => {}
+        let Some(keys) = self.by_wd.get_mut(&wd) else { return };
+        let before = keys.len();
+        // In place: the keys kept are not hashed again (a report for a directory with many answers, as a
+        // build's output directory, comes with nearly every reply).
+        let entries = &mut self.entries;
+        keys.retain(|key| match entries.get(key) {
+            Some(e) if hit(e) => {
+                entries.remove(key);
+                false
             }
+            Some(e) => e.deps.iter().any(|d| d.0 == wd),
+            None => false,
+        });
+        let after = keys.len();
+        if after == 0 {
+            self.by_wd.remove(&wd);
         }
-        if !kept.is_empty() {
-            self.indexed += kept.len();
-            self.by_wd.insert(wd, kept);
-        }
+        self.indexed -= before - after;
     }
 
     /// Counts a change to file `inode`, made by writing (or syncing) through descriptor `by`, or otherwise.
