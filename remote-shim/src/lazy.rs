@@ -237,11 +237,7 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
         if !plain_read(oflags) {
             return None;
         }
-        let (_, version) = cached_version(call, key)?;
-        if version.size() > 1 << 20 {
-            // A large copy is made on the runtime, not on the thread that receives notifications.
-            tokio::task::yield_now().await;
-        }
+        cached_version(call, key)?;
     }
     // A lookup that follows a last link whatever the flags say (`.`, a trailing slash): so does home's open.
     let home_flags = if key.follow { oflags & !libc::O_NOFOLLOW } else { oflags };
@@ -285,6 +281,11 @@ pub async fn try_open(call: &Call<'_>, key: &Key, oflags: i32) -> Option<Outcome
             let installed = call.install_description(&h, description.as_fd(), cloexec, 0);
             return Some(installed.map(|fd| Action::Answered(i64::from(fd))));
         }
+    }
+    if version.size() > 1 << 20 {
+        // A large copy is made on the runtime, not on the thread that receives notifications (an open
+        // sharing a copy made before makes none: `libc.so.6`, opened by every process, cost a hand-over).
+        tokio::task::yield_now().await;
     }
     let h = call.sup.fds.new_lazy(oflags, st, Lazy::new(path, home_flags)).ok()?;
     if !h.charge(st.size.max(0)) || !call.sup.content.copy_into(&version, &h.memfd) {
