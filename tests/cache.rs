@@ -444,3 +444,62 @@ fn a_map_of_a_stale_copy_shows_the_file_as_it_is() {
     let both = hosts.cmd(&["python3", "script.py"]).check(&native);
     assert!(both.native.stdout().starts_with("b'changed by the job'"), "{}", both.native);
 }
+
+/// Bytes the job read ahead from home, from `--stats`' report (0 when it read none ahead).
+fn read_ahead(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find(|l| l.contains("of which by readahead:"))
+        .and_then(|l| l.split('(').nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Versions kept on the remote machine's disk (`--cache DIR`): a later job's open of a file home has not
+/// changed since reads it from there instead of from home; once home changes the file, the next job reads
+/// the new version from home; `--cache none` keeps nothing.
+#[test]
+fn versions_kept_on_disk_serve_later_jobs_until_home_changes_the_file() {
+    skip_unless_root!();
+    require_tools!("python3", "sha256sum");
+    let hosts = Hosts::start();
+    let (v1, v2) = (big(0), big(1));
+    hosts.write("lib.bin", &v1);
+    let cache = hosts.scratch().join("disk-cache");
+    let cache_arg = cache.display().to_string();
+    let hash = "import hashlib; print(hashlib.sha256(open('lib.bin', 'rb').read()).hexdigest())";
+    let job = |cache: &str| {
+        let run = hosts
+            .cmd(&["python3", "-c", hash])
+            .shim_arg("--stats")
+            .shim_arg("--cache")
+            .shim_arg(cache)
+            .remote();
+        run.assert_success();
+        run
+    };
+    let first = job(&cache_arg);
+    assert_eq!(first.stdout().trim(), sha256_hex(&v1), "{first}");
+    assert!(
+        read_ahead(&first.stderr()) >= v1.len() as u64,
+        "the first job reads the file from home:\n{first}"
+    );
+    let second = job(&cache_arg);
+    assert_eq!(second.stdout().trim(), sha256_hex(&v1), "{second}");
+    assert_eq!(
+        read_ahead(&second.stderr()),
+        0,
+        "the second job reads the file from the disk cache:\n{second}"
+    );
+    hosts.write("lib.bin", &v2);
+    let changed = job(&cache_arg);
+    assert_eq!(changed.stdout().trim(), sha256_hex(&v2), "a file changed at home is read anew:\n{changed}");
+    assert!(read_ahead(&changed.stderr()) >= v2.len() as u64, "{changed}");
+    let versions = std::fs::read_dir(cache.join("versions")).map(|d| d.count()).unwrap_or(0);
+    assert!(versions >= 2, "both versions are on disk ({versions} files)");
+    let _ = std::fs::remove_dir_all(&cache);
+    let none = job("none");
+    assert_eq!(none.stdout().trim(), sha256_hex(&v2), "{none}");
+    assert!(!cache.exists(), "--cache none writes nothing");
+}

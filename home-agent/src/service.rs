@@ -222,6 +222,7 @@ impl Home for HomeService {
             home_host: self.host.clone(),
             resume_key,
             chowns: may_chown(),
+            home_id: home_id(),
         }))
     }
 
@@ -422,6 +423,22 @@ fn may_chown() -> bool {
     let initial = std::fs::read_to_string("/proc/self/uid_map")
         .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
     initial && crate::sys::has_capability(0)
+}
+
+/// Home's machine id (`/etc/machine-id`, made once per installation), read once; empty when there is none.
+fn home_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+        let id = id.trim();
+        // (A machine id is 32 hex digits; anything else is not taken as one.)
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            id.to_string()
+        } else {
+            String::new()
+        }
+    })
+    .clone()
 }
 
 /// A status and its innermost cause, for logs.

@@ -172,6 +172,7 @@ enum Break {
 pub struct HomeLink {
     session: u64,
     home_host: String,
+    home_id: String,
     /// The agent may change any file's owner (`HelloReply.chowns`).
     chowns: bool,
     shared: Arc<Shared>,
@@ -242,6 +243,7 @@ impl HomeLink {
         Ok(HomeLink {
             session: reply.session,
             home_host: reply.home_host,
+            home_id: reply.home_id,
             chowns: reply.chowns,
             shared,
             seq: AtomicU64::new(1),
@@ -266,6 +268,11 @@ impl HomeLink {
 
     pub fn home_host(&self) -> &str {
         &self.home_host
+    }
+
+    /// Home's installation (`HelloReply.home_id`; empty: unknown).
+    pub fn home_id(&self) -> &str {
+        &self.home_id
     }
 
     /// What remote-shim does when home is lost.

@@ -88,6 +88,8 @@ pub struct Config {
     pub stats: bool,
     /// `--on-home-loss`: what happens to the job when home is lost.
     pub on_home_loss: client::HomeLoss,
+    /// `--cache DIR`: where versions of home files are kept across jobs (`None`: nowhere).
+    pub cache: Option<std::path::PathBuf>,
 }
 
 /// Runs the job and returns remote-shim's exit status: the program's, 128+N if signal N killed it, 125
@@ -225,6 +227,9 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         if let Some(home) = root_home {
             sup.procs.announce(child_nspid as u32, root_proc.id, root_proc.parent, home);
         }
+        if let Some(dir) = &config.cache {
+            sup.content.use_disk(dir, sup.link.home_id());
+        }
         if let Some(o) = &offsets {
             sup.set_wall_clock_offset(o);
         }
@@ -256,6 +261,11 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         // Every process has ended: home closes what they held and ends their deputies as they ended.
         sup.collect(&[]).await;
         sup.link.close().await;
+        {
+            let sup = sup.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || sup.content.finish_writes(Duration::from_secs(2))).await;
+        }
         if let Some(t) = &sup.tracer {
             t.finish();
             if let Some(table) = t.report() {

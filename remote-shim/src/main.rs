@@ -43,6 +43,11 @@ struct Args {
     /// meanwhile; a home that stays silent is lost after 60 s (kill, eio) or S seconds (wait:S).
     #[arg(long, value_name = "kill|eio|wait:SECONDS", default_value = "kill", value_parser = remote_shim::client::HomeLoss::parse)]
     on_home_loss: remote_shim::client::HomeLoss,
+    /// Where versions of home's files (64 KiB to 64 MiB) are kept across jobs, so a later job reads a
+    /// library or program home has not changed from this machine's disk; `none`: nowhere (default:
+    /// $XDG_CACHE_HOME/homeward, else ~/.cache/homeward).
+    #[arg(long, value_name = "DIR|none")]
+    cache: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
     program: Vec<OsString>,
@@ -75,8 +80,25 @@ fn main() {
         trace: args.trace,
         stats: args.stats,
         on_home_loss: args.on_home_loss,
+        cache: cache_dir(args.cache),
     });
     std::process::exit(code);
+}
+
+/// The directory of `--cache` (`none`: none; default: under $XDG_CACHE_HOME or ~/.cache).
+fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
+    match arg {
+        Some(dir) if dir.as_os_str() == "none" => None,
+        Some(dir) => Some(dir),
+        None => {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+                .filter(|p| p.is_absolute())?;
+            Some(base.join("homeward"))
+        }
+    }
 }
 
 fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {

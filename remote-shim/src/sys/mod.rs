@@ -296,6 +296,12 @@ pub fn copy_all(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Resul
     Ok(())
 }
 
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// `tgkill(tgid, tid, sig)`.
 pub fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: i32) -> io::Result<()> {
     // SAFETY: tgkill takes integers only.

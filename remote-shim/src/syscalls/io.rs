@@ -577,7 +577,7 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
     }
     let key = crate::content::Key::of(&h.stat);
     if let Some(key) = &key {
-        if call.sup.content.copy_into(key, &h.memfd) {
+        if call.sup.content.copy_into_opened(key, &h.memfd) {
             *filled = true;
             return Ok(());
         }

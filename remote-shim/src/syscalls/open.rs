@@ -233,7 +233,7 @@ fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, conten
         }
         None => {
             let cached = version.is_some_and(|key| {
-                let hit = call.sup.content.copy_into(&key, &h.memfd);
+                let hit = call.sup.content.copy_into_opened(&key, &h.memfd);
                 if hit {
                     h.mark_filled();
                 }
