@@ -2,7 +2,7 @@
 # Runs homeward's benchmarks on this machine: installs what the sshfs comparison needs (openssh-server,
 # sshfs; as root, on Debian), builds the release binaries and runs homeward-bench, which prints the table
 # and writes it to bench/last-run.md. Arguments go to homeward-bench (--runs R, --iterations N,
-# --no-workloads, --no-sshfs, --only TEXT: only the workloads whose name holds TEXT). For the criterion micro-benchmarks: cargo bench -p remote-shim --bench forwarded
+# --no-workloads, --no-sshfs, --only TEXT: only the workloads whose name holds TEXT, --cold: no content cache on disk). For the criterion micro-benchmarks: cargo bench -p remote-shim --bench forwarded
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

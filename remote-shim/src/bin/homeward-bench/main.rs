@@ -1,4 +1,5 @@
-//! `homeward-bench [--iterations N] [--runs R] [--markdown FILE] [--no-workloads] [--no-sshfs] [--only TEXT]`:
+//! `homeward-bench [--iterations N] [--runs R] [--markdown FILE] [--no-workloads] [--no-sshfs] [--only TEXT]
+//! [--cold]`:
 //! benchmarks
 //! of forwarded calls and of whole workloads against native, measured in the same run (the machines are
 //! noisy: compare ratios), with the round trips each costs (the deterministic figure).
@@ -12,7 +13,9 @@
 //! Workloads (the performance issue's W1-W7) run on a data set generated in a temporary directory: natively,
 //! under `remote-shim` with the agent process at 0 and 1 ms, and natively on the data set mounted through
 //! sshfs at 0 and 1 ms ([`sshfs`]; skipped with a note when sshd, sshfs or root are missing). Each is timed
-//! R times (median).
+//! R times (median). remote-shim keeps versions of home files on disk across jobs (`--cache`): the bench
+//! gives it an empty cache directory, so of a workload's runs the first is cold and the others find what
+//! it read; `--cold` runs every job with `--cache none`.
 
 mod proxy;
 mod sshfs;
@@ -44,6 +47,8 @@ struct Options {
     runs: usize,
     workloads: bool,
     sshfs: bool,
+    /// `--cold`: no content cache on disk (`remote-shim --cache none`).
+    cold: bool,
     markdown: Option<String>,
     /// Only the workloads whose name contains this text, and no micro-benchmarks.
     only: Option<String>,
@@ -58,7 +63,8 @@ fn main() {
         println!("{}", run_op(&op, n, &dir));
         return;
     }
-    let mut o = Options { n: 2000, runs: 3, workloads: true, sshfs: true, markdown: None, only: None };
+    let mut o =
+        Options { n: 2000, runs: 3, workloads: true, sshfs: true, cold: false, markdown: None, only: None };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -66,6 +72,7 @@ fn main() {
             "--runs" => o.runs = it.next().and_then(|s| s.parse().ok()).unwrap_or(o.runs).max(1),
             "--no-workloads" => o.workloads = false,
             "--no-sshfs" => o.sshfs = false,
+            "--cold" => o.cold = true,
             "--markdown" => o.markdown = it.next().cloned(),
             "--only" => o.only = it.next().cloned(),
             other => {
@@ -84,7 +91,8 @@ fn main() {
         Home { label: "agent, loopback", addr: Some(agent.addr) },
         Home { label: "agent, 1 ms", addr: Some(slow.addr) },
     ];
-    let shim = Shim { bin: bins.with_file_name("remote-shim"), token_file: agent.token_file.clone() };
+    let cache = if o.cold { "none".into() } else { dir.join("cache") };
+    let shim = Shim { bin: bins.with_file_name("remote-shim"), token_file: agent.token_file.clone(), cache };
     let mut table = if o.only.is_none() { micro_table(&shim, &homes, &dir, o.n) } else { String::new() };
     if o.workloads {
         table.push('\n');
@@ -113,6 +121,8 @@ struct Home {
 struct Shim {
     bin: PathBuf,
     token_file: PathBuf,
+    /// `--cache`: a directory of this run's (empty at first), or `none`.
+    cache: PathBuf,
 }
 
 impl Shim {
@@ -123,7 +133,7 @@ impl Shim {
             None => c.args(["--home", "local"]),
             Some(addr) => c.arg("--home").arg(addr.to_string()).arg("--token-file").arg(&self.token_file),
         };
-        c.args(extra).args(["--stats", "--"]);
+        c.arg("--cache").arg(&self.cache).args(extra).args(["--stats", "--"]);
         c
     }
 }
