@@ -119,7 +119,8 @@ impl ContentCache {
     /// Keeps versions on disk in `dir` from now on, as versions of home `home` (its machine id): off when
     /// `home` is unknown, or when `dir` cannot be made private to this user.
     pub fn use_disk(&self, dir: &Path, home: &str) {
-        if home.is_empty() {
+        // (A machine id is 32 hex digits: anything else never becomes part of a file name here.)
+        if home.len() != 32 || !home.bytes().all(|b| b.is_ascii_hexdigit()) {
             tracing::debug!("no content cache on disk: home did not say which installation it is");
             return;
         }
@@ -269,23 +270,24 @@ impl Disk {
     }
 }
 
-/// The writer of the cache on disk: each version to a temporary file, synced, then renamed to its name;
-/// the versions used longest ago go while the directory holds more than [`DISK_TOTAL`].
+/// The writer of the cache on disk: each version to a temporary file of a random name, then renamed to its
+/// name (not synced: see Known limits); the versions used longest ago go while the directory holds more
+/// than [`DISK_TOTAL`].
 fn write_versions(dir: &Path, versions: std::sync::mpsc::Receiver<(PathBuf, Arc<OwnedFd>, u64)>) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut total = prune(dir, u64::MAX);
-    for (n, (path, content, size)) in versions.into_iter().enumerate() {
+    for (path, content, size) in versions {
         if path.exists() {
             continue;
         }
-        let temp = dir.join(format!(".partial-{}-{n}", std::process::id()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .and_then(|file| copy_by_buffer(content.as_fd(), file.as_fd(), size))
-            .and_then(|()| std::fs::rename(&temp, &path));
+        // Random: several remote-shims (of several machines, for a shared home directory) write here.
+        let temp = dir.join(format!(".partial-{:016x}", crate::fdtable::random_u64()));
+        let Ok(file) = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)
+        else {
+            continue;
+        };
+        let written =
+            copy_by_buffer(content.as_fd(), file.as_fd(), size).and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&temp);
             tracing::debug!(cause = %e, "a version could not be written to the cache on disk");

@@ -44,6 +44,9 @@ pub struct Handle {
     /// Installed in the upper half of the range at least once: its copy's reads are the kernel's, so the
     /// copy is refreshed when the file changes ([`crate::native`]).
     native: std::sync::atomic::AtomicBool,
+    /// Its copy came from the content cache on disk: never in the upper half, so which of the program's
+    /// calls are notified (what `--trace` shows) does not depend on what earlier jobs read.
+    below: std::sync::atomic::AtomicBool,
     /// One refresh of the copy at a time.
     pub refreshing: tokio::sync::Mutex<()>,
     /// The version of the file a refreshed copy holds, when known.
@@ -187,6 +190,12 @@ impl Handle {
             && (0..=crate::native::MAX_SIZE).contains(&self.stat.size)
             && self.copy() == CopyState::Fresh
             && self.lazy.as_ref().is_none_or(|l| !l.gone())
+            && !self.below.load(Ordering::SeqCst)
+    }
+
+    /// Keeps its placeholder out of the upper half ([`Handle::native_candidate`]).
+    pub fn keep_below(&self) {
+        self.below.store(true, Ordering::SeqCst);
     }
 
     /// Takes `bytes` of the job's copy budget for this handle; false (nothing taken) when it is spent.
@@ -486,6 +495,7 @@ impl FdTable {
             name_moved: Default::default(),
             copied_at: AtomicU64::new(u64::MAX),
             native: Default::default(),
+            below: Default::default(),
             refreshing: Default::default(),
             copy_version: Mutex::default(),
             budget: self.copied.clone(),

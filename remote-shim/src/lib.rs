@@ -227,7 +227,8 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         if let Some(home) = root_home {
             sup.procs.announce(child_nspid as u32, root_proc.id, root_proc.parent, home);
         }
-        if let Some(dir) = &config.cache {
+        // (Not when home is this machine: `--home local` or `none`.)
+        if let Some(dir) = config.cache.as_ref().filter(|_| config.home != "local" && config.home != "none") {
             sup.content.use_disk(dir, sup.link.home_id());
         }
         if let Some(o) = &offsets {

@@ -577,7 +577,9 @@ pub async fn fill_placeholder(call: &Call<'_>, h: &Handle) -> Result<(), Errno> 
     }
     let key = crate::content::Key::of(&h.stat);
     if let Some(key) = &key {
-        if call.sup.content.copy_into_opened(key, &h.memfd) {
+        // (Not from the cache on disk: the handle may be open for writing, or the file changed since it was
+        // opened; only an open's own version is taken from there, `syscalls::open`.)
+        if call.sup.content.copy_into(key, &h.memfd) {
             *filled = true;
             return Ok(());
         }

@@ -233,11 +233,15 @@ fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, conten
         }
         None => {
             let cached = version.is_some_and(|key| {
-                let hit = call.sup.content.copy_into_opened(&key, &h.memfd);
-                if hit {
+                let in_memory = call.sup.content.copy_into(&key, &h.memfd);
+                let on_disk = !in_memory && call.sup.content.copy_into_opened(&key, &h.memfd);
+                if on_disk {
+                    h.keep_below();
+                }
+                if in_memory || on_disk {
                     h.mark_filled();
                 }
-                hit
+                in_memory || on_disk
             });
             cached
                 || (h.stat.size <= crate::fill::MAX_FILL && h.start_fill().is_ok() && {
