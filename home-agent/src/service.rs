@@ -431,8 +431,7 @@ fn home_id() -> String {
     ID.get_or_init(|| {
         let id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
         let id = id.trim();
-        // (A machine id is 32 hex digits; anything else is not taken as one.)
-        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if homeward_proto::is_machine_id(id) {
             id.to_string()
         } else {
             String::new()

@@ -25,6 +25,11 @@ pub mod pb {
 
 pub use errno::Errno;
 
+/// Whether `id` has the form of a machine id (`HelloReply.home_id`: 32 hex digits, as `/etc/machine-id`).
+pub fn is_machine_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 5;
 

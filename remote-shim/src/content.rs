@@ -92,12 +92,10 @@ impl ContentCache {
         }
     }
 
-    /// [`ContentCache::copy_into`], else from the cache on disk: for a version home has just shown for a
-    /// file it opened for this job (the copy is kept in memory from then on, for this job's later opens).
-    pub fn copy_into_opened(&self, key: &Key, dst: &OwnedFd) -> bool {
-        if self.copy_into(key, dst) {
-            return true;
-        }
+    /// Copies version `key` into `dst` from the cache on disk; false on a miss. Only for a version home has
+    /// just shown for a file it opened for this job, which [`ContentCache::copy_into`] missed (the copy is
+    /// kept in memory from then on, for this job's later opens).
+    pub fn copy_from_disk(&self, key: &Key, dst: &OwnedFd) -> bool {
         let Some(file) = self.disk.get().and_then(|disk| disk.open(key)) else { return false };
         if copy_by_buffer(file.as_fd(), dst.as_fd(), key.size as u64).is_err() {
             return false;
@@ -119,8 +117,8 @@ impl ContentCache {
     /// Keeps versions on disk in `dir` from now on, as versions of home `home` (its machine id): off when
     /// `home` is unknown, or when `dir` cannot be made private to this user.
     pub fn use_disk(&self, dir: &Path, home: &str) {
-        // (A machine id is 32 hex digits: anything else never becomes part of a file name here.)
-        if home.len() != 32 || !home.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // (Anything else never becomes part of a file name here.)
+        if !homeward_proto::is_machine_id(home) {
             tracing::debug!("no content cache on disk: home did not say which installation it is");
             return;
         }
@@ -179,16 +177,16 @@ impl ContentCache {
 }
 
 /// Smallest and largest version kept on disk: smaller files come with their open anyway; larger ones are
-/// not kept in memory either (`fill::CACHE_UPTO`).
+/// not kept in memory either.
 const DISK_MIN: i64 = 64 << 10;
-const DISK_MAX: i64 = 64 << 20;
+const DISK_MAX: i64 = crate::fill::CACHE_UPTO;
 /// Bytes the cache on disk holds at most; beyond, the versions used longest ago go (to three quarters).
 const DISK_TOTAL: u64 = 2 << 30;
 
 /// The cache on disk: one file per version, named by home's machine id and the version's key, written
 /// whole under a temporary name and renamed, so a file under a version's name always holds that version
 /// (whatever number of remote-shims share the directory); its size is checked again when read. Read back
-/// only as [`ContentCache::copy_into_opened`] says. Written by a thread of its own, off every call's path.
+/// only as [`ContentCache::copy_from_disk`] says. Written by a thread of its own, off every call's path.
 pub struct Disk {
     dir: PathBuf,
     home: String,
@@ -223,9 +221,14 @@ impl Disk {
         ))
     }
 
+    /// Whether versions of `key`'s size are kept here.
+    fn keeps(key: &Key) -> bool {
+        (DISK_MIN..=DISK_MAX).contains(&key.size)
+    }
+
     /// The file holding version `key`, when there is one of its size (marked used now).
     fn open(&self, key: &Key) -> Option<std::fs::File> {
-        if !(DISK_MIN..=DISK_MAX).contains(&key.size) {
+        if !Disk::keeps(key) {
             return None;
         }
         let file = std::fs::File::open(self.path(key)).ok()?;
@@ -239,7 +242,7 @@ impl Disk {
 
     /// Writes version `key` (the bytes of `content`, which nothing changes) to disk, in the background.
     fn store(&self, key: &Key, content: &Arc<OwnedFd>) {
-        if !(DISK_MIN..=DISK_MAX).contains(&key.size) {
+        if !Disk::keeps(key) {
             return;
         }
         let path = self.path(key);
@@ -385,18 +388,18 @@ mod tests {
         second.use_disk(&dir, "0123456789abcdef0123456789abcdef");
         let dst = crate::sys::memfd(c"dst").expect("memfd");
         assert!(!second.copy_into(&k, &dst), "a version on disk does not answer an open without home");
-        assert!(second.copy_into_opened(&k, &dst));
+        assert!(second.copy_from_disk(&k, &dst));
         assert_eq!(read_all(&dst, bytes.len()), bytes);
         assert!(second.copy_into(&k, &dst), "kept in memory for this job from then on");
         // Another home's versions are not this one's; a file cut short is not the version.
         let other = ContentCache::default();
         other.use_disk(&dir, "ffffffffffffffffffffffffffffffff");
-        assert!(!other.copy_into_opened(&k, &dst));
+        assert!(!other.copy_from_disk(&k, &dst));
         let path = second.disk.get().expect("disk").path(&k);
         std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(10)).expect("truncate");
         let third = ContentCache::default();
         third.use_disk(&dir, "0123456789abcdef0123456789abcdef");
-        assert!(!third.copy_into_opened(&k, &dst));
+        assert!(!third.copy_from_disk(&k, &dst));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -28,7 +28,7 @@ const WINDOW: u64 = MAX_FILL as u64;
 /// Files larger than this are not copied (their reads go home).
 pub const MAX_FILL: i64 = 1 << 30;
 /// Complete copies up to this size also go to the content cache (reopened without a transfer).
-const CACHE_UPTO: i64 = 64 << 20;
+pub const CACHE_UPTO: i64 = 64 << 20;
 
 /// The readahead state of one handle's placeholder.
 pub struct Fill {

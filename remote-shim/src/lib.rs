@@ -92,6 +92,13 @@ pub struct Config {
     pub cache: Option<std::path::PathBuf>,
 }
 
+impl Config {
+    /// Home is this machine: an agent in this process (`--home local`), or its kernel (`none`).
+    fn home_is_here(&self) -> bool {
+        self.home == "local" || self.home == "none"
+    }
+}
+
 /// Runs the job and returns remote-shim's exit status: the program's, 128+N if signal N killed it, 125
 /// when remote-shim itself failed.
 pub fn run(config: Config) -> i32 {
@@ -227,8 +234,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
         if let Some(home) = root_home {
             sup.procs.announce(child_nspid as u32, root_proc.id, root_proc.parent, home);
         }
-        // (Not when home is this machine: `--home local` or `none`.)
-        if let Some(dir) = config.cache.as_ref().filter(|_| config.home != "local" && config.home != "none") {
+        if let Some(dir) = config.cache.as_ref().filter(|_| !config.home_is_here()) {
             sup.content.use_disk(dir, sup.link.home_id());
         }
         if let Some(o) = &offsets {
@@ -285,7 +291,7 @@ fn run_job(config: Config) -> anyhow::Result<i32> {
 async fn start_home(config: &Config) -> anyhow::Result<client::LinkConfig> {
     // `none`: every call is executed by this machine's kernel, through the same interception (a baseline
     // for `trace-diff`); it is the in-process agent, whose home is this machine.
-    if config.home != "local" && config.home != "none" {
+    if !config.home_is_here() {
         return Ok(client::LinkConfig::new(&config.home, config.token.clone(), config.tls.clone())?);
     }
     if config.tls.is_some() {

@@ -234,7 +234,7 @@ fn keep_copy(call: &Call<'_>, h: &std::sync::Arc<crate::fdtable::Handle>, conten
         None => {
             let cached = version.is_some_and(|key| {
                 let in_memory = call.sup.content.copy_into(&key, &h.memfd);
-                let on_disk = !in_memory && call.sup.content.copy_into_opened(&key, &h.memfd);
+                let on_disk = !in_memory && call.sup.content.copy_from_disk(&key, &h.memfd);
                 if on_disk {
                     h.keep_below();
                 }
